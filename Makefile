@@ -1,0 +1,92 @@
+# napari-unet developer tasks. Debian/Ubuntu, Python 3.10+ (3.11 preferred).
+#
+#   make test    venv + system packages, then the whole test suite under a virtual X server
+#   make demo    venv + system packages, then the demo (a window if $DISPLAY is set, else a screenshot)
+#
+# The venv is .venv in the repo; it is updated in place, never deleted by these targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.napari-unet-installed
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+SCREENSHOT ?= docs/images/demo.png
+
+# Xvfb for napari's OpenGL canvas (Qt's offscreen platform crashes in vispy), Mesa's software GL,
+# and the X/xcb libraries that the PyQt5 wheel's xcb platform plugin loads but does not ship.
+SYSDEPS := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libfontconfig1 libdbus-1-3 \
+	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
+	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 \
+	libxcb-xkb1
+# 24-bit screen: xvfb-run's default (8-bit, 640x480) is not enough for OpenGL.
+XVFB_RUN := xvfb-run -a -s "-screen 0 1600x1000x24"
+
+.PHONY: help venv sysdeps test demo bench lint clean
+
+help:
+	@echo "make test    set up .venv and system packages, run the test suite under Xvfb"
+	@echo "make demo    set up, then train a quick model on the sample nuclei and show it in napari"
+	@echo "make venv    create/update .venv with pip install -c $(CONSTRAINTS) -e .[testing]"
+	@echo "make sysdeps install Xvfb, Mesa and Qt's X libraries (apt, as root) if missing"
+	@echo "make bench   run benchmarks/bench_*.py"
+	@echo "make lint    ruff check"
+	@echo "make clean   remove build outputs and caches (keeps .venv)"
+
+venv: $(STAMP)
+
+# Re-run only when the dependency declarations change; otherwise `make venv` is instant.
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
+	@test -n "$(PYTHON)" || { echo "python3 not found: install Python 3.10+ (3.11 preferred)"; exit 1; }
+	@if [ ! -x $(VPY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[testing]'
+	@touch $@
+
+sysdeps:
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+		echo "sysdeps: not a Debian/Ubuntu system; make sure xvfb-run, Mesa OpenGL and Qt's xcb libraries are installed"; \
+		exit 0; \
+	fi; \
+	missing=""; \
+	for p in $(SYSDEPS); do \
+		dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "sysdeps: installing$$missing"; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "sysdeps: missing system packages:$$missing"; \
+		echo "install them with:"; \
+		echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends$$missing"; \
+		exit 1; \
+	fi
+
+test: venv sysdeps
+	$(XVFB_RUN) $(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+
+demo: venv sysdeps
+	@if [ -n "$$DISPLAY" ]; then \
+		$(VPY) -m napari_unet._demo $(DEMO_ARGS); \
+	else \
+		echo "no \$$DISPLAY: running headless, screenshot -> $(SCREENSHOT)"; \
+		$(XVFB_RUN) $(VPY) -m napari_unet._demo --headless --screenshot $(SCREENSHOT) $(DEMO_ARGS); \
+	fi
+
+bench: venv
+	@shopt -s nullglob; files=(benchmarks/bench_*.py); \
+	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks/bench_*.py yet"; exit 0; fi; \
+	for f in "$${files[@]}"; do echo "== $$f"; $(VPY) "$$f" || exit 1; done
+
+lint: venv
+	$(VPY) -m ruff check .
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache .hypothesis *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,248 @@
+"""Frozen configuration dataclasses, saved as JSON inside a model folder.
+
+Every dataclass validates its fields in ``__post_init__`` and raises a
+``ValueError`` that names the field and the value received.  ``from_dict``
+refuses unknown keys and wrong types, so a hand-edited or hostile
+``config.json`` fails with a clear message instead of half-working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_NAME = "napari-unet-model"
+FORMAT_VERSION = 1
+
+RECIPES = ("fast", "paper")
+LABELS_KINDS = ("sparse", "semantic", "instances")
+PADDINGS = ("same", "valid")
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (low <= value <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the U-Net (Ronneberger et al. 2015)."""
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    num_classes: int = 3
+    depth: int = 4
+    width: int = 32
+    padding: str = "same"
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("spatial_dims", self.spatial_dims, 2, 3)
+        _check_int("in_channels", self.in_channels, 1, 64)
+        _check_int("num_classes", self.num_classes, 2, 256)
+        _check_int("depth", self.depth, 1, 6)
+        _check_int("width", self.width, 1, 512)
+        _check_choice("padding", self.padding, PADDINGS)
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """Per-image percentile normalisation: (x - p_low) / (p_high - p_low)."""
+
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self) -> None:
+        _check_float("normalization.low", self.low, 0.0, 100.0)
+        _check_float("normalization.high", self.high, 0.0, 100.0)
+        if self.low >= self.high:
+            raise ValueError(
+                f"normalization.low must be < normalization.high, got {self.low} >= {self.high}"
+            )
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Overlap-tile prediction settings (tile edge in pixels, overlap as a fraction)."""
+
+    tile: int = 512
+    overlap: float = 0.125
+    batch_size: int = 8
+    tile_z: int = 32
+
+    def __post_init__(self) -> None:
+        _check_int("tiling.tile", self.tile, 16, 8192)
+        _check_float("tiling.overlap", self.overlap, 0.0, 0.5)
+        _check_int("tiling.batch_size", self.batch_size, 1, 1024)
+        _check_int("tiling.tile_z", self.tile_z, 4, 1024)
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    """How label images map to classes.
+
+    ``value_map[i]`` is the label value that class ``i`` came from (``semantic``
+    labels) so predictions can be written back in the original values.
+    """
+
+    kind: str = "instances"
+    class_names: tuple[str, ...] = ("background", "interior", "boundary")
+    value_map: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("labels_kind", self.kind, LABELS_KINDS)
+        if not isinstance(self.class_names, tuple) or not all(
+            isinstance(n, str) for n in self.class_names
+        ):
+            raise ValueError(f"class_names must be a list of strings, got {self.class_names!r}")
+        if len(self.class_names) < 2:
+            raise ValueError(f"at least 2 classes are needed, got {list(self.class_names)}")
+        if self.value_map is not None:
+            if len(self.value_map) != len(self.class_names):
+                raise ValueError(
+                    f"value_map has {len(self.value_map)} entries for "
+                    f"{len(self.class_names)} classes"
+                )
+            for v in self.value_map:
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ValueError(f"value_map entries must be integers, got {v!r}")
+        if self.kind == "instances" and len(self.class_names) != 3:
+            raise ValueError(
+                f"instances labels train 3 classes (background, interior, boundary), "
+                f"got {len(self.class_names)}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe.  ``None`` fields are chosen from the recipe and device."""
+
+    recipe: str = "fast"
+    steps: int | None = None
+    time_budget: float | None = None
+    batch_size: int | None = None
+    patch: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    border_weights: bool = False
+    augment: bool = True
+    val_fraction: float = 0.1
+    seed: int = 0
+    checkpoint_every: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_choice("recipe", self.recipe, RECIPES)
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1)
+        if self.time_budget is not None:
+            _check_float("time_budget", self.time_budget, 0.0, 1e7)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1, 4096)
+        if self.patch is not None:
+            _check_int("patch", self.patch, 16, 4096)
+        if self.lr is not None:
+            _check_float("lr", self.lr, 1e-8, 10.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
+        _check_int("seed", self.seed, 0)
+        _check_float("checkpoint_every", self.checkpoint_every, 0.0, 1e7)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything ``config.json`` holds: enough to rebuild and apply the model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    normalization: NormConfig = field(default_factory=NormConfig)
+    tiling: TileConfig = field(default_factory=TileConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.num_classes != len(self.labels.class_names):
+            raise ValueError(
+                f"model.num_classes ({self.model.num_classes}) differs from the number of "
+                f"class names ({len(self.labels.class_names)})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+        for f in dataclasses.fields(self):
+            out[f.name] = _plain(dataclasses.asdict(getattr(self, f.name)))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT_NAME:
+            raise ValueError(f"format must be {FORMAT_NAME!r}, got {data.get('format')!r}")
+        version = data.get("version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"unknown config version {version!r} (this napari-unet reads version "
+                f"{FORMAT_VERSION})"
+            )
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        extra = set(data) - set(known) - {"format", "version"}
+        if extra:
+            raise ValueError(f"unknown config sections: {', '.join(sorted(extra))}")
+        kwargs = {}
+        types = {
+            "model": ModelConfig,
+            "labels": LabelsConfig,
+            "normalization": NormConfig,
+            "tiling": TileConfig,
+            "train": TrainConfig,
+        }
+        for name, sub in types.items():
+            if name in data:
+                kwargs[name] = dataclass_from_dict(sub, data[name], name)
+        return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a JSON object, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            if len(value) > 4096:
+                raise ValueError(f"{where}.{key} is too long ({len(value)} entries)")
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - dataclass signature errors
+        raise ValueError(f"{where}: {exc}") from None

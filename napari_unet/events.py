@@ -1,0 +1,71 @@
+"""The progress protocol: small typed events yielded by long-running generators.
+
+Training (:func:`napari_unet.training.train_iter`) and prediction yield these;
+scripts drain them with :func:`napari_unet.training.run`, widgets turn them
+into plots, progress bars and layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainStarted:
+    """Training is about to take its first step."""
+
+    device: str  # e.g. "cuda: NVIDIA H100" or "cpu, 2 threads"
+    n_train: int
+    n_val: int
+    start_step: int
+    max_steps: int | None
+    time_budget: float | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One optimisation step finished."""
+
+    step: int
+    loss: float
+    lr: float
+    images_per_s: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The model was scored on the validation crops."""
+
+    step: int
+    loss: float
+    iou: float  # mean intersection over union of the classes, on labeled pixels
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """The model folder (and resume state) were written."""
+
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Training ended; ``reason`` is "steps", "time" or "cancelled"."""
+
+    step: int
+    reason: str
+    elapsed: float
+    path: str | None
+
+
+@dataclass(frozen=True)
+class TileDone:
+    """Tile ``i`` of ``n`` of the current image was predicted."""
+
+    i: int
+    n: int

@@ -1,0 +1,225 @@
+"""Apply a model to an image: 2D images, stacks slice-wise, volumes in 3D.
+
+Axes are given as a string of ``T``, ``Z``, ``C``, ``Y``, ``X`` (any order)
+or guessed from the model: a 2D model sees a 3D array as a stack of slices,
+and an image with the model's channel count first or last as channels.  The
+output has the image's shape without its channel axis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ModelSpec
+from .data import percentiles
+from .devices import resolve_device
+from .events import TileDone
+from .postprocess import class_labels, instances_from_probs
+from .store import Model
+from .tiling import predict_tiled_iter
+
+log = logging.getLogger(__name__)
+
+_AXES = set("TZCYXS")
+_MAX_RANGE_SAMPLES = 4_000_000
+
+
+def guess_axes(shape: Sequence[int], spec: ModelSpec) -> str:
+    """Axes string for an array of ``shape`` fed to a model with ``spec``."""
+    ndim = len(shape)
+    dims = spec.model.spatial_dims
+    c = spec.model.in_channels
+    spatial = "YX" if dims == 2 else "ZYX"
+    if c == 1:
+        if ndim == 3 and dims == 2 and shape[-1] in (3, 4) and shape[0] > 16:
+            raise ValueError(
+                f"the image of shape {tuple(shape)} looks like RGB(A) but the model takes "
+                f"1 channel: convert it to grey, or pass axes='ZYX' if it is a stack"
+            )
+        if ndim < dims:
+            raise ValueError(f"a {dims}D model cannot predict a {ndim}D image {tuple(shape)}")
+        prefixes = ["", "Z", "TZ"] if dims == 2 else ["", "T"]
+        lead = ndim - dims
+        if lead >= len(prefixes):
+            raise ValueError(
+                f"cannot tell the axes of a {ndim}D image {tuple(shape)}; pass axes, e.g. "
+                f"'T{prefixes[-1]}{spatial}'"
+            )
+        return prefixes[lead] + spatial
+    if ndim == dims + 1:
+        if shape[0] == c:
+            return "C" + spatial
+        if shape[-1] == c:
+            return spatial + "C"
+    if ndim == dims + 2 and dims == 2:
+        if shape[1] == c:
+            return "ZC" + spatial
+        if shape[-1] == c:
+            return "Z" + spatial + "C"
+    raise ValueError(
+        f"the model takes {c} channels but no axis of the image {tuple(shape)} has {c} "
+        f"entries in a place napari-unet can guess; pass axes, e.g. 'CYX'"
+    )
+
+
+def _check_axes(axes: str, ndim: int, spec: ModelSpec) -> str:
+    axes = axes.upper()
+    if len(axes) != ndim or set(axes) - _AXES or len(set(axes)) != len(axes):
+        raise ValueError(
+            f"axes {axes!r} must name each of the image's {ndim} axes once, from T, Z, C, Y, X"
+        )
+    if spec.model.in_channels > 1 and "C" not in axes:
+        raise ValueError(f"the model takes {spec.model.in_channels} channels; axes {axes!r} "
+                         f"has no C")
+    return axes
+
+
+def _lazy(image: Any) -> Any:
+    """numpy stays numpy; zarr and other array-likes become dask (lazy slicing)."""
+    if isinstance(image, np.ndarray) or hasattr(image, "compute"):
+        return image
+    if hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
+        try:
+            import dask.array as da
+        except ImportError:  # pragma: no cover - dask is a dependency
+            return np.asarray(image)
+        return da.from_array(image, chunks=getattr(image, "chunks", "auto"))
+    return np.asarray(image)
+
+
+def _intensity_range(arr: Any, spec: ModelSpec) -> tuple[float, float]:
+    """Percentiles over the whole (channel of the) array, on a strided subsample."""
+    size = int(np.prod(arr.shape))
+    step = 1
+    while size / step ** arr.ndim > _MAX_RANGE_SAMPLES:
+        step += 1
+    sub = arr[(slice(None, None, step),) * arr.ndim]
+    if hasattr(sub, "compute"):
+        sub = sub.compute()
+    return percentiles(np.asarray(sub), spec.normalization)
+
+
+def predict_proba_iter(
+    model: Model,
+    image: Any,
+    *,
+    axes: str | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    batch_size: int | None = None,
+    amp: bool = True,
+) -> Generator[TileDone, None, np.ndarray]:
+    """Class probabilities ``(num_classes, *image shape without C)``; yields tiles."""
+    spec = model.config
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {image.dtype}")
+    shape = tuple(int(s) for s in image.shape)
+    axes = _check_axes(axes, len(shape), spec) if axes else guess_axes(shape, spec)
+    dims = spec.model.spatial_dims
+    arr = _lazy(image)
+    # reorder to (stack..., C, spatial...)
+    spatial = [a for a in axes if a != "C"][-dims:]
+    stack = [a for a in axes if a != "C" and a not in spatial]
+    order = [axes.index(a) for a in stack]
+    if "C" in axes:
+        order.append(axes.index("C"))
+    order += [axes.index(a) for a in spatial]
+    arr = arr.transpose(order) if hasattr(arr, "transpose") else np.transpose(arr, order)
+    if "C" not in axes:
+        arr = arr[(slice(None),) * len(stack) + (None,)]
+    n_chan = arr.shape[len(stack)]
+    if n_chan != spec.model.in_channels:
+        raise ValueError(
+            f"the image has {n_chan} channels (axes {axes}), the model takes "
+            f"{spec.model.in_channels}"
+        )
+    for a, s in zip(spatial, arr.shape[-dims:], strict=True):
+        if s < 1:
+            raise ValueError(f"the image's {a} axis is empty")
+    ranges = []
+    for c in range(n_chan):
+        lo, hi = _intensity_range(arr[(slice(None),) * len(stack) + (c,)], spec)
+        ranges.append((lo, max(hi - lo, 1e-12) if hi > lo else max(abs(hi), 1.0)))
+    lo_v = np.array([r[0] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
+    sc_v = np.array([r[1] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
+
+    def transform(block: np.ndarray) -> np.ndarray:
+        out = (block - lo_v) / sc_v
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+    dev = resolve_device(device)
+    network = model.network.to(dev)
+    tiling = spec.tiling
+    t = tile or tiling.tile
+    tile_edges = (min(t, tiling.tile_z),) + (t,) * (dims - 1) if dims == 3 else (t, t)
+    stack_shape = tuple(arr.shape[: len(stack)])
+    k = spec.model.num_classes
+    out = np.zeros((k, *stack_shape, *arr.shape[-dims:]), np.float32)
+    n_items = int(np.prod(stack_shape)) if stack_shape else 1
+    for n, idx in enumerate(np.ndindex(*stack_shape) if stack_shape else [()]):
+        src = arr[idx] if idx else arr
+        probs = yield from predict_tiled_iter(
+            network, src, spec.model, tile=tile_edges, overlap=tiling.overlap,
+            batch_size=batch_size or tiling.batch_size, device=dev, amp=amp, transform=transform,
+        )
+        out[(slice(None), *idx)] = probs
+        if n_items > 1:
+            log.debug("predicted slice %d of %d", n + 1, n_items)
+    # back to the image's order of non-channel axes
+    kept = [a for a in axes if a != "C"]
+    now = stack + spatial
+    perm = [0] + [1 + now.index(a) for a in kept]
+    return np.transpose(out, perm)
+
+
+def predict_iter(
+    model: Model,
+    image: Any,
+    *,
+    instances: bool = False,
+    axes: str | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    batch_size: int | None = None,
+    amp: bool = True,
+) -> Generator[TileDone, None, np.ndarray]:
+    """Class labels (or instance ids with ``instances=True``); yields tiles."""
+    if instances and model.config.labels.kind != "instances":
+        raise ValueError(
+            f"instances need a model trained on instance labels; this one was trained on "
+            f"{model.config.labels.kind} labels"
+        )
+    probs = yield from predict_proba_iter(
+        model, image, axes=axes, device=device, tile=tile, batch_size=batch_size, amp=amp
+    )
+    if instances:
+        return instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
+    return class_labels(probs, model.config.labels)
+
+
+def _drain(gen: Generator[Any, None, Any]) -> Any:
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def predict(model: Model, image: Any, *, instances: bool = False, **kwargs: Any) -> np.ndarray:
+    """Segment ``image``: class labels, or instance ids with ``instances=True``.
+
+    Returns a numpy array with the image's shape (without a channel axis).
+    """
+    return _drain(predict_iter(model, image, instances=instances, **kwargs))
+
+
+def predict_proba(model: Model, image: Any, **kwargs: Any) -> np.ndarray:
+    """Class probabilities, (num_classes, *image shape without C), float32."""
+    return _drain(predict_proba_iter(model, image, **kwargs))

@@ -1,0 +1,92 @@
+"""Class probabilities -> semantic labels or instances.
+
+Instances come from the 3-class (background, interior, boundary) output:
+connected components of confident interior are the seeds, a watershed on
+the interior probability grows them over the foreground (interior +
+boundary), and foreground blobs that got no seed become objects of their own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import relabel_sequential, watershed
+
+from .config import LabelsConfig
+
+
+def _smallest_uint(max_value: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+def class_labels(probs: np.ndarray, labels: LabelsConfig) -> np.ndarray:
+    """Arg-max classes written back in the user's label values.
+
+    ``sparse``: class k -> painted value k + 1 (0 stays "unlabeled");
+    ``semantic``: class k -> ``value_map[k]``; ``instances``: 0 background,
+    1 interior, 2 boundary.
+    """
+    cls = np.argmax(probs, axis=0)
+    if labels.kind == "sparse":
+        return (cls + 1).astype(_smallest_uint(len(labels.class_names)))
+    if labels.kind == "semantic" and labels.value_map is not None:
+        vm = np.asarray(labels.value_map)
+        if vm.min() >= 0:
+            return vm.astype(_smallest_uint(int(vm.max())))[cls]
+        return vm.astype(np.int64)[cls]
+    return cls.astype(np.uint8)
+
+
+def instances_from_probs(
+    probs: np.ndarray,
+    spatial_dims: int = 2,
+    fg_threshold: float = 0.5,
+    seed_threshold: float = 0.5,
+    min_size: int | None = None,
+) -> np.ndarray:
+    """Instance ids (0 = background) from (3, *spatial) probabilities.
+
+    With a 2D model applied to a stack (``probs.ndim == 4`` and
+    ``spatial_dims == 2``) each slice is segmented on its own and ids stay
+    unique across the stack.
+    """
+    if probs.shape[0] != 3:
+        raise ValueError(
+            f"instances need a 3-class (background, interior, boundary) model, "
+            f"got {probs.shape[0]} classes"
+        )
+    if probs.ndim - 1 > spatial_dims:
+        out = np.zeros(probs.shape[1:], np.int32)
+        offset = 0
+        for idx in np.ndindex(*probs.shape[1:-spatial_dims]):
+            lab = instances_from_probs(
+                probs[(slice(None), *idx)], spatial_dims, fg_threshold, seed_threshold, min_size
+            )
+            lab[lab > 0] += offset
+            offset = max(offset, int(lab.max()))
+            out[idx] = lab
+        return out.astype(_smallest_uint(max(offset, 1)))
+    if min_size is None:
+        min_size = 10 if spatial_dims == 2 else 30
+    p_int = probs[1]
+    fg = probs[0] < 1.0 - fg_threshold
+    seeds, n = ndi.label(p_int > seed_threshold)
+    if n:
+        sizes = np.bincount(seeds.ravel())
+        small = sizes < max(2, min_size // 4)
+        small[0] = False
+        seeds[small[seeds]] = 0
+    lab = watershed(-p_int, markers=seeds, mask=fg)
+    # foreground blobs no seed reached become objects of their own
+    rest, n_rest = ndi.label(fg & (lab == 0))
+    if n_rest:
+        lab = np.where(rest > 0, rest + lab.max(), lab)
+    sizes = np.bincount(lab.ravel())
+    small = sizes < min_size
+    small[0] = False
+    lab[small[lab]] = 0
+    lab, _, _ = relabel_sequential(lab)
+    return lab.astype(_smallest_uint(max(int(lab.max()), 1)))

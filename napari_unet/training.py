@@ -1,0 +1,627 @@
+"""Training: a generator of typed events that returns the trained model.
+
+``train_iter`` yields :mod:`napari_unet.events` objects (started, every step,
+validations, checkpoints, finished) and returns a :class:`~napari_unet.store.Model`;
+``train`` drains it for scripts.  Closing the generator (``gen.close()``, what
+a cancelled worker does) stops between steps; when an output folder is set,
+the model folder and its resume state are written atomically before it ends.
+
+Recipes
+-------
+``fast`` (default): AdamW, a warm-up then cosine learning-rate decay over the
+step or time budget, batches of several patches, bf16/fp16 autocast and
+channels_last on CUDA.  ``paper``: SGD with momentum 0.99, batch size 1,
+cross-entropy, float32, constant learning rate (Ronneberger et al. 2015).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import targets as tg
+from .augment import AugmentConfig, augment_batch, center_crop, crop_margin
+from .config import LabelsConfig, ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
+from .data import PatchSampler, normalize, split_indices
+from .devices import autocast_dtype, describe_device, resolve_device
+from .events import CheckpointSaved, Finished, TrainStarted, TrainStep, Validated
+from .model import UNet, border
+from .store import Model, content_hash, load_checkpoint, load_model, save_checkpoint, save_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIME_BUDGET = 300.0
+INSTANCE_CLASSES = ("background", "interior", "boundary")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Model size and recipe settings picked for a device (measured, see docs)."""
+
+    width: int
+    patch: int
+    batch_size: int
+    lr: float
+
+
+def defaults_for(device: torch.device, recipe: str, spatial_dims: int = 2) -> Defaults:
+    """Defaults that train a good model in minutes on a laptop CPU, seconds on a GPU."""
+    if recipe == "paper":
+        return Defaults(width=64 if device.type == "cuda" else 16, patch=256, batch_size=1, lr=1e-3)
+    if device.type == "cpu":
+        if spatial_dims == 3:
+            return Defaults(width=8, patch=48, batch_size=2, lr=3e-3)
+        return Defaults(width=16, patch=128, batch_size=8, lr=3e-3)
+    if spatial_dims == 3:
+        return Defaults(width=16, patch=96, batch_size=4, lr=2e-3)
+    return Defaults(width=32, patch=256, batch_size=16, lr=2e-3)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """Training images and targets, normalised and split into 2D/3D samples."""
+
+    images: list[np.ndarray]  # (C, *spatial) float32
+    targets: list[np.ndarray]  # (*spatial) int64, IGNORE where unlabeled
+    weights: list[np.ndarray] | None
+    labels: LabelsConfig
+    in_channels: int
+    provenance: list[dict[str, Any]]
+
+
+def _as_list(x: Any) -> list[Any]:
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not isinstance(x, list | tuple):
+        return [x]
+    return list(x)
+
+
+def _channel_first(image: np.ndarray, labels_shape: tuple[int, ...], index: int) -> np.ndarray:
+    """Return the image as (C, *labels_shape), finding its channel axis by shape."""
+    if image.shape == labels_shape:
+        return image[None]
+    if image.ndim == len(labels_shape) + 1:
+        if image.shape[1:] == labels_shape:
+            return image
+        if image.shape[:-1] == labels_shape:
+            return np.moveaxis(image, -1, 0)
+    raise ValueError(
+        f"image {index} has shape {image.shape} but its labels have shape {labels_shape}: "
+        f"they must match (an extra channel axis first or last is allowed)"
+    )
+
+
+def prepare(
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    labels_kind: str,
+    spatial_dims: int = 2,
+    class_names: Sequence[str] | None = None,
+    value_map: Sequence[int] | None = None,
+    norm: NormConfig | None = None,
+    border_weights: bool = False,
+) -> Prepared:
+    """Turn user images and label images into normalised arrays and class targets."""
+    norm = norm or NormConfig()
+    imgs, labs = _as_list(images), _as_list(labels)
+    if len(imgs) != len(labs):
+        raise ValueError(f"got {len(imgs)} images but {len(labs)} label images")
+    if not imgs:
+        raise ValueError("no training images were given")
+    if labels_kind not in ("sparse", "semantic", "instances"):
+        raise ValueError(f"labels_kind must be sparse, semantic or instances, got {labels_kind!r}")
+    labs = [np.asarray(lab) for lab in labs]
+    for i, lab in enumerate(labs):
+        if lab.dtype.kind not in "biu":
+            raise ValueError(f"labels {i} must be integers, got dtype {lab.dtype}")
+        if lab.ndim not in (spatial_dims, spatial_dims + 1):
+            raise ValueError(
+                f"labels {i} have {lab.ndim} dimensions; a {spatial_dims}D model trains on "
+                f"{spatial_dims}D labels or stacks of them"
+            )
+    # classes
+    if labels_kind == "instances":
+        names = tuple(class_names) if class_names else INSTANCE_CLASSES
+        vmap = None
+    elif labels_kind == "semantic":
+        values = sorted(set().union(*(np.unique(lab).tolist() for lab in labs)))
+        if value_map is None:
+            value_map = values
+        vmap = tuple(int(v) for v in value_map)
+        missing = sorted(set(values) - set(vmap))
+        if missing:
+            raise ValueError(f"label values {missing[:10]} are not in the model's classes {vmap}")
+        if len(vmap) < 2:
+            raise ValueError(f"semantic labels need at least 2 distinct values, got {vmap}")
+        names = tuple(class_names) if class_names else tuple(f"class {v}" for v in vmap)
+    else:
+        top = max(int(lab.max()) if lab.size else 0 for lab in labs)
+        if class_names:
+            names = tuple(class_names)
+            if top > len(names):
+                raise ValueError(
+                    f"labels contain value {top} but only {len(names)} classes are named "
+                    f"({', '.join(names)})"
+                )
+        else:
+            n = max(top, 2)
+            names = ("background", "cell") if n == 2 else tuple(f"class {k}" for k in range(1, n + 1))
+        vmap = None
+    labels_cfg = LabelsConfig(kind=labels_kind, class_names=names, value_map=vmap)
+
+    out_imgs, out_tgts, out_w, prov = [], [], [], []
+    in_channels = None
+    for i, (img, lab) in enumerate(zip(imgs, labs, strict=True)):
+        img = _channel_first(np.asarray(img), lab.shape, i)
+        if in_channels is None:
+            in_channels = img.shape[0]
+        elif img.shape[0] != in_channels:
+            raise ValueError(
+                f"image {i} has {img.shape[0]} channels, image 0 has {in_channels}"
+            )
+        if img.dtype.kind not in "biuf":
+            raise ValueError(f"image {i} must be numeric, got dtype {img.dtype}")
+        prov.append({"image": content_hash(np.asarray(img)), "labels": content_hash(lab),
+                     "shape": list(lab.shape)})
+        nimg = normalize(img, norm, channel_axis=0)
+        if labels_kind == "instances":
+            tgt = tg.instance_targets(lab, spatial_dims=spatial_dims)
+        elif labels_kind == "semantic":
+            tgt, _ = tg.semantic_targets(lab, value_map=vmap)
+        else:
+            tgt = tg.sparse_targets(lab, num_classes=len(names))
+        w = None
+        if border_weights:
+            if labels_kind != "instances":
+                raise ValueError("border_weights needs instance labels (labels_kind='instances')")
+            w = tg.border_weight_map(lab, spatial_dims=spatial_dims)
+        if lab.ndim == spatial_dims + 1:  # a stack of 2D slices for a 2D model
+            for z in range(lab.shape[0]):
+                out_imgs.append(nimg[:, z])
+                out_tgts.append(tgt[z])
+                if w is not None:
+                    out_w.append(w[z])
+        else:
+            out_imgs.append(nimg)
+            out_tgts.append(tgt)
+            if w is not None:
+                out_w.append(w)
+    return Prepared(
+        images=out_imgs,
+        targets=out_tgts,
+        weights=out_w if border_weights else None,
+        labels=labels_cfg,
+        in_channels=int(in_channels or 1),
+        provenance=prov,
+    )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing)."""
+    per_px = F.cross_entropy(logits.float(), target, ignore_index=tg.IGNORE, reduction="none")
+    valid = (target != tg.IGNORE).float()
+    if weight is not None:
+        valid = valid * weight
+    return (per_px * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def confusion(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    pred = logits.argmax(1)
+    mask = target != tg.IGNORE
+    idx = target[mask] * k + pred[mask]
+    return torch.bincount(idx, minlength=k * k).reshape(k, k)
+
+
+def mean_iou(conf: torch.Tensor) -> float:
+    """Mean IoU over the classes present in truth or prediction."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    if not present.any():
+        return float("nan")
+    return float((tp[present] / union[present]).mean())
+
+
+def _lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    progress = min(max(progress, 0.0), 1.0)
+    return warm * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class _Trainer:
+    """The loop's state: network, optimiser, samplers; ``train_step`` / ``validate``."""
+
+    def __init__(
+        self,
+        network: UNet,
+        spec: ModelSpec,
+        device: torch.device,
+        train_sampler: PatchSampler,
+        val_batches: list,
+        patch: int,
+        batch_size: int,
+        lr: float,
+    ) -> None:
+        self.network = network
+        self.spec = spec
+        self.device = device
+        self.sampler = train_sampler
+        self.val_batches = val_batches
+        self.patch = patch
+        self.batch_size = batch_size
+        self.lr = lr
+        cfg = spec.train
+        self.amp_dtype = autocast_dtype(device) if cfg.recipe == "fast" else None
+        self.channels_last = device.type == "cuda" and spec.model.spatial_dims == 2
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        params = network.parameters()
+        if cfg.recipe == "paper":
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.99)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16
+        )
+        self.augment = AugmentConfig() if cfg.augment else None
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.seed)
+        self.out_shape = (patch,) * spec.model.spatial_dims
+        self.border = border(spec.model)
+
+    def _forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                return self.network(image)
+        return self.network(image)
+
+    def _crop_to_output(self, target, weight):
+        b = self.border
+        if b == 0:
+            return target, weight
+        sl = (slice(None),) + (slice(b, -b),) * self.spec.model.spatial_dims
+        return target[sl], None if weight is None else weight[sl]
+
+    def train_step(self, lr: float) -> dict[str, float]:
+        self.network.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        image, target, weight = self.sampler.sample(self.batch_size)
+        in_shape = tuple(s + 2 * self.border for s in self.out_shape)
+        if self.augment is not None:
+            image, target, weight = augment_batch(
+                image, target, weight, in_shape, self.augment, self.generator
+            )
+        else:
+            image, target, weight = center_crop(image, target, weight, in_shape)
+        target, weight = self._crop_to_output(target, weight)
+        logits = self._forward(image)
+        loss = masked_cross_entropy(logits, target, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.network.eval()
+        k = self.spec.model.num_classes
+        conf = torch.zeros(k, k, dtype=torch.int64, device=self.device)
+        total, count = 0.0, 0
+        in_shape = tuple(s + 2 * self.border for s in self.out_shape)
+        for image, target, weight in self.val_batches:
+            image, target, weight = center_crop(image, target, weight, in_shape)
+            target, weight = self._crop_to_output(target, weight)
+            logits = self._forward(image).float()
+            total += float(masked_cross_entropy(logits, target)) * image.shape[0]
+            count += image.shape[0]
+            conf += confusion(logits, target, k)
+        return {"loss": total / max(count, 1), "iou": mean_iou(conf)}
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _to_model(network: UNet, spec: ModelSpec, history: dict, path: Path | None) -> Model:
+    return Model(network=network, config=spec, history=history, path=path)
+
+
+def train_iter(
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    *,
+    labels_kind: str = "sparse",
+    class_names: Sequence[str] | None = None,
+    config: TrainConfig | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    recipe: str | None = None,
+    width: int | None = None,
+    depth: int = 4,
+    padding: str = "same",
+    batch_norm: bool = True,
+    spatial_dims: int = 2,
+    patch: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    out: str | Path | None = None,
+    resume: bool = False,
+    model: Model | None = None,
+    tiling: TileConfig | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Generator[Any, None, Model]:
+    """Train a U-Net; yields progress events and returns the model.
+
+    Parameters
+    ----------
+    images, labels
+        One array or a list of arrays.  Images may carry a channel axis (first
+        or last) that the labels lack; with a 2D model, 3D arrays are stacks of
+        2D slices (slices without labels are ignored).
+    labels_kind
+        ``"sparse"`` (0 = unlabeled, 1..K = classes), ``"semantic"`` (every
+        value a class) or ``"instances"`` (object ids, 0 = background).
+    config
+        A :class:`TrainConfig`; the keyword arguments ``steps``,
+        ``time_budget``, ``recipe``, ``patch`` and ``batch_size`` override it.
+        Without ``steps`` or ``time_budget`` training runs 300 s.
+    width, depth, padding, batch_norm, spatial_dims
+        The architecture (``width=None`` picks the device default).
+    out
+        Model folder to write checkpoints and the final model to.
+    resume
+        Continue from the model folder ``out`` (weights and optimiser state).
+    model
+        Continue training this in-memory model (the human-in-the-loop case).
+    """
+    cfg = config or TrainConfig()
+    overrides = {
+        k: v
+        for k, v in dict(
+            steps=steps, time_budget=time_budget, recipe=recipe, patch=patch, batch_size=batch_size
+        ).items()
+        if v is not None
+    }
+    cfg = replace(cfg, **overrides)
+    if cfg.steps is None and cfg.time_budget is None:
+        cfg = replace(cfg, time_budget=DEFAULT_TIME_BUDGET)
+    dev = resolve_device(device)
+    out_path = Path(out) if out is not None else None
+
+    checkpoint = None
+    history: dict[str, Any] = {"steps": 0, "elapsed": 0.0, "log": [], "validation": [],
+                               "sessions": []}
+    if resume:
+        if out_path is None:
+            raise ValueError("resume=True needs the model folder to resume from (out)")
+        model = load_model(out_path, device=dev)
+        checkpoint = load_checkpoint(out_path)
+    if model is not None:
+        history = {**history, **model.history}
+        base_spec = model.config
+        spatial_dims = base_spec.model.spatial_dims
+        labels_kind = base_spec.labels.kind
+        class_names = base_spec.labels.class_names
+    prepared = prepare(
+        images,
+        labels,
+        labels_kind,
+        spatial_dims=spatial_dims,
+        class_names=class_names,
+        value_map=model.config.labels.value_map if model is not None else None,
+        norm=model.config.normalization if model is not None else None,
+        border_weights=cfg.border_weights,
+    )
+    d = defaults_for(dev, cfg.recipe, spatial_dims)
+    cfg = replace(
+        cfg,
+        patch=cfg.patch or d.patch,
+        batch_size=cfg.batch_size or d.batch_size,
+        lr=cfg.lr or d.lr,
+    )
+    if model is not None:
+        network = model.network.to(dev)
+        mcfg = model.config.model
+        if prepared.in_channels != mcfg.in_channels:
+            raise ValueError(
+                f"the images have {prepared.in_channels} channels, the model takes "
+                f"{mcfg.in_channels}"
+            )
+        if prepared.labels.class_names != model.config.labels.class_names:
+            raise ValueError(
+                f"the labels have classes {list(prepared.labels.class_names)}, the model "
+                f"{list(model.config.labels.class_names)}"
+            )
+        spec = replace(model.config, train=cfg)
+    else:
+        mcfg = ModelConfig(
+            spatial_dims=spatial_dims,
+            in_channels=prepared.in_channels,
+            num_classes=len(prepared.labels.class_names),
+            depth=depth,
+            width=width or d.width,
+            padding=padding,
+            batch_norm=batch_norm,
+        )
+        spec = ModelSpec(
+            model=mcfg, labels=prepared.labels, normalization=NormConfig(),
+            tiling=tiling or TileConfig(), train=cfg,
+        )
+        torch.manual_seed(cfg.seed)
+        network = UNet.from_config(mcfg).to(dev)
+    assert cfg.patch is not None and cfg.batch_size is not None and cfg.lr is not None
+    patch_size = cfg.patch
+    if mcfg.padding == "same":
+        step = 2**mcfg.depth
+        patch_size = max(step, patch_size // step * step)
+
+    aug = AugmentConfig()
+    crop = patch_size + 2 * border(mcfg) + 2 * crop_margin(patch_size, aug)
+    train_idx, val_idx = split_indices(len(prepared.images), cfg.val_fraction, cfg.seed)
+
+    def sampler(idx: Iterable[int], seed: int) -> PatchSampler:
+        idx = list(idx)
+        return PatchSampler(
+            [prepared.images[i] for i in idx],
+            [prepared.targets[i] for i in idx],
+            None if prepared.weights is None else [prepared.weights[i] for i in idx],
+            crop=crop, num_classes=mcfg.num_classes, device=dev, seed=seed,
+        )
+
+    train_sampler = sampler(train_idx, cfg.seed)
+    try:
+        val_sampler = sampler(val_idx, cfg.seed + 1) if val_idx else train_sampler
+    except ValueError:  # validation images without labels: score on training crops
+        val_sampler = train_sampler
+    n_val_crops = 16 if dev.type == "cpu" else 64
+    val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
+    trainer = _Trainer(network, spec, dev, train_sampler, val_batches, patch_size,
+                       cfg.batch_size, cfg.lr)
+    start_step = int(history.get("steps", 0))
+    if checkpoint is not None:
+        opt_state, state = checkpoint
+        try:
+            trainer.optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError) as exc:
+            log.warning("optimizer state not restored (%s); continuing with a fresh optimizer", exc)
+        if "scaler" in state and trainer.scaler.is_enabled():
+            trainer.scaler.load_state_dict(state["scaler"])
+    history["sessions"].append({
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": describe_device(dev),
+        "recipe": cfg.recipe,
+        "start_step": start_step,
+        "data": prepared.provenance,
+        "labels_kind": prepared.labels.kind,
+    })
+
+    yield TrainStarted(
+        device=describe_device(dev), n_train=len(train_idx), n_val=len(val_idx),
+        start_step=start_step, max_steps=cfg.steps, time_budget=cfg.time_budget,
+        settings={"recipe": cfg.recipe, "width": mcfg.width, "depth": mcfg.depth,
+                  "patch": patch_size, "batch_size": cfg.batch_size, "lr": cfg.lr},
+    )
+
+    elapsed_before = float(history.get("elapsed", 0.0))
+    t0 = clock()
+    step = 0
+    warmup = 50 if cfg.recipe == "fast" else 1
+    val_every = max(5.0, (cfg.time_budget or 0) / 10) if cfg.time_budget else None
+    val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not cfg.time_budget else None
+    last_val = t0
+    last_ckpt = t0
+    reason = "cancelled"
+    result_path = None
+
+    def progress(now: float) -> float:
+        p = 0.0
+        if cfg.steps:
+            p = max(p, step / cfg.steps)
+        if cfg.time_budget:
+            p = max(p, (now - t0) / cfg.time_budget)
+        return p
+
+    def save(now: float) -> Path:
+        history["steps"] = start_step + step
+        history["elapsed"] = elapsed_before + (now - t0)
+        m = _to_model(trainer.network, spec, history, out_path)
+        assert out_path is not None
+        save_model(m, out_path)
+        state = {"step": start_step + step, "elapsed": history["elapsed"]}
+        if trainer.scaler.is_enabled():
+            state["scaler"] = trainer.scaler.state_dict()
+        save_checkpoint(out_path, trainer.optimizer.state_dict(), state)
+        return out_path
+
+    try:
+        while True:
+            now = clock()
+            p = progress(now)
+            if p >= 1.0:
+                reason = "steps" if cfg.steps and step >= cfg.steps else "time"
+                break
+            lr = cfg.lr
+            if cfg.recipe == "fast":
+                lr = cfg.lr * _lr_factor(p, step, warmup)
+            t_step = clock()
+            out = trainer.train_step(lr)
+            if not math.isfinite(out["loss"]):
+                raise FloatingPointError(
+                    f"training loss became {out['loss']} at step {start_step + step + 1}; "
+                    f"the model was not saved (lower the learning rate or check the images)"
+                )
+            step += 1
+            now = clock()
+            ips = cfg.batch_size / max(now - t_step, 1e-9)
+            if step % 10 == 1 or cfg.steps and step == cfg.steps:
+                history["log"].append([start_step + step, round(out["loss"], 5), lr])
+            yield TrainStep(step=start_step + step, loss=out["loss"], lr=lr, images_per_s=ips,
+                            elapsed=now - t0)
+            due_val = (val_every and now - last_val >= val_every) or (
+                val_every_steps and step % val_every_steps == 0
+            )
+            if due_val:
+                v = trainer.validate()
+                last_val = clock()
+                history["validation"].append([start_step + step, round(v["loss"], 5),
+                                              round(v["iou"], 5)])
+                yield Validated(step=start_step + step, loss=v["loss"], iou=v["iou"],
+                                elapsed=last_val - t0)
+            if out_path is not None and cfg.checkpoint_every and now - last_ckpt >= cfg.checkpoint_every:
+                save(now)
+                last_ckpt = clock()
+                yield CheckpointSaved(step=start_step + step, path=str(out_path))
+        v = trainer.validate()
+        history["validation"].append([start_step + step, round(v["loss"], 5), round(v["iou"], 5)])
+        yield Validated(step=start_step + step, loss=v["loss"], iou=v["iou"], elapsed=clock() - t0)
+        if out_path is not None:
+            result_path = save(clock())
+            yield CheckpointSaved(step=start_step + step, path=str(out_path))
+    except GeneratorExit:
+        # cancelled between steps: keep what was learned, atomically
+        if out_path is not None and step > 0:
+            save(clock())
+        raise
+    history["steps"] = start_step + step
+    history["elapsed"] = elapsed_before + (clock() - t0)
+    trainer.network.eval()
+    yield Finished(step=start_step + step, reason=reason, elapsed=clock() - t0,
+                   path=str(result_path) if result_path else None)
+    return _to_model(trainer.network, spec, history, out_path)
+
+
+def run(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
+    """Drain an event generator (calling ``callback`` on each event); return its result."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)
+
+
+def train(*args: Any, callback: Callable[[Any], None] | None = None, **kwargs: Any) -> Model:
+    """Blocking form of :func:`train_iter`; returns the trained model."""
+    return run(train_iter(*args, **kwargs), callback)

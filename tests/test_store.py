@@ -1,0 +1,509 @@
+"""Tests for the model folder format (napari_unet.store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from napari_unet import store
+from napari_unet.config import LabelsConfig, ModelConfig, ModelSpec
+from napari_unet.model import UNet
+from napari_unet.store import (
+    Model,
+    ModelFormatError,
+    atomic_write_bytes,
+    atomic_write_json,
+    content_hash,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_model,
+)
+
+
+def _spec(width: int = 4) -> ModelSpec:
+    return ModelSpec(
+        model=ModelConfig(in_channels=1, num_classes=3, depth=2, width=width),
+        labels=LabelsConfig(kind="instances"),
+    )
+
+
+def _model(width: int = 4, seed: int = 0) -> Model:
+    torch.manual_seed(seed)
+    spec = _spec(width)
+    net = UNet.from_config(spec.model)
+    # Non-trivial BatchNorm statistics, so buffers are checked too.
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(2, 1, 16, 16))
+    history = {"steps": 3, "losses": [1.0, 0.5, 0.25], "images": [{"hash": "ab"}]}
+    return Model(network=net, config=spec, history=history)
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Model, Path]:
+    model = _model()
+    folder = save_model(model, tmp_path / "m")
+    return model, folder
+
+
+def _rehash(folder: Path) -> None:
+    """Make config.json's weights hash match the current weights file."""
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["weights_sha256"] = store._sha256((folder / "weights.safetensors").read_bytes())
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _expect_error(folder: Path, filename: str, *fragments: str) -> ModelFormatError:
+    with pytest.raises(ModelFormatError) as info:
+        load_model(folder)
+    message = str(info.value)
+    assert filename in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return info.value
+
+
+class _Marker:
+    """Unpickling this would create a marker file (it must never happen)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_state_and_outputs(saved: tuple[Model, Path]) -> None:
+    model, folder = saved
+    assert model.path == folder
+    loaded = load_model(folder)
+    original = model.network.state_dict()
+    restored = loaded.network.state_dict()
+    assert original.keys() == restored.keys()
+    for key, value in original.items():
+        assert torch.equal(value, restored[key]), key
+    assert not loaded.network.training
+    assert loaded.device == torch.device("cpu")
+    x = torch.randn(1, 1, 16, 16)
+    model.network.eval()
+    with torch.no_grad():
+        assert torch.equal(model.network(x), loaded.network(x))
+    assert loaded.config == model.config
+    assert loaded.history == model.history
+    assert loaded.path == folder
+
+
+def test_saved_files_and_metadata(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "training.json",
+        "weights.safetensors",
+    ]
+    cfg = json.loads((folder / "config.json").read_text())
+    digest = cfg.pop("weights_sha256")
+    assert digest == store._sha256((folder / "weights.safetensors").read_bytes())
+    assert ModelSpec.from_dict(cfg) == _spec()
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "weights.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"format": "napari-unet"}
+        for key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
+            tensor = handle.get_tensor(key)
+            assert tensor.dtype in (torch.float32, torch.int64), key
+
+
+def test_config_round_trip_non_default(tmp_path: Path) -> None:
+    spec = ModelSpec(
+        model=ModelConfig(
+            spatial_dims=2,
+            in_channels=2,
+            num_classes=2,
+            depth=1,
+            width=2,
+            padding="valid",
+            batch_norm=False,
+        ),
+        labels=LabelsConfig(kind="semantic", class_names=("membrane", "cell"), value_map=(0, 255)),
+    )
+    net = UNet.from_config(spec.model)
+    folder = save_model(Model(net, spec, {}), tmp_path / "a" / "b")
+    loaded = load_model(folder)
+    assert loaded.config == spec
+    assert loaded.history == {}
+
+
+def test_save_keeps_user_files_and_overwrites(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "notes.txt").write_text("mine")
+    other = _model(seed=1)
+    save_model(other, folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    loaded = load_model(folder)
+    for key, value in other.network.state_dict().items():
+        assert torch.equal(value, loaded.network.state_dict()[key])
+
+
+def test_save_refuses_file_path(tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="afile"):
+        save_model(_model(), target)
+
+
+def test_missing_history_is_empty(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "training.json").unlink()
+    assert load_model(folder).history == {}
+
+
+def test_auto_device(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    model = load_model(folder, device="auto")
+    assert model.device.type in ("cpu", "cuda", "mps")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "a.bin", b"1")
+    atomic_write_bytes(tmp_path / "a.bin", b"22")
+    atomic_write_json(tmp_path / "b.json", {"x": (1, 2)})
+    assert (tmp_path / "a.bin").read_bytes() == b"22"
+    assert json.loads((tmp_path / "b.json").read_text()) == {"x": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json"]
+    save_model(_model(), tmp_path / "m")
+    names = [p.name for p in (tmp_path / "m").iterdir()]
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "c.json"
+    atomic_write_json(target, {"old": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": object()})
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]
+
+
+# --------------------------------------------------------------------------- content hash
+
+
+def test_content_hash() -> None:
+    a = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    h = content_hash(a)
+    assert len(h) == 64 and h == content_hash(a.copy())
+    assert h != content_hash(a.astype(np.int32))
+    assert h != content_hash(a.reshape(4, 3))
+    b = a.copy()
+    b[0, 0] = 1
+    assert h != content_hash(b)
+    t = np.asfortranarray(a)
+    assert content_hash(t) == h
+    assert content_hash(a.T) == content_hash(np.ascontiguousarray(a.T))
+
+
+# --------------------------------------------------------------------------- load errors
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="nope"):
+        load_model(tmp_path / "nope")
+
+
+def test_missing_config(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "config.json").unlink()
+    _expect_error(folder, "config.json", "missing")
+
+
+def test_bad_json(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "config.json").write_text("{not json")
+    _expect_error(folder, "config.json", "not valid JSON")
+
+
+def test_config_too_large(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "config.json").write_text(" " * (store.MAX_CONFIG_BYTES + 1) + "{}")
+    _expect_error(folder, "config.json", "too large")
+
+
+def test_unknown_version(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["version"] = 99
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _expect_error(folder, "config.json", "unknown config version 99")
+
+
+def test_bad_config_value(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model"]["depth"] = 0
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _expect_error(folder, "config.json", "depth")
+
+
+def test_missing_weights(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "weights.safetensors").unlink()
+    _expect_error(folder, "weights.safetensors", "missing")
+
+
+def test_truncated_weights(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    path = folder / "weights.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _expect_error(folder, "weights.safetensors", "truncated")
+    path.write_bytes(data[:5])
+    _expect_error(folder, "weights.safetensors", "truncated")
+
+
+def test_garbage_header(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    path = folder / "weights.safetensors"
+    path.write_bytes(struct.pack("<Q", 4) + b"nope" + b"\0" * 16)
+    _expect_error(folder, "weights.safetensors", "invalid safetensors header")
+
+
+def test_safetensors_library_error_is_wrapped(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    path = folder / "weights.safetensors"
+    header = json.dumps({"w": {"dtype": "XX9", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    _rehash(folder)
+    _expect_error(folder, "weights.safetensors", "invalid safetensors file")
+
+
+def test_header_too_large(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    path = folder / "weights.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    _expect_error(folder, "weights.safetensors", "header claims")
+
+
+def test_wrong_shapes(tmp_path: Path) -> None:
+    folder = save_model(_model(width=4), tmp_path / "m")
+    wide = _model(width=8).network
+    save_file(store._weights_tensors(wide), str(folder / "weights.safetensors"))
+    _rehash(folder)
+    err = _expect_error(folder, "weights.safetensors", "down.0.0.weight", "(8, 1, 3, 3)")
+    assert "(4, 1, 3, 3)" in str(err)
+
+
+def test_missing_and_unexpected_keys(saved: tuple[Model, Path]) -> None:
+    model, folder = saved
+    tensors = store._weights_tensors(model.network)
+    tensors["extra.weight"] = tensors.pop("head.weight")
+    save_file(tensors, str(folder / "weights.safetensors"))
+    _rehash(folder)
+    _expect_error(
+        folder, "weights.safetensors", "missing keys: head.weight", "unexpected keys: extra.weight"
+    )
+
+
+def test_integer_weights_refused(saved: tuple[Model, Path]) -> None:
+    model, folder = saved
+    tensors = store._weights_tensors(model.network)
+    tensors["head.weight"] = tensors["head.weight"].to(torch.int32)
+    save_file(tensors, str(folder / "weights.safetensors"))
+    _rehash(folder)
+    _expect_error(folder, "weights.safetensors", "head.weight", "I32")
+
+
+def test_nan_weights(saved: tuple[Model, Path]) -> None:
+    model, folder = saved
+    tensors = store._weights_tensors(model.network)
+    tensors["head.bias"][0] = float("nan")
+    save_file(tensors, str(folder / "weights.safetensors"))
+    _rehash(folder)
+    _expect_error(folder, "weights.safetensors", "head.bias", "NaN")
+
+
+def test_hash_mismatch(tmp_path: Path) -> None:
+    folder = save_model(_model(seed=0), tmp_path / "m")
+    other = save_model(_model(seed=1), tmp_path / "other")
+    (folder / "weights.safetensors").write_bytes((other / "weights.safetensors").read_bytes())
+    _expect_error(folder, "weights.safetensors", "weights do not match config (interrupted save?)")
+
+
+def test_missing_hash(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["weights_sha256"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _expect_error(folder, "config.json", "weights_sha256")
+
+
+def test_bad_history(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "training.json").write_text("[1, 2]")
+    _expect_error(folder, "training.json", "JSON object")
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+@pytest.mark.parametrize("relative", ["weights.safetensors", "checkpoint/optimizer.pt"])
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_pickle_refused(
+    saved: tuple[Model, Path], tmp_path: Path, relative: str, protocol: int
+) -> None:
+    _, folder = saved
+    marker = tmp_path / "UNPICKLED"
+    payload = pickle.dumps(_Marker(marker), protocol=protocol)
+    target = folder / relative
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(payload)
+    with pytest.raises(ModelFormatError, match="pickle") as info:
+        load_model(folder)
+    assert Path(relative).name in str(info.value)
+    assert "never loads pickles" in str(info.value)
+    if relative.startswith("checkpoint"):
+        with pytest.raises(ModelFormatError, match="pickle"):
+            load_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_pickle_file_given_as_model_path(tmp_path: Path) -> None:
+    marker = tmp_path / "UNPICKLED"
+    target = tmp_path / "model.pt"
+    target.write_bytes(pickle.dumps(_Marker(marker)))
+    with pytest.raises(ModelFormatError, match="never loads pickles"):
+        load_model(target)
+    assert not marker.exists()
+
+
+def test_torch_zip_refused(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    (folder / "model.pth").write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    _expect_error(folder, "model.pth", "pickle")
+
+
+def test_pickle_like_safetensors_length_is_not_pickle() -> None:
+    # A real safetensors header of 0x0280 bytes starts with b"\x80\x02" too.
+    head = struct.pack("<Q", 0x0280) + b"{"
+    assert not store._looks_like_pickle(head, 8 + 0x0280 + 16)
+    assert store._looks_like_pickle(head, 100)
+    assert store._looks_like_pickle(pickle.dumps([1, 2, 3], protocol=4)[:9], 1000)
+    assert not store._looks_like_pickle(b'{"a": 1}', 8)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _make_optimizer(kind: str, net: torch.nn.Module) -> torch.optim.Optimizer:
+    if kind == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=1e-3)
+    return torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99)
+
+
+def _step(net: torch.nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 1, 8, 8, generator=gen)
+    target = torch.randint(0, 3, (2, 8, 8), generator=gen)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), target).backward()
+    opt.step()
+
+
+def _tiny_net(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(spatial_dims=2, in_channels=1, num_classes=3, depth=1, width=2, batch_norm=False)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_checkpoint_round_trip_and_resume(tmp_path: Path, kind: str) -> None:
+    net = _tiny_net()
+    opt = _make_optimizer(kind, net)
+    for seed in range(2):
+        _step(net, opt, seed)
+    saved_params = {k: v.clone() for k, v in net.state_dict().items()}
+    user_state = {
+        "step": 2,
+        "elapsed": 1.5,
+        "scaler": {"scale": 65536.0, "_growth_tracker": 0},
+        "rng": torch.get_rng_state(),
+        "history": [1.0, None, "x"],
+    }
+    save_checkpoint(tmp_path / "m", opt.state_dict(), user_state)
+    assert sorted(p.name for p in (tmp_path / "m" / "checkpoint").iterdir()) == [
+        "optimizer.safetensors",
+        "state.json",
+    ]
+
+    loaded = load_checkpoint(tmp_path / "m")
+    assert loaded is not None
+    opt_state, state = loaded
+    assert state["step"] == 2 and state["elapsed"] == 1.5 and state["scaler"]["scale"] == 65536.0
+    assert state["history"] == [1.0, None, "x"]
+    assert torch.equal(state["rng"], user_state["rng"])
+    original = opt.state_dict()
+    assert set(opt_state["state"]) == set(original["state"])
+    for pid, entry in original["state"].items():
+        assert set(opt_state["state"][pid]) == set(entry)
+        for name, value in entry.items():
+            got = opt_state["state"][pid][name]
+            if isinstance(value, torch.Tensor):
+                assert isinstance(got, torch.Tensor)
+                assert got.dtype == value.dtype and torch.equal(got, value), (pid, name)
+            else:
+                assert got == value
+    assert opt_state["param_groups"][0]["params"] == original["param_groups"][0]["params"]
+
+    # Continue uninterrupted ...
+    _step(net, opt, 99)
+    expected = net.state_dict()
+    # ... and resumed from the checkpoint.
+    net2 = _tiny_net(seed=5)
+    net2.load_state_dict(saved_params)
+    opt2 = _make_optimizer(kind, net2)
+    opt2.load_state_dict(opt_state)
+    _step(net2, opt2, 99)
+    for key, value in expected.items():
+        assert torch.equal(value, net2.state_dict()[key]), key
+
+
+def test_checkpoint_absent_and_incomplete(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    assert load_checkpoint(folder) is None
+    save_checkpoint(folder, {"state": {}, "param_groups": []}, {"step": 0})
+    assert load_checkpoint(folder) == ({"state": {}, "param_groups": []}, {"step": 0})
+    (folder / "checkpoint" / "state.json").unlink()
+    assert load_checkpoint(folder) is None
+    # A checkpoint never stops the model from loading.
+    load_model(folder)
+
+
+def test_checkpoint_hash_mismatch(tmp_path: Path) -> None:
+    net = _tiny_net()
+    opt = _make_optimizer("adamw", net)
+    _step(net, opt, 0)
+    save_checkpoint(tmp_path / "m", opt.state_dict(), {"step": 1})
+    path = tmp_path / "m" / "checkpoint" / "optimizer.safetensors"
+    _step(net, opt, 1)
+    save_file({k: v.contiguous() for k, v in store._weights_tensors(net).items()}, str(path))
+    with pytest.raises(ModelFormatError, match=r"optimizer\.safetensors"):
+        load_checkpoint(tmp_path / "m")
+
+
+def test_checkpoint_refuses_unstorable_values(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="object"):
+        save_checkpoint(tmp_path / "m", {"state": {}, "param_groups": []}, {"x": object()})
+    assert not os.path.exists(tmp_path / "m" / "checkpoint" / "state.json")
