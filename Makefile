@@ -13,16 +13,18 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.napari-unet-installed
+# Harmless pip warnings about unused local index folders on some machines.
+PIP_NOISE := is ignored: it is neither a file nor a directory
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 SCREENSHOT ?= docs/images/demo.png
 
 # Xvfb for napari's OpenGL canvas (Qt's offscreen platform crashes in vispy), Mesa's software GL,
-# and the X/xcb libraries that the PyQt5 wheel's xcb platform plugin loads but does not ship.
-SYSDEPS := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libfontconfig1 libdbus-1-3 \
-	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
-	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 \
-	libxcb-xkb1
+# and the X/xcb libraries that the PyQt6/PyQt5 wheels' xcb platform plugin loads but does not ship
+# (read off /proc/PID/maps of a running viewer). Package names checked on Debian 12 and 13.
+SYSDEPS := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libfontconfig1 libxkbcommon-x11-0 \
+	libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+	libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1
 # 24-bit screen: xvfb-run's default (8-bit, 640x480) is not enough for OpenGL.
 XVFB_RUN := xvfb-run -a -s "-screen 0 1600x1000x24"
 
@@ -43,8 +45,10 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	@test -n "$(PYTHON)" || { echo "python3 not found: install Python 3.10+ (3.11 preferred)"; exit 1; }
 	@if [ ! -x $(VPY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
-	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[testing]'
+	@echo "installing into $(VENV): pip install -c $(CONSTRAINTS) -e '.[testing]'"
+	@set -o pipefail; \
+	$(VPY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v "$(PIP_NOISE)" || true; } && \
+	$(VPY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[testing]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $@
 
 sysdeps:

@@ -132,10 +132,10 @@ def augment_batch(
     out_img = F.grid_sample(
         image.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
-    # nearest sampling of target+1: zeros padding turns outside pixels into IGNORE
-    shifted = (target + (1 - IGNORE)).to(torch.float32).unsqueeze(1)
+    # nearest sampling of the shifted target: zeros padding turns outside pixels into IGNORE
+    shifted = (target - IGNORE).to(torch.float32).unsqueeze(1)  # IGNORE -> 0
     out_t = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    out_t = out_t.squeeze(1).round().to(torch.int64) - (1 - IGNORE)
+    out_t = out_t.squeeze(1).round().to(torch.int64) + IGNORE
     out_w = None
     if weight is not None:
         out_w = F.grid_sample(

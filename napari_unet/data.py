@@ -76,7 +76,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 @dataclass
 class _Item:
     image: torch.Tensor  # (C, *padded)
-    target: torch.Tensor  # (*padded) int64
+    target: torch.Tensor  # (*padded) int16 (int64 for > 32767 classes)
     weight: torch.Tensor | None
     shape: tuple[int, ...]  # unpadded spatial shape
     centres: list[np.ndarray]  # per class: flat indices into the unpadded image
@@ -121,6 +121,8 @@ class PatchSampler:
         dims = images[0].ndim - 1
         self.spatial_dims = dims
         half = crop // 2 + 1
+        # targets are stored small (int16) and widened per batch
+        tdtype = np.int16 if num_classes < 2**15 else np.int64
         for i, (img, tgt) in enumerate(zip(images, targets, strict=True)):
             shape = tuple(tgt.shape)
             pads = [(half, half) for _ in shape]
@@ -140,7 +142,7 @@ class PatchSampler:
             self.items.append(
                 _Item(
                     image=torch.from_numpy(np.ascontiguousarray(img_p, dtype=np.float32)).to(device),
-                    target=torch.from_numpy(np.ascontiguousarray(tgt_p, dtype=np.int64)).to(device),
+                    target=torch.from_numpy(np.ascontiguousarray(tgt_p, dtype=tdtype)).to(device),
                     weight=w_t,
                     shape=shape,
                     centres=centres,
@@ -175,7 +177,7 @@ class PatchSampler:
             if item.weight is not None:
                 wts.append(item.weight[sl])
         image = torch.stack(imgs)
-        target = torch.stack(tgts)
+        target = torch.stack(tgts).to(torch.int64)
         weight = torch.stack(wts) if wts else None
         return image, target, weight
 

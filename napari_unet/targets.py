@@ -163,9 +163,7 @@ def semantic_targets(
         if unexpected:
             shown = ", ".join(str(v) for v in unexpected[:10])
             more = f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""
-            raise ValueError(
-                f"labels contain values not in value_map {vmap}: {shown}{more}"
-            )
+            raise ValueError(f"labels contain values not in value_map {vmap}: {shown}{more}")
     if not vmap:  # empty labels array
         return np.zeros(arr.shape, dtype=np.int64), vmap
     values = np.asarray(vmap, dtype=np.int64)
@@ -178,8 +176,10 @@ def _fitting_dtype(values: Sequence[int]) -> np.dtype:
     if not values:
         return np.dtype(np.uint8)
     lo, hi = min(values), max(values)
-    candidates = (np.uint8, np.uint16, np.uint32, np.uint64) if lo >= 0 else (
-        np.int8, np.int16, np.int32, np.int64
+    candidates = (
+        (np.uint8, np.uint16, np.uint32, np.uint64)
+        if lo >= 0
+        else (np.int8, np.int16, np.int32, np.int64)
     )
     for candidate in candidates:
         info = np.iinfo(candidate)
@@ -419,6 +419,4 @@ def border_weight_map(
         return _weight_image(arr, float(w0), float(sigma), class_balance)
     if arr.shape[0] == 0:
         return np.zeros(arr.shape, dtype=np.float32)
-    return np.stack(
-        [_weight_image(plane, float(w0), float(sigma), class_balance) for plane in arr]
-    )
+    return np.stack([_weight_image(plane, float(w0), float(sigma), class_balance) for plane in arr])

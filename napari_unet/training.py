@@ -182,6 +182,7 @@ def prepare(
             tgt, _ = tg.semantic_targets(lab, value_map=vmap)
         else:
             tgt = tg.sparse_targets(lab, num_classes=len(names))
+        tgt = tgt.astype(np.int16 if len(names) < 2**15 else np.int64)
         w = None
         if border_weights:
             if labels_kind != "instances":
@@ -270,7 +271,7 @@ class _Trainer:
         self.lr = lr
         cfg = spec.train
         self.amp_dtype = autocast_dtype(device) if cfg.recipe == "fast" else None
-        self.channels_last = device.type == "cuda" and spec.model.spatial_dims == 2
+        self.channels_last = spec.model.spatial_dims == 2
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
         params = network.parameters()

@@ -190,7 +190,7 @@ def test_instance_errors() -> None:
         match_instances(a, np.zeros((4, 5), dtype=np.int32))
     with pytest.raises(ValueError, match="pred must be an integer label array, got dtype float64"):
         match_instances(a, np.zeros((4, 4)))
-    with pytest.raises(ValueError, match="threshold must be in \\(0, 1\\], got 1.5"):
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\], got 1.5"):
         match_instances(a, a, threshold=1.5)
     with pytest.raises(ValueError, match="truth must not contain negative labels, got minimum -2"):
         match_instances(a - 2, a)

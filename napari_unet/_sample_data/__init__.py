@@ -134,13 +134,17 @@ def make_synthetic_nuclei_3d(
         r = np.array([rng.uniform(3.0, 5.0), rng.uniform(6.0, 10.0), rng.uniform(6.0, 10.0)])
         c = np.array([rng.uniform(r[i], shape[i] - 1 - r[i]) for i in range(3)])
         # Accept when it overlaps no placed nucleus by more than ~10 % of the radii (touching ok).
-        if any(np.linalg.norm((c - c2) / ((r + r2) / 2)) < 1.8 for c2, r2 in zip(centres, radii)):
+        too_close = (
+            np.linalg.norm((c - c2) / ((r + r2) / 2)) < 1.8
+            for c2, r2 in zip(centres, radii, strict=True)
+        )
+        if any(too_close):
             continue
         lo = np.maximum(np.floor(c - r).astype(int), 0)
         hi = np.minimum(np.ceil(c + r).astype(int) + 1, shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         grid = np.ogrid[box]
-        dist = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r))
+        dist = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r, strict=True))
         inside = (dist <= 1.0) & (labels[box] == 0)
         if not inside.any():
             continue

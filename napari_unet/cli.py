@@ -1,0 +1,311 @@
+"""The ``napari-unet`` command: ``train``, ``predict``, ``evaluate``.
+
+Exit codes: 0 success, 2 bad input (one line naming the file and the
+problem, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+
+log = logging.getLogger("napari_unet")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; reported in one line with exit code 2."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every bad input
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="napari-unet", description="Train and apply U-Nets to microscopy images.")
+    p.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model from images and label images")
+    t.add_argument("--images", required=True, nargs="+", help="folder, glob or files")
+    t.add_argument("--labels", required=True, nargs="+", help="folder, glob or files")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--labels-kind", choices=["sparse", "semantic", "instances"], default="sparse")
+    t.add_argument("--recipe", choices=["fast", "paper"], default="fast")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                        help="train for this long (default 300 s when --steps is not given)")
+    budget.add_argument("--steps", type=_positive_int, metavar="N")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    t.add_argument("--width", type=_positive_int, help="features of the first level "
+                   "(default: 16 on the CPU, 32 on a GPU)")
+    t.add_argument("--depth", type=_positive_int, default=4)
+    t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--padding", choices=["same", "valid"], default="same")
+    t.add_argument("--border-weights", action="store_true",
+                   help="the paper's border weight map (instances labels only)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue training the model in --out (weights and optimizer state)")
+    t.add_argument("--seed", type=int, default=0)
+
+    q = sub.add_parser("predict", help="apply a model to images")
+    q.add_argument("model", help="model folder")
+    q.add_argument("inputs", nargs="+", help="files, folders or globs")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--instances", action="store_true", help="write instance ids")
+    q.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.tif")
+    q.add_argument("--format", choices=["tif", "zarr"], default="tif")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, CYX (default: guessed)")
+    q.add_argument("--tile", type=_positive_int, help="tile edge in pixels")
+    q.add_argument("--batch-size", type=_positive_int, help="tiles per batch")
+
+    e = sub.add_parser("evaluate", help="score predictions against ground truth")
+    e.add_argument("--pred", required=True, help="folder of predicted instance/label images")
+    e.add_argument("--truth", required=True, help="folder of ground-truth label images")
+    e.add_argument("--out", help="CSV or JSON file (default: evaluation.csv and .json in --pred)")
+    return p
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, flush=True)
+
+
+def _read_pairs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], list]:
+    from .files import find_inputs, pair_by_stem, read_image
+
+    pairs = pair_by_stem(find_inputs(args.images, "--images"),
+                         find_inputs(args.labels, "--labels"))
+    images, labels = [], []
+    for img_path, lab_path in pairs:
+        img, lab = read_image(img_path), read_image(lab_path)
+        if lab.dtype.kind == "f":
+            if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
+                raise UsageError(f"{lab_path}: label images must hold whole numbers")
+            lab = lab.astype(np.int64)
+        if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
+            raise UsageError(f"{lab_path}: label values must be >= 0, found {lab.min()}")
+        if img.ndim == 3 and lab.ndim == 2 and img.shape[-1] in (3, 4) and img.shape[:2] == lab.shape:
+            if img.shape[-1] == 4:  # drop alpha
+                img = img[..., :3]
+            if all(np.array_equal(img[..., 0], img[..., c]) for c in (1, 2)):
+                img = img[..., 0]  # grey stored as RGB
+        if img.shape != lab.shape and img.shape[:-1] != lab.shape and img.shape[1:] != lab.shape:
+            raise UsageError(
+                f"{img_path} has shape {img.shape} but {lab_path} has shape {lab.shape}"
+            )
+        images.append(img)
+        labels.append(lab)
+    return images, labels, pairs
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .store import CONFIG_FILE
+    from .training import train_iter
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if (out / CONFIG_FILE).exists() and not args.resume:
+        raise UsageError(
+            f"--out {out} already holds a model; pass --resume to continue training it, "
+            f"or choose another folder"
+        )
+    if args.resume and not (out / CONFIG_FILE).exists():
+        raise UsageError(f"--resume: {out} holds no model to resume ({CONFIG_FILE} missing)")
+    images, labels, pairs = _read_pairs(args)
+    _say(args, f"training on {len(pairs)} image(s) with {args.labels_kind} labels")
+    gen = train_iter(
+        images, labels, labels_kind=args.labels_kind, recipe=args.recipe,
+        steps=args.steps, time_budget=args.time_budget, width=args.width, depth=args.depth,
+        patch=args.patch, batch_size=args.batch_size, padding=args.padding,
+        device=args.device, out=out, resume=args.resume,
+        config=_train_config(args),
+    )
+    last_print = 0.0
+    last_val = ""
+    for event in _drive(gen):
+        kind = type(event).__name__
+        if kind == "TrainStarted":
+            s = event.settings
+            _say(args, f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
+                       f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
+                       f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images")
+        elif kind == "Validated":
+            last_val = f", validation IoU {event.iou:.3f}"
+        elif kind == "TrainStep" and time.monotonic() - last_print >= 5:
+            last_print = time.monotonic()
+            _say(args, f"step {event.step}  loss {event.loss:.4f}  {event.images_per_s:.1f} "
+                       f"patches/s  {event.elapsed:.0f} s{last_val}")
+        elif kind == "Finished":
+            _say(args, f"finished after {event.step} steps ({event.reason}){last_val}; "
+                       f"model saved to {out}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from .config import TrainConfig
+
+    return TrainConfig(border_weights=args.border_weights, seed=args.seed)
+
+
+def _drive(gen):
+    """Iterate a generator, closing it (which saves) on Ctrl-C."""
+    try:
+        yield from gen
+    except KeyboardInterrupt:
+        gen.close()
+        raise
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .files import find_inputs, read_image, stem, write_tif, write_zarr
+    from .inference import predict_proba_iter
+    from .postprocess import class_labels, instances_from_probs
+    from .store import load_model
+
+    model = load_model(args.model, device=args.device)
+    if args.instances and model.config.labels.kind != "instances":
+        raise UsageError(
+            f"--instances needs a model trained on instance labels; {args.model} was trained "
+            f"on {model.config.labels.kind} labels"
+        )
+    inputs = find_inputs(args.inputs, "input")
+    stems = [stem(p) for p in inputs]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise UsageError(f"several inputs share the name stem {dupes[0]!r}; their outputs "
+                         f"would overwrite each other")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write = write_tif if args.format == "tif" else write_zarr
+    ext = ".tif" if args.format == "tif" else ".zarr"
+    for n, path in enumerate(inputs, 1):
+        t0 = time.perf_counter()
+        image = read_image(path, lazy=True)
+        try:
+            probs = _drain(predict_proba_iter(model, image, axes=args.axes, device=args.device,
+                                              tile=args.tile, batch_size=args.batch_size))
+        except ValueError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        if args.instances:
+            result = instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
+        else:
+            result = class_labels(probs, model.config.labels)
+        write(out / f"{stem(path)}{ext}", result)
+        if args.probabilities:
+            write(out / f"{stem(path)}_prob{ext}", probs.astype(np.float32))
+        extra = f", {int(result.max())} objects" if args.instances else ""
+        _say(args, f"[{n}/{len(inputs)}] {path.name} -> {stem(path)}{ext} "
+                   f"({time.perf_counter() - t0:.1f} s{extra})")
+    return 0
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .files import find_inputs, pair_by_stem, read_image
+    from .metrics import evaluate_pair
+
+    pairs = pair_by_stem(find_inputs(args.pred, "--pred"), find_inputs(args.truth, "--truth"))
+    rows: list[dict[str, Any]] = []
+    for pred_path, truth_path in pairs:
+        pred, truth = read_image(pred_path), read_image(truth_path)
+        if pred.shape != truth.shape:
+            raise UsageError(f"{pred_path} has shape {pred.shape} but {truth_path} has shape "
+                             f"{truth.shape}")
+        for name, arr in ((pred_path, pred), (truth_path, truth)):
+            if arr.dtype.kind not in "biu":
+                raise UsageError(f"{name}: label images must be integers, got {arr.dtype}")
+        row = {"image": pred_path.name, **evaluate_pair(truth, pred)}
+        rows.append(row)
+    keys = ["iou", "dice", "ap50", "ap75"]
+    mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in keys},
+            "n_true": int(sum(r["n_true"] for r in rows)),
+            "n_pred": int(sum(r["n_pred"] for r in rows))}
+    table = rows + [mean]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["image", *keys, "n_true", "n_pred"],
+                            extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    text = buf.getvalue()
+    summary = {"per_image": rows, "mean": mean}
+    if args.out:
+        target = Path(args.out)
+        if target.suffix.lower() == ".json":
+            target.write_text(json.dumps(summary, indent=1))
+        else:
+            target.write_text(text)
+    else:
+        Path(args.pred, "evaluation.csv").write_text(text)
+        Path(args.pred, "evaluation.json").write_text(json.dumps(summary, indent=1))
+    if not args.quiet:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
+                        format="napari-unet: %(message)s")
+    commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+
+from napari_unet.model import UNet, border, valid_input_size, valid_output_size
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_same_padding_keeps_size(dims):
+    net = UNet(spatial_dims=dims, in_channels=2, num_classes=4, depth=2, width=4)
+    shape = (1, 2) + (16,) * dims
+    out = net(torch.randn(shape))
+    assert out.shape == (1, 4) + (16,) * dims
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_valid_padding_loses_constant_border(dims):
+    net = UNet(spatial_dims=dims, depth=2, width=2, padding="valid")
+    b = border(net.config)
+    for size in (valid_input_size(44, 2), valid_input_size(60, 2)):
+        out = net(torch.randn((1, 1) + (size,) * dims))
+        assert out.shape[2:] == (size - 2 * b,) * dims
+
+
+def test_paper_sizes():
+    # the paper's network: 572 x 572 in, 388 x 388 out
+    assert valid_output_size(572, 4) == 388
+    assert valid_output_size(573, 4) is None
+    net = UNet(depth=4, width=64, padding="valid")
+    assert border(net.config) == 92
+
+
+def test_paper_network_has_23_conv_layers():
+    net = UNet(depth=4, width=64)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    assert len(convs) == 23
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in convs) == 4
+
+
+def test_batch_norm_switch():
+    with_bn = UNet(depth=2, width=4, batch_norm=True)
+    without = UNet(depth=2, width=4, batch_norm=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"depth": 0}, "depth must be in"),
+        ({"width": 0}, "width must be in"),
+        ({"padding": "full"}, "padding must be one of same, valid, got 'full'"),
+        ({"spatial_dims": 4}, "spatial_dims must be in [2, 3], got 4"),
+        ({"num_classes": 1}, "num_classes must be in"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        UNet(**kwargs)
+
+
+def test_wrong_input_size_is_explained():
+    net = UNet(depth=3, width=2)
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*depth = 8"):
+        net(torch.randn(1, 1, 20, 16))
+    with pytest.raises(ValueError, match="expects 1 input channels, got 3"):
+        net(torch.randn(1, 3, 16, 16))
