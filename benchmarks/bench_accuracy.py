@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--time-budget", type=float, default=300)
     p.add_argument("--device", default="cpu")
     p.add_argument("--isbi-budget", type=float, default=None)
-    p.add_argument("--skip-isbi", action="store_true")
+    p.add_argument("--only", choices=["dsb", "isbi"], help="run one of the two data sets")
     p.add_argument("--keep", help="keep the work folder here")
     args, extra = p.parse_known_args()
     if not DATA.exists():
@@ -111,18 +111,21 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"# {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
-    dsb = bench_dsb(tmp, args.time_budget, args.device, extra)
     ref = REFERENCE.get(args.device.split(":")[0])
-    print(f"DSB2018 held-out ({dsb['n_test']} images, trained on {dsb['n_train']}): "
-          f"AP@0.5 {dsb['ap50']:.3f}  AP@0.75 {dsb['ap75']:.3f}  IoU {dsb['iou']:.3f}  "
-          f"steps {dsb['steps']}  train {dsb['train_s']:.0f} s  predict {dsb['predict_s']:.0f} s"
-          f"  | reference plain U-Net {ref}")
-    if not args.skip_isbi:
+    summary = [f"budget={args.time_budget:g}s", f"device={args.device}"]
+    if args.only != "isbi":
+        dsb = bench_dsb(tmp, args.time_budget, args.device, extra)
+        print(f"DSB2018 held-out ({dsb['n_test']} images, trained on {dsb['n_train']}): "
+              f"AP@0.5 {dsb['ap50']:.3f}  AP@0.75 {dsb['ap75']:.3f}  IoU {dsb['iou']:.3f}  "
+              f"steps {dsb['steps']}  train {dsb['train_s']:.0f} s  "
+              f"predict {dsb['predict_s']:.0f} s  | reference plain U-Net {ref}")
+        summary += [f"dsb_ap50={dsb['ap50']:.3f}", f"reference={ref}"]
+    if args.only != "dsb":
         isbi = bench_isbi(tmp, args.isbi_budget or args.time_budget, args.device, extra)
-        print(f"ISBI 2012 slices 25-29: pixel error {isbi['pixel_error']:.4f} "
-              f"(train {isbi['train_s']:.0f} s)")
-    print(f"SUMMARY dsb_ap50={dsb['ap50']:.3f} reference={ref} budget={args.time_budget:g}s "
-          f"device={args.device}")
+        print(f"ISBI 2012 slices 25-29 (trained on 00-24): pixel error "
+              f"{isbi['pixel_error']:.4f} (train {isbi['train_s']:.0f} s)")
+        summary.append(f"isbi_pixel_error={isbi['pixel_error']:.4f}")
+    print("SUMMARY " + " ".join(summary))
 
 
 if __name__ == "__main__":

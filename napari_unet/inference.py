@@ -125,7 +125,10 @@ def predict_proba_iter(
     dims = spec.model.spatial_dims
     arr = _lazy(image)
     # reorder to (stack..., C, spatial...)
-    spatial = [a for a in axes if a != "C"][-dims:]
+    spatial = ["Y", "X"] if dims == 2 else ["Z", "Y", "X"]
+    missing = [a for a in spatial if a not in axes]
+    if missing:
+        raise ValueError(f"axes {axes!r} lack {''.join(missing)}, which a {dims}D model needs")
     stack = [a for a in axes if a != "C" and a not in spatial]
     order = [axes.index(a) for a in stack]
     if "C" in axes:

@@ -61,7 +61,7 @@ def defaults_for(device: torch.device, recipe: str, spatial_dims: int = 2) -> De
     if device.type == "cpu":
         if spatial_dims == 3:
             return Defaults(width=8, patch=48, batch_size=2, lr=3e-3)
-        return Defaults(width=16, patch=128, batch_size=8, lr=3e-3)
+        return Defaults(width=8, patch=128, batch_size=8, lr=3e-3)
     if spatial_dims == 3:
         return Defaults(width=16, patch=96, batch_size=4, lr=2e-3)
     return Defaults(width=32, patch=256, batch_size=16, lr=2e-3)
@@ -242,7 +242,9 @@ def mean_iou(conf: torch.Tensor) -> float:
 
 
 def _lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
-    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    """Linear warm-up (over ``warmup_steps`` or the first 3 % of the budget, whichever
+    ends first), then cosine decay to ``final`` times the base rate."""
+    warm = min(1.0, max((step + 1) / max(1, warmup_steps), progress / 0.03))
     progress = min(max(progress, 0.0), 1.0)
     return warm * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
 

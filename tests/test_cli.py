@@ -1,0 +1,168 @@
+"""The CLI as a user runs it: real processes for the checks that matter from outside."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+
+from .conftest import make_nuclei
+
+TRAIN = ["--width", "4", "--depth", "2", "--patch", "32", "--batch-size", "2",
+         "--device", "cpu"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "napari_unet.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    for sub in ("images", "labels", "test", "truth"):
+        (root / sub).mkdir()
+    for i in range(4):
+        img, lab = make_nuclei(shape=(64, 80), seed=10 + i)
+        iio.imwrite(root / "images" / f"n{i}.png", img)
+        tifffile.imwrite(root / "labels" / f"n{i}.tif", lab)
+    img, lab = make_nuclei(shape=(70, 90), seed=50)
+    iio.imwrite(root / "test" / "t0.png", img)
+    tifffile.imwrite(root / "truth" / "t0.tif", lab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cli_model(folders):
+    out = folders / "model"
+    code = main(["-q", "train", "--images", str(folders / "images"), "--labels",
+                 str(folders / "labels"), "--out", str(out), "--labels-kind", "instances",
+                 "--steps", "20", *TRAIN])
+    assert code == 0
+    return out
+
+
+def test_train_writes_model_folder(cli_model):
+    names = {p.name for p in cli_model.iterdir()}
+    assert {"config.json", "weights.safetensors", "training.json", "checkpoint"} <= names
+    cfg = json.loads((cli_model / "config.json").read_text())
+    assert cfg["model"]["width"] == 4 and cfg["labels"]["kind"] == "instances"
+    hist = json.loads((cli_model / "training.json").read_text())
+    assert hist["steps"] == 20 and len(hist["sessions"][0]["data"]) == 4
+
+
+def test_predict_and_evaluate(folders, cli_model, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["-q", "predict", str(cli_model), str(folders / "test"), "--out", str(out),
+                 "--instances", "--probabilities", "--device", "cpu"]) == 0
+    inst = tifffile.imread(out / "t0.tif")
+    prob = tifffile.imread(out / "t0_prob.tif")
+    assert inst.shape == (70, 90) and inst.dtype.kind == "u"
+    assert prob.shape == (3, 70, 90) and prob.dtype == np.float32
+    np.testing.assert_allclose(prob.sum(0), 1, atol=1e-4)
+    assert main(["-q", "evaluate", "--pred", str(out), "--truth", str(folders / "truth")]) == 0
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["mean"]["n_true"] > 0 and 0 <= summary["mean"]["ap50"] <= 1
+    assert (out / "evaluation.csv").read_text().splitlines()[-1].startswith("mean,")
+
+
+def test_predict_zarr(folders, cli_model, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    out = tmp_path / "z"
+    assert main(["-q", "predict", str(cli_model), str(folders / "test" / "t0.png"), "--out",
+                 str(out), "--format", "zarr", "--device", "cpu"]) == 0
+    z = zarr.open(str(out / "t0.zarr"), mode="r")
+    assert z.shape == (70, 90) and set(np.unique(z[...])) <= {0, 1, 2}
+
+
+def test_resume_and_refusal_to_overwrite(folders, cli_model, capsys):
+    args = ["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+            "--out", str(cli_model), "--labels-kind", "instances", "--steps", "3", *TRAIN]
+    assert main(args) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    before = (cli_model / "weights.safetensors").read_bytes()
+    assert main(["-q", *args, "--resume"]) == 0
+    assert json.loads((cli_model / "training.json").read_text())["steps"] == 23
+    assert (cli_model / "weights.safetensors").read_bytes() != before
+
+
+def _bad(folders, cli_model, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "fake.png").write_text("not a png")
+    (tmp_path / "afile").write_text("x")
+    mism = tmp_path / "mism"
+    (mism / "i").mkdir(parents=True)
+    (mism / "l").mkdir()
+    iio.imwrite(mism / "i" / "a.png", np.zeros((20, 20), np.uint8))
+    iio.imwrite(mism / "l" / "a.png", np.zeros((21, 20), np.uint8))
+    train = ["train", "--labels", str(folders / "labels"), "--out", str(tmp_path / "m")]
+    return {
+        "missing images": (["train", "--images", str(tmp_path / "nope"), *train[1:]],
+                           "does not exist"),
+        "not an image": (["train", "--images", str(tmp_path / "notes.txt"), *train[1:]],
+                         "is not a TIFF, PNG, JPEG or zarr image"),
+        "broken png": (["predict", str(cli_model), str(tmp_path / "fake.png"), "--out",
+                        str(tmp_path / "o")], "could not be read as an image"),
+        "shape mismatch": (["train", "--images", str(mism / "i"), "--labels", str(mism / "l"),
+                            "--out", str(tmp_path / "m2")], "has shape (20, 20)"),
+        "no model": (["predict", str(tmp_path / "nomodel"), str(folders / "test"), "--out",
+                      str(tmp_path / "o")], "nomodel"),
+        "out is a file": (["predict", str(cli_model), str(folders / "test"), "--out",
+                           str(tmp_path / "afile")], "is a file"),
+        "no cuda": (["train", "--images", str(folders / "images"), *train[1:], "--device",
+                     "cuda"], "CUDA is not available"),
+        "bad kind": (["train", "--images", "x", "--labels", "y", "--out", "z", "--labels-kind",
+                      "dots"], "invalid choice"),
+        "bad budget": (["train", "--images", "x", "--labels", "y", "--out", "z",
+                        "--time-budget", "-3"], "must be > 0"),
+    }
+
+
+def test_bad_input_matrix_exits_2_with_one_line(folders, cli_model, tmp_path):
+    cases = {k: v for k, v in _bad(folders, cli_model, tmp_path).items() if v}
+    for name, (args, expected) in cases.items():
+        r = run_cli(*args)
+        assert r.returncode == 2, (name, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert expected in lines[0], (name, lines[0])
+
+
+def test_planted_pickle_is_refused_and_never_executed(cli_model, folders, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    for f in ("config.json", "training.json"):
+        (bad / f).write_bytes((cli_model / f).read_bytes())
+    (bad / "weights.safetensors").write_bytes(pickle.dumps(Payload(), protocol=2))
+    r = run_cli("predict", bad, folders / "test", "--out", tmp_path / "o", "--device", "cpu")
+    assert r.returncode == 2 and "pickle" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+    # a torch-style pickle beside genuine weights is refused too
+    good = tmp_path / "good-model"
+    good.mkdir()
+    for f in ("config.json", "training.json", "weights.safetensors"):
+        (good / f).write_bytes((cli_model / f).read_bytes())
+    (good / "extra.pt").write_bytes(pickle.dumps(Payload()))
+    r = run_cli("predict", good, folders / "test", "--out", tmp_path / "o2", "--device", "cpu")
+    assert r.returncode == 2 and "pickle" in r.stderr
+    assert not marker.exists()
+
+
+def test_console_script_help():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
+    assert Path(sys.executable).parent.joinpath("napari-unet").exists()

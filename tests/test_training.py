@@ -1,0 +1,176 @@
+"""Tiny CPU trainings: train -> save -> load -> predict, events, cancel, resume."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import events as ev
+from napari_unet.metrics import evaluate_pair
+from napari_unet.store import load_checkpoint, load_model
+from napari_unet.training import train, train_iter
+
+from .conftest import make_nuclei
+
+SMALL = dict(width=4, depth=2, patch=32, batch_size=2, device="cpu")
+
+
+def fake_clock(step=1.0):
+    counter = itertools.count()
+    return lambda: next(counter) * step
+
+
+def test_round_trip_segments_unseen_image(tiny_model):
+    model, path = tiny_model
+    loaded = load_model(path)
+    image, truth = make_nuclei(seed=99)
+    inst = __import__("napari_unet").predict(loaded, image, instances=True, device="cpu")
+    assert inst.shape == image.shape and inst.dtype.kind == "u"
+    scores = evaluate_pair(truth, inst)
+    assert scores["iou"] > 0.6  # the foreground is found on an image never seen
+    assert scores["n_pred"] >= 1
+    # the in-memory and the reloaded model agree
+    a = __import__("napari_unet").predict_proba(model, image, device="cpu")
+    b = __import__("napari_unet").predict_proba(loaded, image, device="cpu")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert loaded.history["steps"] == 40
+    assert loaded.history["sessions"][0]["data"][0]["labels"]  # provenance hashes
+
+
+def test_events_and_step_budget(nuclei):
+    images, labels = nuclei
+    gen = train_iter(images, labels, labels_kind="instances", steps=6, **SMALL)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            model = stop.value
+            break
+    assert isinstance(events[0], ev.TrainStarted) and events[0].device.startswith("cpu")
+    steps = [e for e in events if isinstance(e, ev.TrainStep)]
+    assert [e.step for e in steps] == list(range(1, 7))
+    assert all(np.isfinite(e.loss) and e.images_per_s > 0 for e in steps)
+    assert any(isinstance(e, ev.Validated) and 0 <= e.iou <= 1 for e in events)
+    assert isinstance(events[-1], ev.Finished) and events[-1].reason == "steps"
+    assert model.history["steps"] == 6 and not model.network.training
+
+
+def test_time_budget_stops_and_lr_decays(nuclei):
+    images, labels = nuclei
+    events = []
+    model = train(images, labels, labels_kind="instances", time_budget=12, clock=fake_clock(),
+                  callback=events.append, **SMALL)
+    steps = [e for e in events if isinstance(e, ev.TrainStep)]
+    assert events[-1].reason == "time"
+    assert 1 <= len(steps) < 12
+    assert steps[-1].lr < max(e.lr for e in steps)
+    assert model.history["steps"] == len(steps)
+
+
+def test_cancel_leaves_loadable_model(nuclei, tmp_path):
+    images, labels = nuclei
+    out = tmp_path / "m"
+    gen = train_iter(images, labels, labels_kind="instances", steps=1000, out=out, **SMALL)
+    done = 0
+    for e in gen:
+        if isinstance(e, ev.TrainStep):
+            done = e.step
+            if done == 3:
+                break
+    gen.close()  # what a cancelled worker does
+    model = load_model(out)
+    assert model.history["steps"] == 3
+    assert load_checkpoint(out) is not None
+
+
+def test_resume_continues_with_optimizer_state(nuclei, tmp_path):
+    images, labels = nuclei
+    out = tmp_path / "m"
+    first = train(images, labels, labels_kind="instances", steps=4, out=out, **SMALL)
+    opt_state, state = load_checkpoint(out)
+    assert state["step"] == 4 and opt_state["state"]
+    before = {k: v.clone() for k, v in first.network.state_dict().items()}
+    events = []
+    second = train(images, labels, steps=3, out=out, resume=True, callback=events.append,
+                   **SMALL)
+    assert events[0].start_step == 4
+    assert [e.step for e in events if isinstance(e, ev.TrainStep)] == [5, 6, 7]
+    assert second.history["steps"] == 7 and len(second.history["sessions"]) == 2
+    # it continued from the saved weights, not from a fresh network
+    w = "down.0.0.weight"
+    assert not torch.equal(second.network.state_dict()[w], before[w])
+    assert torch.allclose(second.network.state_dict()[w], before[w], atol=0.1)
+
+
+def test_sparse_strokes_predict_painted_values(nuclei):
+    images, labels = nuclei
+    strokes = []
+    for lab in labels:
+        s = np.zeros(lab.shape, np.uint8)
+        s[::7, :][lab[::7, :] == 0] = 1  # background strokes every 7th row
+        s[(lab > 0) & (np.arange(lab.shape[1])[None] % 5 == 0)] = 2  # nuclei strokes
+        strokes.append(s)
+    model = train(images, strokes, labels_kind="sparse", steps=25, **SMALL)
+    assert model.config.labels.class_names == ("background", "cell")
+    pred = __import__("napari_unet").predict(model, images[0], device="cpu")
+    assert set(np.unique(pred)) <= {1, 2}
+
+
+def test_semantic_values_written_back():
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64)).astype(np.float32)
+    lab = np.where(image > 0.5, 255, 0).astype(np.uint8)  # ISBI style 0 / 255
+    model = train([image], [lab], labels_kind="semantic", steps=5, **SMALL)
+    assert model.config.labels.value_map == (0, 255)
+    pred = __import__("napari_unet").predict(model, image, device="cpu")
+    assert set(np.unique(pred)) <= {0, 255} and pred.dtype == np.uint8
+
+
+def test_multichannel_valid_and_3d(nuclei):
+    images, labels = nuclei
+    two = [np.stack([im, 255 - im], axis=-1) for im in images[:2]]  # YXC
+    m = train(two, labels[:2], labels_kind="instances", steps=2, padding="valid", **SMALL)
+    assert m.config.model.in_channels == 2 and m.config.model.padding == "valid"
+    out = __import__("napari_unet").predict(m, two[0], device="cpu")
+    assert out.shape == two[0].shape[:2]
+
+    vol = np.stack([np.roll(images[0], z, axis=1) for z in range(16)])
+    vlab = np.stack([np.roll(labels[0], z, axis=1) for z in range(16)])
+    m3 = train([vol], [vlab], labels_kind="instances", spatial_dims=3, steps=2, width=2,
+               depth=2, patch=16, batch_size=1, device="cpu")
+    out3 = __import__("napari_unet").predict(m3, vol, device="cpu")
+    assert out3.shape == vol.shape
+
+
+def test_paper_recipe_uses_batch_one(nuclei):
+    images, labels = nuclei
+    events = []
+    train(images, labels, labels_kind="instances", recipe="paper", steps=2, width=4, depth=2,
+          patch=32, device="cpu", callback=events.append)
+    assert events[0].settings["batch_size"] == 1 and events[0].settings["recipe"] == "paper"
+
+
+def test_stack_labeled_on_a_few_slices(nuclei):
+    images, labels = nuclei
+    stack = np.stack(images[:4])
+    lab = np.zeros(stack.shape, np.uint16)
+    lab[1] = labels[1]  # only slice 1 is labeled; the others must not count as background
+    events = []
+    train(stack, lab, labels_kind="instances", steps=1, callback=events.append, **SMALL)
+    assert events[0].n_train + events[0].n_val == 4
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        ([np.zeros((32, 32))], [np.zeros((30, 32), np.uint8)], "shape"),
+        ([np.zeros((32, 32))], [np.zeros((32, 32), np.uint8)], "no labeled pixel"),
+        ([np.zeros((32, 32))], [np.zeros((32, 32), np.float32)], "must be integers"),
+        ([np.zeros((32, 32))], [], "1 images but 0 label images"),
+    ],
+)
+def test_bad_input_is_named(images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        train(images, labels, labels_kind="sparse", steps=1, **SMALL)
