@@ -57,18 +57,53 @@ def bench_dsb(tmp: Path, budget: float, device: str, extra: list[str]) -> dict:
     n_train = link_split(src, tmp / "train", test=False)
     n_test = link_split(src, tmp / "test", test=True)
     model = tmp / "dsb-model"
-    t_train = cli("train", "--images", str(tmp / "train/images"), "--labels",
-                  str(tmp / "train/labels"), "--out", str(model), "--labels-kind", "instances",
-                  "--time-budget", str(budget), "--device", device, *extra)
+    t_train = cli(
+        "train",
+        "--images",
+        str(tmp / "train/images"),
+        "--labels",
+        str(tmp / "train/labels"),
+        "--out",
+        str(model),
+        "--labels-kind",
+        "instances",
+        "--time-budget",
+        str(budget),
+        "--device",
+        device,
+        *extra,
+    )
     t_pred = cli(
-        "-q", "predict", str(model), str(tmp / "test/images"), "--out", str(tmp / "pred"),
-        "--instances", "--device", device)
-    cli("-q", "evaluate", "--pred", str(tmp / "pred"), "--truth", str(tmp / "test/labels"),
-        "--out", str(tmp / "eval.json"))
+        "-q",
+        "predict",
+        str(model),
+        str(tmp / "test/images"),
+        "--out",
+        str(tmp / "pred"),
+        "--instances",
+        "--device",
+        device,
+    )
+    cli(
+        "-q",
+        "evaluate",
+        "--pred",
+        str(tmp / "pred"),
+        "--truth",
+        str(tmp / "test/labels"),
+        "--out",
+        str(tmp / "eval.json"),
+    )
     result = json.loads((tmp / "eval.json").read_text())
     hist = json.loads((model / "training.json").read_text())
-    return {"n_train": n_train, "n_test": n_test, "train_s": t_train, "predict_s": t_pred,
-            "steps": hist["steps"], **result["mean"]}
+    return {
+        "n_train": n_train,
+        "n_test": n_test,
+        "train_s": t_train,
+        "predict_s": t_pred,
+        "steps": hist["steps"],
+        **result["mean"],
+    }
 
 
 def bench_isbi(tmp: Path, budget: float, device: str, extra: list[str]) -> dict:
@@ -80,11 +115,32 @@ def bench_isbi(tmp: Path, budget: float, device: str, extra: list[str]) -> dict:
                 if keep(int(f.stem)):
                     os.symlink(f, tmp / "isbi" / split / sub / f.name)
     model = tmp / "isbi-model"
-    t_train = cli("train", "--images", str(tmp / "isbi/train/images"), "--labels",
-                  str(tmp / "isbi/train/labels"), "--out", str(model), "--labels-kind",
-                  "semantic", "--time-budget", str(budget), "--device", device, *extra)
-    cli("-q", "predict", str(model), str(tmp / "isbi/test/images"), "--out",
-        str(tmp / "isbi/pred"), "--device", device)
+    t_train = cli(
+        "train",
+        "--images",
+        str(tmp / "isbi/train/images"),
+        "--labels",
+        str(tmp / "isbi/train/labels"),
+        "--out",
+        str(model),
+        "--labels-kind",
+        "semantic",
+        "--time-budget",
+        str(budget),
+        "--device",
+        device,
+        *extra,
+    )
+    cli(
+        "-q",
+        "predict",
+        str(model),
+        str(tmp / "isbi/test/images"),
+        "--out",
+        str(tmp / "isbi/pred"),
+        "--device",
+        device,
+    )
     from napari_unet.files import read_image
 
     errors = []
@@ -109,21 +165,27 @@ def main() -> None:
 
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="nu-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    print(f"# {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
+    )
     ref = REFERENCE.get(args.device.split(":")[0])
     summary = [f"budget={args.time_budget:g}s", f"device={args.device}"]
     if args.only != "isbi":
         dsb = bench_dsb(tmp, args.time_budget, args.device, extra)
-        print(f"DSB2018 held-out ({dsb['n_test']} images, trained on {dsb['n_train']}): "
-              f"AP@0.5 {dsb['ap50']:.3f}  AP@0.75 {dsb['ap75']:.3f}  IoU {dsb['iou']:.3f}  "
-              f"steps {dsb['steps']}  train {dsb['train_s']:.0f} s  "
-              f"predict {dsb['predict_s']:.0f} s  | reference plain U-Net {ref}")
+        print(
+            f"DSB2018 held-out ({dsb['n_test']} images, trained on {dsb['n_train']}): "
+            f"AP@0.5 {dsb['ap50']:.3f}  AP@0.75 {dsb['ap75']:.3f}  IoU {dsb['iou']:.3f}  "
+            f"steps {dsb['steps']}  train {dsb['train_s']:.0f} s  "
+            f"predict {dsb['predict_s']:.0f} s  | reference plain U-Net {ref}"
+        )
         summary += [f"dsb_ap50={dsb['ap50']:.3f}", f"reference={ref}"]
     if args.only != "dsb":
         isbi = bench_isbi(tmp, args.isbi_budget or args.time_budget, args.device, extra)
-        print(f"ISBI 2012 slices 25-29 (trained on 00-24): pixel error "
-              f"{isbi['pixel_error']:.4f} (train {isbi['train_s']:.0f} s)")
+        print(
+            f"ISBI 2012 slices 25-29 (trained on 00-24): pixel error "
+            f"{isbi['pixel_error']:.4f} (train {isbi['train_s']:.0f} s)"
+        )
         summary.append(f"isbi_pixel_error={isbi['pixel_error']:.4f}")
     print("SUMMARY " + " ".join(summary))
 

@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "save_model", "predict", "predict_proba", "train",
-           "train_iter"]
+__all__ = [
+    "__version__",
+    "load_model",
+    "save_model",
+    "predict",
+    "predict_proba",
+    "train",
+    "train_iter",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Model

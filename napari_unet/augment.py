@@ -64,7 +64,9 @@ def random_grid(
     gen = generator
     # matrices act on pixel offsets in (x, y[, z]) order, as grid_sample expects
     a = torch.zeros(n, dims, dims, device=device)
-    angle = _rand(n, 0, 2 * math.pi, gen, device) if config.rotate else torch.zeros(n, device=device)
+    angle = (
+        _rand(n, 0, 2 * math.pi, gen, device) if config.rotate else torch.zeros(n, device=device)
+    )
     c, s = torch.cos(angle), torch.sin(angle)
     a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1] = c, -s, s, c
     if dims == 3:
@@ -139,7 +141,10 @@ def augment_batch(
     out_w = None
     if weight is not None:
         out_w = F.grid_sample(
-            weight.float().unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+            weight.float().unsqueeze(1),
+            grid,
+            mode="bilinear",
+            padding_mode="zeros",
             align_corners=False,
         ).squeeze(1)
     out_img = jitter_intensity(out_img, config, generator)

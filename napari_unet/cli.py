@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .events import drain
 
 log = logging.getLogger("napari_unet")
 
@@ -67,20 +68,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels-kind", choices=["sparse", "semantic", "instances"], default="sparse")
     t.add_argument("--recipe", choices=["fast", "paper"], default="fast")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
-                        help="train for this long (default 300 s when --steps is not given)")
+    budget.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="train for this long (default 300 s when --steps is not given)",
+    )
     budget.add_argument("--steps", type=_positive_int, metavar="N")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
-    t.add_argument("--width", type=_positive_int, help="features of the first level "
-                   "(default: 16 on the CPU, 32 on a GPU)")
+    t.add_argument(
+        "--width",
+        type=_positive_int,
+        help="features of the first level (default: 16 on the CPU, 32 on a GPU)",
+    )
     t.add_argument("--depth", type=_positive_int, default=4)
     t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--padding", choices=["same", "valid"], default="same")
-    t.add_argument("--border-weights", action="store_true",
-                   help="the paper's border weight map (instances labels only)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue training the model in --out (weights and optimizer state)")
+    t.add_argument(
+        "--border-weights",
+        action="store_true",
+        help="the paper's border weight map (instances labels only)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue training the model in --out (weights and optimizer state)",
+    )
     t.add_argument("--seed", type=int, default=0)
 
     q = sub.add_parser("predict", help="apply a model to images")
@@ -110,8 +124,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def _read_pairs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], list]:
     from .files import find_inputs, pair_by_stem, read_image
 
-    pairs = pair_by_stem(find_inputs(args.images, "--images"),
-                         find_inputs(args.labels, "--labels"))
+    pairs = pair_by_stem(find_inputs(args.images, "--images"), find_inputs(args.labels, "--labels"))
     images, labels = [], []
     for img_path, lab_path in pairs:
         img, lab = read_image(img_path), read_image(lab_path)
@@ -121,7 +134,12 @@ def _read_pairs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
             lab = lab.astype(np.int64)
         if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
             raise UsageError(f"{lab_path}: label values must be >= 0, found {lab.min()}")
-        if img.ndim == 3 and lab.ndim == 2 and img.shape[-1] in (3, 4) and img.shape[:2] == lab.shape:
+        if (
+            img.ndim == 3
+            and lab.ndim == 2
+            and img.shape[-1] in (3, 4)
+            and img.shape[:2] == lab.shape
+        ):
             if img.shape[-1] == 4:  # drop alpha
                 img = img[..., :3]
             if all(np.array_equal(img[..., 0], img[..., c]) for c in (1, 2)):
@@ -152,10 +170,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     images, labels, pairs = _read_pairs(args)
     _say(args, f"training on {len(pairs)} image(s) with {args.labels_kind} labels")
     gen = train_iter(
-        images, labels, labels_kind=args.labels_kind, recipe=args.recipe,
-        steps=args.steps, time_budget=args.time_budget, width=args.width, depth=args.depth,
-        patch=args.patch, batch_size=args.batch_size, padding=args.padding,
-        device=args.device, out=out, resume=args.resume,
+        images,
+        labels,
+        labels_kind=args.labels_kind,
+        recipe=args.recipe,
+        steps=args.steps,
+        time_budget=args.time_budget,
+        width=args.width,
+        depth=args.depth,
+        patch=args.patch,
+        batch_size=args.batch_size,
+        padding=args.padding,
+        device=args.device,
+        out=out,
+        resume=args.resume,
         config=_train_config(args),
     )
     last_print = 0.0
@@ -164,18 +192,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         kind = type(event).__name__
         if kind == "TrainStarted":
             s = event.settings
-            _say(args, f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
-                       f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
-                       f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images")
+            _say(
+                args,
+                f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
+                f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
+                f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images",
+            )
         elif kind == "Validated":
             last_val = f", validation IoU {event.iou:.3f}"
         elif kind == "TrainStep" and time.monotonic() - last_print >= 5:
             last_print = time.monotonic()
-            _say(args, f"step {event.step}  loss {event.loss:.4f}  {event.images_per_s:.1f} "
-                       f"patches/s  {event.elapsed:.0f} s{last_val}")
+            _say(
+                args,
+                f"step {event.step}  loss {event.loss:.4f}  {event.images_per_s:.1f} "
+                f"patches/s  {event.elapsed:.0f} s{last_val}",
+            )
         elif kind == "Finished":
-            _say(args, f"finished after {event.step} steps ({event.reason}){last_val}; "
-                       f"model saved to {out}")
+            _say(
+                args,
+                f"finished after {event.step} steps ({event.reason}){last_val}; "
+                f"model saved to {out}",
+            )
     return 0
 
 
@@ -210,8 +247,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stems = [stem(p) for p in inputs]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise UsageError(f"several inputs share the name stem {dupes[0]!r}; their outputs "
-                         f"would overwrite each other")
+        raise UsageError(
+            f"several inputs share the name stem {dupes[0]!r}; their outputs "
+            f"would overwrite each other"
+        )
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
@@ -222,8 +261,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         image = read_image(path, lazy=True)
         try:
-            probs = _drain(predict_proba_iter(model, image, axes=args.axes, device=args.device,
-                                              tile=args.tile, batch_size=args.batch_size))
+            probs = drain(
+                predict_proba_iter(
+                    model,
+                    image,
+                    axes=args.axes,
+                    device=args.device,
+                    tile=args.tile,
+                    batch_size=args.batch_size,
+                )
+            )
         except ValueError as exc:
             raise UsageError(f"{path}: {exc}") from None
         if args.instances:
@@ -234,17 +281,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.probabilities:
             write(out / f"{stem(path)}_prob{ext}", probs.astype(np.float32))
         extra = f", {int(result.max())} objects" if args.instances else ""
-        _say(args, f"[{n}/{len(inputs)}] {path.name} -> {stem(path)}{ext} "
-                   f"({time.perf_counter() - t0:.1f} s{extra})")
+        _say(
+            args,
+            f"[{n}/{len(inputs)}] {path.name} -> {stem(path)}{ext} "
+            f"({time.perf_counter() - t0:.1f} s{extra})",
+        )
     return 0
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -256,21 +298,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for pred_path, truth_path in pairs:
         pred, truth = read_image(pred_path), read_image(truth_path)
         if pred.shape != truth.shape:
-            raise UsageError(f"{pred_path} has shape {pred.shape} but {truth_path} has shape "
-                             f"{truth.shape}")
+            raise UsageError(
+                f"{pred_path} has shape {pred.shape} but {truth_path} has shape {truth.shape}"
+            )
         for name, arr in ((pred_path, pred), (truth_path, truth)):
             if arr.dtype.kind not in "biu":
                 raise UsageError(f"{name}: label images must be integers, got {arr.dtype}")
         row = {"image": pred_path.name, **evaluate_pair(truth, pred)}
         rows.append(row)
     keys = ["iou", "dice", "ap50", "ap75"]
-    mean = {"image": "mean", **{k: float(np.mean([r[k] for r in rows])) for k in keys},
-            "n_true": int(sum(r["n_true"] for r in rows)),
-            "n_pred": int(sum(r["n_pred"] for r in rows))}
+    mean = {
+        "image": "mean",
+        **{k: float(np.mean([r[k] for r in rows])) for k in keys},
+        "n_true": int(sum(r["n_true"] for r in rows)),
+        "n_pred": int(sum(r["n_pred"] for r in rows)),
+    }
     table = rows + [mean]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", *keys, "n_true", "n_pred"],
-                            extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buf,
+        fieldnames=["image", *keys, "n_true", "n_pred"],
+        extrasaction="ignore",
+        lineterminator="\n",
+    )
     writer.writeheader()
     for r in table:
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -293,8 +343,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
-                        format="napari-unet: %(message)s")
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.WARNING, format="napari-unet: %(message)s"
+    )
     commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate}
     try:
         return commands[args.command](args)

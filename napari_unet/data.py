@@ -40,9 +40,7 @@ def percentiles(image: np.ndarray, norm: NormConfig) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def normalize(
-    image: np.ndarray, norm: NormConfig, channel_axis: int | None = None
-) -> np.ndarray:
+def normalize(image: np.ndarray, norm: NormConfig, channel_axis: int | None = None) -> np.ndarray:
     """Percentile-normalise to float32: p_low -> 0, p_high -> 1, per channel.
 
     NaN and Inf pixels become 0.  A constant image becomes all zeros.
@@ -141,7 +139,9 @@ class PatchSampler:
                 centres.append(idx.astype(np.int64))
             self.items.append(
                 _Item(
-                    image=torch.from_numpy(np.ascontiguousarray(img_p, dtype=np.float32)).to(device),
+                    image=torch.from_numpy(np.ascontiguousarray(img_p, dtype=np.float32)).to(
+                        device
+                    ),
                     target=torch.from_numpy(np.ascontiguousarray(tgt_p, dtype=tdtype)).to(device),
                     weight=w_t,
                     shape=shape,
@@ -159,12 +159,12 @@ class PatchSampler:
         present = [c for c in item.centres if c.size]
         if present and self.rng.random() < self.labeled_fraction:
             cls = present[self.rng.integers(len(present))]
-            return tuple(int(v) for v in np.unravel_index(cls[self.rng.integers(cls.size)], item.shape))
+            return tuple(
+                int(v) for v in np.unravel_index(cls[self.rng.integers(cls.size)], item.shape)
+            )
         return tuple(int(self.rng.integers(s)) for s in item.shape)
 
-    def sample(
-        self, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A batch of crops: image (N, C, *crop), target (N, *crop), weight or None."""
         imgs, tgts, wts = [], [], []
         for _ in range(batch_size):

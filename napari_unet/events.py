@@ -7,6 +7,7 @@ into plots, progress bars and layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,3 +70,14 @@ class TileDone:
 
     i: int
     n: int
+
+
+def drain(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
+    """Run an event generator to the end (calling ``callback`` on each event); return its result."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)

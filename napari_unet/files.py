@@ -82,12 +82,12 @@ def pair_by_stem(images: Iterable[Path], labels: Iterable[Path]) -> list[tuple[P
             unpaired.append(p)
     if not pairs:
         raise ValueError(
-            "no image has a label file with the same name stem (e.g. images/a.png and "
-            "labels/a.png)"
+            "no image has a label file with the same name stem (e.g. images/a.png and labels/a.png)"
         )
     if unpaired:
-        log.warning("%d image(s) have no labels and are not used, e.g. %s", len(unpaired),
-                    unpaired[0])
+        log.warning(
+            "%d image(s) have no labels and are not used, e.g. %s", len(unpaired), unpaired[0]
+        )
     return pairs
 
 
@@ -119,7 +119,9 @@ def read_image(path: str | os.PathLike[str], lazy: bool = False) -> np.ndarray:
         raise ValueError(f"{p} could not be read as an image: {exc}") from None
     data = np.asarray(data)
     if data.dtype.kind not in "biuf" or data.size == 0:
-        raise ValueError(f"{p} holds no numeric image data (dtype {data.dtype}, shape {data.shape})")
+        raise ValueError(
+            f"{p} holds no numeric image data (dtype {data.dtype}, shape {data.shape})"
+        )
     return data
 
 

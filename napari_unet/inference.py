@@ -18,7 +18,7 @@ import torch
 from .config import ModelSpec
 from .data import percentiles
 from .devices import resolve_device
-from .events import TileDone
+from .events import TileDone, drain
 from .postprocess import class_labels, instances_from_probs
 from .store import Model
 from .tiling import predict_tiled_iter
@@ -74,8 +74,9 @@ def _check_axes(axes: str, ndim: int, spec: ModelSpec) -> str:
             f"axes {axes!r} must name each of the image's {ndim} axes once, from T, Z, C, Y, X"
         )
     if spec.model.in_channels > 1 and "C" not in axes:
-        raise ValueError(f"the model takes {spec.model.in_channels} channels; axes {axes!r} "
-                         f"has no C")
+        raise ValueError(
+            f"the model takes {spec.model.in_channels} channels; axes {axes!r} has no C"
+        )
     return axes
 
 
@@ -96,7 +97,7 @@ def _intensity_range(arr: Any, spec: ModelSpec) -> tuple[float, float]:
     """Percentiles over the whole (channel of the) array, on a strided subsample."""
     size = int(np.prod(arr.shape))
     step = 1
-    while size / step ** arr.ndim > _MAX_RANGE_SAMPLES:
+    while size / step**arr.ndim > _MAX_RANGE_SAMPLES:
         step += 1
     sub = arr[(slice(None, None, step),) * arr.ndim]
     if hasattr(sub, "compute"):
@@ -169,8 +170,15 @@ def predict_proba_iter(
     for n, idx in enumerate(np.ndindex(*stack_shape) if stack_shape else [()]):
         src = arr[idx] if idx else arr
         probs = yield from predict_tiled_iter(
-            network, src, spec.model, tile=tile_edges, overlap=tiling.overlap,
-            batch_size=batch_size or tiling.batch_size, device=dev, amp=amp, transform=transform,
+            network,
+            src,
+            spec.model,
+            tile=tile_edges,
+            overlap=tiling.overlap,
+            batch_size=batch_size or tiling.batch_size,
+            device=dev,
+            amp=amp,
+            transform=transform,
         )
         out[(slice(None), *idx)] = probs
         if n_items > 1:
@@ -207,22 +215,14 @@ def predict_iter(
     return class_labels(probs, model.config.labels)
 
 
-def _drain(gen: Generator[Any, None, Any]) -> Any:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def predict(model: Model, image: Any, *, instances: bool = False, **kwargs: Any) -> np.ndarray:
     """Segment ``image``: class labels, or instance ids with ``instances=True``.
 
     Returns a numpy array with the image's shape (without a channel axis).
     """
-    return _drain(predict_iter(model, image, instances=instances, **kwargs))
+    return drain(predict_iter(model, image, instances=instances, **kwargs))
 
 
 def predict_proba(model: Model, image: Any, **kwargs: Any) -> np.ndarray:
     """Class probabilities, (num_classes, *image shape without C), float32."""
-    return _drain(predict_proba_iter(model, image, **kwargs))
+    return drain(predict_proba_iter(model, image, **kwargs))

@@ -96,7 +96,9 @@ class UNet(nn.Module):
         self.up_blocks = nn.ModuleList()
         for level in reversed(range(depth)):
             self.up.append(up(chans[level + 1], chans[level], kernel_size=2, stride=2))
-            self.up_blocks.append(_conv_block(dims, 2 * chans[level], chans[level], pad, batch_norm))
+            self.up_blocks.append(
+                _conv_block(dims, 2 * chans[level], chans[level], pad, batch_norm)
+            )
         self.head = conv(chans[0], num_classes, kernel_size=1)
 
     @classmethod

@@ -78,7 +78,7 @@ def _blend_window_np(shape: tuple[int, ...], overlap: tuple[int, ...]) -> np.nda
         if r > 0:
             edge = (np.arange(r, dtype=np.float32) + 0.5) / r
             ramp[:r] = edge
-            ramp[n - r:] = edge[::-1]
+            ramp[n - r :] = edge[::-1]
         shape1 = [1] * len(shape)
         shape1[axis] = n
         w = w * ramp.reshape(shape1)
@@ -106,9 +106,7 @@ def read_window(
     if hasattr(block, "compute"):
         block = block.compute()
     block = np.asarray(block, dtype=np.float32)
-    pads = [(0, 0)] + [
-        (a - s, e - b) for s, e, a, b in zip(starts, stops, lo, hi, strict=True)
-    ]
+    pads = [(0, 0)] + [(a - s, e - b) for s, e, a, b in zip(starts, stops, lo, hi, strict=True)]
     if any(p != (0, 0) for p in pads):
         block = np.pad(block, pads, mode="symmetric")
     return block
@@ -151,8 +149,11 @@ def predict_tiled_iter(
     in_t, out_t = tile_shape(spatial, tile, config)
     ov = tuple(int(round(o * overlap)) for o in out_t)
     ctx = tuple((i - o) // 2 for i, o in zip(in_t, out_t, strict=True))
-    grid = list(itertools.product(*[tile_starts(s, o, v) for s, o, v
-                                    in zip(spatial, out_t, ov, strict=True)]))
+    grid = list(
+        itertools.product(
+            *[tile_starts(s, o, v) for s, o, v in zip(spatial, out_t, ov, strict=True)]
+        )
+    )
     k = config.num_classes
     acc_shape = tuple(max(s, o) for s, o in zip(spatial, out_t, strict=True))
     acc = torch.zeros((k, *acc_shape), dtype=torch.float32, device=device)
@@ -182,7 +183,7 @@ def predict_tiled_iter(
     i = 0
     bs = max(1, batch_size)
     while i < len(grid):
-        starts = grid[i:i + bs]
+        starts = grid[i : i + bs]
         batch = []
         for st in starts:
             a = [s - c for s, c in zip(st, ctx, strict=True)]

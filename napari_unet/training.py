@@ -34,7 +34,7 @@ from .augment import AugmentConfig, augment_batch, center_crop, crop_margin
 from .config import LabelsConfig, ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
 from .data import PatchSampler, normalize, split_indices
 from .devices import autocast_dtype, describe_device, resolve_device
-from .events import CheckpointSaved, Finished, TrainStarted, TrainStep, Validated
+from .events import CheckpointSaved, Finished, TrainStarted, TrainStep, Validated, drain
 from .model import UNet, border
 from .store import Model, content_hash, load_checkpoint, load_model, save_checkpoint, save_model
 
@@ -157,7 +157,9 @@ def prepare(
                 )
         else:
             n = max(top, 2)
-            names = ("background", "cell") if n == 2 else tuple(f"class {k}" for k in range(1, n + 1))
+            names = (
+                ("background", "cell") if n == 2 else tuple(f"class {k}" for k in range(1, n + 1))
+            )
         vmap = None
     labels_cfg = LabelsConfig(kind=labels_kind, class_names=names, value_map=vmap)
 
@@ -168,13 +170,16 @@ def prepare(
         if in_channels is None:
             in_channels = img.shape[0]
         elif img.shape[0] != in_channels:
-            raise ValueError(
-                f"image {i} has {img.shape[0]} channels, image 0 has {in_channels}"
-            )
+            raise ValueError(f"image {i} has {img.shape[0]} channels, image 0 has {in_channels}")
         if img.dtype.kind not in "biuf":
             raise ValueError(f"image {i} must be numeric, got dtype {img.dtype}")
-        prov.append({"image": content_hash(np.asarray(img)), "labels": content_hash(lab),
-                     "shape": list(lab.shape)})
+        prov.append(
+            {
+                "image": content_hash(np.asarray(img)),
+                "labels": content_hash(lab),
+                "shape": list(lab.shape),
+            }
+        )
         nimg = normalize(img, norm, channel_axis=0)
         if labels_kind == "instances":
             tgt = tg.instance_targets(lab, spatial_dims=spatial_dims)
@@ -281,9 +286,7 @@ class _Trainer:
             self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.99)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.amp_dtype == torch.float16
-        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augment = AugmentConfig() if cfg.augment else None
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.seed)
@@ -413,8 +416,13 @@ def train_iter(
     out_path = Path(out) if out is not None else None
 
     checkpoint = None
-    history: dict[str, Any] = {"steps": 0, "elapsed": 0.0, "log": [], "validation": [],
-                               "sessions": []}
+    history: dict[str, Any] = {
+        "steps": 0,
+        "elapsed": 0.0,
+        "log": [],
+        "validation": [],
+        "sessions": [],
+    }
     if resume:
         if out_path is None:
             raise ValueError("resume=True needs the model folder to resume from (out)")
@@ -468,8 +476,11 @@ def train_iter(
             batch_norm=batch_norm,
         )
         spec = ModelSpec(
-            model=mcfg, labels=prepared.labels, normalization=NormConfig(),
-            tiling=tiling or TileConfig(), train=cfg,
+            model=mcfg,
+            labels=prepared.labels,
+            normalization=NormConfig(),
+            tiling=tiling or TileConfig(),
+            train=cfg,
         )
         torch.manual_seed(cfg.seed)
         network = UNet.from_config(mcfg).to(dev)
@@ -489,7 +500,10 @@ def train_iter(
             [prepared.images[i] for i in idx],
             [prepared.targets[i] for i in idx],
             None if prepared.weights is None else [prepared.weights[i] for i in idx],
-            crop=crop, num_classes=mcfg.num_classes, device=dev, seed=seed,
+            crop=crop,
+            num_classes=mcfg.num_classes,
+            device=dev,
+            seed=seed,
         )
 
     train_sampler = sampler(train_idx, cfg.seed)
@@ -499,8 +513,9 @@ def train_iter(
         val_sampler = train_sampler
     n_val_crops = 16 if dev.type == "cpu" else 64
     val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
-    trainer = _Trainer(network, spec, dev, train_sampler, val_batches, patch_size,
-                       cfg.batch_size, cfg.lr)
+    trainer = _Trainer(
+        network, spec, dev, train_sampler, val_batches, patch_size, cfg.batch_size, cfg.lr
+    )
     start_step = int(history.get("steps", 0))
     if checkpoint is not None:
         opt_state, state = checkpoint
@@ -510,20 +525,32 @@ def train_iter(
             log.warning("optimizer state not restored (%s); continuing with a fresh optimizer", exc)
         if "scaler" in state and trainer.scaler.is_enabled():
             trainer.scaler.load_state_dict(state["scaler"])
-    history["sessions"].append({
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": describe_device(dev),
-        "recipe": cfg.recipe,
-        "start_step": start_step,
-        "data": prepared.provenance,
-        "labels_kind": prepared.labels.kind,
-    })
+    history["sessions"].append(
+        {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": describe_device(dev),
+            "recipe": cfg.recipe,
+            "start_step": start_step,
+            "data": prepared.provenance,
+            "labels_kind": prepared.labels.kind,
+        }
+    )
 
     yield TrainStarted(
-        device=describe_device(dev), n_train=len(train_idx), n_val=len(val_idx),
-        start_step=start_step, max_steps=cfg.steps, time_budget=cfg.time_budget,
-        settings={"recipe": cfg.recipe, "width": mcfg.width, "depth": mcfg.depth,
-                  "patch": patch_size, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        device=describe_device(dev),
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        start_step=start_step,
+        max_steps=cfg.steps,
+        time_budget=cfg.time_budget,
+        settings={
+            "recipe": cfg.recipe,
+            "width": mcfg.width,
+            "depth": mcfg.depth,
+            "patch": patch_size,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+        },
     )
 
     elapsed_before = float(history.get("elapsed", 0.0))
@@ -579,19 +606,26 @@ def train_iter(
             ips = cfg.batch_size / max(now - t_step, 1e-9)
             if step % 10 == 1 or cfg.steps and step == cfg.steps:
                 history["log"].append([start_step + step, round(out["loss"], 5), lr])
-            yield TrainStep(step=start_step + step, loss=out["loss"], lr=lr, images_per_s=ips,
-                            elapsed=now - t0)
+            yield TrainStep(
+                step=start_step + step, loss=out["loss"], lr=lr, images_per_s=ips, elapsed=now - t0
+            )
             due_val = (val_every and now - last_val >= val_every) or (
                 val_every_steps and step % val_every_steps == 0
             )
             if due_val:
                 v = trainer.validate()
                 last_val = clock()
-                history["validation"].append([start_step + step, round(v["loss"], 5),
-                                              round(v["iou"], 5)])
-                yield Validated(step=start_step + step, loss=v["loss"], iou=v["iou"],
-                                elapsed=last_val - t0)
-            if out_path is not None and cfg.checkpoint_every and now - last_ckpt >= cfg.checkpoint_every:
+                history["validation"].append(
+                    [start_step + step, round(v["loss"], 5), round(v["iou"], 5)]
+                )
+                yield Validated(
+                    step=start_step + step, loss=v["loss"], iou=v["iou"], elapsed=last_val - t0
+                )
+            if (
+                out_path is not None
+                and cfg.checkpoint_every
+                and now - last_ckpt >= cfg.checkpoint_every
+            ):
                 save(now)
                 last_ckpt = clock()
                 yield CheckpointSaved(step=start_step + step, path=str(out_path))
@@ -609,20 +643,18 @@ def train_iter(
     history["steps"] = start_step + step
     history["elapsed"] = elapsed_before + (clock() - t0)
     trainer.network.eval()
-    yield Finished(step=start_step + step, reason=reason, elapsed=clock() - t0,
-                   path=str(result_path) if result_path else None)
+    yield Finished(
+        step=start_step + step,
+        reason=reason,
+        elapsed=clock() - t0,
+        path=str(result_path) if result_path else None,
+    )
     return _to_model(trainer.network, spec, history, out_path)
 
 
 def run(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
     """Drain an event generator (calling ``callback`` on each event); return its result."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(event)
+    return drain(gen, callback)
 
 
 def train(*args: Any, callback: Callable[[Any], None] | None = None, **kwargs: Any) -> Model:

@@ -42,6 +42,16 @@ def tiny_model(nuclei, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     images, labels = nuclei
-    model = train(images, labels, labels_kind="instances", steps=40, width=8, depth=2,
-                  patch=48, batch_size=4, device="cpu", out=out)
+    model = train(
+        images,
+        labels,
+        labels_kind="instances",
+        steps=40,
+        width=8,
+        depth=2,
+        patch=48,
+        batch_size=4,
+        device="cpu",
+        out=out,
+    )
     return model, out

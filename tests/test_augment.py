@@ -25,8 +25,9 @@ def test_shapes_and_no_invented_classes(dims):
     image, target = _blocks(3, size, dims)
     target[:, : size // 8] = IGNORE
     cfg = AugmentConfig(**NO_INTENSITY)
-    img, tgt, w = augment_batch(image, target, torch.ones(target.shape), out, cfg,
-                                torch.Generator().manual_seed(1))
+    img, tgt, w = augment_batch(
+        image, target, torch.ones(target.shape), out, cfg, torch.Generator().manual_seed(1)
+    )
     assert img.shape == (3, 1, *out)
     assert tgt.shape == (3, *out) and w.shape == (3, *out)
     assert tgt.dtype == torch.int64
@@ -37,8 +38,9 @@ def test_shapes_and_no_invented_classes(dims):
 def test_image_and_target_move_together(dims):
     image, target = _blocks(4, 64, dims)
     cfg = AugmentConfig(**NO_INTENSITY)
-    img, tgt, _ = augment_batch(image, target, None, (32,) * dims, cfg,
-                                torch.Generator().manual_seed(2))
+    img, tgt, _ = augment_batch(
+        image, target, None, (32,) * dims, cfg, torch.Generator().manual_seed(2)
+    )
     labeled = tgt != IGNORE
     agree = (img[:, 0].round().long() == tgt)[labeled].float().mean()
     # bilinear image vs nearest target disagree only along block edges
@@ -48,18 +50,17 @@ def test_image_and_target_move_together(dims):
 def test_outside_pixels_become_ignore():
     # a crop too small for a strong zoom-out: its outside must be IGNORE, weight 0
     image, target = _blocks(2, 16, 2)
-    cfg = AugmentConfig(scale=(3.0, 3.0), rotate=False, flip=False, elastic_sigma=0,
-                        **NO_INTENSITY)
-    img, tgt, w = augment_batch(image, target, torch.ones(target.shape), (32, 32), cfg,
-                                torch.Generator().manual_seed(0))
+    cfg = AugmentConfig(scale=(3.0, 3.0), rotate=False, flip=False, elastic_sigma=0, **NO_INTENSITY)
+    img, tgt, w = augment_batch(
+        image, target, torch.ones(target.shape), (32, 32), cfg, torch.Generator().manual_seed(0)
+    )
     assert (tgt == IGNORE).any() and (tgt != IGNORE).any()
     assert torch.all(w[tgt == IGNORE] < 1)
 
 
 def test_identity_when_everything_is_off():
     image, target = _blocks(2, 32, 2)
-    cfg = AugmentConfig(rotate=False, scale=(1.0, 1.0), flip=False, elastic_sigma=0,
-                        **NO_INTENSITY)
+    cfg = AugmentConfig(rotate=False, scale=(1.0, 1.0), flip=False, elastic_sigma=0, **NO_INTENSITY)
     img, tgt, _ = augment_batch(image, target, None, (16, 16), cfg, torch.Generator())
     assert torch.equal(tgt, target[:, 8:24, 8:24])
     assert torch.allclose(img[:, 0], image[:, 0, 8:24, 8:24])

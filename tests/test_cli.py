@@ -16,13 +16,17 @@ from napari_unet.cli import main
 
 from .conftest import make_nuclei
 
-TRAIN = ["--width", "4", "--depth", "2", "--patch", "32", "--batch-size", "2",
-         "--device", "cpu"]
+TRAIN = ["--width", "4", "--depth", "2", "--patch", "32", "--batch-size", "2", "--device", "cpu"]
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "napari_unet.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +47,23 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_model(folders):
     out = folders / "model"
-    code = main(["-q", "train", "--images", str(folders / "images"), "--labels",
-                 str(folders / "labels"), "--out", str(out), "--labels-kind", "instances",
-                 "--steps", "20", *TRAIN])
+    code = main(
+        [
+            "-q",
+            "train",
+            "--images",
+            str(folders / "images"),
+            "--labels",
+            str(folders / "labels"),
+            "--out",
+            str(out),
+            "--labels-kind",
+            "instances",
+            "--steps",
+            "20",
+            *TRAIN,
+        ]
+    )
     assert code == 0
     return out
 
@@ -61,8 +79,23 @@ def test_train_writes_model_folder(cli_model):
 
 def test_predict_and_evaluate(folders, cli_model, tmp_path):
     out = tmp_path / "pred"
-    assert main(["-q", "predict", str(cli_model), str(folders / "test"), "--out", str(out),
-                 "--instances", "--probabilities", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(cli_model),
+                str(folders / "test"),
+                "--out",
+                str(out),
+                "--instances",
+                "--probabilities",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     inst = tifffile.imread(out / "t0.tif")
     prob = tifffile.imread(out / "t0_prob.tif")
     assert inst.shape == (70, 90) and inst.dtype.kind == "u"
@@ -77,15 +110,42 @@ def test_predict_and_evaluate(folders, cli_model, tmp_path):
 def test_predict_zarr(folders, cli_model, tmp_path):
     zarr = pytest.importorskip("zarr")
     out = tmp_path / "z"
-    assert main(["-q", "predict", str(cli_model), str(folders / "test" / "t0.png"), "--out",
-                 str(out), "--format", "zarr", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(cli_model),
+                str(folders / "test" / "t0.png"),
+                "--out",
+                str(out),
+                "--format",
+                "zarr",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     z = zarr.open(str(out / "t0.zarr"), mode="r")
     assert z.shape == (70, 90) and set(np.unique(z[...])) <= {0, 1, 2}
 
 
 def test_resume_and_refusal_to_overwrite(folders, cli_model, capsys):
-    args = ["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
-            "--out", str(cli_model), "--labels-kind", "instances", "--steps", "3", *TRAIN]
+    args = [
+        "train",
+        "--images",
+        str(folders / "images"),
+        "--labels",
+        str(folders / "labels"),
+        "--out",
+        str(cli_model),
+        "--labels-kind",
+        "instances",
+        "--steps",
+        "3",
+        *TRAIN,
+    ]
     assert main(args) == 2
     assert "already holds a model" in capsys.readouterr().err
     before = (cli_model / "weights.safetensors").read_bytes()
@@ -105,24 +165,56 @@ def _bad(folders, cli_model, tmp_path):
     iio.imwrite(mism / "l" / "a.png", np.zeros((21, 20), np.uint8))
     train = ["train", "--labels", str(folders / "labels"), "--out", str(tmp_path / "m")]
     return {
-        "missing images": (["train", "--images", str(tmp_path / "nope"), *train[1:]],
-                           "does not exist"),
-        "not an image": (["train", "--images", str(tmp_path / "notes.txt"), *train[1:]],
-                         "is not a TIFF, PNG, JPEG or zarr image"),
-        "broken png": (["predict", str(cli_model), str(tmp_path / "fake.png"), "--out",
-                        str(tmp_path / "o")], "could not be read as an image"),
-        "shape mismatch": (["train", "--images", str(mism / "i"), "--labels", str(mism / "l"),
-                            "--out", str(tmp_path / "m2")], "has shape (20, 20)"),
-        "no model": (["predict", str(tmp_path / "nomodel"), str(folders / "test"), "--out",
-                      str(tmp_path / "o")], "nomodel"),
-        "out is a file": (["predict", str(cli_model), str(folders / "test"), "--out",
-                           str(tmp_path / "afile")], "is a file"),
-        "no cuda": (["train", "--images", str(folders / "images"), *train[1:], "--device",
-                     "cuda"], "CUDA is not available"),
-        "bad kind": (["train", "--images", "x", "--labels", "y", "--out", "z", "--labels-kind",
-                      "dots"], "invalid choice"),
-        "bad budget": (["train", "--images", "x", "--labels", "y", "--out", "z",
-                        "--time-budget", "-3"], "must be > 0"),
+        "missing images": (
+            ["train", "--images", str(tmp_path / "nope"), *train[1:]],
+            "does not exist",
+        ),
+        "not an image": (
+            ["train", "--images", str(tmp_path / "notes.txt"), *train[1:]],
+            "is not a TIFF, PNG, JPEG or zarr image",
+        ),
+        "broken png": (
+            ["predict", str(cli_model), str(tmp_path / "fake.png"), "--out", str(tmp_path / "o")],
+            "could not be read as an image",
+        ),
+        "shape mismatch": (
+            [
+                "train",
+                "--images",
+                str(mism / "i"),
+                "--labels",
+                str(mism / "l"),
+                "--out",
+                str(tmp_path / "m2"),
+            ],
+            "has shape (20, 20)",
+        ),
+        "no model": (
+            [
+                "predict",
+                str(tmp_path / "nomodel"),
+                str(folders / "test"),
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            "nomodel",
+        ),
+        "out is a file": (
+            ["predict", str(cli_model), str(folders / "test"), "--out", str(tmp_path / "afile")],
+            "is a file",
+        ),
+        "no cuda": (
+            ["train", "--images", str(folders / "images"), *train[1:], "--device", "cuda"],
+            "CUDA is not available",
+        ),
+        "bad kind": (
+            ["train", "--images", "x", "--labels", "y", "--out", "z", "--labels-kind", "dots"],
+            "invalid choice",
+        ),
+        "bad budget": (
+            ["train", "--images", "x", "--labels", "y", "--out", "z", "--time-budget", "-3"],
+            "must be > 0",
+        ),
     }
 
 

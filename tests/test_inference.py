@@ -63,11 +63,12 @@ def test_axes_argument_moves_channels(tiny_model, nuclei):
 
 
 def test_instances_need_instance_model():
-    from napari_unet.store import Model
     from napari_unet.model import UNet
+    from napari_unet.store import Model
 
-    s = ModelSpec(model=ModelConfig(num_classes=2),
-                  labels=LabelsConfig(kind="sparse", class_names=("a", "b")))
+    s = ModelSpec(
+        model=ModelConfig(num_classes=2), labels=LabelsConfig(kind="sparse", class_names=("a", "b"))
+    )
     m = Model(network=UNet.from_config(s.model), config=s)
     with pytest.raises(ValueError, match="trained on sparse labels"):
         nu.predict(m, np.zeros((32, 32)), instances=True)

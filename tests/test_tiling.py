@@ -33,7 +33,7 @@ def test_tile_starts_cover_with_overlap():
         starts = tile_starts(size, out, ov)
         covered = np.zeros(max(size, out), bool)
         for s in starts:
-            covered[s:s + out] = True
+            covered[s : s + out] = True
         assert covered[:size].all()
         assert starts[-1] + out >= size and starts[0] == 0
         if len(starts) > 1:
@@ -59,8 +59,11 @@ def test_pointwise_tiled_equals_whole():
     net = Pointwise().eval()
     cfg = ModelConfig(depth=2, width=2, num_classes=3)
     img = np.random.default_rng(0).random((1, 70, 45)).astype(np.float32)
-    probs, events = drain(predict_tiled_iter(net, img, cfg, tile=(32, 32), overlap=0.25,
-                                             batch_size=3, device=torch.device("cpu")))
+    probs, events = drain(
+        predict_tiled_iter(
+            net, img, cfg, tile=(32, 32), overlap=0.25, batch_size=3, device=torch.device("cpu")
+        )
+    )
     with torch.no_grad():
         whole = torch.softmax(net(torch.from_numpy(img)[None]), 1)[0].numpy()
     assert probs.shape == (3, 70, 45)
@@ -79,8 +82,11 @@ def test_valid_overlap_tile_equals_one_pass_on_mirrored_image():
     padded = np.pad(img, [(0, 0), (b, b), (b, b)], mode="symmetric")
     with torch.no_grad():
         whole = torch.softmax(net(torch.from_numpy(padded)[None]), 1)[0].numpy()
-    probs, _ = drain(predict_tiled_iter(net, img, cfg, tile=(24, 24), overlap=0.25,
-                                        batch_size=4, device=torch.device("cpu")))
+    probs, _ = drain(
+        predict_tiled_iter(
+            net, img, cfg, tile=(24, 24), overlap=0.25, batch_size=4, device=torch.device("cpu")
+        )
+    )
     assert probs.shape == (2, size_out, size_out)
     np.testing.assert_allclose(probs, whole, atol=1e-4)
 
@@ -95,8 +101,7 @@ def test_lazy_sources_match_numpy():
     z = zarr.zeros(img.shape, chunks=(1, 16, 16), dtype="f4")
     z[...] = img
     for src in (da.from_array(img, chunks=(1, 20, 20)), z):
-        out, _ = drain(predict_tiled_iter(net, src, cfg, tile=(32, 32),
-                                          device=torch.device("cpu")))
+        out, _ = drain(predict_tiled_iter(net, src, cfg, tile=(32, 32), device=torch.device("cpu")))
         np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
@@ -105,8 +110,9 @@ def test_3d_tiles():
     cfg = ModelConfig(spatial_dims=3, depth=1, width=2, num_classes=2)
     net = UNet.from_config(cfg).eval()
     img = np.random.default_rng(3).random((1, 10, 40, 36)).astype(np.float32)
-    probs, events = drain(predict_tiled_iter(net, img, cfg, tile=(8, 16, 16),
-                                             device=torch.device("cpu")))
+    probs, events = drain(
+        predict_tiled_iter(net, img, cfg, tile=(8, 16, 16), device=torch.device("cpu"))
+    )
     assert probs.shape == (2, 10, 40, 36)
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
     assert events[-1].n > 1

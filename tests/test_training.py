@@ -60,8 +60,15 @@ def test_events_and_step_budget(nuclei):
 def test_time_budget_stops_and_lr_decays(nuclei):
     images, labels = nuclei
     events = []
-    model = train(images, labels, labels_kind="instances", time_budget=12, clock=fake_clock(),
-                  callback=events.append, **SMALL)
+    model = train(
+        images,
+        labels,
+        labels_kind="instances",
+        time_budget=12,
+        clock=fake_clock(),
+        callback=events.append,
+        **SMALL,
+    )
     steps = [e for e in events if isinstance(e, ev.TrainStep)]
     assert events[-1].reason == "time"
     assert 1 <= len(steps) < 12
@@ -93,8 +100,7 @@ def test_resume_continues_with_optimizer_state(nuclei, tmp_path):
     assert state["step"] == 4 and opt_state["state"]
     before = {k: v.clone() for k, v in first.network.state_dict().items()}
     events = []
-    second = train(images, labels, steps=3, out=out, resume=True, callback=events.append,
-                   **SMALL)
+    second = train(images, labels, steps=3, out=out, resume=True, callback=events.append, **SMALL)
     assert events[0].start_step == 4
     assert [e.step for e in events if isinstance(e, ev.TrainStep)] == [5, 6, 7]
     assert second.history["steps"] == 7 and len(second.history["sessions"]) == 2
@@ -138,8 +144,18 @@ def test_multichannel_valid_and_3d(nuclei):
 
     vol = np.stack([np.roll(images[0], z, axis=1) for z in range(16)])
     vlab = np.stack([np.roll(labels[0], z, axis=1) for z in range(16)])
-    m3 = train([vol], [vlab], labels_kind="instances", spatial_dims=3, steps=2, width=2,
-               depth=2, patch=16, batch_size=1, device="cpu")
+    m3 = train(
+        [vol],
+        [vlab],
+        labels_kind="instances",
+        spatial_dims=3,
+        steps=2,
+        width=2,
+        depth=2,
+        patch=16,
+        batch_size=1,
+        device="cpu",
+    )
     out3 = __import__("napari_unet").predict(m3, vol, device="cpu")
     assert out3.shape == vol.shape
 
@@ -147,8 +163,18 @@ def test_multichannel_valid_and_3d(nuclei):
 def test_paper_recipe_uses_batch_one(nuclei):
     images, labels = nuclei
     events = []
-    train(images, labels, labels_kind="instances", recipe="paper", steps=2, width=4, depth=2,
-          patch=32, device="cpu", callback=events.append)
+    train(
+        images,
+        labels,
+        labels_kind="instances",
+        recipe="paper",
+        steps=2,
+        width=4,
+        depth=2,
+        patch=32,
+        device="cpu",
+        callback=events.append,
+    )
     assert events[0].settings["batch_size"] == 1 and events[0].settings["recipe"] == "paper"
 
 
@@ -174,3 +200,28 @@ def test_stack_labeled_on_a_few_slices(nuclei):
 def test_bad_input_is_named(images, labels, message):
     with pytest.raises(ValueError, match=message):
         train(images, labels, labels_kind="sparse", steps=1, **SMALL)
+
+
+def test_border_weights_option(nuclei):
+    images, labels = nuclei
+    events = []
+    model = train(
+        images,
+        labels,
+        labels_kind="instances",
+        steps=2,
+        callback=events.append,
+        config=__import__("napari_unet.config").config.TrainConfig(border_weights=True),
+        **SMALL,
+    )
+    assert model.config.train.border_weights
+    assert all(np.isfinite(e.loss) for e in events if isinstance(e, ev.TrainStep))
+    with pytest.raises(ValueError, match="border_weights needs instance labels"):
+        train(
+            images,
+            [(lab > 0).astype(np.uint8) for lab in labels],
+            labels_kind="sparse",
+            steps=1,
+            config=model.config.train,
+            **SMALL,
+        )
