@@ -60,9 +60,16 @@ def normalize(image: np.ndarray, norm: NormConfig, channel_axis: int | None = No
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+MIN_IMAGES_FOR_HOLDOUT = 5
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Image-level train/validation split; no validation set for a single image."""
-    if n < 2 or val_fraction <= 0:
+    """Image-level train/validation split.
+
+    With fewer than 5 labeled images nothing is held out (every stroke trains;
+    validation then scores fixed crops of the training images).
+    """
+    if n < MIN_IMAGES_FOR_HOLDOUT or val_fraction <= 0:
         return list(range(n)), []
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     order = np.random.default_rng(seed).permutation(n)

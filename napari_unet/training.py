@@ -16,6 +16,7 @@ cross-entropy, float32, constant learning rate (Ronneberger et al. 2015).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -429,7 +430,7 @@ def train_iter(
         model = load_model(out_path, device=dev)
         checkpoint = load_checkpoint(out_path)
     if model is not None:
-        history = {**history, **model.history}
+        history = {**history, **copy.deepcopy(model.history)}
         base_spec = model.config
         spatial_dims = base_spec.model.spatial_dims
         labels_kind = base_spec.labels.kind
@@ -492,7 +493,12 @@ def train_iter(
 
     aug = AugmentConfig()
     crop = patch_size + 2 * border(mcfg) + 2 * crop_margin(patch_size, aug)
-    train_idx, val_idx = split_indices(len(prepared.images), cfg.val_fraction, cfg.seed)
+    labeled = [i for i, t in enumerate(prepared.targets) if (t != tg.IGNORE).any()]
+    if not labeled:
+        raise ValueError("the labels contain no labeled pixel (everything is 0 / unlabeled)")
+    train_pos, val_pos = split_indices(len(labeled), cfg.val_fraction, cfg.seed)
+    train_idx = [labeled[i] for i in train_pos]
+    val_idx = [labeled[i] for i in val_pos]
 
     def sampler(idx: Iterable[int], seed: int) -> PatchSampler:
         idx = list(idx)
@@ -507,10 +513,7 @@ def train_iter(
         )
 
     train_sampler = sampler(train_idx, cfg.seed)
-    try:
-        val_sampler = sampler(val_idx, cfg.seed + 1) if val_idx else train_sampler
-    except ValueError:  # validation images without labels: score on training crops
-        val_sampler = train_sampler
+    val_sampler = sampler(val_idx, cfg.seed + 1) if val_idx else train_sampler
     n_val_crops = 16 if dev.type == "cpu" else 64
     val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
     trainer = _Trainer(

@@ -31,6 +31,7 @@ def test_split():
     assert len(val) == 2 and sorted(train + val) == list(range(10))
     assert split_indices(10, 0.2, seed=0) == (train, val)
     assert split_indices(1, 0.5, seed=0) == ([0], [])
+    assert split_indices(4, 0.5, seed=0) == ([0, 1, 2, 3], [])  # too few to hold one out
 
 
 def test_sampler_finds_sparse_strokes():

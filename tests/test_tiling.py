@@ -116,3 +116,39 @@ def test_3d_tiles():
     assert probs.shape == (2, 10, 40, 36)
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
     assert events[-1].n > 1
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_tile_batch(caplog):
+    torch.manual_seed(0)
+    inner = Pointwise().eval()
+    net = OutOfMemoryAbove(inner, limit=2)
+    cfg = ModelConfig(depth=2, width=2, num_classes=3)
+    img = np.random.default_rng(4).random((1, 96, 96)).astype(np.float32)
+    probs, events = drain(
+        predict_tiled_iter(
+            net, img, cfg, tile=(32, 32), overlap=0.25, batch_size=8, device=torch.device("cpu")
+        )
+    )
+    ref, _ = drain(
+        predict_tiled_iter(
+            inner, img, cfg, tile=(32, 32), overlap=0.25, batch_size=8, device=torch.device("cpu")
+        )
+    )
+    np.testing.assert_allclose(probs, ref, atol=1e-6)
+    assert net.sizes[:3] == [8, 4, 2] and max(net.sizes[3:]) <= 2
+    assert "out of memory" in caplog.text
+    assert events[-1].i == events[-1].n

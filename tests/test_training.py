@@ -185,7 +185,15 @@ def test_stack_labeled_on_a_few_slices(nuclei):
     lab[1] = labels[1]  # only slice 1 is labeled; the others must not count as background
     events = []
     train(stack, lab, labels_kind="instances", steps=1, callback=events.append, **SMALL)
-    assert events[0].n_train + events[0].n_val == 4
+    assert (events[0].n_train, events[0].n_val) == (1, 0)
+    # sparse strokes on 2 of 8 slices: both train, none is held out
+    big = np.concatenate([stack, stack])
+    strokes = np.zeros(big.shape, np.uint8)
+    strokes[2, 10:12, :] = 1
+    strokes[6, :, 40:42] = 2
+    events = []
+    train(big, strokes, labels_kind="sparse", steps=1, callback=events.append, **SMALL)
+    assert (events[0].n_train, events[0].n_val) == (2, 0)
 
 
 @pytest.mark.parametrize(
