@@ -40,7 +40,7 @@ def _norm(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3:
         image = image[..., :3].mean(-1)
     lo, hi = np.percentile(image, [1, 99.8])
-    return (image - lo) / max(hi - lo, 1e-6)
+    return ((image - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
 
 def _pad_to(a: np.ndarray, size: int, mode: str) -> np.ndarray:

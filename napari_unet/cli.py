@@ -122,7 +122,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def _read_pairs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], list]:
-    from .files import find_inputs, pair_by_stem, read_image
+    from .files import find_inputs, grey_if_rgb, pair_by_stem, read_image
 
     pairs = pair_by_stem(find_inputs(args.images, "--images"), find_inputs(args.labels, "--labels"))
     images, labels = [], []
@@ -134,16 +134,8 @@ def _read_pairs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
             lab = lab.astype(np.int64)
         if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
             raise UsageError(f"{lab_path}: label values must be >= 0, found {lab.min()}")
-        if (
-            img.ndim == 3
-            and lab.ndim == 2
-            and img.shape[-1] in (3, 4)
-            and img.shape[:2] == lab.shape
-        ):
-            if img.shape[-1] == 4:  # drop alpha
-                img = img[..., :3]
-            if all(np.array_equal(img[..., 0], img[..., c]) for c in (1, 2)):
-                img = img[..., 0]  # grey stored as RGB
+        if lab.ndim == 2 and img.shape[:2] == lab.shape:
+            img = grey_if_rgb(img, str(img_path))
         if img.shape != lab.shape and img.shape[:-1] != lab.shape and img.shape[1:] != lab.shape:
             raise UsageError(
                 f"{img_path} has shape {img.shape} but {lab_path} has shape {lab.shape}"

@@ -142,6 +142,25 @@ def _open_zarr(path: Path):
     return node[arrays[0]]
 
 
+def looks_rgb(shape: tuple[int, ...]) -> bool:
+    """(Y, X, 3|4) with a real image plane, as PNG/JPEG readers return colour images."""
+    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
+def grey_if_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
+    """Drop an alpha channel; turn grey stored as RGB(A) into one channel.
+
+    Colour images (channels that differ) are returned as (Y, X, 3) unchanged.
+    """
+    if not looks_rgb(image.shape):
+        return image
+    rgb = image[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])
+    log.debug("%s is a colour image; kept as 3 channels", where)
+    return rgb
+
+
 def write_tif(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     """Write a TIFF atomically (temp file in the same folder, then rename)."""
     import tifffile

@@ -19,6 +19,7 @@ from .config import ModelSpec
 from .data import percentiles
 from .devices import resolve_device
 from .events import TileDone, drain
+from .files import grey_if_rgb
 from .postprocess import class_labels, instances_from_probs
 from .store import Model
 from .tiling import predict_tiled_iter
@@ -121,6 +122,8 @@ def predict_proba_iter(
         image = np.asarray(image)
     if image.dtype.kind not in "biuf":
         raise ValueError(f"image must be numeric, got dtype {image.dtype}")
+    if axes is None and spec.model.in_channels == 1 and isinstance(image, np.ndarray):
+        image = grey_if_rgb(image)  # grey PNGs are often stored as RGB(A)
     shape = tuple(int(s) for s in image.shape)
     axes = _check_axes(axes, len(shape), spec) if axes else guess_axes(shape, spec)
     dims = spec.model.spatial_dims

@@ -102,3 +102,16 @@ def test_class_labels_mapping():
     sem = LabelsConfig(kind="semantic", class_names=("m", "c"), value_map=(0, 255))
     np.testing.assert_array_equal(class_labels(probs, sparse), [[2, 1], [1, 1]])
     np.testing.assert_array_equal(class_labels(probs, sem), [[255, 0], [0, 0]])
+
+
+def test_grey_stored_as_rgba_is_read_as_grey(tiny_model, nuclei):
+    model, _ = tiny_model
+    img = nuclei[0][0]
+    rgba = np.stack([img, img, img, np.full_like(img, 255)], axis=-1)
+    np.testing.assert_array_equal(
+        nu.predict(model, rgba, device="cpu"), nu.predict(model, img, device="cpu")
+    )
+    colour = rgba.copy()
+    colour[..., 1] = 0
+    with pytest.raises(ValueError, match="looks like RGB"):
+        nu.predict(model, colour, device="cpu")
