@@ -74,6 +74,8 @@ sysdeps:
 
 test: venv sysdeps
 	$(XVFB_RUN) $(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+	@echo "widget tests again with PyQt6 (napari 0.9 deprecates PyQt5):"
+	QT_API=pyqt6 $(XVFB_RUN) $(VPY) -m pytest -q -ra -o qt_api=pyqt6 tests/widgets $(PYTEST_ARGS)
 
 demo: venv sysdeps
 	@if [ -n "$$DISPLAY" ]; then \

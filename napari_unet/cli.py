@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .events import drain
 
 log = logging.getLogger("napari_unet")
 
@@ -224,9 +223,8 @@ def _drive(gen):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .files import find_inputs, read_image, stem, write_tif, write_zarr
-    from .inference import predict_proba_iter
-    from .postprocess import class_labels, instances_from_probs
+    from .batch import predict_files_iter
+    from .events import ItemDone
     from .store import load_model
 
     model = load_model(args.model, device=args.device)
@@ -235,49 +233,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--instances needs a model trained on instance labels; {args.model} was trained "
             f"on {model.config.labels.kind} labels"
         )
-    inputs = find_inputs(args.inputs, "input")
-    stems = [stem(p) for p in inputs]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
-    if dupes:
-        raise UsageError(
-            f"several inputs share the name stem {dupes[0]!r}; their outputs "
-            f"would overwrite each other"
-        )
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    write = write_tif if args.format == "tif" else write_zarr
-    ext = ".tif" if args.format == "tif" else ".zarr"
-    for n, path in enumerate(inputs, 1):
-        t0 = time.perf_counter()
-        image = read_image(path, lazy=True)
-        try:
-            probs = drain(
-                predict_proba_iter(
-                    model,
-                    image,
-                    axes=args.axes,
-                    device=args.device,
-                    tile=args.tile,
-                    batch_size=args.batch_size,
-                )
+    gen = predict_files_iter(
+        model,
+        args.inputs,
+        args.out,
+        instances=args.instances,
+        probabilities=args.probabilities,
+        fmt=args.format,
+        device=args.device,
+        axes=args.axes,
+        tile=args.tile,
+        batch_size=args.batch_size,
+    )
+    for event in gen:
+        if isinstance(event, ItemDone):
+            extra = f", {event.objects} objects" if event.objects is not None else ""
+            _say(
+                args,
+                f"[{event.i}/{event.n}] {event.name} -> {Path(event.output).name} "
+                f"({event.seconds:.1f} s{extra})",
             )
-        except ValueError as exc:
-            raise UsageError(f"{path}: {exc}") from None
-        if args.instances:
-            result = instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
-        else:
-            result = class_labels(probs, model.config.labels)
-        write(out / f"{stem(path)}{ext}", result)
-        if args.probabilities:
-            write(out / f"{stem(path)}_prob{ext}", probs.astype(np.float32))
-        extra = f", {int(result.max())} objects" if args.instances else ""
-        _say(
-            args,
-            f"[{n}/{len(inputs)}] {path.name} -> {stem(path)}{ext} "
-            f"({time.perf_counter() - t0:.1f} s{extra})",
-        )
     return 0
 
 

@@ -65,6 +65,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """The current model's class probabilities on the preview image."""
+
+    step: int
+    probabilities: Any  # numpy array (num_classes, *spatial)
+    labels: Any  # class labels in the user's label values, (*spatial)
+    key: Any = None  # whatever the caller attached to the preview request
+
+
+@dataclass(frozen=True)
 class TileDone:
     """Tile ``i`` of ``n`` of the current image was predicted."""
 
@@ -81,3 +91,15 @@ def drain(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None
             return stop.value
         if callback is not None:
             callback(event)
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    """Input ``i`` of ``n`` of a batch was predicted and written to ``output``."""
+
+    i: int
+    n: int
+    name: str
+    output: str
+    seconds: float
+    objects: int | None = None

@@ -35,8 +35,17 @@ from .augment import AugmentConfig, augment_batch, center_crop, crop_margin
 from .config import LabelsConfig, ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
 from .data import PatchSampler, normalize, split_indices
 from .devices import autocast_dtype, describe_device, resolve_device
-from .events import CheckpointSaved, Finished, TrainStarted, TrainStep, Validated, drain
+from .events import (
+    CheckpointSaved,
+    Finished,
+    Preview,
+    TrainStarted,
+    TrainStep,
+    Validated,
+    drain,
+)
 from .model import UNet, border
+from .postprocess import class_labels
 from .store import Model, content_hash, load_checkpoint, load_model, save_checkpoint, save_model
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,29 @@ def defaults_for(device: torch.device, recipe: str, spatial_dims: int = 2) -> De
     if spatial_dims == 3:
         return Defaults(width=16, patch=96, batch_size=4, lr=2e-3)
     return Defaults(width=32, patch=256, batch_size=16, lr=2e-3)
+
+
+@dataclass
+class TrainControl:
+    """What a caller in another thread may change while training runs.
+
+    ``stop()`` ends training after the current step, with reason "cancelled",
+    saving the model folder like a normal end (in the training thread).
+    ``request_preview(image)`` asks for :class:`~napari_unet.events.Preview`
+    events on ``image`` at most every ``preview_every`` seconds.
+    """
+
+    stop_requested: bool = False
+    preview_image: Any = None
+    preview_key: Any = None
+    preview_every: float = 3.0
+
+    def stop(self) -> None:
+        self.stop_requested = True
+
+    def request_preview(self, image: Any, key: Any = None) -> None:
+        self.preview_key = key
+        self.preview_image = image
 
 
 # --------------------------------------------------------------------------- data
@@ -377,6 +409,7 @@ def train_iter(
     model: Model | None = None,
     tiling: TileConfig | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    control: TrainControl | None = None,
 ) -> Generator[Any, None, Model]:
     """Train a U-Net; yields progress events and returns the model.
 
@@ -401,6 +434,9 @@ def train_iter(
         Continue from the model folder ``out`` (weights and optimiser state).
     model
         Continue training this in-memory model (the human-in-the-loop case).
+    control
+        A :class:`TrainControl` to stop training or ask for live previews from
+        another thread.
     """
     cfg = config or TrainConfig()
     overrides = {
@@ -564,6 +600,7 @@ def train_iter(
     val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not cfg.time_budget else None
     last_val = t0
     last_ckpt = t0
+    last_preview = -math.inf
     reason = "cancelled"
     result_path = None
 
@@ -594,6 +631,9 @@ def train_iter(
             if p >= 1.0:
                 reason = "steps" if cfg.steps and step >= cfg.steps else "time"
                 break
+            if control is not None and control.stop_requested:
+                reason = "cancelled"
+                break
             lr = cfg.lr
             if cfg.recipe == "fast":
                 lr = cfg.lr * _lr_factor(p, step, warmup)
@@ -612,6 +652,20 @@ def train_iter(
             yield TrainStep(
                 step=start_step + step, loss=out["loss"], lr=lr, images_per_s=ips, elapsed=now - t0
             )
+            if (
+                control is not None
+                and control.preview_image is not None
+                and now - last_preview >= control.preview_every
+            ):
+                key, image = control.preview_key, control.preview_image
+                probs = _preview(trainer.network, spec, image, dev)
+                last_preview = clock()
+                yield Preview(
+                    step=start_step + step,
+                    probabilities=probs,
+                    labels=class_labels(probs, spec.labels),
+                    key=key,
+                )
             due_val = (val_every and now - last_val >= val_every) or (
                 val_every_steps and step % val_every_steps == 0
             )
@@ -653,6 +707,16 @@ def train_iter(
         path=str(result_path) if result_path else None,
     )
     return _to_model(trainer.network, spec, history, out_path)
+
+
+def _preview(network: UNet, spec: ModelSpec, image: Any, device: torch.device) -> np.ndarray:
+    """Probabilities of the network in training on ``image`` (then back to training)."""
+    from .inference import predict_proba
+
+    try:
+        return predict_proba(Model(network=network, config=spec), image, device=device)
+    finally:
+        network.train()
 
 
 def run(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:

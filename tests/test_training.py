@@ -233,3 +233,27 @@ def test_border_weights_option(nuclei):
             config=model.config.train,
             **SMALL,
         )
+
+
+def test_control_stops_and_previews(nuclei, tmp_path):
+    from napari_unet.training import TrainControl
+
+    images, labels = nuclei
+    control = TrainControl(preview_every=0.0)
+    control.request_preview(images[0], key="slice 0")
+    out = tmp_path / "m"
+    gen = train_iter(
+        images, labels, labels_kind="instances", steps=1000, out=out, control=control, **SMALL
+    )
+    previews = []
+    for e in gen:
+        if isinstance(e, ev.Preview):
+            previews.append(e)
+            if len(previews) == 2:
+                control.stop()  # from "another thread": ends after this step, and saves
+        if isinstance(e, ev.Finished):
+            finished = e
+    assert finished.reason == "cancelled" and finished.path == str(out)
+    assert previews[0].probabilities.shape == (3, *images[0].shape)
+    assert previews[0].key == "slice 0"
+    assert load_model(out).history["steps"] == finished.step < 1000

@@ -1,0 +1,138 @@
+"""Annotate dock widget: create a Labels layer for an image, with named classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._slices import spatial_data
+
+KIND_TEXT = {
+    "sparse": "sparse strokes (0 = unlabeled; paint a few strokes of each class)",
+    "instances": "dense instances (each object its own id, 0 = background)",
+}
+
+
+class AnnotateWidget(QWidget):
+    """Creates a Labels layer aligned with an image layer, with class names and labels kind."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = QComboBox()
+        self.kind = QComboBox()
+        for kind, text in KIND_TEXT.items():
+            self.kind.addItem(text, kind)
+        self.classes = QListWidget()
+        for name in ("background", "cell"):
+            self._add_item(name)
+        self.add_btn = QPushButton("add class")
+        self.remove_btn = QPushButton("remove class")
+        self.add_btn.clicked.connect(lambda: self._add_item(f"class {self.classes.count() + 1}"))
+        self.remove_btn.clicked.connect(self._remove_class)
+        self.create_btn = QPushButton("Create labels layer")
+        self.create_btn.clicked.connect(self.create)
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("labels", self.kind)
+        class_buttons = QHBoxLayout()
+        class_buttons.addWidget(self.add_btn)
+        class_buttons.addWidget(self.remove_btn)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("classes (label value = row number; double-click to rename)"))
+        layout.addWidget(self.classes)
+        layout.addLayout(class_buttons)
+        layout.addWidget(self.create_btn)
+        layout.addWidget(self.hint)
+        layout.addStretch(1)
+        self.kind.currentIndexChanged.connect(self._kind_changed)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self._refresh()
+
+    def _add_item(self, name: str) -> None:
+        item = QListWidgetItem(name)
+        item.setFlags(item.flags() | Qt.ItemIsEditable)
+        self.classes.addItem(item)
+
+    def _remove_class(self) -> None:
+        if self.classes.count() <= 2:
+            show_warning("napari-unet: a segmentation needs at least 2 classes")
+            return
+        row = self.classes.currentRow()
+        self.classes.takeItem(row if row >= 0 else self.classes.count() - 1)
+
+    def _kind_changed(self) -> None:
+        sparse = self.kind.currentData() == "sparse"
+        for w in (self.classes, self.add_btn, self.remove_btn):
+            w.setEnabled(sparse)
+
+    def _refresh(self, *_: Any) -> None:
+        current = self.image.currentText()
+        self.image.clear()
+        self.image.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, Image)])
+        if current:
+            self.image.setCurrentText(current)
+
+    def class_names(self) -> list[str]:
+        return [self.classes.item(i).text().strip() for i in range(self.classes.count())]
+
+    def create(self) -> Any:
+        """Create (and select) the Labels layer; returns it."""
+        name = self.image.currentText()
+        if name not in self.viewer.layers:
+            show_warning("napari-unet: open an image first, then create its labels layer")
+            return None
+        names = self.class_names()
+        if len(set(names)) != len(names) or not all(names):
+            show_warning(f"napari-unet: class names must be distinct and non-empty, got {names}")
+            return None
+        image = self.viewer.layers[name]
+        shape = spatial_data(image).shape
+        kind = self.kind.currentData()
+        labels_name = f"{name} labels"
+        i = 2
+        while labels_name in self.viewer.layers:
+            labels_name = f"{name} labels {i}"
+            i += 1
+        layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint16 if kind == "instances" else np.uint8),
+            name=labels_name,
+            scale=image.scale,
+            translate=image.translate,
+        )
+        layer.metadata["napari_unet_kind"] = kind
+        if kind == "sparse":
+            layer.metadata["napari_unet_classes"] = names
+        layer.mode = "paint"
+        layer.selected_label = 1
+        self.viewer.layers.selection.active = layer
+        if kind == "sparse":
+            legend = ", ".join(f"{i} = {n}" for i, n in enumerate(names, 1))
+            self.hint.setText(
+                f"paint with label values {legend}; 0 stays unlabeled. A few strokes "
+                f"per class on one or a few slices are enough to start."
+            )
+        else:
+            self.hint.setText("paint each object with its own id (press M for a new one).")
+        show_info(f"napari-unet: created {labels_name!r}")
+        return layer

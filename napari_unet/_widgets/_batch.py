@@ -1,0 +1,159 @@
+"""Batch dock widget: every image layer, or a folder of files, through the model to a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils import progress
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import events as ev
+from ._runner import Runner
+from ._session import DEFAULT_MODEL_ROOT, session_for
+
+
+class BatchWidget(QWidget):
+    """Applies the current model to all image layers or to a folder of images."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.runner: Runner | None = None
+        self.pbar: progress | None = None
+        self.written: list[Path] = []
+
+        self.source = QComboBox()
+        self.source.addItems(["all image layers", "a folder of images"])
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("input folder (TIFF, PNG, JPEG, zarr)")
+        self.browse_in = QPushButton("…")
+        self.browse_in.clicked.connect(lambda: self._browse(self.folder))
+        self.out = QLineEdit(str(DEFAULT_MODEL_ROOT.parent / "napari-unet-predictions"))
+        self.browse_out = QPushButton("…")
+        self.browse_out.clicked.connect(lambda: self._browse(self.out))
+        self.instances = QCheckBox("instances")
+        self.probabilities = QCheckBox("probabilities")
+        self.fmt = QComboBox()
+        self.fmt.addItems(["tif", "zarr"])
+        self.run_btn = QPushButton("Run batch")
+        self.cancel_btn = QPushButton("Cancel")
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        def row(*widgets: QWidget) -> QHBoxLayout:
+            box = QHBoxLayout()
+            for w in widgets:
+                box.addWidget(w)
+            return box
+
+        form = QFormLayout()
+        form.addRow("inputs", self.source)
+        form.addRow("folder", row(self.folder, self.browse_in))
+        form.addRow("output", row(self.out, self.browse_out))
+        form.addRow("format", self.fmt)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row(self.instances, self.probabilities))
+        layout.addLayout(row(self.run_btn, self.cancel_btn))
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.cancel_btn.setEnabled(False)
+
+    def _browse(self, target: QLineEdit) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "folder", target.text())
+        if folder:
+            target.setText(folder)
+
+    def start(self) -> None:
+        from ..batch import predict_files_iter, predict_items_iter
+
+        if self.runner is not None and self.runner.is_running:
+            return
+        model = self.session.model
+        if model is None:
+            show_warning("napari-unet: train or load a model first (Train or Predict widget)")
+            return
+        kwargs = dict(
+            instances=self.instances.isChecked(),
+            probabilities=self.probabilities.isChecked(),
+            fmt=self.fmt.currentText(),
+            device="auto",
+        )
+        out = Path(self.out.text()).expanduser()
+        if self.source.currentIndex() == 0:
+            items = [
+                (ly.name, lambda d=ly.data: np.asarray(d))
+                for ly in self.viewer.layers
+                if isinstance(ly, Image)
+            ]
+            if not items:
+                show_warning("napari-unet: there is no image layer to predict")
+                return
+
+            def factory():
+                return predict_items_iter(model, items, out, **kwargs)
+        else:
+            folder = self.folder.text().strip()
+            if not folder:
+                show_warning("napari-unet: choose the input folder")
+                return
+
+            def factory():
+                return predict_files_iter(model, folder, out, **kwargs)
+
+        self.written = []
+        self.pbar = progress(total=0, desc="napari-unet batch")
+        self.runner = Runner(
+            factory,
+            on_event=self._on_event,
+            on_done=self._done,
+            on_finished=self._finished,
+            what="napari-unet batch",
+        )
+        self.runner.start()
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.status.setText("running…")
+
+    def cancel(self) -> None:
+        if self.runner is not None and self.runner.is_running:
+            self.runner.quit()
+            self.status.setText("cancelled; finished outputs are kept")
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, ev.ItemDone) and not self.written:
+            self.status.setText(f"{event.i} of {event.n}: {event.name} ({event.seconds:.1f} s)")
+            # last: napari's progress bar may process pending events (even our own "done")
+            if self.pbar is not None:
+                self.pbar.total = event.n
+                self.pbar.update(1)
+
+    def _done(self, written: list[Path]) -> None:
+        self.written = list(written)
+        self.status.setText(f"wrote {len(written)} file(s) to {self.out.text()}")
+        show_info(f"napari-unet: batch wrote {len(written)} file(s)")
+
+    def _finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)

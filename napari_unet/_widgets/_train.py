@@ -1,0 +1,401 @@
+"""Train dock widget: (image, labels) layer pairs -> a U-Net, in the background.
+
+Start / Pause / Resume / Stop; a live plot of loss and validation IoU; a live
+preview layer with the current model's prediction on the slice in view.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils import progress
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import events as ev
+from ._plot import CurvePlot
+from ._runner import Runner
+from ._session import new_model_folder, session_for
+from ._slices import layer_in_view_slice, spatial_data
+
+log = logging.getLogger(__name__)
+
+PREVIEW_LAYER = "U-Net preview"
+
+
+class TrainWidget(QWidget):
+    """Dock widget that trains a U-Net on layer pairs of the viewer."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.runner: Runner | None = None
+        self.control: Any = None
+        self.pbar: progress | None = None
+        self._used_layers: set[str] = set()
+        self._max_steps: int | None = None
+
+        self.pairs = QTableWidget(0, 2)
+        self.pairs.setHorizontalHeaderLabels(["image", "labels"])
+        self.pairs.horizontalHeader().setStretchLastSection(True)
+        self.add_pair_btn = QPushButton("add pair")
+        self.remove_pair_btn = QPushButton("remove pair")
+        self.add_pair_btn.clicked.connect(lambda: self.add_pair())
+        self.remove_pair_btn.clicked.connect(self._remove_pair)
+
+        self.kind = QComboBox()
+        self.kind.addItems(["sparse", "semantic", "instances"])
+        self.recipe = QComboBox()
+        self.recipe.addItems(["fast", "paper"])
+        self.width_box = _spin(0, 512, 0, "auto")
+        self.patch_box = _spin(0, 4096, 0, "auto")
+        self.batch_box = _spin(0, 1024, 0, "auto")
+        self.budget_kind = QComboBox()
+        self.budget_kind.addItems(["seconds", "steps"])
+        self.budget = _spin(1, 10_000_000, 120)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_label = QLabel("")
+        self.folder = QLineEdit(str(new_model_folder()))
+        self.browse = QPushButton("…")
+        self.browse.clicked.connect(self._browse)
+        self.resume = QCheckBox("continue training the model in this folder")
+        self.preview = QCheckBox("live preview on the slice in view")
+        self.preview.setChecked(True)
+
+        self.start_btn = QPushButton("Train")
+        self.pause_btn = QPushButton("Pause")
+        self.stop_btn = QPushButton("Stop")
+        self.start_btn.clicked.connect(self.start)
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self.stop_btn.clicked.connect(self.stop)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.plot = CurvePlot()
+
+        form = QFormLayout()
+        form.addRow("labels kind", self.kind)
+        form.addRow("recipe", self.recipe)
+        form.addRow("width", self.width_box)
+        form.addRow("patch", self.patch_box)
+        form.addRow("batch size", self.batch_box)
+        budget = QHBoxLayout()
+        budget.addWidget(self.budget)
+        budget.addWidget(self.budget_kind)
+        form.addRow("train for", budget)
+        form.addRow("device", self.device)
+        form.addRow("", self.device_label)
+        folder = QHBoxLayout()
+        folder.addWidget(self.folder)
+        folder.addWidget(self.browse)
+        form.addRow("model folder", folder)
+
+        pair_buttons = QHBoxLayout()
+        pair_buttons.addWidget(self.add_pair_btn)
+        pair_buttons.addWidget(self.remove_pair_btn)
+        buttons = QHBoxLayout()
+        for b in (self.start_btn, self.pause_btn, self.stop_btn):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("training pairs (image, labels)"))
+        layout.addWidget(self.pairs)
+        layout.addLayout(pair_buttons)
+        layout.addLayout(form)
+        layout.addWidget(self.resume)
+        layout.addWidget(self.preview)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_choices)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
+        self.viewer.dims.events.current_step.connect(self._request_preview)
+        if self._layers(Image) and self._layers(Labels):
+            self.add_pair()
+        self._set_state("idle")
+
+    # ------------------------------------------------------------------ layers
+    def _layers(self, kind: type) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if type(layer) is kind]
+
+    def add_pair(self, image: str | None = None, labels: str | None = None) -> None:
+        """Add a row; ``image`` / ``labels`` preselect layers by name."""
+        row = self.pairs.rowCount()
+        self.pairs.insertRow(row)
+        for col, (kind, name) in enumerate(((Image, image), (Labels, labels))):
+            box = QComboBox()
+            box.addItems(self._layers(kind))
+            if name is not None:
+                box.setCurrentText(name)
+            elif col == 1 and row < box.count():
+                box.setCurrentIndex(row)
+            self.pairs.setCellWidget(row, col, box)
+        self._sync_kind()
+
+    def _remove_pair(self) -> None:
+        row = self.pairs.currentRow() if self.pairs.currentRow() >= 0 else self.pairs.rowCount() - 1
+        if row >= 0:
+            self.pairs.removeRow(row)
+
+    def selected_pairs(self) -> list[tuple[str, str]]:
+        out = []
+        for row in range(self.pairs.rowCount()):
+            img = self.pairs.cellWidget(row, 0).currentText()
+            lab = self.pairs.cellWidget(row, 1).currentText()
+            if img and lab:
+                out.append((img, lab))
+        return out
+
+    def _refresh_choices(self, *_: Any) -> None:
+        for row in range(self.pairs.rowCount()):
+            for col, kind in ((0, Image), (1, Labels)):
+                box = self.pairs.cellWidget(row, col)
+                current = box.currentText()
+                box.blockSignals(True)
+                box.clear()
+                box.addItems(self._layers(kind))
+                if current:
+                    box.setCurrentText(current)
+                box.blockSignals(False)
+        if self.pairs.rowCount() == 0 and self._layers(Image) and self._layers(Labels):
+            self.add_pair()
+
+    def _sync_kind(self) -> None:
+        pairs = self.selected_pairs()
+        if pairs and pairs[0][1] in self.viewer.layers:
+            kind = self.viewer.layers[pairs[0][1]].metadata.get("napari_unet_kind")
+            if kind:
+                self.kind.setCurrentText(kind)
+
+    def _layer_removed(self, event: Any) -> None:
+        name = event.value.name
+        self._refresh_choices()
+        if self.runner is not None and self.runner.is_running and name in self._used_layers:
+            show_warning(
+                f"layer {name!r} was deleted while training used it: training stops "
+                f"and the model so far is saved"
+            )
+            self.stop()
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "model folder", self.folder.text())
+        if folder:
+            self.folder.setText(folder)
+
+    # ------------------------------------------------------------------ run
+    def _gather(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        pairs = self.selected_pairs()
+        if not pairs:
+            raise ValueError("choose at least one (image, labels) pair of layers to train on")
+        images, labels = [], []
+        for img_name, lab_name in pairs:
+            img = self.viewer.layers[img_name]
+            lab = self.viewer.layers[lab_name]
+            images.append(np.asarray(img.data))
+            labels.append(np.asarray(lab.data))
+        self._used_layers = {n for pair in pairs for n in pair}
+        return images, labels
+
+    def start(self) -> None:
+        """Start training with the widget's settings (the Train button)."""
+        from ..training import TrainControl, train_iter
+
+        if self.runner is not None and self.runner.is_running:
+            return
+        try:
+            images, labels = self._gather()
+        except ValueError as exc:
+            show_warning(str(exc))
+            return
+        folder = Path(self.folder.text()).expanduser()
+        resume = self.resume.isChecked()
+        if (folder / "config.json").exists() and not resume:
+            show_warning(
+                f"{folder} already holds a model: tick 'continue training' or choose another folder"
+            )
+            return
+        model = None
+        if not resume and self.session.model is not None and self.session.model_path == folder:
+            model = self.session.model
+        steps = self.budget.value() if self.budget_kind.currentText() == "steps" else None
+        seconds = self.budget.value() if steps is None else None
+        self._max_steps = steps
+        self.control = TrainControl()
+        if self.preview.isChecked():
+            # created now, not mid-training: adding a layer costs napari a few hundred ms
+            self._preview_layer(self.viewer.layers[self.selected_pairs()[0][0]])
+        self._request_preview()
+        first_labels = self.viewer.layers[self.selected_pairs()[0][1]]
+        class_names = first_labels.metadata.get("napari_unet_classes")
+        kind = self.kind.currentText()
+        kwargs = dict(
+            labels_kind=kind,
+            class_names=class_names if kind == "sparse" and model is None and not resume else None,
+            recipe=self.recipe.currentText(),
+            steps=steps,
+            time_budget=seconds,
+            width=self.width_box.value() or None,
+            patch=self.patch_box.value() or None,
+            batch_size=self.batch_box.value() or None,
+            device=self.device.currentText(),
+            out=folder,
+            resume=resume,
+            model=model,
+            control=self.control,
+        )
+        self.plot.clear()
+        self.pbar = progress(total=steps or int(seconds or 0), desc="napari-unet training")
+        self.runner = Runner(
+            lambda: train_iter(images, labels, **kwargs),
+            on_event=self._on_event,
+            on_done=self._on_done,
+            on_error=lambda exc: self._set_state("idle", f"training failed: {exc}"),
+            on_finished=self._on_finished,
+            what="napari-unet training",
+        )
+        self.runner.start()
+        self._set_state("running", "preparing the data…")
+
+    def toggle_pause(self) -> None:
+        if self.runner is None or not self.runner.is_running:
+            return
+        if self.runner.is_paused or self.pause_btn.text() == "Resume":
+            self.runner.resume()
+            self._set_state("running", "resumed")
+        else:
+            self.runner.pause()
+            self._set_state("paused", "paused (the model so far is kept in memory)")
+
+    def stop(self) -> None:
+        """Stop after the current step; the model folder is saved."""
+        if self.runner is None or not self.runner.is_running:
+            return
+        if self.control is not None:
+            self.control.stop()
+        if self.pause_btn.text() == "Resume":
+            self.runner.resume()
+        self.status.setText("stopping after this step…")
+        self.stop_btn.setEnabled(False)
+
+    def _request_preview(self, *_: Any) -> None:
+        if self.control is None or not self.preview.isChecked():
+            return
+        pairs = self.selected_pairs()
+        if not pairs or pairs[0][0] not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[pairs[0][0]]
+        index, plane = layer_in_view_slice(self.viewer, layer)
+        self.control.request_preview(plane, key=(layer.name, index))
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, ev.TrainStarted):
+            self.device_label.setText(f"using {event.device}")
+            s = event.settings
+            self.status.setText(
+                f"training: width {s['width']}, patch {s['patch']}, batch {s['batch_size']}; "
+                f"{event.n_train} training / {event.n_val} validation images"
+            )
+        elif isinstance(event, ev.TrainStep):
+            self.plot.add_loss(event.step, event.loss)
+            self.status.setText(
+                f"step {event.step}  loss {event.loss:.4f}  "
+                f"{event.images_per_s:.0f} patches/s  {event.elapsed:.0f} s"
+            )
+            if self.pbar is not None:
+                done = event.step if self._max_steps else int(event.elapsed)
+                self.pbar.update(max(0, done - self.pbar.n))
+        elif isinstance(event, ev.Validated):
+            self.plot.add_iou(event.step, event.iou)
+        elif isinstance(event, ev.Preview):
+            self._show_preview(event)
+
+    def _preview_layer(self, source: Any) -> Labels:
+        """The preview layer for ``source``, created (once) with its shape and placement."""
+        shape = spatial_data(source).shape
+        layer = self.viewer.layers[PREVIEW_LAYER] if PREVIEW_LAYER in self.viewer.layers else None
+        if layer is None or layer.data.shape != shape:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            ndim = len(shape)
+            layer = self.viewer.add_labels(
+                np.zeros(shape, np.uint16),
+                name=PREVIEW_LAYER,
+                opacity=0.5,
+                scale=source.scale[-ndim:],
+                translate=source.translate[-ndim:],
+            )
+        return layer
+
+    def _show_preview(self, event: ev.Preview) -> None:
+        name, index = event.key
+        if name not in self.viewer.layers:
+            return
+        layer = self._preview_layer(self.viewer.layers[name])
+        layer.data[index] = event.labels
+        layer.refresh()
+
+    def _on_done(self, model: Any) -> None:
+        folder = Path(self.folder.text()).expanduser()
+        self.session.set_model(model, folder)
+        steps = model.history.get("steps", 0)
+        self._set_state("idle", f"finished after {steps} steps; model saved to {folder}")
+        show_info(f"napari-unet: model saved to {folder}")
+        self.resume.setChecked(True)
+
+    def _on_finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
+        if self.runner is not None and self.runner.error is not None:
+            self._set_state("idle", f"training failed: {self.runner.error}")
+        elif self.start_btn.isEnabled() is False:
+            self._set_state("idle")
+
+    def _set_state(self, state: str, message: str | None = None) -> None:
+        running = state in ("running", "paused")
+        self.start_btn.setEnabled(not running)
+        self.pause_btn.setEnabled(running)
+        self.stop_btn.setEnabled(running)
+        self.pause_btn.setText("Resume" if state == "paused" else "Pause")
+        for w in (
+            self.kind,
+            self.recipe,
+            self.width_box,
+            self.patch_box,
+            self.batch_box,
+            self.budget,
+            self.budget_kind,
+            self.device,
+            self.folder,
+            self.resume,
+        ):
+            w.setEnabled(not running)
+        if message is not None:
+            self.status.setText(message)
+
+
+def _spin(low: int, high: int, value: int, special: str | None = None) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)
+    return box

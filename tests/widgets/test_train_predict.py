@@ -1,0 +1,256 @@
+"""Widget tests: really click, really wait for the workers (run under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_unet._widgets import (  # noqa: E402
+    PredictWidget,
+    TrainWidget,
+    _session,  # noqa: E402
+)
+from napari_unet.store import load_model  # noqa: E402
+
+from ..conftest import make_nuclei  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def model_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(_session, "DEFAULT_MODEL_ROOT", tmp_path / "models")
+
+
+@pytest.fixture
+def viewer_with_data(make_napari_viewer):
+    viewer = make_napari_viewer()
+    pairs = [make_nuclei(seed=s) for s in range(3)]
+    viewer.add_image(np.stack([p[0] for p in pairs]), name="nuclei", scale=(1, 0.5, 0.5))
+    lab = viewer.add_labels(np.stack([p[1] for p in pairs]), name="truth", scale=(1, 0.5, 0.5))
+    lab.metadata["napari_unet_kind"] = "instances"
+    return viewer
+
+
+def small(widget: TrainWidget, steps: int) -> None:
+    widget.width_box.setValue(4)
+    widget.patch_box.setValue(32)
+    widget.batch_box.setValue(2)
+    widget.budget_kind.setCurrentText("steps")
+    widget.budget.setValue(steps)
+    widget.device.setCurrentText("cpu")
+
+
+def wait_idle(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(
+        lambda: widget.runner is not None and not widget.runner.is_running, timeout=timeout
+    )
+    qtbot.waitUntil(
+        lambda: (
+            widget.start_btn.isEnabled()
+            if hasattr(widget, "start_btn")
+            else widget.run_btn.isEnabled()
+        ),
+        timeout=5000,
+    )
+
+
+def test_train_then_predict(viewer_with_data, qtbot):
+    viewer = viewer_with_data
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train)
+    assert train.selected_pairs() == [("nuclei", "truth")]
+    assert train.kind.currentText() == "instances"  # from the labels layer's metadata
+    small(train, 15)
+    qtbot.mouseClick(train.start_btn, __import__("qtpy.QtCore").QtCore.Qt.LeftButton)
+    assert not train.start_btn.isEnabled() and train.stop_btn.isEnabled()
+    wait_idle(qtbot, train)
+    assert "finished after 15 steps" in train.status.text()
+    assert train.device_label.text().startswith("using cpu")
+    assert len(train.plot.losses) >= 1 and train.plot.ious
+    folder = train.session.model_path
+    assert load_model(folder).history["steps"] == 15
+    assert "U-Net preview" in viewer.layers
+    assert viewer.layers["U-Net preview"].data.shape == viewer.layers["nuclei"].data.shape
+
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    assert predict.model is train.session.model  # the model just trained
+    predict.want_instances.setChecked(True)
+    predict.want_probs.setChecked(True)
+    predict.image.setCurrentText("nuclei")
+    qtbot.mouseClick(predict.run_btn, __import__("qtpy.QtCore").QtCore.Qt.LeftButton)
+    wait_idle(qtbot, predict)
+    labels = viewer.layers["nuclei labels"]
+    inst = viewer.layers["nuclei instances"]
+    assert labels.data.shape == (3, 96, 96) and labels.data.dtype == np.uint8
+    assert inst.data.shape == (3, 96, 96) and inst.data.dtype.kind == "u"
+    np.testing.assert_allclose(labels.scale, (1, 0.5, 0.5))
+    assert "nuclei p(interior)" in viewer.layers
+
+    # only the slice in view
+    viewer.dims.set_current_step(0, 2)
+    predict.in_view.setChecked(True)
+    predict.want_probs.setChecked(False)
+    predict.want_instances.setChecked(False)
+    qtbot.mouseClick(predict.run_btn, __import__("qtpy.QtCore").QtCore.Qt.LeftButton)
+    wait_idle(qtbot, predict)
+    one = viewer.layers["nuclei labels (slice 2)"]
+    assert one.data.shape == (1, 96, 96) and one.translate[0] == 2
+
+
+def test_pause_resume_stop_leaves_loadable_model(viewer_with_data, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer = viewer_with_data
+    train = TrainWidget(viewer)
+    small(train, 100_000)
+    steps = []
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    train.runner.worker.yielded.connect(lambda e: steps.append(getattr(e, "step", None)))
+    qtbot.waitUntil(lambda: any(s for s in steps if s and s >= 3), timeout=60_000)
+    qtbot.mouseClick(train.pause_btn, Qt.LeftButton)
+    assert train.pause_btn.text() == "Resume"
+    qtbot.waitUntil(lambda: train.runner.is_paused, timeout=10_000)
+    n = len(steps)
+    qtbot.wait(500)
+    assert len(steps) == n  # nothing happens while paused
+    qtbot.mouseClick(train.pause_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(steps) > n, timeout=30_000)
+    qtbot.mouseClick(train.stop_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    model = load_model(train.session.model_path)
+    assert 3 <= model.history["steps"] < 100_000
+
+
+def test_deleting_a_training_layer_stops_training(viewer_with_data, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer = viewer_with_data
+    train = TrainWidget(viewer)
+    small(train, 100_000)
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(train.plot.losses) >= 1, timeout=60_000)
+    viewer.layers.remove("truth")
+    wait_idle(qtbot, train)
+    assert load_model(train.session.model_path).history["steps"] < 100_000
+
+
+def test_correct_and_retrain(viewer_with_data, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer = viewer_with_data
+    train = TrainWidget(viewer)
+    predict = PredictWidget(viewer)
+    small(train, 5)
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    predict.want_labels.setChecked(False)
+    predict.want_instances.setChecked(True)
+    qtbot.mouseClick(predict.run_btn, Qt.LeftButton)
+    wait_idle(qtbot, predict)
+    viewer.layers.selection.active = viewer.layers["nuclei instances"]
+    qtbot.mouseClick(predict.correct_btn, Qt.LeftButton)
+    corrected = viewer.layers["nuclei instances corrected"]
+    corrected.data[0] = viewer.layers["truth"].data[0]  # "fix" a slice with the truth
+    train.pairs.cellWidget(0, 1).setCurrentText(corrected.name)
+    assert train.resume.isChecked()  # continues the model, not a new one
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    model = load_model(train.session.model_path)
+    assert model.history["steps"] == 10 and len(model.history["sessions"]) == 2
+
+
+def test_bad_model_folder_is_a_message(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    predict = PredictWidget(viewer)
+    assert predict.load(str(tmp_path / "nothing")) is False
+    assert "could not load the model" in predict.status.text()
+
+
+def test_annotate_paint_train_on_a_few_slices(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    pairs = [make_nuclei(seed=s) for s in range(4)]
+    viewer.add_image(np.stack([p[0] for p in pairs]), name="stack", scale=(2, 1, 1))
+    annotate = AnnotateWidget(viewer)
+    annotate.classes.item(1).setText("nucleus")
+    qtbot.mouseClick(annotate.add_btn, Qt.LeftButton)
+    assert annotate.class_names() == ["background", "nucleus", "class 3"]
+    qtbot.mouseClick(annotate.remove_btn, Qt.LeftButton)
+    qtbot.mouseClick(annotate.create_btn, Qt.LeftButton)
+    layer = viewer.layers["stack labels"]
+    assert layer.data.shape == (4, 96, 96) and tuple(layer.scale) == (2, 1, 1)
+    assert layer.metadata["napari_unet_kind"] == "sparse"
+    # strokes on slice 1 only: background rows and nuclei columns
+    truth = pairs[1][1]
+    strokes = np.zeros((96, 96), np.uint8)
+    strokes[::9][truth[::9] == 0] = 1
+    strokes[:, ::4][truth[:, ::4] > 0] = 2
+    layer.data[1] = strokes
+    train = TrainWidget(viewer)
+    assert train.selected_pairs() == [("stack", "stack labels")]
+    assert train.kind.currentText() == "sparse"
+    small(train, 5)
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    model = train.session.model
+    assert model.config.labels.class_names == ("background", "nucleus")
+    assert model.history["steps"] == 5
+
+
+def test_batch_over_two_layers(make_napari_viewer, qtbot, tmp_path, nuclei, tiny_model):
+    import tifffile
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets import BatchWidget
+
+    viewer = make_napari_viewer()
+    images, _ = nuclei
+    viewer.add_image(images[0], name="a")
+    viewer.add_image(images[1][:80, :90], name="b")
+    _session.session_for(viewer).set_model(tiny_model[0], tiny_model[1])
+    batch = BatchWidget(viewer)
+    batch.out.setText(str(tmp_path / "out"))
+    batch.instances.setChecked(True)
+    qtbot.mouseClick(batch.run_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "wrote 2 file(s)" in batch.status.text(), timeout=60_000)
+    qtbot.waitUntil(batch.run_btn.isEnabled, timeout=5_000)
+    assert sorted(p.name for p in batch.written) == ["a.tif", "b.tif"]
+    assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (80, 90)
+
+
+def test_qt_binding_is_the_one_asked_for(qapp):
+    import os
+
+    import qtpy
+
+    assert qtpy.API_NAME.lower() == os.environ.get("QT_API", "pyqt5")
+    assert type(qapp).__module__.lower().startswith(qtpy.API_NAME.lower())
+
+
+def test_runner_throttles_steps_but_keeps_order(qtbot):
+    from napari_unet import events as ev
+    from napari_unet._widgets._runner import Runner
+
+    def gen():
+        for i in range(1, 201):
+            yield ev.TrainStep(step=i, loss=1.0, lr=0.1, images_per_s=1.0, elapsed=0.0)
+            if i == 100:
+                yield ev.Validated(step=i, loss=1.0, iou=0.5, elapsed=0.0)
+        return "result"
+
+    seen, done = [], []
+    runner = Runner(gen, on_event=seen.append, on_done=done.append)
+    runner.start()
+    qtbot.waitUntil(lambda: done == ["result"], timeout=10_000)
+    steps = [e.step for e in seen if isinstance(e, ev.TrainStep)]
+    assert len(steps) < 50  # at most ~10 per second reach the GUI
+    assert steps == sorted(steps) and steps[-1] == 200  # the last step always arrives
+    i = seen.index(next(e for e in seen if isinstance(e, ev.Validated)))
+    assert seen[i - 1].step == 100  # the step before the validation is not lost
