@@ -17,7 +17,7 @@ STAMP := $(VENV)/.napari-unet-installed
 PIP_NOISE := is ignored: it is neither a file nor a directory
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
-SCREENSHOT ?= docs/images/demo.png
+SCREENSHOTS ?= docs/images
 
 # Xvfb for napari's OpenGL canvas (Qt's offscreen platform crashes in vispy), Mesa's software GL,
 # and the X/xcb libraries that the PyQt6/PyQt5 wheels' xcb platform plugin loads but does not ship
@@ -81,8 +81,8 @@ demo: venv sysdeps
 	@if [ -n "$$DISPLAY" ]; then \
 		$(VPY) -m napari_unet._demo $(DEMO_ARGS); \
 	else \
-		echo "no \$$DISPLAY: running headless, screenshot -> $(SCREENSHOT)"; \
-		$(XVFB_RUN) $(VPY) -m napari_unet._demo --headless --screenshot $(SCREENSHOT) $(DEMO_ARGS); \
+		echo "no \$$DISPLAY: running headless, screenshots -> $(SCREENSHOTS)"; \
+		$(XVFB_RUN) $(VPY) -m napari_unet._demo --headless --screenshots $(SCREENSHOTS) $(DEMO_ARGS); \
 	fi
 
 bench: venv

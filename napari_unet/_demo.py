@@ -1,149 +1,151 @@
-"""Quick demo: train a U-Net on the DSB2018 sample nuclei and show its prediction in napari.
+"""Demo: napari with the napari-unet widgets docked and the DSB2018 sample nuclei loaded.
 
-    python -m napari_unet._demo                 # a window; training runs in a worker thread
-    python -m napari_unet._demo --headless --screenshot docs/images/demo.png
+    python -m napari_unet._demo                    # a window; click Train, then Predict
+    python -m napari_unet._demo --headless         # the same flow driven by code, screenshots
 
-``make demo`` picks one of the two depending on ``$DISPLAY``. This is a stop-gap until the dock
-widgets exist; it only uses the public API (``napari_unet.train`` / ``napari_unet.predict``).
+``make demo`` picks one of the two depending on ``$DISPLAY``.  Headless, it
+runs annotate -> train (about a minute) -> predict by clicking the real widgets
+and saves screenshots of the real window (``docs/images/`` by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 PLUGIN = "napari-unet"
 SAMPLE = "dsb2018_nuclei"
 
 
-def _api() -> Any:
-    """Return the ``napari_unet`` module after checking that its training API exists."""
-    import napari_unet as nu
-
-    missing = [name for name in ("train", "predict") if not callable(getattr(nu, name, None))]
-    if missing:
-        raise RuntimeError(
-            f"napari_unet.{' and napari_unet.'.join(missing)} not available yet in this checkout; "
-            "run the demo with --no-train to only show the sample data"
-        )
-    return nu
-
-
-def train_and_predict(
-    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], time_budget: float
-) -> np.ndarray:
-    """Train on ``images``/``labels`` (dense instance masks) and predict instances on each image.
-
-    Returns
-    -------
-    numpy.ndarray
-        Instance ids, one slice per input image, stacked along the first axis.
-    """
-    nu = _api()
-    model = nu.train(list(images), list(labels), labels_kind="instances", time_budget=time_budget)
-    return np.stack([np.asarray(nu.predict(model, image, instances=True)) for image in images])
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m napari_unet._demo", description=__doc__)
-    parser.add_argument(
-        "--headless",
-        action="store_true",
-        help="train in the foreground, save a screenshot and exit (for CI / no display)",
-    )
-    parser.add_argument(
-        "--screenshot",
-        type=Path,
-        default=Path("docs/images/demo.png"),
-        help="where --headless saves the window screenshot (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--time-budget",
-        type=float,
-        default=60.0,
-        help="training time in seconds (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--no-train", action="store_true", help="only open the viewer with the sample data"
-    )
-    return parser.parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m napari_unet._demo", description=__doc__)
+    p.add_argument("--headless", action="store_true",
+                   help="drive the widgets by code, save screenshots and exit")
+    p.add_argument("--screenshots", type=Path, default=Path("docs/images"),
+                   help="folder for the headless screenshots (default: %(default)s)")
+    p.add_argument("--time-budget", type=int, default=60,
+                   help="training time in seconds (default: %(default)s)")
+    return p.parse_args(argv)
 
 
-def _process_events(seconds: float = 0.5) -> None:
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
     from napari.qt import get_qapp
 
     app = get_qapp()
-    end = time.monotonic() + seconds
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
         app.processEvents()
+        if condition():
+            return True
         time.sleep(0.02)
+    return False
+
+
+def build_viewer(time_budget: int):
+    """A viewer with the sample data and the four widgets docked."""
+    import napari
+
+    viewer = napari.Viewer(title="napari-unet demo")
+    viewer.window.resize(1700, 1000)
+    image, truth = viewer.open_sample(PLUGIN, SAMPLE)
+    truth.metadata["napari_unet_kind"] = "instances"
+    truth.opacity = 0.4
+    widgets = {}
+    for name in ("Annotate", "Train", "Predict", "Batch"):
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name != "Annotate")
+        widgets[name] = widget
+    from qtpy.QtCore import Qt
+
+    docks = [w.parent() for w in viewer.window.dock_widgets.values()]
+    viewer.window._qt_window.resizeDocks(docks[:1], [480], Qt.Horizontal)
+    train = widgets["Train"]
+    train.kind.setCurrentText("instances")
+    train.budget_kind.setCurrentText("seconds")
+    train.budget.setValue(time_budget)
+    return viewer, image, truth, widgets
+
+
+def _show(viewer, name: str) -> None:
+    for key, widget in viewer.window.dock_widgets.items():
+        if key.startswith(name):
+            dock = widget.parent()
+            dock.show()
+            dock.raise_()
+
+
+def _close_toasts(viewer) -> None:
+    """Close notification pop-ups so that screenshots show the widgets, not the toasts."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    _wait(lambda: False, 0.3)
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    viewer, image, truth, widgets = build_viewer(args.time_budget)
+    out = args.screenshots
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+
+    def shot(name: str) -> None:
+        _wait(lambda: False, 0.5)
+        _close_toasts(viewer)
+        path = out / name
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        shots.append(path)
+
+    # 1. annotate: the sample's dense instance masks are the labels; a new sparse layer shows
+    # the Annotate widget's result
+    _show(viewer, "Annotate")
+    viewer.layers.selection.active = image
+    shot("01-data-and-annotate.png")
+
+    # 2. train in the background, with the live curve and preview
+    train = widgets["Train"]
+    _show(viewer, "Train")
+    train.start_btn.click()
+    _wait(lambda: len(train.plot.ious) >= 2, args.time_budget + 60)
+    shot("02-training.png")
+    if not _wait(lambda: not train.runner.is_running, args.time_budget + 120):
+        raise SystemExit("training did not finish in time")
+    if train.runner.error is not None:
+        raise SystemExit(f"training failed: {train.runner.error}")
+    predict = widgets["Predict"]
+    _wait(lambda: predict.model is not None, 30)
+
+    # 3. predict instances on the image stack
+    _show(viewer, "Predict")
+    if "U-Net preview" in viewer.layers:
+        viewer.layers["U-Net preview"].visible = False
+    truth.visible = False
+    predict.want_labels.setChecked(False)
+    predict.want_instances.setChecked(True)
+    predict.image.setCurrentText(image.name)
+    predict.run_btn.click()
+    _wait(lambda: f"{image.name} instances" in viewer.layers and predict.run_btn.isEnabled(), 120)
+    shot("03-prediction.png")
+    shot("demo.png")
+    from napari.utils.notifications import notification_manager
+
+    for record in notification_manager.records:
+        print(f"notification: {record.message}")
+    viewer.close()
+    print("screenshots: " + ", ".join(str(p) for p in shots))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; returns the process exit code."""
     args = _parse_args(argv)
     if args.time_budget <= 0:
         raise SystemExit(f"--time-budget must be > 0, got {args.time_budget}")
-    if not args.no_train:
-        try:
-            _api()
-        except RuntimeError as exc:
-            raise SystemExit(f"napari-unet demo: {exc}") from None
-
-    import napari
-    from napari.qt.threading import thread_worker
-
-    viewer = napari.Viewer(title="napari U-Net demo")
-    viewer.window.resize(1400, 900)
-    image_layer, truth_layer = viewer.open_sample(PLUGIN, SAMPLE)
-    truth_layer.visible = False
-    images, labels = list(image_layer.data), list(truth_layer.data)
-    # napari >= 0.9: viewer.canvas.overlays.text; before: viewer.text_overlay.
-    canvas = getattr(viewer, "canvas", None)
-    overlay = canvas.overlays.text if canvas is not None else viewer.text_overlay
-    overlay.visible = True
-    overlay.font_size = 14
-
-    def show_prediction(prediction: np.ndarray) -> None:
-        viewer.add_labels(prediction, name="U-Net prediction", opacity=0.6)
-        n = sum(len(np.unique(p[p > 0])) for p in prediction)
-        overlay.text = f"U-Net prediction: {n} nuclei in {len(prediction)} images"
-
-    if args.no_train:
-        overlay.text = "sample data only (--no-train)"
-    elif args.headless:
-        overlay.text = f"training a U-Net ({args.time_budget:g} s)..."
-        _process_events(0.2)
-        show_prediction(train_and_predict(images, labels, args.time_budget))
-    else:
-        overlay.text = f"training a U-Net in the background ({args.time_budget:g} s)..."
-
-        @thread_worker
-        def work() -> np.ndarray:
-            return train_and_predict(images, labels, args.time_budget)
-
-        def failed(exc: Exception) -> None:
-            overlay.text = f"training failed: {exc}"
-            napari.utils.notifications.show_error(f"napari-unet demo: training failed: {exc}")
-
-        worker = work()
-        worker.returned.connect(show_prediction)
-        worker.errored.connect(failed)
-        worker.start()
-
     if args.headless:
-        _process_events(0.5)
-        args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)
-        viewer.close()
-        print(f"screenshot saved to {args.screenshot}")
-        return 0
+        return run_headless(args)
+    import napari
 
+    build_viewer(args.time_budget)
     napari.run()
     return 0
 

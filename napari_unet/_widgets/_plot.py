@@ -34,7 +34,9 @@ class CurvePlot(pg.PlotWidget):
         self.loss_curve = item.plot([], [], pen=pg.mkPen("#4c9be8", width=1), name="loss")
         self.iou_view = pg.ViewBox()
         item.scene().addItem(self.iou_view)
-        item.getAxis("right").linkToView(self.iou_view)
+        right = item.getAxis("right")
+        right.linkToView(self.iou_view)
+        right.setLogMode(False, False)
         self.iou_view.setXLink(item)
         self.iou_view.setYRange(0, 1)
         self.iou_curve = pg.PlotDataItem(
@@ -50,7 +52,8 @@ class CurvePlot(pg.PlotWidget):
         item.vb.sigResized.connect(lambda: self.iou_view.setGeometry(item.vb.sceneBoundingRect()))
         self._last_draw = 0.0
 
-    def clear(self) -> None:
+    def reset(self) -> None:
+        """Forget the curves (a new training)."""
         for values in (self.steps, self.losses, self.val_steps, self.ious):
             values.clear()
         self._redraw(force=True)
@@ -64,6 +67,10 @@ class CurvePlot(pg.PlotWidget):
     def add_iou(self, step: int, iou: float) -> None:
         self.val_steps.append(step)
         self.ious.append(iou)
+        self._redraw(force=True)
+
+    def flush(self) -> None:
+        """Draw what the throttling held back (at the end of a training)."""
         self._redraw(force=True)
 
     def _redraw(self, force: bool = False) -> None:

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QHeaderView,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -55,7 +56,8 @@ class TrainWidget(QWidget):
 
         self.pairs = QTableWidget(0, 2)
         self.pairs.setHorizontalHeaderLabels(["image", "labels"])
-        self.pairs.horizontalHeader().setStretchLastSection(True)
+        self.pairs.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.pairs.setMaximumHeight(110)
         self.add_pair_btn = QPushButton("add pair")
         self.remove_pair_btn = QPushButton("remove pair")
         self.add_pair_btn.clicked.connect(lambda: self.add_pair())
@@ -261,7 +263,7 @@ class TrainWidget(QWidget):
             model=model,
             control=self.control,
         )
-        self.plot.clear()
+        self.plot.reset()
         self.pbar = progress(total=steps or int(seconds or 0), desc="napari-unet training")
         self.runner = Runner(
             lambda: train_iter(images, labels, **kwargs),
@@ -361,6 +363,7 @@ class TrainWidget(QWidget):
         self.resume.setChecked(True)
 
     def _on_finished(self) -> None:
+        self.plot.flush()
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None

@@ -70,6 +70,8 @@ def test_train_then_predict(viewer_with_data, qtbot):
     assert "finished after 15 steps" in train.status.text()
     assert train.device_label.text().startswith("using cpu")
     assert len(train.plot.losses) >= 1 and train.plot.ious
+    xs, ys = train.plot.loss_curve.getData()
+    assert len(xs) == len(train.plot.losses) and xs[-1] == 15  # the curve shows every step
     folder = train.session.model_path
     assert load_model(folder).history["steps"] == 15
     assert "U-Net preview" in viewer.layers
