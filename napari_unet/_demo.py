@@ -97,11 +97,26 @@ def run_headless(args: argparse.Namespace) -> int:
         viewer.screenshot(str(path), canvas_only=False, flash=False)
         shots.append(path)
 
-    # 1. annotate: the sample's dense instance masks are the labels; a new sparse layer shows
-    # the Annotate widget's result
+    # 1. annotate: a sparse labels layer with a few strokes per class (painted here from the
+    # ground truth); this demo then trains on the sample's dense instance masks
+    import numpy as np
+
     _show(viewer, "Annotate")
-    viewer.layers.selection.active = image
-    shot("01-data-and-annotate.png")
+    widgets["Annotate"].image.setCurrentText(image.name)
+    widgets["Annotate"].create_btn.click()
+    strokes_layer = viewer.layers.selection.active
+    truth_data = np.asarray(truth.data)
+    strokes = np.zeros(truth_data.shape, np.uint8)
+    strokes[:, ::16][truth_data[:, ::16] == 0] = 1
+    strokes[:, :, ::6][truth_data[:, :, ::6] > 0] = 2
+    strokes_layer.data = strokes
+    truth.visible = False
+    shot("01-annotate.png")
+    strokes_layer.visible = False
+    truth.visible = True
+    train_widget = widgets["Train"]
+    train_widget.pairs.cellWidget(0, 1).setCurrentText(truth.name)
+    train_widget.kind.setCurrentText("instances")
 
     # 2. train in the background, with the live curve and preview
     train = widgets["Train"]
