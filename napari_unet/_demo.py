@@ -21,12 +21,23 @@ SAMPLE = "dsb2018_nuclei"
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m napari_unet._demo", description=__doc__)
-    p.add_argument("--headless", action="store_true",
-                   help="drive the widgets by code, save screenshots and exit")
-    p.add_argument("--screenshots", type=Path, default=Path("docs/images"),
-                   help="folder for the headless screenshots (default: %(default)s)")
-    p.add_argument("--time-budget", type=int, default=60,
-                   help="training time in seconds (default: %(default)s)")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="drive the widgets by code, save screenshots and exit",
+    )
+    p.add_argument(
+        "--screenshots",
+        type=Path,
+        default=Path("docs/images"),
+        help="folder for the headless screenshots (default: %(default)s)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=int,
+        default=60,
+        help="training time in seconds (default: %(default)s)",
+    )
     return p.parse_args(argv)
 
 

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._slices import spatial_data
+from ._slices import refill_layer_choices, spatial_data
 
 KIND_TEXT = {
     "sparse": "sparse strokes (0 = unlabeled; paint a few strokes of each class)",
@@ -87,11 +87,7 @@ class AnnotateWidget(QWidget):
             w.setEnabled(sparse)
 
     def _refresh(self, *_: Any) -> None:
-        current = self.image.currentText()
-        self.image.clear()
-        self.image.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, Image)])
-        if current:
-            self.image.setCurrentText(current)
+        refill_layer_choices(self.image, self.viewer, Image)
 
     def class_names(self) -> list[str]:
         return [self.classes.item(i).text().strip() for i in range(self.classes.count())]

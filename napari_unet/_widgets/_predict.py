@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 from .. import events as ev
 from ._runner import Runner
 from ._session import session_for
-from ._slices import in_view_index
+from ._slices import in_view_index, refill_layer_choices
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,7 @@ class PredictWidget(QWidget):
             self.load(folder)
 
     def _refresh(self, *_: Any) -> None:
-        current = self.image.currentText()
-        self.image.clear()
-        self.image.addItems([ly.name for ly in self.viewer.layers if isinstance(ly, Image)])
-        if current:
-            self.image.setCurrentText(current)
+        refill_layer_choices(self.image, self.viewer, Image)
 
     # ------------------------------------------------------------------ run
     def start(self) -> None:

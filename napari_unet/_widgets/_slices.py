@@ -31,3 +31,14 @@ def layer_in_view_slice(viewer: Any, layer: Any) -> tuple[tuple[int, ...], np.nd
     """(index, plane): the 2D plane in view (with its RGB axis, if any) as numpy."""
     index = in_view_index(viewer, layer)
     return index, np.asarray(layer.data[index] if index else layer.data)
+
+
+def refill_layer_choices(combo: Any, viewer: Any, kind: type) -> None:
+    """Refill a QComboBox with the names of ``kind`` layers, keeping the current choice."""
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems([ly.name for ly in viewer.layers if type(ly) is kind])
+    if current:
+        combo.setCurrentText(current)
+    combo.blockSignals(False)

@@ -34,7 +34,7 @@ from .. import events as ev
 from ._plot import CurvePlot
 from ._runner import Runner
 from ._session import new_model_folder, session_for
-from ._slices import layer_in_view_slice, spatial_data
+from ._slices import layer_in_view_slice, refill_layer_choices, spatial_data
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +169,7 @@ class TrainWidget(QWidget):
     def _refresh_choices(self, *_: Any) -> None:
         for row in range(self.pairs.rowCount()):
             for col, kind in ((0, Image), (1, Labels)):
-                box = self.pairs.cellWidget(row, col)
-                current = box.currentText()
-                box.blockSignals(True)
-                box.clear()
-                box.addItems(self._layers(kind))
-                if current:
-                    box.setCurrentText(current)
-                box.blockSignals(False)
+                refill_layer_choices(self.pairs.cellWidget(row, col), self.viewer, kind)
         if self.pairs.rowCount() == 0 and self._layers(Image) and self._layers(Labels):
             self.add_pair()
 
