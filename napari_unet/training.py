@@ -658,7 +658,12 @@ def train_iter(
                 and now - last_preview >= control.preview_every
             ):
                 key, image = control.preview_key, control.preview_image
-                probs = _preview(trainer.network, spec, image, dev)
+                try:
+                    probs = _preview(trainer.network, spec, image, dev)
+                except ValueError as exc:  # a preview never stops the training
+                    log.warning("no live preview: %s", exc)
+                    control.preview_image = None
+                    continue
                 last_preview = clock()
                 yield Preview(
                     step=start_step + step,

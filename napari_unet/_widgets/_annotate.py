@@ -13,6 +13,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -35,6 +36,9 @@ class AnnotateWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.image = QComboBox()
+        self.axes = QLineEdit()
+        self.axes.setToolTip("one letter per axis of the image: T (time), Z, C (channel), Y, X")
+        self.image.currentTextChanged.connect(self._guess_axes)
         self.kind = QComboBox()
         for kind, text in KIND_TEXT.items():
             self.kind.addItem(text, kind)
@@ -52,6 +56,7 @@ class AnnotateWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("image", self.image)
+        form.addRow("axes", self.axes)
         form.addRow("labels", self.kind)
         class_buttons = QHBoxLayout()
         class_buttons.addWidget(self.add_btn)
@@ -68,6 +73,7 @@ class AnnotateWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
+        self._guess_axes(self.image.currentText())
 
     def _add_item(self, name: str) -> None:
         item = QListWidgetItem(name)
@@ -89,6 +95,25 @@ class AnnotateWidget(QWidget):
     def _refresh(self, *_: Any) -> None:
         refill_layer_choices(self.image, self.viewer, Image)
 
+    def _guess_axes(self, name: str) -> None:
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            ndim = spatial_data(layer).ndim
+            self.axes.setText({2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}.get(ndim, "YX"))
+
+    def checked_axes(self, layer: Any) -> str:
+        """The axes typed for ``layer``, validated (ValueError naming the problem)."""
+        axes = self.axes.text().strip().upper()
+        ndim = spatial_data(layer).ndim
+        if len(axes) != ndim or len(set(axes)) != ndim or set(axes) - set("TZCYX"):
+            raise ValueError(
+                f"axes {axes!r} must name each of the {ndim} axes of {layer.name!r} once, "
+                f"with the letters T, Z, C, Y, X"
+            )
+        if not axes.endswith("YX"):
+            raise ValueError(f"axes {axes!r} must end with YX (the image plane)")
+        return axes
+
     def class_names(self) -> list[str]:
         return [self.classes.item(i).text().strip() for i in range(self.classes.count())]
 
@@ -103,7 +128,15 @@ class AnnotateWidget(QWidget):
             show_warning(f"napari-unet: class names must be distinct and non-empty, got {names}")
             return None
         image = self.viewer.layers[name]
-        shape = spatial_data(image).shape
+        try:
+            axes = self.checked_axes(image)
+        except ValueError as exc:
+            show_warning(f"napari-unet: {exc}")
+            return None
+        keep = [i for i, a in enumerate(axes) if a != "C"]
+        shape = tuple(spatial_data(image).shape[i] for i in keep)
+        scale = [image.scale[i] for i in keep]
+        translate = [image.translate[i] for i in keep]
         kind = self.kind.currentData()
         labels_name = f"{name} labels"
         i = 2
@@ -113,10 +146,11 @@ class AnnotateWidget(QWidget):
         layer = self.viewer.add_labels(
             np.zeros(shape, np.uint16 if kind == "instances" else np.uint8),
             name=labels_name,
-            scale=image.scale,
-            translate=image.translate,
+            scale=scale,
+            translate=translate,
         )
         layer.metadata["napari_unet_kind"] = kind
+        layer.metadata["napari_unet_axes"] = axes
         if kind == "sparse":
             layer.metadata["napari_unet_classes"] = names
         layer.mode = "paint"

@@ -67,6 +67,9 @@ class TrainWidget(QWidget):
         self.kind.addItems(["sparse", "semantic", "instances"])
         self.recipe = QComboBox()
         self.recipe.addItems(["fast", "paper"])
+        self.dims = QComboBox()
+        self.dims.addItem("2D (stacks slice by slice)", 2)
+        self.dims.addItem("3D (volumes)", 3)
         self.width_box = _spin(0, 512, 0, "auto")
         self.patch_box = _spin(0, 4096, 0, "auto")
         self.batch_box = _spin(0, 1024, 0, "auto")
@@ -95,6 +98,7 @@ class TrainWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("labels kind", self.kind)
+        form.addRow("network", self.dims)
         form.addRow("recipe", self.recipe)
         form.addRow("width", self.width_box)
         form.addRow("patch", self.patch_box)
@@ -204,7 +208,11 @@ class TrainWidget(QWidget):
         for img_name, lab_name in pairs:
             img = self.viewer.layers[img_name]
             lab = self.viewer.layers[lab_name]
-            images.append(np.asarray(img.data))
+            image = np.asarray(img.data)
+            axes = lab.metadata.get("napari_unet_axes", "")
+            if "C" in axes and image.ndim == len(axes):
+                image = np.moveaxis(image, axes.index("C"), 0)  # channel first, as in training
+            images.append(image)
             labels.append(np.asarray(lab.data))
         self._used_layers = {n for pair in pairs for n in pair}
         return images, labels
@@ -234,7 +242,7 @@ class TrainWidget(QWidget):
         seconds = self.budget.value() if steps is None else None
         self._max_steps = steps
         self.control = TrainControl()
-        if self.preview.isChecked():
+        if self.preview.isChecked() and self.dims.currentData() == 2:
             # created now, not mid-training: adding a layer costs napari a few hundred ms
             self._preview_layer(self.viewer.layers[self.selected_pairs()[0][0]])
         self._request_preview()
@@ -245,6 +253,7 @@ class TrainWidget(QWidget):
             labels_kind=kind,
             class_names=class_names if kind == "sparse" and model is None and not resume else None,
             recipe=self.recipe.currentText(),
+            spatial_dims=self.dims.currentData(),
             steps=steps,
             time_budget=seconds,
             width=self.width_box.value() or None,
@@ -291,8 +300,8 @@ class TrainWidget(QWidget):
         self.stop_btn.setEnabled(False)
 
     def _request_preview(self, *_: Any) -> None:
-        if self.control is None or not self.preview.isChecked():
-            return
+        if self.control is None or not self.preview.isChecked() or self.dims.currentData() != 2:
+            return  # the preview is a 2D slice: 3D networks are not previewed
         pairs = self.selected_pairs()
         if not pairs or pairs[0][0] not in self.viewer.layers:
             return

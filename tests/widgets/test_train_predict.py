@@ -256,3 +256,47 @@ def test_runner_throttles_steps_but_keeps_order(qtbot):
     assert steps == sorted(steps) and steps[-1] == 200  # the last step always arrives
     i = seen.index(next(e for e in seen if isinstance(e, ev.Validated)))
     assert seen[i - 1].step == 100  # the step before the validation is not lost
+
+
+def test_channels_axes_and_3d_network(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_unet._sample_data import make_synthetic_nuclei_3d
+    from napari_unet._widgets import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    img, truth = make_nuclei(seed=3)
+    two = np.stack([img, 255 - img])  # CYX
+    viewer.add_image(two, name="two channels")
+    annotate = AnnotateWidget(viewer)
+    annotate.image.setCurrentText("two channels")
+    assert annotate.axes.text() == "ZYX"  # the guess; the user says it is channels
+    annotate.axes.setText("CXY")
+    qtbot.mouseClick(annotate.create_btn, Qt.LeftButton)
+    assert "two channels labels" not in viewer.layers  # refused: must end with YX
+    annotate.axes.setText("CYX")
+    qtbot.mouseClick(annotate.create_btn, Qt.LeftButton)
+    layer = viewer.layers["two channels labels"]
+    assert layer.data.shape == (96, 96)
+    layer.data = np.where(truth > 0, 2, 1).astype(np.uint8)
+    train = TrainWidget(viewer)
+    small(train, 2)
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    assert train.session.model.config.model.in_channels == 2
+
+    vol, vlab = make_synthetic_nuclei_3d(shape=(16, 64, 64), n_nuclei=10)
+    viewer.add_image(vol, name="volume")
+    lab3 = viewer.add_labels(vlab, name="volume truth")
+    lab3.metadata["napari_unet_kind"] = "instances"
+    train3 = TrainWidget(viewer)
+    train3.pairs.cellWidget(0, 0).setCurrentText("volume")
+    train3.pairs.cellWidget(0, 1).setCurrentText("volume truth")
+    train3.kind.setCurrentText("instances")
+    train3.dims.setCurrentIndex(1)
+    small(train3, 2)
+    train3.patch_box.setValue(16)
+    qtbot.mouseClick(train3.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train3)
+    assert train3.runner.error is None
+    assert train3.session.model.config.model.spatial_dims == 3
