@@ -116,6 +116,7 @@ def test_pause_resume_stop_leaves_loadable_model(viewer_with_data, qtbot):
     qtbot.mouseClick(train.pause_btn, Qt.LeftButton)
     assert train.pause_btn.text() == "Resume"
     qtbot.waitUntil(lambda: train.runner.is_paused, timeout=10_000)
+    qtbot.wait(300)  # events the worker emitted just before pausing are still being delivered
     n = len(steps)
     qtbot.wait(500)
     assert len(steps) == n  # nothing happens while paused
