@@ -2,11 +2,16 @@
 
 Each input is predicted tile by tile and written atomically as
 ``<name>.tif`` / ``<name>.zarr`` (instance ids or class labels), with
-``<name>_prob.*`` when probabilities are asked for.
+``<name>_prob.*`` when probabilities are asked for; ``summary.csv`` records
+each input (shape, time, class fractions or objects and mean area, failures).
+Re-running skips finished outputs; a failing input does not stop the batch.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -18,7 +23,9 @@ from .events import ItemDone
 from .files import find_inputs, read_image, stem, write_tif, write_zarr
 from .inference import predict_proba_iter
 from .postprocess import class_labels, instances_from_probs
-from .store import Model
+from .store import Model, atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 FORMATS = {"tif": (".tif", write_tif), "zarr": (".zarr", write_zarr)}
 
@@ -29,6 +36,55 @@ def _check_out(out: str | Path) -> Path:
         raise ValueError(f"output folder {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+SUMMARY = "summary.csv"
+SUMMARY_FIELDS = [
+    "input",
+    "status",
+    "reason",
+    "shape",
+    "seconds",
+    "output",
+    "objects",
+    "mean_area",
+    "fractions",
+]
+
+
+def _stats(result: np.ndarray, instances: bool) -> dict[str, Any]:
+    """Per-output numbers for the summary: class pixel fractions, objects and mean area."""
+    values, counts = np.unique(result, return_counts=True)
+    total = max(int(result.size), 1)
+    if instances:
+        n = int((values > 0).sum())
+        area = float(counts[values > 0].mean()) if n else 0.0
+        fg = float(counts[values > 0].sum()) / total
+        return {
+            "objects": n,
+            "mean_area": round(area, 2),
+            "fractions": f"background={1 - fg:.4f};objects={fg:.4f}",
+        }
+    fractions = ";".join(f"{v}={c / total:.4f}" for v, c in zip(values, counts, strict=True))
+    return {"objects": "", "mean_area": "", "fractions": fractions}
+
+
+def _read_summary(path: Path) -> dict[str, dict[str, str]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {row["input"]: row for row in csv.DictReader(fh) if "input" in row}
+
+
+def _write_summary(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(
+        buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    for row in rows.values():
+        writer.writerow(row)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def predict_items_iter(
@@ -43,10 +99,16 @@ def predict_items_iter(
     axes: str | None = None,
     tile: int | None = None,
     batch_size: int | None = None,
+    redo: bool = False,
 ) -> Generator[Any, None, list[Path]]:
     """Predict ``(name, read)`` items into ``out``; yields tiles and :class:`ItemDone`.
 
-    ``read()`` returns the image (numpy, dask or zarr).  Errors name the item.
+    ``read()`` returns the image (numpy, dask or zarr).  Outputs that an earlier
+    run finished are skipped (unless ``redo``); outputs are only ever written under
+    a temporary name and renamed when complete, so a partial one never looks
+    finished.  An input that fails is reported (``ItemDone(status="failed")``) and
+    the batch goes on.  ``summary.csv`` in ``out`` gets a row per input.  Returns
+    the files written by this run.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be tif or zarr, got {fmt!r}")
@@ -63,30 +125,77 @@ def predict_items_iter(
         )
     folder = _check_out(out)
     ext, write = FORMATS[fmt]
+    summary_path = folder / SUMMARY
+    previous = _read_summary(summary_path)
+    rows: dict[str, dict[str, Any]] = {}
     written = []
     for i, (name, read) in enumerate(items, 1):
         t0 = time.perf_counter()
-        try:
-            probs = yield from predict_proba_iter(
-                model, read(), axes=axes, device=device, tile=tile, batch_size=batch_size
+        target = folder / f"{name}{ext}"
+        prob_target = folder / f"{name}_prob{ext}"
+        if not redo and target.exists() and (not probabilities or prob_target.exists()):
+            rows[name] = {
+                **previous.get(name, {}),
+                "input": name,
+                "status": "done",
+                "output": target.name,
+            }
+            _write_summary(summary_path, {**previous, **rows})
+            yield ItemDone(
+                i=i,
+                n=len(items),
+                name=name,
+                output=str(target),
+                seconds=0.0,
+                status="skipped",
+                reason="finished by an earlier run",
             )
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
-        if instances:
-            result = instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
-        else:
-            result = class_labels(probs, model.config.labels)
-        target = write(folder / f"{name}{ext}", result)
-        written.append(target)
-        if probabilities:
-            written.append(write(folder / f"{name}_prob{ext}", probs.astype(np.float32)))
+            continue
+        try:
+            image = read()
+            probs = yield from predict_proba_iter(
+                model, image, axes=axes, device=device, tile=tile, batch_size=batch_size
+            )
+            if instances:
+                result = instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
+            else:
+                result = class_labels(probs, model.config.labels)
+            if probabilities:  # the labels output last: it marks the input as finished
+                written.append(write(prob_target, probs.astype(np.float32)))
+            written.append(write(target, result))
+        except (ValueError, OSError, MemoryError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            log.info("%s failed: %s", name, reason)
+            rows[name] = {"input": name, "status": "failed", "reason": reason}
+            _write_summary(summary_path, {**previous, **rows})
+            yield ItemDone(
+                i=i,
+                n=len(items),
+                name=name,
+                output="",
+                seconds=time.perf_counter() - t0,
+                status="failed",
+                reason=reason,
+            )
+            continue
+        seconds = time.perf_counter() - t0
+        rows[name] = {
+            "input": name,
+            "status": "done",
+            "reason": "",
+            "shape": "x".join(map(str, result.shape)),
+            "seconds": round(seconds, 3),
+            "output": target.name,
+            **_stats(result, instances),
+        }
+        _write_summary(summary_path, {**previous, **rows})
         yield ItemDone(
             i=i,
             n=len(items),
             name=name,
             output=str(target),
-            seconds=time.perf_counter() - t0,
-            objects=int(result.max()) if instances else None,
+            seconds=seconds,
+            objects=int(rows[name]["objects"]) if instances else None,
         )
     return written
 

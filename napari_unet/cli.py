@@ -245,14 +245,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tile=args.tile,
         batch_size=args.batch_size,
     )
+    failed = []
     for event in gen:
-        if isinstance(event, ItemDone):
+        if isinstance(event, ItemDone) and event.status == "failed":
+            failed.append(event)
+            _say(args, f"[{event.i}/{event.n}] {event.name}: FAILED: {event.reason}")
+        elif isinstance(event, ItemDone) and event.status == "skipped":
+            _say(args, f"[{event.i}/{event.n}] {event.name}: skipped, {event.reason}")
+        elif isinstance(event, ItemDone):
             extra = f", {event.objects} objects" if event.objects is not None else ""
             _say(
                 args,
                 f"[{event.i}/{event.n}] {event.name} -> {Path(event.output).name} "
                 f"({event.seconds:.1f} s{extra})",
             )
+    if failed:
+        first = failed[0]
+        raise UsageError(
+            f"{len(failed)} of {first.n} input(s) failed (see {Path(args.out) / 'summary.csv'}); "
+            f"first: {first.name}: {first.reason}"
+        )
     return 0
 
 

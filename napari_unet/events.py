@@ -95,7 +95,8 @@ def drain(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None
 
 @dataclass(frozen=True)
 class ItemDone:
-    """Input ``i`` of ``n`` of a batch was predicted and written to ``output``."""
+    """Input ``i`` of ``n`` of a batch was predicted and written to ``output`` (or skipped,
+    or failed with ``reason``)."""
 
     i: int
     n: int
@@ -103,3 +104,5 @@ class ItemDone:
     output: str
     seconds: float
     objects: int | None = None
+    status: str = "done"  # "done", "skipped" (an earlier run finished it) or "failed"
+    reason: str = ""
