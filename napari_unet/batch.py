@@ -161,7 +161,8 @@ def predict_items_iter(
             else:
                 result = class_labels(probs, model.config.labels)
             if probabilities:  # the labels output last: it marks the input as finished
-                written.append(write(prob_target, probs.astype(np.float32)))
+                prob_dtype = np.float16 if fmt == "zarr" else np.float32
+                written.append(write(prob_target, probs.astype(prob_dtype)))
             written.append(write(target, result))
         except (ValueError, OSError, MemoryError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__

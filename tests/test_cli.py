@@ -121,6 +121,7 @@ def test_predict_zarr(folders, cli_model, tmp_path):
                 str(out),
                 "--format",
                 "zarr",
+                "--probabilities",
                 "--device",
                 "cpu",
             ]
@@ -129,6 +130,8 @@ def test_predict_zarr(folders, cli_model, tmp_path):
     )
     z = zarr.open(str(out / "t0.zarr"), mode="r")
     assert z.shape == (70, 90) and set(np.unique(z[...])) <= {0, 1, 2}
+    p = zarr.open(str(out / "t0_prob.zarr"), mode="r")
+    assert p.shape == (3, 70, 90) and p.dtype == np.float16
 
 
 def test_resume_and_refusal_to_overwrite(folders, cli_model, capsys):
