@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -20,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from .events import ItemDone
-from .files import find_inputs, read_image, stem, write_tif, write_zarr
-from .inference import predict_proba_iter
+from .files import find_inputs, grey_if_rgb, read_image, stem, write_tif, write_zarr
+from .inference import guess_axes, predict_proba_iter
 from .postprocess import class_labels, instances_from_probs
 from .store import Model, atomic_write_bytes
 
@@ -52,21 +55,119 @@ SUMMARY_FIELDS = [
 ]
 
 
+class _Stats:
+    """Class pixel counts (or objects and their area) accumulated slice by slice."""
+
+    def __init__(self, instances: bool) -> None:
+        self.instances = instances
+        self.counts: dict[int, int] = {}
+        self.objects = 0
+        self.total = 0
+
+    def add(self, result: np.ndarray, new_objects: int = 0) -> None:
+        self.total += int(result.size)
+        if self.instances:
+            fg = int(np.count_nonzero(result))
+            self.counts[1] = self.counts.get(1, 0) + fg
+            self.objects += new_objects
+            return
+        values, counts = np.unique(result, return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            self.counts[v] = self.counts.get(v, 0) + c
+
+    def row(self) -> dict[str, Any]:
+        total = max(self.total, 1)
+        if self.instances:
+            fg = self.counts.get(1, 0)
+            area = fg / self.objects if self.objects else 0.0
+            return {
+                "objects": self.objects,
+                "mean_area": round(area, 2),
+                "fractions": f"background={1 - fg / total:.4f};objects={fg / total:.4f}",
+            }
+        fractions = ";".join(f"{v}={c / total:.4f}" for v, c in sorted(self.counts.items()))
+        return {"objects": "", "mean_area": "", "fractions": fractions}
+
+
 def _stats(result: np.ndarray, instances: bool) -> dict[str, Any]:
-    """Per-output numbers for the summary: class pixel fractions, objects and mean area."""
-    values, counts = np.unique(result, return_counts=True)
-    total = max(int(result.size), 1)
-    if instances:
-        n = int((values > 0).sum())
-        area = float(counts[values > 0].mean()) if n else 0.0
-        fg = float(counts[values > 0].sum()) / total
-        return {
-            "objects": n,
-            "mean_area": round(area, 2),
-            "fractions": f"background={1 - fg:.4f};objects={fg:.4f}",
-        }
-    fractions = ";".join(f"{v}={c / total:.4f}" for v, c in zip(values, counts, strict=True))
-    return {"objects": "", "mean_area": "", "fractions": fractions}
+    stats = _Stats(instances)
+    stats.add(result, int(len(np.unique(result[result > 0]))) if instances else 0)
+    return stats.row()
+
+
+class _ZarrSink:
+    """Streams predicted slices into zarr arrays under temporary names (``commit`` renames)."""
+
+    def __init__(
+        self,
+        model: Model,
+        target: Path,
+        prob_target: Path | None,
+        shape: tuple[int, ...],
+        instances: bool,
+    ) -> None:
+        import zarr
+
+        self.model, self.instances = model, instances
+        self.target, self.prob_target = target, prob_target
+        k = model.config.model.num_classes
+        dtype = (
+            np.uint32
+            if instances
+            else class_labels(np.zeros((k, 1, 1), np.float32), model.config.labels).dtype
+        )
+        self.tmp: list[Path] = []
+        self.labels = zarr.open_array(
+            str(self._tmp(target)), mode="w", shape=shape, dtype=dtype, chunks=_chunks(shape)
+        )
+        self.probs = None
+        if prob_target is not None:
+            self.probs = zarr.open_array(
+                str(self._tmp(prob_target)),
+                mode="w",
+                shape=(k, *shape),
+                dtype=np.float16,
+                chunks=(1, *_chunks(shape)),
+            )
+        self.stats = _Stats(instances)
+        self.offset = 0
+
+    def _tmp(self, final: Path) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        self.tmp.append(path)
+        return path
+
+    def __call__(self, index: tuple[int, ...], probs: np.ndarray) -> None:
+        spatial_dims = self.model.config.model.spatial_dims
+        if self.instances:
+            lab = instances_from_probs(probs, spatial_dims=spatial_dims).astype(np.uint32)
+            n = int(lab.max())
+            lab[lab > 0] += self.offset  # ids stay unique across the stack
+            self.offset += n
+            self.stats.add(lab, n)
+        else:
+            lab = class_labels(probs, self.model.config.labels)
+            self.stats.add(lab)
+        self.labels[index] = lab
+        if self.probs is not None:
+            self.probs[(slice(None), *index)] = probs.astype(np.float16)
+
+    def commit(self) -> list[Path]:
+        finals = [self.target] if self.probs is None else [self.prob_target, self.target]
+        tmps = self.tmp[::-1] if self.probs is not None else self.tmp
+        for tmp, final in zip(tmps, finals, strict=True):  # labels last: marks completion
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        return finals
+
+    def abort(self) -> None:
+        for tmp in self.tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(min(s, 256) if i >= len(shape) - 2 else 1 for i, s in enumerate(shape))
 
 
 def _read_summary(path: Path) -> dict[str, dict[str, str]]:
@@ -151,8 +252,49 @@ def predict_items_iter(
                 reason="finished by an earlier run",
             )
             continue
+        sink = None
         try:
             image = read()
+            if fmt == "zarr":  # streamed slice by slice: stacks larger than memory work
+                if isinstance(image, np.ndarray) and model.config.model.in_channels == 1:
+                    image = grey_if_rgb(image, name)
+                use = axes or guess_axes(tuple(image.shape), model.config)
+                shape = tuple(
+                    int(n) for a, n in zip(use.upper(), image.shape, strict=True) if a != "C"
+                )
+                sink = _ZarrSink(
+                    model, target, prob_target if probabilities else None, shape, instances
+                )
+                yield from predict_proba_iter(
+                    model,
+                    image,
+                    axes=axes,
+                    device=device,
+                    tile=tile,
+                    batch_size=batch_size,
+                    sink=sink,
+                )
+                written += sink.commit()
+                seconds = time.perf_counter() - t0
+                rows[name] = {
+                    "input": name,
+                    "status": "done",
+                    "reason": "",
+                    "shape": "x".join(map(str, shape)),
+                    "seconds": round(seconds, 3),
+                    "output": target.name,
+                    **sink.stats.row(),
+                }
+                _write_summary(summary_path, {**previous, **rows})
+                yield ItemDone(
+                    i=i,
+                    n=len(items),
+                    name=name,
+                    output=str(target),
+                    seconds=seconds,
+                    objects=sink.stats.objects if instances else None,
+                )
+                continue
             probs = yield from predict_proba_iter(
                 model, image, axes=axes, device=device, tile=tile, batch_size=batch_size
             )
@@ -164,7 +306,13 @@ def predict_items_iter(
                 prob_dtype = np.float16 if fmt == "zarr" else np.float32
                 written.append(write(prob_target, probs.astype(prob_dtype)))
             written.append(write(target, result))
+        except GeneratorExit:  # cancelled: nothing half-written stays behind
+            if sink is not None:
+                sink.abort()
+            raise
         except (ValueError, OSError, MemoryError) as exc:
+            if sink is not None:
+                sink.abort()
             reason = " ".join(str(exc).split()) or type(exc).__name__
             log.info("%s failed: %s", name, reason)
             rows[name] = {"input": name, "status": "failed", "reason": reason}

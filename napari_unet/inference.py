@@ -9,7 +9,7 @@ output has the image's shape without its channel axis.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,8 +115,15 @@ def predict_proba_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     amp: bool = True,
-) -> Generator[TileDone, None, np.ndarray]:
-    """Class probabilities ``(num_classes, *image shape without C)``; yields tiles."""
+    sink: Callable[[tuple[int, ...], np.ndarray], None] | None = None,
+) -> Generator[TileDone, None, np.ndarray | None]:
+    """Class probabilities ``(num_classes, *image shape without C)``; yields tiles.
+
+    With ``sink``, nothing is accumulated: ``sink(index, probabilities)`` receives
+    each 2D slice (or 3D volume) of a stack as soon as it is predicted, and the
+    generator returns None, so a stack larger than memory streams to disk.
+    Intensity normalisation still uses the whole array's percentiles.
+    """
     spec = model.config
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
@@ -168,7 +175,13 @@ def predict_proba_iter(
     tile_edges = (min(t, tiling.tile_z),) + (t,) * (dims - 1) if dims == 3 else (t, t)
     stack_shape = tuple(arr.shape[: len(stack)])
     k = spec.model.num_classes
-    out = np.zeros((k, *stack_shape, *arr.shape[-dims:]), np.float32)
+    kept = [a for a in axes if a != "C"]
+    now = stack + spatial
+    if sink is not None and kept != now:
+        raise ValueError(
+            f"streaming prediction needs the stack axes before {''.join(spatial)}, got axes {axes}"
+        )
+    out = None if sink is not None else np.zeros((k, *stack_shape, *arr.shape[-dims:]), np.float32)
     n_items = int(np.prod(stack_shape)) if stack_shape else 1
     for n, idx in enumerate(np.ndindex(*stack_shape) if stack_shape else [()]):
         src = arr[idx] if idx else arr
@@ -183,12 +196,15 @@ def predict_proba_iter(
             amp=amp,
             transform=transform,
         )
-        out[(slice(None), *idx)] = probs
+        if sink is not None:
+            sink(idx, probs)
+        else:
+            out[(slice(None), *idx)] = probs
         if n_items > 1:
             log.debug("predicted slice %d of %d", n + 1, n_items)
+    if out is None:
+        return None
     # back to the image's order of non-channel axes
-    kept = [a for a in axes if a != "C"]
-    now = stack + spatial
     perm = [0] + [1 + now.index(a) for a in kept]
     return np.transpose(out, perm)
 

@@ -78,3 +78,48 @@ def test_partial_output_is_redone(tiny_model, tmp_path):
     assert tifffile.imread(out / "img0.tif").shape == (64, 80)
     assert set(_summary(out)) == {"img0", "img1", "img2"}
     assert "0=" in _summary(out)["img0"]["fractions"]
+
+
+def test_zarr_stack_streams_slice_by_slice_like_in_memory(tiny_model, nuclei, tmp_path):
+    zarr = __import__("pytest").importorskip("zarr")
+    import napari_unet as nu
+    from napari_unet.batch import predict_files_iter
+    from napari_unet.events import drain
+
+    model, model_dir = tiny_model
+    stack = np.stack(nuclei[0][:4])
+    src = tmp_path / "stack.zarr"
+    z = zarr.open_array(
+        str(src), mode="w", shape=stack.shape, chunks=(1, 32, 32), dtype=stack.dtype
+    )
+    z[...] = stack
+    out = tmp_path / "out"
+    written = drain(
+        predict_files_iter(
+            model, [str(src)], out, instances=True, probabilities=True, fmt="zarr", device="cpu"
+        )
+    )
+    assert sorted(p.name for p in written) == ["stack.zarr", "stack_prob.zarr"]
+    got = zarr.open(str(out / "stack.zarr"), mode="r")[...]
+    expected = nu.predict(model, stack, instances=True, device="cpu")
+    np.testing.assert_array_equal(got, expected)
+    probs = zarr.open(str(out / "stack_prob.zarr"), mode="r")
+    assert probs.shape == (3, *stack.shape) and probs.dtype == np.float16
+    row = _summary(out)["stack"]
+    assert int(row["objects"]) == len(np.unique(expected[expected > 0]))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cancelled_zarr_output_leaves_nothing(tiny_model, nuclei, tmp_path):
+    from napari_unet.batch import predict_items_iter
+    from napari_unet.events import TileDone
+
+    model, _ = tiny_model
+    stack = np.stack(nuclei[0][:4])
+    out = tmp_path / "out"
+    gen = predict_items_iter(model, [("s", lambda: stack)], out, fmt="zarr", device="cpu")
+    for event in gen:
+        if isinstance(event, TileDone):
+            break
+    gen.close()
+    assert [p.name for p in out.iterdir()] == []
