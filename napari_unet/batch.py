@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,7 @@ def predict_items_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     redo: bool = False,
+    summary: bool = True,
 ) -> Generator[Any, None, list[Path]]:
     """Predict ``(name, read)`` items into ``out``; yields tiles and :class:`ItemDone`.
 
@@ -228,6 +230,13 @@ def predict_items_iter(
     ext, write = FORMATS[fmt]
     summary_path = folder / SUMMARY
     previous = _read_summary(summary_path)
+    if not summary:  # a distributed worker: the client writes summary.csv
+        previous = {}
+
+    def write_rows(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+        if summary:
+            _write_summary(path, rows)
+
     rows: dict[str, dict[str, Any]] = {}
     written = []
     for i, (name, read) in enumerate(items, 1):
@@ -241,7 +250,7 @@ def predict_items_iter(
                 "status": "done",
                 "output": target.name,
             }
-            _write_summary(summary_path, {**previous, **rows})
+            write_rows(summary_path, {**previous, **rows})
             yield ItemDone(
                 i=i,
                 n=len(items),
@@ -250,6 +259,7 @@ def predict_items_iter(
                 seconds=0.0,
                 status="skipped",
                 reason="finished by an earlier run",
+                summary=rows[name],
             )
             continue
         sink = None
@@ -285,7 +295,7 @@ def predict_items_iter(
                     "output": target.name,
                     **sink.stats.row(),
                 }
-                _write_summary(summary_path, {**previous, **rows})
+                write_rows(summary_path, {**previous, **rows})
                 yield ItemDone(
                     i=i,
                     n=len(items),
@@ -293,6 +303,7 @@ def predict_items_iter(
                     output=str(target),
                     seconds=seconds,
                     objects=sink.stats.objects if instances else None,
+                    summary=rows[name],
                 )
                 continue
             probs = yield from predict_proba_iter(
@@ -316,7 +327,7 @@ def predict_items_iter(
             reason = " ".join(str(exc).split()) or type(exc).__name__
             log.info("%s failed: %s", name, reason)
             rows[name] = {"input": name, "status": "failed", "reason": reason}
-            _write_summary(summary_path, {**previous, **rows})
+            write_rows(summary_path, {**previous, **rows})
             yield ItemDone(
                 i=i,
                 n=len(items),
@@ -325,6 +336,7 @@ def predict_items_iter(
                 seconds=time.perf_counter() - t0,
                 status="failed",
                 reason=reason,
+                summary=rows[name],
             )
             continue
         seconds = time.perf_counter() - t0
@@ -337,7 +349,7 @@ def predict_items_iter(
             "output": target.name,
             **_stats(result, instances),
         }
-        _write_summary(summary_path, {**previous, **rows})
+        write_rows(summary_path, {**previous, **rows})
         yield ItemDone(
             i=i,
             n=len(items),
@@ -345,6 +357,7 @@ def predict_items_iter(
             output=str(target),
             seconds=seconds,
             objects=int(rows[name]["objects"]) if instances else None,
+            summary=rows[name],
         )
     return written
 
@@ -356,3 +369,87 @@ def predict_files_iter(
     paths = find_inputs(inputs, "input")
     items = [(stem(p), lambda p=p: read_image(p, lazy=True)) for p in paths]
     return (yield from predict_items_iter(model, items, out, **kwargs))
+
+
+_MODELS: dict[tuple[str, str], Model] = {}
+
+
+def _worker_predict(model_dir: str, path: str, out: str, kwargs: dict[str, Any]) -> ItemDone:
+    """Runs on a dask worker: load the model once per worker process, predict one file."""
+    from .store import load_model
+
+    key = (model_dir, str(kwargs.get("device", "auto")))
+    if key not in _MODELS:
+        _MODELS[key] = load_model(model_dir, device=kwargs.get("device", "auto"))
+    p = Path(path)
+    gen = predict_items_iter(
+        _MODELS[key], [(stem(p), lambda: read_image(p, lazy=True))], out, summary=False, **kwargs
+    )
+    done = None
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration:
+            break
+        if isinstance(event, ItemDone):
+            done = event
+    assert done is not None
+    return done
+
+
+def predict_files_distributed(
+    model_dir: str | Path,
+    inputs: str | Sequence[str],
+    out: str | Path,
+    scheduler: str,
+    **kwargs: Any,
+) -> Generator[ItemDone, None, list[Path]]:
+    """Predict files on an existing dask.distributed cluster (``scheduler`` address).
+
+    One task per input; each worker loads the model once.  Inputs and ``out``
+    must be paths the workers can reach.  Yields :class:`ItemDone` as inputs
+    finish (in any order) and writes ``summary.csv`` here.
+    """
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ValueError("--scheduler needs dask.distributed: pip install distributed") from None
+    paths = find_inputs(inputs, "input")
+    names = [stem(p) for p in paths]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(
+            f"several inputs share the name {dupes[0]!r}; their outputs would overwrite each other"
+        )
+    folder = _check_out(out).resolve()
+    try:
+        client = Client(scheduler, timeout=10)
+    except OSError as exc:
+        raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+    rows = _read_summary(folder / SUMMARY)
+    written: list[Path] = []
+    try:
+        futures = {
+            client.submit(
+                _worker_predict,
+                str(Path(model_dir).resolve()),
+                str(p.resolve()),
+                str(folder),
+                kwargs,
+                pure=False,
+            ): p
+            for p in paths
+        }
+        for i, future in enumerate(as_completed(futures), 1):
+            done = future.result()
+            if done.status == "skipped":  # keep what the earlier run recorded
+                rows[done.name] = {**(done.summary or {}), **rows.get(done.name, {})}
+            elif done.summary is not None:
+                rows[done.name] = done.summary
+            _write_summary(folder / SUMMARY, rows)
+            if done.status == "done":
+                written.append(Path(done.output))
+            yield replace(done, i=i, n=len(paths))
+    finally:
+        client.close()
+    return written

@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, CYX (default: guessed)")
     q.add_argument("--tile", type=_positive_int, help="tile edge in pixels")
     q.add_argument("--batch-size", type=_positive_int, help="tiles per batch")
+    q.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a dask.distributed cluster, e.g. tcp://127.0.0.1:8786",
+    )
 
     e = sub.add_parser("evaluate", help="score predictions against ground truth")
     e.add_argument("--pred", required=True, help="folder of predicted instance/label images")
@@ -233,18 +238,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--instances needs a model trained on instance labels; {args.model} was trained "
             f"on {model.config.labels.kind} labels"
         )
-    gen = predict_files_iter(
-        model,
-        args.inputs,
-        args.out,
-        instances=args.instances,
-        probabilities=args.probabilities,
-        fmt=args.format,
-        device=args.device,
-        axes=args.axes,
-        tile=args.tile,
-        batch_size=args.batch_size,
-    )
+    if args.scheduler:
+        from .batch import predict_files_distributed
+
+        gen = predict_files_distributed(
+            args.model,
+            args.inputs,
+            args.out,
+            args.scheduler,
+            instances=args.instances,
+            probabilities=args.probabilities,
+            fmt=args.format,
+            device=args.device,
+            axes=args.axes,
+            tile=args.tile,
+            batch_size=args.batch_size,
+        )
+    else:
+        gen = predict_files_iter(
+            model,
+            args.inputs,
+            args.out,
+            instances=args.instances,
+            probabilities=args.probabilities,
+            fmt=args.format,
+            device=args.device,
+            axes=args.axes,
+            tile=args.tile,
+            batch_size=args.batch_size,
+        )
     failed = []
     for event in gen:
         if isinstance(event, ItemDone) and event.status == "failed":

@@ -106,3 +106,4 @@ class ItemDone:
     objects: int | None = None
     status: str = "done"  # "done", "skipped" (an earlier run finished it) or "failed"
     reason: str = ""
+    summary: dict[str, Any] | None = None  # the input's row of summary.csv

@@ -123,3 +123,78 @@ def test_cancelled_zarr_output_leaves_nothing(tiny_model, nuclei, tmp_path):
             break
     gen.close()
     assert [p.name for p in out.iterdir()] == []
+
+
+def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path):
+    distributed = __import__("pytest").importorskip("distributed")
+    _, model_dir = tiny_model
+    src = _folder(tmp_path)
+    (src / "img1b.png").unlink()
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    common = ["--instances", "--device", "cpu"]
+    assert main(["-q", "predict", str(model_dir), str(src), "--out", str(local), *common]) == 0
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        args = [
+            "-q",
+            "predict",
+            str(model_dir),
+            str(src),
+            "--out",
+            str(remote),
+            *common,
+            "--scheduler",
+            cluster.scheduler_address,
+        ]
+        assert main(args) == 0
+        # the same command again redoes nothing
+        before = {p.name: p.stat().st_mtime_ns for p in remote.glob("*.tif")}
+        assert main(args) == 0
+        assert before == {p.name: p.stat().st_mtime_ns for p in remote.glob("*.tif")}
+    for name in ("img0", "img1", "img2"):
+        np.testing.assert_array_equal(
+            tifffile.imread(remote / f"{name}.tif"), tifffile.imread(local / f"{name}.tif")
+        )
+    assert set(_summary(remote)) == {"img0", "img1", "img2"}
+    assert _summary(remote)["img1"]["objects"] == _summary(local)["img1"]["objects"]
+
+
+def test_unreachable_scheduler_is_one_line(tiny_model, tmp_path, capsys):
+    __import__("pytest").importorskip("distributed")
+    _, model_dir = tiny_model
+    src = _folder(tmp_path)
+    code = main(
+        [
+            "predict",
+            str(model_dir),
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the dask scheduler" in err[0]
+
+
+def test_every_item_event_carries_its_summary_row(tiny_model, nuclei, tmp_path):
+    from napari_unet.batch import predict_items_iter
+    from napari_unet.events import ItemDone
+
+    model, _ = tiny_model
+    items = [("a", lambda: nuclei[0][0]), ("bad", lambda: np.zeros((2, 3, 4, 5, 6)))]
+    for fmt in ("tif", "zarr"):
+        for run in range(2):  # second run: skipped items
+            events = [
+                e
+                for e in predict_items_iter(model, items, tmp_path / fmt, fmt=fmt, device="cpu")
+                if isinstance(e, ItemDone)
+            ]
+            assert [e.summary["input"] for e in events] == ["a", "bad"]
+            assert events[1].status == "failed" and events[1].summary["status"] == "failed"
+            assert events[0].status == ("done" if run == 0 else "skipped")
