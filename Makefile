@@ -79,10 +79,10 @@ test: venv sysdeps
 
 demo: venv sysdeps
 	@if [ -n "$$DISPLAY" ]; then \
-		$(VPY) -m napari_unet._demo $(DEMO_ARGS); \
+		$(VPY) -m napari_unet._widgets._demo $(DEMO_ARGS); \
 	else \
 		echo "no \$$DISPLAY: running headless, screenshots -> $(SCREENSHOTS)"; \
-		$(XVFB_RUN) $(VPY) -m napari_unet._demo --headless --screenshots $(SCREENSHOTS) $(DEMO_ARGS); \
+		$(XVFB_RUN) $(VPY) -m napari_unet._widgets._demo --headless --screenshots $(SCREENSHOTS) $(DEMO_ARGS); \
 	fi
 
 bench: venv

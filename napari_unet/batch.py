@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 
 from .events import ItemDone
-from .files import find_inputs, grey_if_rgb, read_image, stem, write_tif, write_zarr
+from .files import find_inputs, grey_if_rgb, read_image, stem, write_tif
 from .inference import guess_axes, predict_proba_iter
 from .postprocess import class_labels, instances_from_probs
 from .store import Model, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"tif": (".tif", write_tif), "zarr": (".zarr", write_zarr)}
+EXTENSIONS = {"tif": ".tif", "zarr": ".zarr"}
 
 
 def _check_out(out: str | Path) -> Path:
@@ -213,7 +213,7 @@ def predict_items_iter(
     the batch goes on.  ``summary.csv`` in ``out`` gets a row per input.  Returns
     the files written by this run.
     """
-    if fmt not in FORMATS:
+    if fmt not in EXTENSIONS:
         raise ValueError(f"format must be tif or zarr, got {fmt!r}")
     if instances and model.config.labels.kind != "instances":
         raise ValueError(
@@ -227,7 +227,7 @@ def predict_items_iter(
             f"several inputs share the name {dupes[0]!r}; their outputs would overwrite each other"
         )
     folder = _check_out(out)
-    ext, write = FORMATS[fmt]
+    ext = EXTENSIONS[fmt]
     summary_path = folder / SUMMARY
     previous = _read_summary(summary_path)
     if not summary:  # a distributed worker: the client writes summary.csv
@@ -285,38 +285,20 @@ def predict_items_iter(
                     sink=sink,
                 )
                 written += sink.commit()
-                seconds = time.perf_counter() - t0
-                rows[name] = {
-                    "input": name,
-                    "status": "done",
-                    "reason": "",
-                    "shape": "x".join(map(str, shape)),
-                    "seconds": round(seconds, 3),
-                    "output": target.name,
-                    **sink.stats.row(),
-                }
-                write_rows(summary_path, {**previous, **rows})
-                yield ItemDone(
-                    i=i,
-                    n=len(items),
-                    name=name,
-                    output=str(target),
-                    seconds=seconds,
-                    objects=sink.stats.objects if instances else None,
-                    summary=rows[name],
-                )
-                continue
-            probs = yield from predict_proba_iter(
-                model, image, axes=axes, device=device, tile=tile, batch_size=batch_size
-            )
-            if instances:
-                result = instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
+                stats = sink.stats.row()
             else:
-                result = class_labels(probs, model.config.labels)
-            if probabilities:  # the labels output last: it marks the input as finished
-                prob_dtype = np.float16 if fmt == "zarr" else np.float32
-                written.append(write(prob_target, probs.astype(prob_dtype)))
-            written.append(write(target, result))
+                probs = yield from predict_proba_iter(
+                    model, image, axes=axes, device=device, tile=tile, batch_size=batch_size
+                )
+                if instances:
+                    spatial_dims = model.config.model.spatial_dims
+                    result = instances_from_probs(probs, spatial_dims=spatial_dims)
+                else:
+                    result = class_labels(probs, model.config.labels)
+                if probabilities:  # the labels output last: it marks the input as finished
+                    written.append(write_tif(prob_target, probs.astype(np.float32)))
+                written.append(write_tif(target, result))
+                shape, stats = result.shape, _stats(result, instances)
         except GeneratorExit:  # cancelled: nothing half-written stays behind
             if sink is not None:
                 sink.abort()
@@ -344,10 +326,10 @@ def predict_items_iter(
             "input": name,
             "status": "done",
             "reason": "",
-            "shape": "x".join(map(str, result.shape)),
+            "shape": "x".join(map(str, shape)),
             "seconds": round(seconds, 3),
             "output": target.name,
-            **_stats(result, instances),
+            **stats,
         }
         write_rows(summary_path, {**previous, **rows})
         yield ItemDone(

@@ -238,35 +238,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--instances needs a model trained on instance labels; {args.model} was trained "
             f"on {model.config.labels.kind} labels"
         )
+    options = dict(
+        instances=args.instances,
+        probabilities=args.probabilities,
+        fmt=args.format,
+        device=args.device,
+        axes=args.axes,
+        tile=args.tile,
+        batch_size=args.batch_size,
+    )
     if args.scheduler:
         from .batch import predict_files_distributed
 
         gen = predict_files_distributed(
-            args.model,
-            args.inputs,
-            args.out,
-            args.scheduler,
-            instances=args.instances,
-            probabilities=args.probabilities,
-            fmt=args.format,
-            device=args.device,
-            axes=args.axes,
-            tile=args.tile,
-            batch_size=args.batch_size,
+            args.model, args.inputs, args.out, args.scheduler, **options
         )
     else:
-        gen = predict_files_iter(
-            model,
-            args.inputs,
-            args.out,
-            instances=args.instances,
-            probabilities=args.probabilities,
-            fmt=args.format,
-            device=args.device,
-            axes=args.axes,
-            tile=args.tile,
-            batch_size=args.batch_size,
-        )
+        gen = predict_files_iter(model, args.inputs, args.out, **options)
     failed = []
     for event in gen:
         if isinstance(event, ItemDone) and event.status == "failed":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -175,25 +174,5 @@ def write_tif(path: str | os.PathLike[str], array: np.ndarray) -> Path:
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
-def write_zarr(path: str | os.PathLike[str], array: np.ndarray) -> Path:
-    """Write a zarr array under a temporary name, then rename it into place."""
-    import zarr
-
-    p = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
-    try:
-        arr = np.asarray(array)
-        chunks = tuple(min(s, 256 if i >= arr.ndim - 2 else 1) for i, s in enumerate(arr.shape))
-        z = zarr.open_array(str(tmp), mode="w", shape=arr.shape, dtype=arr.dtype, chunks=chunks)
-        z[...] = arr
-        if p.exists():
-            shutil.rmtree(p)
-        os.replace(tmp, p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return p

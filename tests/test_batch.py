@@ -81,7 +81,8 @@ def test_partial_output_is_redone(tiny_model, tmp_path):
 
 
 def test_zarr_stack_streams_slice_by_slice_like_in_memory(tiny_model, nuclei, tmp_path):
-    zarr = __import__("pytest").importorskip("zarr")
+    import zarr
+
     import napari_unet as nu
     from napari_unet.batch import predict_files_iter
     from napari_unet.events import drain
@@ -126,7 +127,8 @@ def test_cancelled_zarr_output_leaves_nothing(tiny_model, nuclei, tmp_path):
 
 
 def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path):
-    distributed = __import__("pytest").importorskip("distributed")
+    import distributed
+
     _, model_dir = tiny_model
     src = _folder(tmp_path)
     (src / "img1b.png").unlink()
@@ -161,7 +163,6 @@ def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path):
 
 
 def test_unreachable_scheduler_is_one_line(tiny_model, tmp_path, capsys):
-    __import__("pytest").importorskip("distributed")
     _, model_dir = tiny_model
     src = _folder(tmp_path)
     code = main(

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from napari_unet import store
+from napari_unet.checkpoint import load_checkpoint, save_checkpoint
 from napari_unet.config import LabelsConfig, ModelConfig, ModelSpec
 from napari_unet.model import UNet
 from napari_unet.store import (
@@ -23,9 +24,7 @@ from napari_unet.store import (
     atomic_write_bytes,
     atomic_write_json,
     content_hash,
-    load_checkpoint,
     load_model,
-    save_checkpoint,
     save_model,
 )
 

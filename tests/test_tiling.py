@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -92,8 +91,9 @@ def test_valid_overlap_tile_equals_one_pass_on_mirrored_image():
 
 
 def test_lazy_sources_match_numpy():
-    da = pytest.importorskip("dask.array")
-    zarr = pytest.importorskip("zarr")
+    import dask.array as da
+    import zarr
+
     net = Pointwise().eval()
     cfg = ModelConfig(depth=2, width=2, num_classes=3)
     img = np.random.default_rng(2).random((1, 50, 60)).astype(np.float32)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from napari_unet import events as ev
+from napari_unet.checkpoint import load_checkpoint
 from napari_unet.metrics import evaluate_pair
-from napari_unet.store import load_checkpoint, load_model
+from napari_unet.store import load_model
 from napari_unet.training import train, train_iter
 
 from .conftest import make_nuclei

@@ -7,8 +7,6 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-
 from napari_unet._widgets import (
     TrainWidget,  # noqa: E402
     _session,  # noqa: E402

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-
 from napari_unet._widgets import (  # noqa: E402
     PredictWidget,
     TrainWidget,

@@ -1,7 +1,7 @@
 """Demo: napari with the napari-unet widgets docked and the DSB2018 sample nuclei loaded.
 
-    python -m napari_unet._demo                    # a window; click Train, then Predict
-    python -m napari_unet._demo --headless         # the same flow driven by code, screenshots
+    python -m napari_unet._widgets._demo             # a window; click Train, then Predict
+    python -m napari_unet._widgets._demo --headless  # the same flow, driven by code
 
 ``make demo`` picks one of the two depending on ``$DISPLAY``.  Headless, it
 runs annotate -> train (about a minute) -> predict by clicking the real widgets
@@ -20,7 +20,7 @@ SAMPLE = "dsb2018_nuclei"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m napari_unet._demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m napari_unet._widgets._demo", description=__doc__)
     p.add_argument(
         "--headless",
         action="store_true",
