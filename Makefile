@@ -1,4 +1,4 @@
-# napari-unet developer tasks. Debian/Ubuntu, Python 3.10+ (3.11 preferred).
+# napari-unet developer tasks. Debian/Ubuntu, Python 3.11+.
 #
 #   make test    venv + system packages, then the whole test suite under a virtual X server
 #   make demo    venv + system packages, then the demo (a window if $DISPLAY is set, else a screenshot)
@@ -43,7 +43,7 @@ venv: $(STAMP)
 
 # Re-run only when the dependency declarations change; otherwise `make venv` is instant.
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
-	@test -n "$(PYTHON)" || { echo "python3 not found: install Python 3.10+ (3.11 preferred)"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "python3 not found: install Python 3.11+"; exit 1; }
 	@if [ ! -x $(VPY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
 	@echo "installing into $(VENV): pip install -c $(CONSTRAINTS) -e '.[testing]'"
 	@set -o pipefail; \

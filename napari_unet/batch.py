@@ -24,8 +24,16 @@ from typing import Any
 import numpy as np
 
 from .events import ItemDone
-from .files import find_inputs, grey_if_rgb, read_image, stem, write_tif
-from .inference import guess_axes, predict_proba_iter
+from .files import (
+    find_inputs,
+    grey_if_rgb,
+    ome_zarr_array,
+    pixel_sizes,
+    read_image,
+    stem,
+    write_tif,
+)
+from .inference import Block, guess_axes, predict_proba_iter
 from .postprocess import class_labels, instances_from_probs
 from .store import Model, atomic_write_bytes
 
@@ -65,6 +73,12 @@ class _Stats:
         self.objects = 0
         self.total = 0
 
+    def add_counts(self, foreground: int, total: int, new_objects: int) -> None:
+        """Instances: ``foreground`` object pixels out of ``total``, ``new_objects`` objects."""
+        self.total += total
+        self.counts[1] = self.counts.get(1, 0) + foreground
+        self.objects += new_objects
+
     def add(self, result: np.ndarray, new_objects: int = 0) -> None:
         self.total += int(result.size)
         if self.instances:
@@ -97,7 +111,14 @@ def _stats(result: np.ndarray, instances: bool) -> dict[str, Any]:
 
 
 class _ZarrSink:
-    """Streams predicted slices into zarr arrays under temporary names (``commit`` renames)."""
+    """Streams predicted blocks into OME-Zarr images under temporary names.
+
+    ``commit`` renames them into place (labels last: their presence marks the
+    input as finished); ``abort`` removes them.  With instances, a block's
+    objects are found on its whole window (block plus halo) and the block keeps
+    those whose centre lies in its core, written where no earlier block wrote an
+    object: objects that straddle two blocks are kept once, whole.
+    """
 
     def __init__(
         self,
@@ -105,10 +126,10 @@ class _ZarrSink:
         target: Path,
         prob_target: Path | None,
         shape: tuple[int, ...],
+        axes: str,
         instances: bool,
+        sizes: dict[str, tuple[float, str | None]] | None = None,
     ) -> None:
-        import zarr
-
         self.model, self.instances = model, instances
         self.target, self.prob_target = target, prob_target
         k = model.config.model.num_classes
@@ -118,17 +139,22 @@ class _ZarrSink:
             else class_labels(np.zeros((k, 1, 1), np.float32), model.config.labels).dtype
         )
         self.tmp: list[Path] = []
-        self.labels = zarr.open_array(
-            str(self._tmp(target)), mode="w", shape=shape, dtype=dtype, chunks=_chunks(shape)
+        self.labels = ome_zarr_array(
+            self._tmp(target), shape, dtype, axes, sizes, labels=True, name=target.stem
         )
         self.probs = None
+        # OME-Zarr orders axes time, channel, space: the class axis goes after T
+        self.c_at = 1 if axes[:1] == "T" else 0
         if prob_target is not None:
-            self.probs = zarr.open_array(
-                str(self._tmp(prob_target)),
-                mode="w",
-                shape=(k, *shape),
-                dtype=np.float16,
-                chunks=(1, *_chunks(shape)),
+            prob_axes = axes[: self.c_at] + "C" + axes[self.c_at :]
+            prob_shape = (*shape[: self.c_at], k, *shape[self.c_at :])
+            self.probs = ome_zarr_array(
+                self._tmp(prob_target),
+                prob_shape,
+                np.float16,
+                prob_axes,
+                sizes,
+                name=prob_target.stem,
             )
         self.stats = _Stats(instances)
         self.offset = 0
@@ -138,20 +164,57 @@ class _ZarrSink:
         self.tmp.append(path)
         return path
 
-    def __call__(self, index: tuple[int, ...], probs: np.ndarray) -> None:
-        spatial_dims = self.model.config.model.spatial_dims
+    def __call__(self, block: Block, probs: np.ndarray) -> None:
+        core = block.core_in_window
         if self.instances:
-            lab = instances_from_probs(probs, spatial_dims=spatial_dims).astype(np.uint32)
-            n = int(lab.max())
-            lab[lab > 0] += self.offset  # ids stay unique across the stack
-            self.offset += n
-            self.stats.add(lab, n)
+            self._instances(block, probs)
         else:
-            lab = class_labels(probs, self.model.config.labels)
+            lab = class_labels(probs[(slice(None), *core)], self.model.config.labels)
             self.stats.add(lab)
-        self.labels[index] = lab
+            self.labels[(*block.stack, *block.core)] = lab
         if self.probs is not None:
-            self.probs[(slice(None), *index)] = probs.astype(np.float16)
+            p = probs[(slice(None), *core)].astype(np.float16)
+            region = (*block.stack, *block.core)
+            index = (*region[: self.c_at], slice(None), *region[self.c_at :])
+            self.probs[index] = p  # stack indices are integers: p fits as it is
+
+    def _instances(self, block: Block, probs: np.ndarray) -> None:
+        spatial_dims = self.model.config.model.spatial_dims
+        lab = instances_from_probs(probs, spatial_dims=spatial_dims)
+        whole = block.window == block.core
+        if whole:
+            owned = lab > 0
+            new = lab.astype(np.uint32)
+            n = int(lab.max())
+            region = (*block.stack, *block.core)
+            current = None
+        else:
+            from scipy import ndimage
+
+            ids = np.arange(1, int(lab.max()) + 1)
+            centres = ndimage.center_of_mass(np.ones(lab.shape, np.uint8), lab, ids)
+            core = block.core_in_window
+            keep = [
+                i
+                for i, c in zip(ids.tolist(), centres, strict=True)
+                if all(s.start <= x < s.stop for s, x in zip(core, c, strict=True))
+            ]
+            lut = np.zeros(int(lab.max()) + 1, np.uint32)
+            lut[keep] = np.arange(1, len(keep) + 1, dtype=np.uint32)
+            new = lut[lab]
+            n = len(keep)
+            region = (*block.stack, *block.window)
+            current = np.asarray(self.labels[region])
+            owned = (new > 0) & (current == 0)
+        new[owned] += np.uint32(self.offset)  # ids stay unique across blocks and slices
+        self.offset += n
+        if current is None:
+            self.labels[region] = new
+        else:
+            current[owned] = new[owned]
+            self.labels[region] = current
+        core_size = int(np.prod([s.stop - s.start for s in block.core]))
+        self.stats.add_counts(int(np.count_nonzero(owned)), core_size, n)
 
     def commit(self) -> list[Path]:
         finals = [self.target] if self.probs is None else [self.prob_target, self.target]
@@ -167,8 +230,26 @@ class _ZarrSink:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(min(s, 256) if i >= len(shape) - 2 else 1 for i, s in enumerate(shape))
+def remove_leftovers(folder: Path, names: Sequence[str], ext: str) -> list[Path]:
+    """Remove the temporary outputs an interrupted run left for ``names`` in ``folder``.
+
+    Outputs are written as ``.<output name>.<random>.tmp`` and renamed when complete,
+    so these are never finished work.  Only the names of this batch are touched.
+    """
+    prefixes = tuple(f".{n}{suffix}{ext}." for n in names for suffix in ("", "_prob")) + (
+        f".{SUMMARY}.",
+    )
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".tmp") and entry.name.startswith(prefixes):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d unfinished output(s) of an interrupted run", len(removed))
+    return removed
 
 
 def _read_summary(path: Path) -> dict[str, dict[str, str]]:
@@ -203,10 +284,15 @@ def predict_items_iter(
     batch_size: int | None = None,
     redo: bool = False,
     summary: bool = True,
+    block: int | None = None,
 ) -> Generator[Any, None, list[Path]]:
     """Predict ``(name, read)`` items into ``out``; yields tiles and :class:`ItemDone`.
 
-    ``read()`` returns the image (numpy, dask or zarr).  Outputs that an earlier
+    ``read()`` returns the image (numpy, dask or zarr).  An item may carry a third
+    element, the image's pixel sizes (``{"X": (0.2, "micrometer"), ...}``, or a
+    callable returning them), which zarr outputs record as their OME-Zarr scale.
+    ``block`` caps the edge of the blocks zarr outputs are predicted in (see
+    :func:`~napari_unet.inference.predict_proba_iter`).  Outputs that an earlier
     run finished are skipped (unless ``redo``); outputs are only ever written under
     a temporary name and renamed when complete, so a partial one never looks
     finished.  An input that fails is reported (``ItemDone(status="failed")``) and
@@ -220,7 +306,8 @@ def predict_items_iter(
             f"instances need a model trained on instance labels; this one was trained on "
             f"{model.config.labels.kind} labels"
         )
-    names = [name for name, _ in items]
+    items = [(it[0], it[1], it[2] if len(it) > 2 else None) for it in items]
+    names = [name for name, _, _ in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(
@@ -230,8 +317,10 @@ def predict_items_iter(
     ext = EXTENSIONS[fmt]
     summary_path = folder / SUMMARY
     previous = _read_summary(summary_path)
-    if not summary:  # a distributed worker: the client writes summary.csv
+    if not summary:  # a distributed worker: the client writes summary.csv and cleans up
         previous = {}
+    else:
+        remove_leftovers(folder, names, ext)
 
     def write_rows(path: Path, rows: dict[str, dict[str, Any]]) -> None:
         if summary:
@@ -239,7 +328,7 @@ def predict_items_iter(
 
     rows: dict[str, dict[str, Any]] = {}
     written = []
-    for i, (name, read) in enumerate(items, 1):
+    for i, (name, read, sizes) in enumerate(items, 1):
         t0 = time.perf_counter()
         target = folder / f"{name}{ext}"
         prob_target = folder / f"{name}_prob{ext}"
@@ -268,12 +357,17 @@ def predict_items_iter(
             if fmt == "zarr":  # streamed slice by slice: stacks larger than memory work
                 if isinstance(image, np.ndarray) and model.config.model.in_channels == 1:
                     image = grey_if_rgb(image, name)
-                use = axes or guess_axes(tuple(image.shape), model.config)
-                shape = tuple(
-                    int(n) for a, n in zip(use.upper(), image.shape, strict=True) if a != "C"
-                )
+                use = (axes or guess_axes(tuple(image.shape), model.config)).upper()
+                kept = "".join(a for a in use if a != "C")
+                shape = tuple(int(n) for a, n in zip(use, image.shape, strict=True) if a != "C")
                 sink = _ZarrSink(
-                    model, target, prob_target if probabilities else None, shape, instances
+                    model,
+                    target,
+                    prob_target if probabilities else None,
+                    shape,
+                    kept,
+                    instances,
+                    sizes() if callable(sizes) else sizes,
                 )
                 yield from predict_proba_iter(
                     model,
@@ -283,6 +377,7 @@ def predict_items_iter(
                     tile=tile,
                     batch_size=batch_size,
                     sink=sink,
+                    block=block,
                 )
                 written += sink.commit()
                 stats = sink.stats.row()
@@ -349,7 +444,9 @@ def predict_files_iter(
 ) -> Generator[Any, None, list[Path]]:
     """Predict files, folders or globs (TIFF, PNG, JPEG, zarr) into ``out``."""
     paths = find_inputs(inputs, "input")
-    items = [(stem(p), lambda p=p: read_image(p, lazy=True)) for p in paths]
+    items = [
+        (stem(p), lambda p=p: read_image(p, lazy=True), lambda p=p: pixel_sizes(p)) for p in paths
+    ]
     return (yield from predict_items_iter(model, items, out, **kwargs))
 
 
@@ -365,7 +462,11 @@ def _worker_predict(model_dir: str, path: str, out: str, kwargs: dict[str, Any])
         _MODELS[key] = load_model(model_dir, device=kwargs.get("device", "auto"))
     p = Path(path)
     gen = predict_items_iter(
-        _MODELS[key], [(stem(p), lambda: read_image(p, lazy=True))], out, summary=False, **kwargs
+        _MODELS[key],
+        [(stem(p), lambda: read_image(p, lazy=True), lambda: pixel_sizes(p))],
+        out,
+        summary=False,
+        **kwargs,
     )
     done = None
     while True:
@@ -404,6 +505,7 @@ def predict_files_distributed(
             f"several inputs share the name {dupes[0]!r}; their outputs would overwrite each other"
         )
     folder = _check_out(out).resolve()
+    remove_leftovers(folder, names, EXTENSIONS[kwargs.get("fmt", "tif")])
     try:
         client = Client(scheduler, timeout=10)
     except OSError as exc:

@@ -227,9 +227,59 @@ def _drive(gen):
         raise
 
 
+class _Progress:
+    """A progress bar on stderr (inputs done; chunk and tile of the current one) when it
+    is a terminal, with the per-input lines printed above it; just the lines otherwise."""
+
+    def __init__(self, args: argparse.Namespace, total: int) -> None:
+        from tqdm import tqdm
+
+        self.args = args
+        self.bar = tqdm(
+            total=total,
+            unit="input",
+            desc="predict",
+            file=sys.stderr,
+            disable=True if args.quiet else None,  # None: only on a terminal
+            dynamic_ncols=True,
+        )
+        self.chunk = ""
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def detail(self, event: Any) -> None:
+        if self.bar.disable:
+            return
+        if type(event).__name__ == "ChunkDone":
+            self.chunk = f"chunk {event.i}/{event.n}, " if event.n > 1 else ""
+            tile = ""
+        else:
+            tile = f"tile {event.i}/{event.n}"
+        self.bar.set_postfix_str(self.chunk + tile, refresh=False)
+        self.bar.update(0)  # redraws at most every 0.1 s
+
+    def input_done(self) -> None:
+        self.chunk = ""
+        self.bar.set_postfix_str("", refresh=False)
+        self.bar.update(1)
+
+    def say(self, text: str) -> None:
+        if self.args.quiet:
+            return
+        if self.bar.disable:
+            print(text, flush=True)
+        else:
+            self.bar.write(text, file=sys.stdout)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .batch import predict_files_iter
-    from .events import ItemDone
+    from .events import ChunkDone, ItemDone, TileDone
+    from .files import find_inputs
     from .store import load_model
 
     model = load_model(args.model, device=args.device)
@@ -256,19 +306,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         gen = predict_files_iter(model, args.inputs, args.out, **options)
     failed = []
-    for event in gen:
-        if isinstance(event, ItemDone) and event.status == "failed":
-            failed.append(event)
-            _say(args, f"[{event.i}/{event.n}] {event.name}: FAILED: {event.reason}")
-        elif isinstance(event, ItemDone) and event.status == "skipped":
-            _say(args, f"[{event.i}/{event.n}] {event.name}: skipped, {event.reason}")
-        elif isinstance(event, ItemDone):
-            extra = f", {event.objects} objects" if event.objects is not None else ""
-            _say(
-                args,
-                f"[{event.i}/{event.n}] {event.name} -> {Path(event.output).name} "
-                f"({event.seconds:.1f} s{extra})",
-            )
+    with _Progress(args, len(find_inputs(args.inputs, "input"))) as progress:
+        for event in gen:
+            if isinstance(event, (TileDone, ChunkDone)):
+                progress.detail(event)
+                continue
+            if not isinstance(event, ItemDone):
+                continue
+            if event.status == "failed":
+                failed.append(event)
+                progress.say(f"[{event.i}/{event.n}] {event.name}: FAILED: {event.reason}")
+            elif event.status == "skipped":
+                progress.say(f"[{event.i}/{event.n}] {event.name}: skipped, {event.reason}")
+            else:
+                extra = f", {event.objects} objects" if event.objects is not None else ""
+                progress.say(
+                    f"[{event.i}/{event.n}] {event.name} -> {Path(event.output).name} "
+                    f"({event.seconds:.1f} s{extra})"
+                )
+            progress.input_done()
     if failed:
         first = failed[0]
         raise UsageError(

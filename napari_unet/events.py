@@ -82,6 +82,15 @@ class TileDone:
     n: int
 
 
+@dataclass(frozen=True)
+class ChunkDone:
+    """Chunk ``i`` of ``n`` of the current input was predicted (a block of a plane
+    or volume when streaming, else a slice of a stack)."""
+
+    i: int
+    n: int
+
+
 def drain(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
     """Run an event generator to the end (calling ``callback`` on each event); return its result."""
     while True:

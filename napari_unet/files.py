@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -176,3 +177,205 @@ def write_tif(path: str | os.PathLike[str], array: np.ndarray) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+# --- pixel sizes and OME-Zarr ------------------------------------------------------------
+
+_UNITS = {
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "um": "micrometer",
+    "µm": "micrometer",
+    "micrometer": "micrometer",
+    "nm": "nanometer",
+    "nanometer": "nanometer",
+    "mm": "millimeter",
+    "millimeter": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "s": "second",
+    "sec": "second",
+    "ms": "millisecond",
+    "min": "minute",
+    "h": "hour",
+}
+"""Unit spellings of TIFF/ImageJ/OME metadata -> OME-Zarr (UDUNITS-2) names."""
+
+PixelSizes = dict[str, tuple[float, str | None]]
+"""Axis letter (``T``, ``Z``, ``Y``, ``X``) -> (size per pixel, unit or None)."""
+
+
+def _unit(name: Any) -> str | None:
+    if not name:
+        return None
+    return _UNITS.get(str(name).strip().lower().replace("\\u00b5", "µ"))
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def pixel_sizes(path: str | os.PathLike[str]) -> PixelSizes:
+    """Physical pixel sizes recorded in an image file; ``{}`` when there are none.
+
+    Reads OME-TIFF (``PhysicalSizeX/Y/Z``, ``TimeIncrement``), ImageJ TIFF
+    (resolution tags, ``spacing``, ``unit``), plain TIFF resolution tags in
+    inch or centimetre, and OME-Zarr ``multiscales`` (first dataset's scale).
+    Unreadable metadata is ignored: sizes are a convenience, never an error.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    try:
+        if name.endswith(ZARR_SUFFIX):
+            return _zarr_sizes(p)
+        if name.endswith((".tif", ".tiff")):
+            return _tiff_sizes(p)
+    except Exception as exc:  # noqa: BLE001 - metadata is optional
+        log.debug("no pixel sizes from %s: %s", p, exc)
+    return {}
+
+
+def _tiff_sizes(p: Path) -> PixelSizes:
+    import tifffile
+
+    sizes: PixelSizes = {}
+    with tifffile.TiffFile(p) as tf:
+        if tf.is_ome and tf.ome_metadata:
+            from xml.etree import ElementTree
+
+            root = ElementTree.fromstring(tf.ome_metadata)
+            pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels")), None)
+            if pixels is not None:
+                for ax, key in (
+                    ("X", "PhysicalSizeX"),
+                    ("Y", "PhysicalSizeY"),
+                    ("Z", "PhysicalSizeZ"),
+                ):
+                    v = _positive(pixels.get(key))
+                    if v is not None:
+                        sizes[ax] = (v, _unit(pixels.get(key + "Unit", "µm")))
+                t = _positive(pixels.get("TimeIncrement"))
+                if t is not None:
+                    sizes["T"] = (t, _unit(pixels.get("TimeIncrementUnit", "s")))
+            return sizes
+        page = tf.pages.first
+        unit = None
+        factor = 1.0
+        if tf.is_imagej:
+            ij = tf.imagej_metadata or {}
+            unit = _unit(ij.get("unit"))
+            z = _positive(ij.get("spacing"))
+            if z is not None:
+                sizes["Z"] = (z, unit)
+            t = _positive(ij.get("finterval"))
+            if t is not None:
+                sizes["T"] = (t, "second")
+        else:
+            res_unit = (
+                int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 1
+            )
+            if res_unit == 2:  # inch
+                unit, factor = "micrometer", 25400.0
+            elif res_unit == 3:  # centimetre
+                unit, factor = "micrometer", 10000.0
+            else:
+                return sizes
+        for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            if tag in page.tags:
+                num, den = page.tags[tag].value
+                v = _positive(den / num * factor) if num else None
+                if v is not None and not (v == 1.0 and unit is None):
+                    sizes[ax] = (v, unit)
+    return sizes
+
+
+def _zarr_sizes(p: Path) -> PixelSizes:
+    import zarr
+
+    node = zarr.open(str(p), mode="r")
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not ms:
+        return {}
+    axes = ms[0].get("axes", [])
+    scale = next(
+        (
+            t["scale"]
+            for t in ms[0]["datasets"][0].get("coordinateTransformations", [])
+            if t.get("type") == "scale"
+        ),
+        None,
+    )
+    if scale is None or len(scale) != len(axes):
+        return {}
+    sizes: PixelSizes = {}
+    for ax, v in zip(axes, scale, strict=True):
+        name = ax if isinstance(ax, str) else ax.get("name", "")
+        unit = None if isinstance(ax, str) else ax.get("unit")
+        if name.upper() in ("T", "Z", "Y", "X") and _positive(v) is not None:
+            sizes[name.upper()] = (float(v), unit)
+    return sizes
+
+
+_AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+
+
+def ome_zarr_array(
+    path: str | os.PathLike[str],
+    shape: Sequence[int],
+    dtype: Any,
+    axes: str,
+    sizes: PixelSizes | None = None,
+    *,
+    labels: bool = False,
+    name: str = "",
+    chunk: int = 256,
+):
+    """Create an OME-Zarr (NGFF 0.5) image at ``path`` and return its full-resolution array.
+
+    The image has one resolution level (``0``) chunked ``chunk`` pixels along Y
+    and X and 1 along the other axes; ``sizes`` become the level's scale (1 where
+    unknown) and the space/time axes' units.  ``labels=True`` marks it as a label
+    image (``image-label``), which napari's OME-Zarr reader opens as a Labels layer.
+    """
+    import zarr
+
+    axes = axes.upper()
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes!r} do not match the output shape {tuple(shape)}")
+    sizes = sizes or {}
+    ax_meta = []
+    for ax in axes:
+        entry: dict[str, Any] = {"name": ax.lower()}
+        if ax in _AXIS_TYPES:
+            entry["type"] = _AXIS_TYPES[ax]
+        unit = sizes.get(ax, (1.0, None))[1]
+        if unit and ax != "C":
+            entry["unit"] = unit
+        ax_meta.append(entry)
+    scale = [float(sizes[ax][0]) if ax in sizes and ax != "C" else 1.0 for ax in axes]
+    chunks = tuple(
+        min(int(n), chunk) if ax in "YX" else 1 for ax, n in zip(axes, shape, strict=True)
+    )
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    array = group.create_array("0", shape=tuple(int(n) for n in shape), chunks=chunks, dtype=dtype)
+    ome: dict[str, Any] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": name,
+                "axes": ax_meta,
+                "datasets": [
+                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+                ],
+            }
+        ],
+    }
+    if labels:
+        ome["image-label"] = {"version": "0.5"}
+    group.attrs["ome"] = ome
+    return array

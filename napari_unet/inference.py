@@ -8,8 +8,10 @@ output has the image's shape without its channel axis.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 from .config import ModelSpec
 from .data import percentiles
 from .devices import resolve_device
-from .events import TileDone, drain
+from .events import ChunkDone, TileDone, drain
 from .files import grey_if_rgb
 from .postprocess import class_labels, instances_from_probs
 from .store import Model
@@ -28,6 +30,63 @@ log = logging.getLogger(__name__)
 
 _AXES = set("TZCYXS")
 _MAX_RANGE_SAMPLES = 4_000_000
+BLOCK_2D = 2048
+"""Default block edge of streamed 2D prediction (pixels per spatial axis)."""
+BLOCK_3D = 256
+"""Default block edge of streamed 3D prediction."""
+HALO = 64
+"""Pixels of real image predicted around each block and then cropped: tiles at a
+block's edge see the same context as in a whole-image prediction, and objects up
+to this size that straddle two blocks are seen whole by the block that owns them."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a streamed prediction, in the output's coordinates.
+
+    ``stack`` indexes the stack axes (T, Z of a 2D model); ``window`` is the region
+    whose probabilities the sink receives (the block plus its halo, clipped to the
+    image); ``core`` is the region the block owns, inside ``window``.
+    """
+
+    stack: tuple[int, ...]
+    window: tuple[slice, ...]
+    core: tuple[slice, ...]
+
+    @property
+    def core_in_window(self) -> tuple[slice, ...]:
+        """``core`` relative to ``window`` (to crop the sink's probabilities)."""
+        return tuple(
+            slice(c.start - w.start, c.stop - w.start)
+            for c, w in zip(self.core, self.window, strict=True)
+        )
+
+
+def plan_blocks(
+    shape: Sequence[int], edge: int, halo: int
+) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """``(window, core)`` pairs covering ``shape`` with cores of at most ``edge``.
+
+    A shape that fits in one block is one block without halo.
+    """
+    if edge < 1:
+        raise ValueError(f"block edge must be at least 1 pixel, got {edge}")
+    per_axis = []
+    for n in shape:
+        parts = max(1, -(-int(n) // edge))
+        bounds = np.linspace(0, n, parts + 1).round().astype(int)
+        per_axis.append(
+            [
+                (slice(max(0, a - halo), min(n, b + halo)), slice(a, b))
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+            if parts > 1
+            else [(slice(0, n), slice(0, n))]
+        )
+    return [
+        (tuple(w for w, _ in combo), tuple(c for _, c in combo))
+        for combo in itertools.product(*per_axis)
+    ]
 
 
 def guess_axes(shape: Sequence[int], spec: ModelSpec) -> str:
@@ -115,14 +174,19 @@ def predict_proba_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     amp: bool = True,
-    sink: Callable[[tuple[int, ...], np.ndarray], None] | None = None,
-) -> Generator[TileDone, None, np.ndarray | None]:
+    sink: Callable[[Block, np.ndarray], None] | None = None,
+    block: int | None = None,
+) -> Generator[TileDone | ChunkDone, None, np.ndarray | None]:
     """Class probabilities ``(num_classes, *image shape without C)``; yields tiles.
 
-    With ``sink``, nothing is accumulated: ``sink(index, probabilities)`` receives
-    each 2D slice (or 3D volume) of a stack as soon as it is predicted, and the
-    generator returns None, so a stack larger than memory streams to disk.
-    Intensity normalisation still uses the whole array's percentiles.
+    With ``sink``, nothing is accumulated: each 2D slice (or 3D volume) of a stack
+    is cut into blocks of at most ``block`` pixels per spatial axis (default
+    2048 in 2D, 256 in 3D), each predicted with a halo of :data:`HALO` pixels of
+    real image around it, and ``sink(block, probabilities)`` receives the
+    probabilities of the block's window (see :class:`Block`) as soon as they
+    exist; the generator then returns None.  Memory stays bounded by the block
+    size, so planes and stacks larger than memory stream to disk.  Intensity
+    normalisation still uses the whole array's percentiles.
     """
     spec = model.config
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
@@ -181,29 +245,37 @@ def predict_proba_iter(
         raise ValueError(
             f"streaming prediction needs the stack axes before {''.join(spatial)}, got axes {axes}"
         )
-    out = None if sink is not None else np.zeros((k, *stack_shape, *arr.shape[-dims:]), np.float32)
-    n_items = int(np.prod(stack_shape)) if stack_shape else 1
-    for n, idx in enumerate(np.ndindex(*stack_shape) if stack_shape else [()]):
-        src = arr[idx] if idx else arr
-        probs = yield from predict_tiled_iter(
-            network,
-            src,
-            spec.model,
-            tile=tile_edges,
-            overlap=tiling.overlap,
-            batch_size=batch_size or tiling.batch_size,
-            device=dev,
-            amp=amp,
-            transform=transform,
-        )
-        if sink is not None:
-            sink(idx, probs)
-        else:
-            out[(slice(None), *idx)] = probs
-        if n_items > 1:
-            log.debug("predicted slice %d of %d", n + 1, n_items)
-    if out is None:
+    tile_kwargs = dict(
+        tile=tile_edges,
+        overlap=tiling.overlap,
+        batch_size=batch_size or tiling.batch_size,
+        device=dev,
+        amp=amp,
+        transform=transform,
+    )
+    items = list(np.ndindex(*stack_shape)) if stack_shape else [()]
+    if sink is not None:
+        edge = block or (BLOCK_2D if dims == 2 else BLOCK_3D)
+        blocks = [
+            Block(idx, window, core)
+            for idx in items
+            for window, core in plan_blocks(arr.shape[-dims:], edge, HALO)
+        ]
+        for n, b in enumerate(blocks, 1):
+            src = arr[b.stack] if b.stack else arr
+            src = src[(slice(None), *b.window)]
+            probs = yield from predict_tiled_iter(network, src, spec.model, **tile_kwargs)
+            sink(b, probs)
+            yield ChunkDone(n, len(blocks))
         return None
+    out = np.zeros((k, *stack_shape, *arr.shape[-dims:]), np.float32)
+    for n, idx in enumerate(items, 1):
+        src = arr[idx] if idx else arr
+        out[(slice(None), *idx)] = yield from predict_tiled_iter(
+            network, src, spec.model, **tile_kwargs
+        )
+        if len(items) > 1:
+            yield ChunkDone(n, len(items))
     # back to the image's order of non-channel axes
     perm = [0] + [1 + now.index(a) for a in kept]
     return np.transpose(out, perm)

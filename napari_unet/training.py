@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -422,7 +422,7 @@ def train_iter(
             trainer.scaler.load_state_dict(state["scaler"])
     history["sessions"].append(
         {
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": describe_device(dev),
             "recipe": cfg.recipe,
             "start_step": start_step,

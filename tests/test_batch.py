@@ -101,10 +101,10 @@ def test_zarr_stack_streams_slice_by_slice_like_in_memory(tiny_model, nuclei, tm
         )
     )
     assert sorted(p.name for p in written) == ["stack.zarr", "stack_prob.zarr"]
-    got = zarr.open(str(out / "stack.zarr"), mode="r")[...]
+    got = zarr.open(str(out / "stack.zarr"), mode="r")["0"][...]
     expected = nu.predict(model, stack, instances=True, device="cpu")
     np.testing.assert_array_equal(got, expected)
-    probs = zarr.open(str(out / "stack_prob.zarr"), mode="r")
+    probs = zarr.open(str(out / "stack_prob.zarr"), mode="r")["0"]
     assert probs.shape == (3, *stack.shape) and probs.dtype == np.float16
     row = _summary(out)["stack"]
     assert int(row["objects"]) == len(np.unique(expected[expected > 0]))

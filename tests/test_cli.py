@@ -129,9 +129,9 @@ def test_predict_zarr(folders, cli_model, tmp_path):
         )
         == 0
     )
-    z = zarr.open(str(out / "t0.zarr"), mode="r")
+    z = zarr.open(str(out / "t0.zarr"), mode="r")["0"]
     assert z.shape == (70, 90) and set(np.unique(z[...])) <= {0, 1, 2}
-    p = zarr.open(str(out / "t0_prob.zarr"), mode="r")
+    p = zarr.open(str(out / "t0_prob.zarr"), mode="r")["0"]
     assert p.shape == (3, 70, 90) and p.dtype == np.float16
 
 

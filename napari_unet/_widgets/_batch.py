@@ -100,7 +100,7 @@ class BatchWidget(QWidget):
         out = Path(self.out.text()).expanduser()
         if self.source.currentIndex() == 0:
             items = [
-                (ly.name, lambda d=ly.data: np.asarray(d))
+                (ly.name, lambda d=ly.data: np.asarray(d), layer_pixel_sizes(ly, model.config))
                 for ly in self.viewer.layers
                 if isinstance(ly, Image)
             ]
@@ -139,8 +139,15 @@ class BatchWidget(QWidget):
             self.status.setText("cancelled; finished outputs are kept")
 
     def _on_event(self, event: Any) -> None:
+        if isinstance(event, ev.ChunkDone) and not self.written:
+            done = self.pbar.n if self.pbar is not None else 0
+            self.status.setText(f"input {done + 1}: chunk {event.i} of {event.n}")
         if isinstance(event, ev.ItemDone) and not self.written:
-            self.status.setText(f"{event.i} of {event.n}: {event.name} ({event.seconds:.1f} s)")
+            what = {"failed": f"FAILED: {event.reason}", "skipped": "skipped, already done"}
+            self.status.setText(
+                f"{event.i} of {event.n}: {event.name} "
+                + what.get(event.status, f"({event.seconds:.1f} s)")
+            )
             # last: napari's progress bar may process pending events (even our own "done")
             if self.pbar is not None:
                 self.pbar.total = event.n
@@ -157,3 +164,22 @@ class BatchWidget(QWidget):
             self.pbar = None
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
+
+
+def layer_pixel_sizes(layer: Any, spec: Any) -> dict[str, tuple[float, str | None]]:
+    """A layer's scale (and units, where napari knows them) by axis letter, for OME-Zarr."""
+    from ..inference import guess_axes
+
+    try:
+        axes = guess_axes(tuple(layer.data.shape), spec)
+    except ValueError:
+        return {}
+    spatial = [a for a in axes if a != "C"]
+    scale = list(layer.scale)
+    if len(scale) != len(spatial):
+        return {}
+    units = [str(u) for u in getattr(layer, "units", ())] or [""] * len(scale)
+    return {
+        a: (float(s), u if u and u != "pixel" else None)
+        for a, s, u in zip(spatial, scale, units, strict=False)
+    }

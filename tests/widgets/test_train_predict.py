@@ -226,6 +226,30 @@ def test_batch_over_two_layers(make_napari_viewer, qtbot, tmp_path, nuclei, tiny
     assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (80, 90)
 
 
+def test_batch_zarr_keeps_the_layer_scale(make_napari_viewer, qtbot, tmp_path, nuclei, tiny_model):
+    import zarr
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets import BatchWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack(nuclei[0][:2]), name="stack", scale=(2.0, 0.5, 0.5))
+    _session.session_for(viewer).set_model(tiny_model[0], tiny_model[1])
+    batch = BatchWidget(viewer)
+    batch.out.setText(str(tmp_path / "out"))
+    batch.fmt.setCurrentText("zarr")
+    seen = []
+    set_text = batch.status.setText
+    batch.status.setText = lambda text: (seen.append(text), set_text(text))  # record each one
+    qtbot.mouseClick(batch.run_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "wrote 1 file(s)" in batch.status.text(), timeout=60_000)
+    qtbot.waitUntil(batch.run_btn.isEnabled, timeout=5_000)
+    assert "input 1: chunk 2 of 2" in seen  # a slice of the stack per chunk
+    ome = zarr.open_group(str(tmp_path / "out" / "stack.zarr"), mode="r").attrs["ome"]
+    scale = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [2.0, 0.5, 0.5]
+
+
 def test_qt_binding_is_the_one_asked_for(qapp):
     import os
 
