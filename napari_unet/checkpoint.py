@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,14 @@ from .store import (
     SAFETENSORS_FORMAT,
     STATE_FILE,
     ModelFormatError,
+    _check_entry,
     _prepare_folder,
     _read_json,
     _read_safetensors,
+    _real,
     _refuse_pickles,
     _sha256,
+    _show,
     atomic_write_bytes,
 )
 
@@ -76,6 +80,39 @@ def _unflatten(value: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
     return value
 
 
+def _is_hyperparameter(value: Any) -> bool:
+    """None, true/false, a finite number or a list of them (``betas``), or a scalar tensor."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return len(value) <= 16 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and bool(torch.isfinite(value).all())
+    return False
+
+
+def _check_param_group(path: Path, index: int, group: Any) -> None:
+    """An optimizer param group read back must hold plain hyperparameters only."""
+    params = group.get("params") if isinstance(group, dict) else None
+    if not isinstance(params, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) for p in params
+    ):
+        raise ModelFormatError(
+            f"{path}: param_groups[{index}] must be an object with a list of integer params"
+        )
+    for key, value in group.items():
+        if key != "params" and not _is_hyperparameter(value):
+            raise ModelFormatError(
+                f"{path}: param_groups[{index}].{key} must be a finite number, true/false or "
+                f"null, got {_show(value)}"
+            )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str], optimizer_state: dict[str, Any], state: dict[str, Any]
 ) -> None:
@@ -99,7 +136,8 @@ def save_checkpoint(
     Raises
     ------
     ValueError
-        If ``path`` exists and is not a folder.
+        If ``path`` exists and is not a folder, or ``path/checkpoint`` is a symbolic
+        link leading outside it.
     TypeError
         If a value cannot be stored (not JSON-compatible and not a tensor).
     """
@@ -127,7 +165,9 @@ def save_checkpoint(
     data = _st_save(tensors, metadata={"format": SAFETENSORS_FORMAT})
     record["optimizer_sha256"] = _sha256(data)
     text = json.dumps(record, indent=2)
-    folder = _prepare_folder(path) / CHECKPOINT_DIR
+    model_dir = _prepare_folder(path)
+    folder = model_dir / CHECKPOINT_DIR
+    _check_entry(_real(model_dir), folder)  # never write through a link leading elsewhere
     folder.mkdir(exist_ok=True)
     atomic_write_bytes(folder / OPTIMIZER_FILE, data)
     atomic_write_bytes(folder / STATE_FILE, (text + "\n").encode("utf-8"))
@@ -154,9 +194,11 @@ def load_checkpoint(
     Raises
     ------
     ModelFormatError
-        For a damaged or foreign checkpoint; the message names the file.
+        For a damaged or foreign checkpoint, or a ``checkpoint`` link leading outside
+        the model folder; the message names the file.
     """
     folder = Path(path) / CHECKPOINT_DIR
+    _check_entry(_real(Path(path)), folder)
     if not folder.is_dir():
         return None
     _refuse_pickles(folder)
@@ -202,4 +244,6 @@ def load_checkpoint(
         "state": opt_state,
         "param_groups": _unflatten(optimizer["param_groups"], tensors, state_path),
     }
+    for i, group in enumerate(optimizer_state["param_groups"]):
+        _check_param_group(state_path, i, group)
     return optimizer_state, _unflatten(user_state, tensors, state_path)

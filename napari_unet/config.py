@@ -18,11 +18,22 @@ FORMAT_VERSION = 1
 RECIPES = ("fast", "paper")
 LABELS_KINDS = ("sparse", "semantic", "instances")
 PADDINGS = ("same", "valid")
+MAX_CLASS_NAME = 200
+MAX_LIST = 4096
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 10**9
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value, shortened so an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {_show(value)}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be {bound}, got {value}")
@@ -30,14 +41,19 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
 
 def _check_float(name: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {_show(value)}")
     if not (low <= value <= high):
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
 
 
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_show(value)}")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {_show(value)}")
 
 
 @dataclass(frozen=True)
@@ -59,8 +75,7 @@ class ModelConfig:
         _check_int("depth", self.depth, 1, 6)
         _check_int("width", self.width, 1, 512)
         _check_choice("padding", self.padding, PADDINGS)
-        if not isinstance(self.batch_norm, bool):
-            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
+        _check_bool("batch_norm", self.batch_norm)
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,14 @@ class LabelsConfig:
         if not isinstance(self.class_names, tuple) or not all(
             isinstance(n, str) for n in self.class_names
         ):
-            raise ValueError(f"class_names must be a list of strings, got {self.class_names!r}")
+            raise ValueError(
+                f"class_names must be a list of strings, got {_show(self.class_names)}"
+            )
+        for name in self.class_names:
+            if not name or len(name) > MAX_CLASS_NAME:
+                raise ValueError(
+                    f"class names must have 1 to {MAX_CLASS_NAME} characters, got {_show(name)}"
+                )
         if len(self.class_names) < 2:
             raise ValueError(f"at least 2 classes are needed, got {list(self.class_names)}")
         if self.value_map is not None:
@@ -121,9 +143,17 @@ class LabelsConfig:
                     f"value_map has {len(self.value_map)} entries for "
                     f"{len(self.class_names)} classes"
                 )
+            if not isinstance(self.value_map, tuple):
+                raise ValueError(
+                    f"value_map must be a list of integers, got {_show(self.value_map)}"
+                )
             for v in self.value_map:
                 if isinstance(v, bool) or not isinstance(v, int):
-                    raise ValueError(f"value_map entries must be integers, got {v!r}")
+                    raise ValueError(f"value_map entries must be integers, got {_show(v)}")
+                if not INT64[0] <= v <= INT64[1]:
+                    raise ValueError(f"value_map entries must fit in 64 bits, got {_show(v)}")
+            if len(set(self.value_map)) != len(self.value_map):
+                raise ValueError(f"value_map must not repeat values, got {_show(self.value_map)}")
         if self.kind == "instances" and len(self.class_names) != 3:
             raise ValueError(
                 f"instances labels train 3 classes (background, interior, boundary), "
@@ -151,7 +181,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choice("recipe", self.recipe, RECIPES)
         if self.steps is not None:
-            _check_int("steps", self.steps, 1)
+            _check_int("steps", self.steps, 1, MAX_STEPS)
         if self.time_budget is not None:
             _check_float("time_budget", self.time_budget, 0.0, 1e7)
         if self.batch_size is not None:
@@ -160,9 +190,11 @@ class TrainConfig:
             _check_int("patch", self.patch, 16, 4096)
         if self.lr is not None:
             _check_float("lr", self.lr, 1e-8, 10.0)
+        _check_bool("border_weights", self.border_weights)
+        _check_bool("augment", self.augment)
         _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
-        _check_int("seed", self.seed, 0)
+        _check_int("seed", self.seed, 0, MAX_SEED)
         _check_float("checkpoint_every", self.checkpoint_every, 0.0, 1e7)
 
 
@@ -194,17 +226,17 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_NAME:
-            raise ValueError(f"format must be {FORMAT_NAME!r}, got {data.get('format')!r}")
+            raise ValueError(f"format must be {FORMAT_NAME!r}, got {_show(data.get('format'))}")
         version = data.get("version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ValueError(
-                f"unknown config version {version!r} (this napari-unet reads version "
+                f"unknown config version {_show(version)} (this napari-unet reads version "
                 f"{FORMAT_VERSION})"
             )
         known = {f.name: f for f in dataclasses.fields(cls)}
-        extra = set(data) - set(known) - {"format", "version"}
+        extra = {str(k) for k in data} - set(known) - {"format", "version"}
         if extra:
-            raise ValueError(f"unknown config sections: {', '.join(sorted(extra))}")
+            raise ValueError(f"unknown config sections: {_show(', '.join(sorted(extra)), 200)}")
         kwargs = {}
         types = {
             "model": ModelConfig,
@@ -232,13 +264,13 @@ def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
+    unknown = {str(k) for k in data} - set(fields)
     if unknown:
-        raise ValueError(f"unknown keys in {where}: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown keys in {where}: {_show(', '.join(sorted(unknown)), 200)}")
     kwargs = {}
     for key, value in data.items():
         if isinstance(value, list):
-            if len(value) > 4096:
+            if len(value) > MAX_LIST:
                 raise ValueError(f"{where}.{key} is too long ({len(value)} entries)")
             value = tuple(value)
         kwargs[key] = value

@@ -281,11 +281,21 @@ def test_garbage_header(saved: tuple[Model, Path]) -> None:
     _expect_error(folder, "weights.safetensors", "invalid safetensors header")
 
 
-def test_safetensors_library_error_is_wrapped(saved: tuple[Model, Path]) -> None:
+def test_unknown_dtype_in_header(saved: tuple[Model, Path]) -> None:
     _, folder = saved
     path = folder / "weights.safetensors"
     header = json.dumps({"w": {"dtype": "XX9", "shape": [1], "data_offsets": [0, 4]}}).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    _rehash(folder)
+    _expect_error(folder, "weights.safetensors", "'w'", "unknown dtype 'XX9'")
+
+
+def test_safetensors_library_error_is_wrapped(saved: tuple[Model, Path]) -> None:
+    # every entry passes napari-unet's own checks, but 4 stray bytes follow the last
+    # tensor: safetensors itself refuses the buffer, and the error is reported cleanly
+    _, folder = saved
+    path = folder / "weights.safetensors"
+    path.write_bytes(path.read_bytes() + b"\0" * 4)
     _rehash(folder)
     _expect_error(folder, "weights.safetensors", "invalid safetensors file")
 
@@ -506,3 +516,179 @@ def test_checkpoint_refuses_unstorable_values(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="object"):
         save_checkpoint(tmp_path / "m", {"state": {}, "param_groups": []}, {"x": object()})
     assert not os.path.exists(tmp_path / "m" / "checkpoint" / "state.json")
+
+
+# --------------------------------------------------------------------------- folder security
+
+
+def test_symlink_leading_outside_is_refused(saved: tuple[Model, Path], tmp_path: Path) -> None:
+    _, folder = saved
+    outside = tmp_path / "elsewhere.json"
+    outside.write_bytes((folder / "training.json").read_bytes())
+    (folder / "training.json").unlink()
+    (folder / "training.json").symlink_to(outside)
+    _expect_error(folder, "training.json", "symbolic link to", "outside the model folder")
+    # a link that stays inside the folder is fine
+    (folder / "training.json").unlink()
+    (folder / "history-copy.json").write_bytes(outside.read_bytes())
+    (folder / "training.json").symlink_to("history-copy.json")
+    load_model(folder)
+
+
+def test_checkpoint_link_leading_outside(saved: tuple[Model, Path], tmp_path: Path) -> None:
+    _, folder = saved
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (folder / "checkpoint").symlink_to(victim)
+    _expect_error(folder, "checkpoint", "outside the model folder")
+    with pytest.raises(ModelFormatError, match="outside the model folder"):
+        load_checkpoint(folder)
+    # saving never writes through the link
+    with pytest.raises(ValueError, match="outside the model folder"):
+        save_checkpoint(folder, {"state": {}, "param_groups": []}, {"step": 0})
+    assert list(victim.iterdir()) == []
+
+
+def test_fifo_and_broken_link_never_block(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    fifo = folder / "notes.fifo"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    _expect_error(folder, "notes.fifo", "not a regular file")
+    fifo.unlink()
+    (folder / "gone.json").symlink_to(folder / "nothing-here")
+    _expect_error(folder, "gone.json", "broken symbolic link")
+    (folder / "gone.json").unlink()
+    (folder / "loop").symlink_to(folder / "loop")
+    _expect_error(folder, "loop", "symbolic link")
+
+
+@pytest.mark.parametrize("name", ["model.pt", "optimizer.pth", "state.pkl", "last.ckpt"])
+def test_pickle_suffixes_refused_by_name(saved: tuple[Model, Path], name: str) -> None:
+    _, folder = saved
+    # protocol 0 pickles start with plain text, so the name is what gives them away
+    (folder / name).write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    _expect_error(folder, name, "pickle file by its name", "never loads pickles")
+
+
+def test_config_json_strictness(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    path = folder / "config.json"
+    good = path.read_text()
+    cfg = json.loads(good)
+    path.write_text(good.rstrip()[:-1] + ', "format": "napari-unet-model"}')
+    _expect_error(folder, "config.json", "repeats the key 'format'")
+    path.write_text('{"model": ' * 10 + "1" + "}" * 10)
+    _expect_error(folder, "config.json", "nested more than")
+    path.write_text('{"version": ' + "9" * 5000 + "}")
+    _expect_error(folder, "config.json", "not valid JSON")
+    for section, key, value, fragment in [
+        ("model", "width", True, "width must be an integer, got True"),
+        ("model", "depth", 2.0, "depth must be an integer, got 2.0"),
+        ("model", "width", [[1]] * 100, "width must be an integer, got ([1], [1], "),
+        ("model", "padding", ["same"], "padding must be one of same, valid"),
+        ("train", "augment", "yes", "augment must be true or false, got 'yes'"),
+        ("train", "seed", 2**64, "seed must be in [0, 4294967295]"),
+        ("train", "steps", 10**12, "steps must be in [1, 1000000000]"),
+        ("tiling", "overlap", float("nan"), "tiling.overlap must be in"),
+        ("labels", "class_names", ["a", "b" * 500, "c"], "class names must have 1 to 200"),
+    ]:
+        bad = json.loads(good)
+        bad[section][key] = value
+        path.write_text(json.dumps(bad))
+        err = _expect_error(folder, "config.json", fragment)
+        assert len(str(err)) < 300, str(err)
+    bad = dict(cfg, version=True)
+    path.write_text(json.dumps(bad))
+    _expect_error(folder, "config.json", "unknown config version True")
+    bad = dict(cfg, weights_sha256="z" * 64)
+    path.write_text(json.dumps(bad))
+    _expect_error(folder, "config.json", "weights_sha256")
+
+
+def test_semantic_value_map_checked() -> None:
+    with pytest.raises(ValueError, match="must not repeat"):
+        LabelsConfig(kind="semantic", class_names=("a", "b"), value_map=(3, 3))
+    with pytest.raises(ValueError, match="fit in 64 bits"):
+        LabelsConfig(kind="semantic", class_names=("a", "b"), value_map=(0, 2**70))
+
+
+def test_hostile_architecture_is_never_built(saved: tuple[Model, Path]) -> None:
+    # depth 6, width 512, 3D: ~93 billion parameters (370 GB) if it were ever allocated
+    _, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model"].update(spatial_dims=3, depth=6, width=512)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _expect_error(folder, "weights.safetensors", "do not fit", "missing keys: down.3.0.weight")
+
+
+def test_header_entry_sizes_checked(saved: tuple[Model, Path]) -> None:
+    _, folder = saved
+    path = folder / "weights.safetensors"
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["head.bias"]["shape"] = [2]  # 3 floats of data declared as 2
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    _rehash(folder)
+    _expect_error(folder, "weights.safetensors", "'head.bias'", "needs 8 bytes")
+    header["head.bias"]["shape"] = [-3]
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    _expect_error(folder, "weights.safetensors", "'head.bias'", "invalid shape [-3]")
+
+
+@pytest.mark.parametrize(
+    ("history", "fragment"),
+    [
+        ({"steps": "many"}, "'steps' must be int, got 'many'"),
+        ({"steps": -4}, "'steps' must be >= 0"),
+        ({"elapsed": float("inf")}, "'elapsed' must be >= 0 and finite"),
+        ({"sessions": {}}, "'sessions' must be list"),
+        ({"sessions": [1]}, "sessions[0] must be a JSON object"),
+        (
+            {
+                "log": [[]] * 3,
+                "deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+            },
+            "nested",
+        ),
+    ],
+)
+def test_history_types(saved: tuple[Model, Path], history: dict, fragment: str) -> None:
+    _, folder = saved
+    atomic_write_json(folder / "training.json", history)
+    _expect_error(folder, "training.json", fragment)
+
+
+def test_checkpoint_param_groups_checked(tmp_path: Path) -> None:
+    net = _tiny_net()
+    opt = _make_optimizer("adamw", net)
+    _step(net, opt, 0)
+    save_checkpoint(tmp_path / "m", opt.state_dict(), {"step": 1})
+    path = tmp_path / "m" / "checkpoint" / "state.json"
+    record = json.loads(path.read_text())
+    record["optimizer"]["param_groups"][0]["lr"] = "fast"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ModelFormatError, match=r"state\.json: param_groups\[0\]\.lr .* 'fast'"):
+        load_checkpoint(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../evil", "a/b", "/abs", "C:evil", "a\\b", "", "x\0"])
+def test_model_names_that_escape_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="model name"):
+        store.model_folder(tmp_path, name)
+
+
+def test_model_folder_plain_name_and_escaping_link(tmp_path: Path) -> None:
+    assert store.model_folder(tmp_path, "nuclei v2") == tmp_path / "nuclei v2"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "out").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="outside"):
+        store.model_folder(tmp_path / "models", "out")
+
+
+def test_read_config_reads_no_weights(saved: tuple[Model, Path]) -> None:
+    model, folder = saved
+    (folder / "weights.safetensors").write_bytes(b"not read at all")
+    assert store.read_config(folder) == model.config
