@@ -16,6 +16,7 @@ STAMP := $(VENV)/.napari-unet-installed
 # Harmless pip warnings about unused local index folders on some machines.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 DEMO_ARGS ?=
 SCREENSHOTS ?= docs/images
 
@@ -35,7 +36,7 @@ help:
 	@echo "make demo    set up, then train a quick model on the sample nuclei and show it in napari"
 	@echo "make venv    create/update .venv with pip install -c $(CONSTRAINTS) -e .[testing]"
 	@echo "make sysdeps install Xvfb, Mesa and Qt's X libraries (apt, as root) if missing"
-	@echo "make bench   run benchmarks/bench_*.py"
+	@echo "make bench   run the CPU benchmarks (benchmarks/bench_*.py; BENCH_ARGS=--tiny for a quick pass)"
 	@echo "make lint    ruff check"
 	@echo "make clean   remove build outputs and caches (keeps .venv)"
 
@@ -85,10 +86,11 @@ demo: venv sysdeps
 		$(XVFB_RUN) $(VPY) -m napari_unet._widgets._demo --headless --screenshots $(SCREENSHOTS) $(DEMO_ARGS); \
 	fi
 
-bench: venv
+bench: venv sysdeps
 	@shopt -s nullglob; files=(benchmarks/bench_*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks/bench_*.py yet"; exit 0; fi; \
-	for f in "$${files[@]}"; do echo "== $$f"; $(VPY) "$$f" || exit 1; done
+	run=""; if [ -z "$$DISPLAY" ]; then run='$(XVFB_RUN)'; fi; \
+	for f in "$${files[@]}"; do echo "== $$f"; eval $$run $(VPY) "$$f" $(BENCH_ARGS) || exit 1; done
 
 lint: venv
 	$(VPY) -m ruff check .

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
 DATA = ROOT.parent / "shared" / "data"
 REFERENCE = {"cpu": 0.58, "cuda": 0.67}  # plain PyTorch 3-class U-Net, issue 2 (300 s)
 
@@ -52,8 +53,8 @@ def cli(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def bench_dsb(tmp: Path, budget: float, device: str, extra: list[str]) -> dict:
-    src = DATA / "dsb2018-nuclei"
+def bench_dsb(tmp: Path, budget: float, device: str, extra: list[str], data: Path) -> dict:
+    src = data / "dsb2018-nuclei"
     n_train = link_split(src, tmp / "train", test=False)
     n_test = link_split(src, tmp / "test", test=True)
     model = tmp / "dsb-model"
@@ -185,13 +186,21 @@ def main() -> None:
         action="store_true",
         help="also train the issue's plain U-Net on the same split and budget",
     )
+    p.add_argument("--tiny", action="store_true", help="synthetic nuclei, 3 s: a quick check")
     args, extra = p.parse_known_args()
-    if not DATA.exists():
-        sys.exit(f"needs the shared data at {DATA}")
-    import torch
-
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="nu-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
+    data = DATA
+    if args.tiny:
+        from _synthetic import write_dataset
+
+        data = tmp / "data"
+        write_dataset(data / "dsb2018-nuclei")
+        args.time_budget, args.only = 3, "dsb"
+    if not data.exists():
+        sys.exit(f"needs the shared data at {data}")
+    import torch
+
     print(
         f"# {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
@@ -199,7 +208,7 @@ def main() -> None:
     ref = REFERENCE.get(args.device.split(":")[0])
     summary = [f"budget={args.time_budget:g}s", f"device={args.device}"]
     if args.only != "isbi":
-        dsb = bench_dsb(tmp, args.time_budget, args.device, extra)
+        dsb = bench_dsb(tmp, args.time_budget, args.device, extra, data)
         print(
             f"DSB2018 held-out ({dsb['n_test']} images, trained on {dsb['n_train']}): "
             f"AP@0.5 {dsb['ap50']:.3f}  AP@0.75 {dsb['ap75']:.3f}  IoU {dsb['iou']:.3f}  "

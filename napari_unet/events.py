@@ -65,6 +65,18 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Adjusted:
+    """Training changed a setting to go on (e.g. halved the batch after running out of
+    GPU memory); ``message`` says what and why, for the user."""
+
+    step: int
+    setting: str
+    old: int
+    new: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Preview:
     """The current model's class probabilities on the preview image."""
 

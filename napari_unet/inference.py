@@ -22,6 +22,7 @@ from .data import percentiles
 from .devices import resolve_device
 from .events import ChunkDone, TileDone, drain
 from .files import grey_if_rgb
+from .model import fused_for_inference
 from .postprocess import class_labels, instances_from_probs
 from .store import Model
 from .tiling import predict_tiled_iter
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _AXES = set("TZCYXS")
 _MAX_RANGE_SAMPLES = 4_000_000
-BLOCK_2D = 2048
+BLOCK_2D = 4096
 """Default block edge of streamed 2D prediction (pixels per spatial axis)."""
 BLOCK_3D = 256
 """Default block edge of streamed 3D prediction."""
@@ -181,7 +182,7 @@ def predict_proba_iter(
 
     With ``sink``, nothing is accumulated: each 2D slice (or 3D volume) of a stack
     is cut into blocks of at most ``block`` pixels per spatial axis (default
-    2048 in 2D, 256 in 3D), each predicted with a halo of :data:`HALO` pixels of
+    4096 in 2D, 256 in 3D), each predicted with a halo of :data:`HALO` pixels of
     real image around it, and ``sink(block, probabilities)`` receives the
     probabilities of the block's window (see :class:`Block`) as soon as they
     exist; the generator then returns None.  Memory stays bounded by the block
@@ -233,7 +234,7 @@ def predict_proba_iter(
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
     dev = resolve_device(device)
-    network = model.network.to(dev)
+    network = fused_for_inference(model.network).to(dev)
     tiling = spec.tiling
     t = tile or tiling.tile
     tile_edges = (min(t, tiling.tile_z),) + (t,) * (dims - 1) if dims == 3 else (t, t)
@@ -264,6 +265,8 @@ def predict_proba_iter(
         for n, b in enumerate(blocks, 1):
             src = arr[b.stack] if b.stack else arr
             src = src[(slice(None), *b.window)]
+            if hasattr(src, "compute"):  # one read per block, not one per tile
+                src = np.asarray(src.compute())
             probs = yield from predict_tiled_iter(network, src, spec.model, **tile_kwargs)
             sink(b, probs)
             yield ChunkDone(n, len(blocks))

@@ -13,6 +13,8 @@ network whose output is smaller than the input by a constant border.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -130,6 +132,32 @@ class UNet(nn.Module):
                 skip = _center_crop(skip, tuple(x.shape[2:]))
             x = block(torch.cat([skip, x], dim=1))
         return self.head(x)
+
+
+def fused_for_inference(network: UNet) -> UNet:
+    """A copy of ``network`` in eval mode with each batch norm folded into its convolution.
+
+    Same outputs (to float rounding) for less work: one convolution instead of a
+    convolution and a normalisation pass per layer (about a fifth of CPU
+    inference time for the small networks).  The original is left untouched, so a
+    model that is still training can be predicted with.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(network).eval()
+    if not network.config.batch_norm:
+        return fused
+    for blocks in (fused.down, fused.up_blocks):
+        for i, block in enumerate(blocks):
+            layers = list(block)
+            out: list[nn.Module] = []
+            for layer in layers:
+                if isinstance(layer, nn.BatchNorm2d | nn.BatchNorm3d):
+                    out[-1] = fuse_conv_bn_eval(out[-1], layer)
+                else:
+                    out.append(layer)
+            blocks[i] = nn.Sequential(*out)
+    return fused
 
 
 def valid_output_size(size: int, depth: int) -> int | None:

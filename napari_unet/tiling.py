@@ -35,18 +35,25 @@ def _round_up(x: int, m: int) -> int:
 
 
 def tile_shape(
-    shape: Sequence[int], tile: Sequence[int], config: ModelConfig
+    shape: Sequence[int], tile: Sequence[int], config: ModelConfig, overlap: float = 0.125
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Network input and output tile shapes for an image of ``shape``.
 
     Tiles never exceed the image (rounded up to what the network accepts), so
-    small images cost one small tile, not a full one.
+    small images cost one small tile, not a full one.  With ``same`` padding the
+    edge is balanced: the fewest tiles of at most ``tile`` that cover the axis
+    with the overlap, each as small as that allows (a 2048-pixel axis takes five
+    464-pixel tiles rather than five of 512, 17 % fewer pixels to compute).
     """
     ins, outs = [], []
     for size, t in zip(shape, tile, strict=True):
         if config.padding == "same":
             m = 2**config.depth
             edge = _round_up(min(t, size), m)
+            ov = int(round(edge * overlap))
+            if size > edge and edge > ov:
+                n = math.ceil((size - ov) / (edge - ov))
+                edge = min(edge, _round_up(math.ceil((size + (n - 1) * ov) / n), m))
             ins.append(edge)
             outs.append(edge)
         else:
@@ -146,7 +153,7 @@ def predict_tiled_iter(
     dims = len(spatial)
     if dims != config.spatial_dims:
         raise ValueError(f"a {config.spatial_dims}D model cannot predict a {dims}D image")
-    in_t, out_t = tile_shape(spatial, tile, config)
+    in_t, out_t = tile_shape(spatial, tile, config, overlap)
     ov = tuple(int(round(o * overlap)) for o in out_t)
     ctx = tuple((i - o) // 2 for i, o in zip(in_t, out_t, strict=True))
     grid = list(

@@ -37,6 +37,7 @@ from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
 from .data import PatchSampler, prepare, split_indices
 from .devices import autocast_dtype, describe_device, resolve_device
 from .events import (
+    Adjusted,
     CheckpointSaved,
     Finished,
     Preview,
@@ -217,6 +218,45 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"loss": float(loss.detach())}
+
+    def shrink_after_oom(self, step: int) -> Adjusted:
+        """Out of device memory in a step: halve the batch, or at batch 1 the patch.
+
+        Raises MemoryError (with what was tried) when the smallest patch the network
+        takes does not fit either.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        where = f"{self.device.type} out of memory at step {step + 1}"
+        if self.batch_size > 1:
+            old, self.batch_size = self.batch_size, self.batch_size // 2
+            return Adjusted(
+                step,
+                "batch_size",
+                old,
+                self.batch_size,
+                f"{where}: batch halved from {old} to {self.batch_size}, training goes on",
+            )
+        smallest = 2 ** (self.spec.model.depth + 1) if self.spec.model.padding == "same" else 0
+        old = self.out_shape[0]
+        new = old // 2
+        if self.spec.model.padding == "same":
+            new = new // 2**self.spec.model.depth * 2**self.spec.model.depth
+        if new < max(smallest, 8):
+            raise MemoryError(
+                f"{where} even with batch 1 and patch {old}: use a smaller network "
+                f"(width {self.spec.model.width}, depth {self.spec.model.depth}) or the CPU"
+            )
+        self.out_shape = (new,) * self.spec.model.spatial_dims
+        self.patch = new
+        return Adjusted(
+            step,
+            "patch",
+            old,
+            new,
+            f"{where} at batch 1: patch halved from {old} to {new}, training goes on",
+        )
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -494,7 +534,16 @@ def train_iter(
             if cfg.recipe == "fast":
                 lr = cfg.lr * _lr_factor(p, step, warmup)
             t_step = clock()
-            out = trainer.train_step(lr)
+            try:
+                out = trainer.train_step(lr)
+            except torch.cuda.OutOfMemoryError:
+                adjusted = trainer.shrink_after_oom(start_step + step)
+                history["sessions"][-1].setdefault("adjustments", []).append(
+                    [adjusted.step, adjusted.setting, adjusted.old, adjusted.new]
+                )
+                log.warning(adjusted.message)
+                yield adjusted
+                continue
             if not math.isfinite(out["loss"]):
                 raise FloatingPointError(
                     f"training loss became {out['loss']} at step {start_step + step + 1}; "
@@ -502,7 +551,7 @@ def train_iter(
                 )
             step += 1
             now = clock()
-            ips = cfg.batch_size / max(now - t_step, 1e-9)
+            ips = trainer.batch_size / max(now - t_step, 1e-9)
             if step % 10 == 1 or cfg.steps and step == cfg.steps:
                 history["log"].append([start_step + step, round(out["loss"], 5), lr])
             yield TrainStep(

