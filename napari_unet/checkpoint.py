@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as _st_save
 
-from .store import (
+from .safety import (
     _TENSOR_REF,
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -30,15 +30,12 @@ from .store import (
     STATE_FILE,
     ModelFormatError,
     _check_entry,
-    _prepare_folder,
     _read_json,
-    _read_safetensors,
     _real,
     _refuse_pickles,
-    _sha256,
     _show,
-    atomic_write_bytes,
 )
+from .store import _prepare_folder, _read_safetensors, _sha256, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- checkpoints

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -64,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", required=True, nargs="+", help="folder, glob or files")
     t.add_argument("--labels", required=True, nargs="+", help="folder, glob or files")
     t.add_argument("--out", required=True, help="model folder to write")
-    t.add_argument("--labels-kind", choices=["sparse", "semantic", "instances"], default="sparse")
+    t.add_argument(
+        "--labels-kind",
+        choices=["sparse", "semantic", "instances"],
+        help="sparse (default; with --resume: the model's kind)",
+    )
     t.add_argument("--recipe", choices=["fast", "paper"], default="fast")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument(
@@ -125,37 +130,178 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, flush=True)
 
 
-def _read_pairs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], list]:
+def _check_output_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work starts, an output folder that cannot be created or written.
+
+    ``path`` may be an existing folder or not exist yet; its nearest existing ancestor
+    must be a folder this process may write to.  (Run as root, ``os.access`` says yes
+    to every folder: a path below a regular file is what fails for every user.)
+    """
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: the folder {ancestor} is not writable")
+
+
+def _check_device(device: str) -> None:
+    """``--device`` must name a device present here (checked before any work starts).
+
+    Spelling is checked without torch; torch is imported only to ask whether a
+    cuda or mps device is there.
+    """
+    from .devices import parse_device, resolve_device
+
+    try:
+        kind, _ = parse_device(device)
+        if kind in ("cuda", "mps"):
+            resolve_device(device)
+    except ValueError as exc:
+        raise UsageError(f"--device {device}: {exc}") from None
+
+
+def _channels(img: np.ndarray, lab: np.ndarray) -> int:
+    """Channels of an image whose labels have ``lab.shape`` (same rule as data.prepare)."""
+    if img.shape == lab.shape:
+        return 1
+    return img.shape[0] if img.shape[1:] == lab.shape else img.shape[-1]
+
+
+def _read_pairs(
+    args: argparse.Namespace, spec: Any = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list]:
+    """Read the training pairs and check each file; errors name the file and the value.
+
+    ``spec`` is the :class:`~napari_unet.config.ModelSpec` of the model being resumed.
+    """
     from .files import find_inputs, grey_if_rgb, pair_by_stem, read_image
 
     pairs = pair_by_stem(find_inputs(args.images, "--images"), find_inputs(args.labels, "--labels"))
+    spatial = spec.model.spatial_dims if spec is not None else 2
     images, labels = [], []
+    first_channels: tuple[int, Path] | None = None
     for img_path, lab_path in pairs:
         img, lab = read_image(img_path), read_image(lab_path)
+        if lab.dtype.kind == "b":
+            lab = lab.astype(np.uint8)
         if lab.dtype.kind == "f":
             if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
                 raise UsageError(f"{lab_path}: label images must hold whole numbers")
             lab = lab.astype(np.int64)
+        if lab.dtype.kind not in "iu":
+            raise UsageError(f"{lab_path}: label images must hold integers, got {lab.dtype}")
         if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
             raise UsageError(f"{lab_path}: label values must be >= 0, found {lab.min()}")
+        if lab.ndim not in (spatial, spatial + 1):
+            raise UsageError(
+                f"{lab_path}: label image of shape {lab.shape}; a {spatial}D model trains on "
+                f"{spatial}D label images or stacks of them ({spatial + 1} dimensions)"
+            )
         if lab.ndim == 2 and img.shape[:2] == lab.shape:
             img = grey_if_rgb(img, str(img_path))
         if img.shape != lab.shape and img.shape[:-1] != lab.shape and img.shape[1:] != lab.shape:
             raise UsageError(
                 f"{img_path} has shape {img.shape} but {lab_path} has shape {lab.shape}"
             )
+        if img.dtype.kind == "f":
+            bad = int(img.size - np.count_nonzero(np.isfinite(img)))
+            if bad == img.size:
+                raise UsageError(f"{img_path}: no finite pixel value (all NaN or Inf)")
+            if bad:
+                log.warning(
+                    "%s: %d NaN or Inf pixel(s), set to 0 after normalisation", img_path, bad
+                )
+        channels = _channels(img, lab)
+        if spec is not None and channels != spec.model.in_channels:
+            raise UsageError(
+                f"{img_path} has {channels} channel(s) but the model in {args.out} takes "
+                f"{spec.model.in_channels}"
+            )
+        if first_channels is None:
+            first_channels = (channels, img_path)
+        elif channels != first_channels[0]:
+            raise UsageError(
+                f"{img_path} has {channels} channel(s) but {first_channels[1]} has "
+                f"{first_channels[0]}; all training images need the same channels"
+            )
         images.append(img)
         labels.append(lab)
     return images, labels, pairs
 
 
+MAX_CLASSES = 256
+
+
+def _check_classes(
+    args: argparse.Namespace, kind: str, labels: list[np.ndarray], pairs: list, spec: Any
+) -> None:
+    """Refuse label images that cannot train anything: nothing painted, one class only,
+    more classes than the model (or a network) has.  Errors name the files and values."""
+    where = f"--labels {' '.join(args.labels)}"
+    values = [np.unique(lab) for lab in labels]
+    everything = np.unique(np.concatenate(values))
+    nonzero = everything[everything != 0]
+    if kind == "sparse":
+        if nonzero.size == 0:
+            raise UsageError(
+                f"{where}: nothing is painted: every label image is 0 (unlabeled) everywhere; "
+                "paint at least two classes (1, 2, ...)"
+            )
+        limit = len(spec.labels.class_names) if spec is not None else MAX_CLASSES
+        for (_img, lab_path), vals in zip(pairs, values, strict=True):
+            top = int(vals.max())
+            if top > limit and spec is not None:
+                raise UsageError(
+                    f"{lab_path}: label value {top} is above the {limit} classes of the model "
+                    f"in {args.out} ({', '.join(spec.labels.class_names)})"
+                )
+            if top > limit:
+                raise UsageError(
+                    f"{lab_path}: label value {top} would make {top} classes (sparse labels "
+                    f"paint classes 1..K, K <= {MAX_CLASSES}); instance masks? pass "
+                    "--labels-kind instances"
+                )
+        if spec is None and nonzero.size == 1:
+            raise UsageError(
+                f"{where}: only one class is painted (value {int(nonzero[0])}); paint at least "
+                "two, e.g. 1 = background and 2 = cell"
+            )
+    elif kind == "semantic":
+        if spec is not None and spec.labels.value_map is not None:
+            known = set(spec.labels.value_map)
+            for (_img, lab_path), vals in zip(pairs, values, strict=True):
+                extra = sorted(int(v) for v in set(vals.tolist()) - known)
+                if extra:
+                    raise UsageError(
+                        f"{lab_path}: label values {extra[:5]} are not among the classes of the "
+                        f"model in {args.out} (values {list(spec.labels.value_map)})"
+                    )
+        elif everything.size < 2:
+            raise UsageError(
+                f"{where}: semantic labels need at least 2 distinct values; every label image "
+                f"holds only {int(everything[0])}"
+            )
+        elif everything.size > MAX_CLASSES:
+            raise UsageError(
+                f"{where}: {everything.size} distinct label values, more than {MAX_CLASSES} "
+                "classes; instance masks? pass --labels-kind instances"
+            )
+    elif spec is None and nonzero.size == 0:
+        raise UsageError(
+            f"{where}: no object in any label image (all 0); instance masks need objects "
+            "numbered 1, 2, ... on background 0"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .store import CONFIG_FILE
-    from .training import train_iter
+    from .config import CONFIG_FILE
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
+    _check_output_folder(out, "--out")
     if (out / CONFIG_FILE).exists() and not args.resume:
         raise UsageError(
             f"--out {out} already holds a model; pass --resume to continue training it, "
@@ -163,12 +309,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.resume and not (out / CONFIG_FILE).exists():
         raise UsageError(f"--resume: {out} holds no model to resume ({CONFIG_FILE} missing)")
-    images, labels, pairs = _read_pairs(args)
-    _say(args, f"training on {len(pairs)} image(s) with {args.labels_kind} labels")
+    spec = None
+    kind = args.labels_kind or "sparse"
+    if args.resume:
+        from .safety import read_config
+
+        spec = read_config(out)
+        if args.labels_kind and args.labels_kind != spec.labels.kind:
+            raise UsageError(
+                f"--labels-kind {args.labels_kind}: the model in {out} was trained on "
+                f"{spec.labels.kind} labels"
+            )
+        kind = spec.labels.kind
+    images, labels, pairs = _read_pairs(args, spec)
+    _check_classes(args, kind, labels, pairs, spec)
+    _check_device(args.device)  # after the data checks: those need no torch, so fail fast
+    from .training import train_iter
+
+    _say(args, f"training on {len(pairs)} image(s) with {kind} labels")
     gen = train_iter(
         images,
         labels,
-        labels_kind=args.labels_kind,
+        labels_kind=kind,
         recipe=args.recipe,
         steps=args.steps,
         time_budget=args.time_budget,
@@ -276,18 +438,38 @@ class _Progress:
             self.bar.write(text, file=sys.stdout)
 
 
+def _check_predict_args(args: argparse.Namespace) -> None:
+    """What ``predict`` can refuse before importing torch: --out, --axes, the inputs,
+    --device's spelling, the model folder's safety checks and config, --instances."""
+    from .files import find_inputs
+    from .safety import check_model_folder
+
+    _check_output_folder(Path(args.out), "--out")
+    if args.axes is not None:
+        axes = args.axes.upper()
+        if not axes or set(axes) - set("TZCYX") or len(set(axes)) != len(axes):
+            raise UsageError(
+                f"--axes {args.axes}: name each axis of the inputs once, from T, Z, C, Y, X "
+                "(e.g. YX, ZYX, CYX, TZYX)"
+            )
+    find_inputs(args.inputs, "input")
+    _check_device(args.device)
+    spec = check_model_folder(args.model)
+    if args.instances and spec.labels.kind != "instances":
+        raise UsageError(
+            f"--instances needs a model trained on instance labels; {args.model} was trained "
+            f"on {spec.labels.kind} labels"
+        )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_predict_args(args)
     from .batch import predict_files_iter
     from .events import ChunkDone, ItemDone, TileDone
     from .files import find_inputs
     from .store import load_model
 
     model = load_model(args.model, device=args.device)
-    if args.instances and model.config.labels.kind != "instances":
-        raise UsageError(
-            f"--instances needs a model trained on instance labels; {args.model} was trained "
-            f"on {model.config.labels.kind} labels"
-        )
     options = dict(
         instances=args.instances,
         probabilities=args.probabilities,
@@ -338,6 +520,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .files import find_inputs, pair_by_stem, read_image
     from .metrics import evaluate_pair
 
+    if args.out:
+        target = Path(args.out)
+        if target.is_dir():
+            raise UsageError(f"--out {target} is a folder; give a .csv or .json file name")
+        if not target.parent.is_dir():
+            raise UsageError(f"--out {target}: {target.parent} is not a folder")
     pairs = pair_by_stem(find_inputs(args.pred, "--pred"), find_inputs(args.truth, "--truth"))
     rows: list[dict[str, Any]] = []
     for pred_path, truth_path in pairs:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+CONFIG_FILE = "config.json"  # inside a model folder (see store.py)
 FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
 

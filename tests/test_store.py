@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from napari_unet import store
+from napari_unet import safety, store
 from napari_unet.checkpoint import load_checkpoint, save_checkpoint
 from napari_unet.config import LabelsConfig, ModelConfig, ModelSpec
 from napari_unet.model import UNet
@@ -238,7 +238,7 @@ def test_bad_json(saved: tuple[Model, Path]) -> None:
 
 def test_config_too_large(saved: tuple[Model, Path]) -> None:
     _, folder = saved
-    (folder / "config.json").write_text(" " * (store.MAX_CONFIG_BYTES + 1) + "{}")
+    (folder / "config.json").write_text(" " * (safety.MAX_CONFIG_BYTES + 1) + "{}")
     _expect_error(folder, "config.json", "too large")
 
 
@@ -408,10 +408,10 @@ def test_torch_zip_refused(saved: tuple[Model, Path]) -> None:
 def test_pickle_like_safetensors_length_is_not_pickle() -> None:
     # A real safetensors header of 0x0280 bytes starts with b"\x80\x02" too.
     head = struct.pack("<Q", 0x0280) + b"{"
-    assert not store._looks_like_pickle(head, 8 + 0x0280 + 16)
-    assert store._looks_like_pickle(head, 100)
-    assert store._looks_like_pickle(pickle.dumps([1, 2, 3], protocol=4)[:9], 1000)
-    assert not store._looks_like_pickle(b'{"a": 1}', 8)
+    assert not safety._looks_like_pickle(head, 8 + 0x0280 + 16)
+    assert safety._looks_like_pickle(head, 100)
+    assert safety._looks_like_pickle(pickle.dumps([1, 2, 3], protocol=4)[:9], 1000)
+    assert not safety._looks_like_pickle(b'{"a": 1}', 8)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -692,3 +692,12 @@ def test_read_config_reads_no_weights(saved: tuple[Model, Path]) -> None:
     model, folder = saved
     (folder / "weights.safetensors").write_bytes(b"not read at all")
     assert store.read_config(folder) == model.config
+
+
+def test_check_model_folder_without_torch(saved: tuple[Model, Path]) -> None:
+    model, folder = saved
+    assert safety.check_model_folder(folder) == model.config
+    path = folder / "weights.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    with pytest.raises(ModelFormatError, match="weights.safetensors: safetensors header claims"):
+        safety.check_model_folder(folder)
