@@ -9,10 +9,11 @@ What :func:`~napari_unet.store.load_model` checks, in order (each failure is a
 :class:`ModelFormatError`, a ``ValueError`` whose message names the file and the
 offending value):
 
-1. the folder exists and is a folder;
-2. every entry under it: no symbolic link leading outside the folder, no FIFO, device
-   or socket, no pickle data (by the first bytes: pickle protocol 2-5, zip archives as
-   written by ``torch.save``) and no pickle file by its name (``*.pt``, ``*.pkl``, ...);
+1. the folder exists, is a folder and holds a ``config.json`` (before it is walked);
+2. every entry under it (at most :data:`MAX_FOLDER_ENTRIES`): no symbolic link leading
+   outside the folder, no FIFO, device or socket, no pickle data (by the first bytes:
+   pickle protocol 2-5, zip archives as written by ``torch.save``) and no pickle file by
+   its name (``*.pt``, ``*.pkl``, ...);
 3. ``config.json``: at most 1 MiB of UTF-8 JSON, no repeated keys, at most
    :data:`MAX_CONFIG_DEPTH` levels deep, then the strict schema of
    :meth:`ModelSpec.from_dict` (known keys only, types and ranges);
@@ -82,6 +83,7 @@ DTYPE_BYTES = {
 # files that are pickles by their name alone (torch.save, pickle.dump, joblib.dump, Lightning)
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 MAX_MODEL_NAME = 255
+MAX_FOLDER_ENTRIES = 10_000  # a model folder holds a handful of files
 _TENSOR_REF = "__tensor__"
 
 
@@ -191,7 +193,12 @@ def _refuse_pickles(folder: Path) -> None:
     Only the first 9 bytes of each file are read; nothing is ever unpickled.
     """
     root = _real(folder)
-    for entry in _walk_entries(folder):
+    for count, entry in enumerate(_walk_entries(folder), start=1):
+        if count > MAX_FOLDER_ENTRIES:
+            raise ModelFormatError(
+                f"{folder}: more than {MAX_FOLDER_ENTRIES} files and folders; "
+                "this is not a model folder"
+            )
         _check_entry(root, entry)
         _refuse_pickle_file(entry)
 
@@ -587,6 +594,8 @@ def _model_dir(path: str | os.PathLike[str]) -> Path:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise ModelFormatError(f"{folder}: model folder {what}")
+    if not os.path.lexists(folder / CONFIG_FILE):  # before walking a folder given by mistake
+        raise ModelFormatError(f"{folder / CONFIG_FILE}: config is missing (not a model folder?)")
     _refuse_pickles(folder)
     return folder
 

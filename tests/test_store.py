@@ -701,3 +701,17 @@ def test_check_model_folder_without_torch(saved: tuple[Model, Path]) -> None:
     path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
     with pytest.raises(ModelFormatError, match="weights.safetensors: safetensors header claims"):
         safety.check_model_folder(folder)
+
+
+def test_folder_given_by_mistake_is_not_walked(
+    saved: tuple[Model, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    with pytest.raises(ModelFormatError, match="config is missing"):
+        load_model(home)
+    _, folder = saved
+    for i in range(5):
+        (folder / f"note{i}.txt").write_text("x")
+    monkeypatch.setattr(safety, "MAX_FOLDER_ENTRIES", 6)
+    _expect_error(folder, str(folder), "more than 6 files and folders")
