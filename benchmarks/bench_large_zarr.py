@@ -66,7 +66,7 @@ def make_stack(path: Path, gb: float, edge: int) -> tuple[int, ...]:
     return shape
 
 
-def small_model(where: Path) -> Path:
+def small_model(where: Path, steps: int = 60) -> Path:
     import napari_unet as nu
 
     out = where / "model"
@@ -88,7 +88,7 @@ def small_model(where: Path) -> Path:
         depth=3,
         patch=128,
         batch_size=4,
-        steps=60,
+        steps=steps,
         device="cpu",
         out=out,
     )
@@ -118,7 +118,7 @@ def main() -> None:
     t0 = time.perf_counter()
     shape = make_stack(src, args.gb, args.edge)
     made = time.perf_counter() - t0
-    model = small_model(where)
+    model = small_model(where, steps=5 if args.tiny else 60)
     out = where / "out"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [

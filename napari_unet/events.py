@@ -56,12 +56,15 @@ class CheckpointSaved:
 
 @dataclass(frozen=True)
 class Finished:
-    """Training ended; ``reason`` is "steps", "time" or "cancelled"."""
+    """Training ended; ``reason`` is "steps", "time" or "cancelled"; ``path`` is where the
+    model was saved and ``message`` explains anything the user should know (e.g. the
+    regression guard kept the previous model)."""
 
     step: int
     reason: str
     elapsed: float
     path: str | None
+    message: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -48,7 +50,7 @@ from .events import (
 )
 from .model import UNet, border
 from .postprocess import class_labels
-from .store import Model, load_model, save_model
+from .store import CONFIG_FILE, Model, load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,7 @@ def train_iter(
     tiling: TileConfig | None = None,
     clock: Callable[[], float] = time.perf_counter,
     control: TrainControl | None = None,
+    replace_worse: bool = False,
 ) -> Generator[Any, None, Model]:
     """Train a U-Net; yields progress events and returns the model.
 
@@ -333,6 +336,12 @@ def train_iter(
     control
         A :class:`TrainControl` to stop training or ask for live previews from
         another thread.
+    replace_worse
+        The regression guard: when ``out`` already holds a model, it is first copied
+        to ``<out>.previous``; if the new model ends with a lower validation IoU than
+        the one it replaces, the previous model is put back in ``out`` and the new
+        one is kept in ``<out>.rejected`` (``Finished.message`` says so).
+        ``replace_worse=True`` keeps the new model in ``out`` anyway.
     """
     cfg = config or TrainConfig()
     overrides = {
@@ -471,6 +480,11 @@ def train_iter(
         }
     )
 
+    previous_iou = None
+    if out_path is not None and (out_path / CONFIG_FILE).is_file():
+        previous_iou = _last_iou(out_path)
+        _copy_folder(out_path, _sibling(out_path, "previous"))
+
     yield TrainStarted(
         device=describe_device(dev),
         n_train=len(train_idx),
@@ -499,6 +513,7 @@ def train_iter(
     last_preview = -math.inf
     reason = "cancelled"
     result_path = None
+    message = ""
 
     def progress(now: float) -> float:
         p = 0.0
@@ -602,6 +617,18 @@ def train_iter(
         if out_path is not None:
             result_path = save(clock())
             yield CheckpointSaved(step=start_step + step, path=str(out_path))
+            worse = previous_iou is not None and v["iou"] < previous_iou
+            if worse and not replace_worse:
+                rejected = _sibling(out_path, "rejected")
+                _copy_folder(out_path, rejected)
+                _copy_folder(_sibling(out_path, "previous"), out_path)
+                result_path = rejected
+                message = (
+                    f"kept the previous model in {out_path}: its validation IoU "
+                    f"{previous_iou:.3f} is better than the new model's {v['iou']:.3f}; the "
+                    f"new model is in {rejected} (replace_worse / --replace-worse keeps it)"
+                )
+                log.warning(message)
     except GeneratorExit:
         # cancelled between steps: keep what was learned, atomically
         if out_path is not None and step > 0:
@@ -615,8 +642,36 @@ def train_iter(
         reason=reason,
         elapsed=clock() - t0,
         path=str(result_path) if result_path else None,
+        message=message,
     )
     return _to_model(trainer.network, spec, history, out_path)
+
+
+def _sibling(folder: Path, what: str) -> Path:
+    return folder.parent / f"{folder.name}.{what}"
+
+
+def _last_iou(folder: Path) -> float | None:
+    """The last validation IoU recorded in a model folder's training.json, if any."""
+    try:
+        history = load_model(folder).history
+        return float(history["validation"][-1][2])
+    except (ValueError, OSError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _copy_folder(src: Path, dst: Path) -> None:
+    """Replace ``dst`` by a copy of ``src``; readers see the old or the new copy."""
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.{os.getpid()}.old"
+        os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
 
 
 def _preview(network: UNet, spec: ModelSpec, image: Any, device: torch.device) -> np.ndarray:

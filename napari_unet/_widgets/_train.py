@@ -14,6 +14,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -21,6 +22,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -39,6 +41,8 @@ from ._slices import layer_in_view_slice, refill_layer_choices, spatial_data
 log = logging.getLogger(__name__)
 
 PREVIEW_LAYER = "U-Net preview"
+AUTOSAVE_SECONDS = 60
+"""How often the labels of the training pairs are saved when they changed."""
 
 
 class TrainWidget(QWidget):
@@ -85,6 +89,18 @@ class TrainWidget(QWidget):
         self.resume = QCheckBox("continue training the model in this folder")
         self.preview = QCheckBox("live preview on the slice in view")
         self.preview.setChecked(True)
+        self.replace_worse = QCheckBox("keep the new model even if it validates worse")
+        self.restore_btn = QPushButton("Restore labels…")
+        self.restore_btn.setToolTip(
+            "labels of this model folder's project, autosaved while painting and at every Train"
+        )
+        self.restore_btn.clicked.connect(self.restore_labels)
+        self.autosave = QTimer(self)
+        self.autosave.setInterval(AUTOSAVE_SECONDS * 1000)
+        self.autosave.timeout.connect(lambda: self.autosave_labels("autosave"))
+        self.autosave.start()
+        self._saved_hashes: dict[str, str] = {}
+        self._finished: Any = None
 
         self.start_btn = QPushButton("Train")
         self.pause_btn = QPushButton("Pause")
@@ -126,7 +142,9 @@ class TrainWidget(QWidget):
         layout.addLayout(pair_buttons)
         layout.addLayout(form)
         layout.addWidget(self.resume)
+        layout.addWidget(self.replace_worse)
         layout.addWidget(self.preview)
+        layout.addWidget(self.restore_btn)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
@@ -235,6 +253,8 @@ class TrainWidget(QWidget):
                 f"{folder} already holds a model: tick 'continue training' or choose another folder"
             )
             return
+        if not self.autosave_labels("train start", snapshot=True):
+            return
         model = None
         if not resume and self.session.model is not None and self.session.model_path == folder:
             model = self.session.model
@@ -264,6 +284,7 @@ class TrainWidget(QWidget):
             resume=resume,
             model=model,
             control=self.control,
+            replace_worse=self.replace_worse.isChecked(),
         )
         self.plot.reset()
         self.pbar = progress(total=steps or int(seconds or 0), desc="napari-unet training")
@@ -330,6 +351,8 @@ class TrainWidget(QWidget):
             self.plot.add_iou(event.step, event.iou)
         elif isinstance(event, ev.Preview):
             self._show_preview(event)
+        elif isinstance(event, ev.Finished):
+            self._finished = event
         elif isinstance(event, ev.Adjusted):
             self.status.setText(event.message)
             show_warning(f"napari-unet: {event.message}")
@@ -363,9 +386,73 @@ class TrainWidget(QWidget):
         folder = Path(self.folder.text()).expanduser()
         self.session.set_model(model, folder)
         steps = model.history.get("steps", 0)
-        self._set_state("idle", f"finished after {steps} steps; model saved to {folder}")
-        show_info(f"napari-unet: model saved to {folder}")
+        message = self._finished.message if self._finished is not None else ""
+        self._finished = None
+        if message:  # the regression guard kept the previous model
+            self._set_state("idle", message)
+            show_warning(f"napari-unet: {message}")
+        else:
+            self._set_state("idle", f"finished after {steps} steps; model saved to {folder}")
+            show_info(f"napari-unet: model saved to {folder}")
         self.resume.setChecked(True)
+
+    # ------------------------------------------------------------------ annotations
+
+    def autosave_labels(self, reason: str, snapshot: bool = False) -> bool:
+        """Save the labels of the training pairs beside the model folder (changed ones).
+
+        Returns False (after telling the user) when they could not be saved.
+        """
+        from ..annotation_store import autosave
+        from ..store import content_hash
+
+        folder = Path(self.folder.text()).expanduser()
+        try:
+            for _, labels_name in self.selected_pairs():
+                if labels_name not in self.viewer.layers:
+                    continue
+                layer = self.viewer.layers[labels_name]
+                data = np.asarray(layer.data)
+                digest = content_hash(data)
+                if not snapshot and self._saved_hashes.get(labels_name) == digest:
+                    continue
+                meta = {k: v for k, v in layer.metadata.items() if k.startswith("napari_unet")}
+                autosave(folder, labels_name, data, reason=reason, snapshot=snapshot, meta=meta)
+                self._saved_hashes[labels_name] = digest
+        except (OSError, ValueError) as exc:
+            show_warning(f"napari-unet: could not save the labels beside {folder}: {exc}")
+            return False
+        return True
+
+    def restore_labels(self) -> None:
+        """Pick an autosaved label image of this model folder; add it as a new layer."""
+        from ..annotation_store import restore, saved
+
+        folder = Path(self.folder.text()).expanduser()
+        try:
+            entries = saved(folder)
+        except ValueError as exc:
+            show_warning(f"napari-unet: {exc}")
+            return
+        if not entries:
+            show_warning(f"napari-unet: nothing was saved for the model folder {folder}")
+            return
+        names = [
+            f"{e.name} - {e.saved} - {'x'.join(map(str, e.shape))} ({e.reason}) [{e.file}]"
+            for e in entries
+        ]
+        choice, ok = QInputDialog.getItem(self, "Restore labels", "saved labels", names, 0, False)
+        if not ok:
+            return
+        entry = entries[names.index(choice)]
+        try:
+            data = restore(folder, entry)
+        except ValueError as exc:
+            show_warning(f"napari-unet: {exc}")
+            return
+        name = f"{entry.name} (restored {entry.saved})"
+        self.viewer.add_labels(data, name=name, metadata=dict(entry.meta))
+        self.status.setText(f"restored {entry.file} as the layer '{name}'")
 
     def _on_finished(self) -> None:
         self.plot.flush()

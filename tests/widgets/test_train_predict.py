@@ -323,3 +323,40 @@ def test_channels_axes_and_3d_network(make_napari_viewer, qtbot):
     wait_idle(qtbot, train3)
     assert train3.runner.error is None
     assert train3.session.model.config.model.spatial_dims == 3
+
+
+def test_labels_are_autosaved_at_train_and_restored(viewer_with_data, qtbot, monkeypatch, tmp_path):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QInputDialog
+
+    viewer = viewer_with_data
+    train = TrainWidget(viewer)
+    train.folder.setText(str(tmp_path / "m"))
+    train.kind.setCurrentText("instances")
+    small(train, 2)
+    painted = viewer.layers["truth"]
+    original = np.asarray(painted.data).copy()
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)  # Train start saves the labels
+    wait_idle(qtbot, train)
+    project = tmp_path / "m.annotations"
+    assert (project / "truth.tif").is_file() and list((project / "by-hash").glob("*.tif"))
+    # the user paints, the periodic autosave writes the new state
+    painted.data[0, :10, :10] = 99
+    painted.refresh()
+    train.autosave.timeout.emit()
+    # ... then the layer is lost (deleted); restore the latest autosave from the widget
+    viewer.layers.remove("truth")
+    chosen = []
+
+    def pick(parent, title, label, items, current, editable):
+        chosen.append(items)
+        return next(i for i in items if "(autosave)" in i), True
+
+    monkeypatch.setattr(QInputDialog, "getItem", pick)
+    qtbot.mouseClick(train.restore_btn, Qt.LeftButton)
+    restored = [ly for ly in viewer.layers if ly.name.startswith("truth (restored")]
+    assert len(restored) == 1 and len(chosen[0]) == 2  # latest state and the Train snapshot
+    expected = original.copy()
+    expected[0, :10, :10] = 99
+    np.testing.assert_array_equal(restored[0].data, expected)
+    assert restored[0].metadata["napari_unet_kind"] == "instances"
