@@ -19,6 +19,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LAZY_TIFF_BYTES = 512 * 2**20
+"""TIFF files larger than this are read lazily (region by region) by batch prediction."""
 ZARR_SUFFIX = ".zarr"
 
 
@@ -92,7 +94,11 @@ def pair_by_stem(images: Iterable[Path], labels: Iterable[Path]) -> list[tuple[P
 
 
 def read_image(path: str | os.PathLike[str], lazy: bool = False) -> np.ndarray:
-    """Read a TIFF, PNG, JPEG or zarr array; ``lazy`` keeps zarr on disk."""
+    """Read a TIFF, PNG, JPEG or zarr array.
+
+    ``lazy`` keeps zarr, and TIFF files larger than :data:`LAZY_TIFF_BYTES`, on disk:
+    the result is then a read-only zarr array read region by region.
+    """
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p} does not exist")
@@ -104,6 +110,8 @@ def read_image(path: str | os.PathLike[str], lazy: bool = False) -> np.ndarray:
         if name.endswith((".tif", ".tiff")):
             import tifffile
 
+            if lazy and p.stat().st_size > LAZY_TIFF_BYTES:
+                return _open_tiff_lazy(p)
             data = tifffile.imread(p)
         elif name.endswith(IMAGE_SUFFIXES):
             import imageio.v3 as iio
@@ -127,6 +135,21 @@ def read_image(path: str | os.PathLike[str], lazy: bool = False) -> np.ndarray:
             f"{p} holds no numeric image data (dtype {data.dtype}, shape {data.shape})"
         )
     return data
+
+
+def _open_tiff_lazy(path: Path):
+    """A TIFF's first series as a read-only zarr array (tifffile's zarr store)."""
+    import tifffile
+    import zarr
+
+    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if hasattr(node, "shape"):
+        arr = node
+    else:  # a pyramid: level 0 is the full resolution
+        arr = node[sorted(name for name, _ in node.arrays())[0]]
+    if arr.dtype.kind not in "biuf" or 0 in arr.shape:
+        raise ValueError(f"{path} holds no numeric image data (dtype {arr.dtype})")
+    return arr
 
 
 def _open_zarr(path: Path):

@@ -285,3 +285,22 @@ def test_cli_shows_a_progress_bar_on_a_terminal(tiny_model, nuclei, tmp_path, mo
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert main([*args, "--format", "tif"]) == 0
     assert sys.stderr.getvalue() == ""
+
+
+def test_large_tiff_is_read_region_by_region(tiny_model, nuclei, tmp_path, monkeypatch):
+    import napari_unet.files as files
+
+    model, _ = tiny_model
+    stack = np.stack(nuclei[0][:3])
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, stack, tile=(32, 32))
+    monkeypatch.setattr(files, "LAZY_TIFF_BYTES", 0)
+    lazy = files.read_image(src, lazy=True)
+    assert not isinstance(lazy, np.ndarray) and lazy.shape == stack.shape
+    np.testing.assert_array_equal(lazy[1, 10:20, 5:50], stack[1, 10:20, 5:50])
+    out = tmp_path / "out"
+    from napari_unet.batch import predict_files_iter
+
+    drain(predict_files_iter(model, [str(src)], out, fmt="zarr", device="cpu"))
+    expected = class_labels(predict_proba(model, stack, device="cpu"), model.config.labels)
+    np.testing.assert_array_equal(read_image(out / "big.zarr"), expected)
