@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue training the model in --out (weights and optimizer state)",
     )
+    t.add_argument(
+        "--replace-worse",
+        action="store_true",
+        help="with --resume: keep the new model even if its validation IoU is lower (the "
+        "previous one is always kept in <out>.previous)",
+    )
     t.add_argument("--seed", type=int, default=0)
 
     q = sub.add_parser("predict", help="apply a model to images")
@@ -343,6 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out=out,
         resume=args.resume,
         config=_train_config(args),
+        replace_worse=args.replace_worse,
     )
     last_print = 0.0
     last_val = ""
@@ -369,8 +376,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             _say(
                 args,
                 f"finished after {event.step} steps ({event.reason}){last_val}; "
-                f"model saved to {out}",
+                f"model saved to {event.path or out}",
             )
+            if event.message:
+                _say(args, event.message)
     return 0
 
 
@@ -585,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, FloatingPointError) as exc:
+    except (ValueError, OSError, FloatingPointError, MemoryError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -200,6 +200,9 @@ def write_tif(path: str | os.PathLike[str], array: np.ndarray) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, p)
+    except OSError as exc:  # e.g. a full disk: the message names the file
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, f"could not write {p}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -178,6 +178,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
+    except OSError as exc:  # e.g. a full disk: the old file stays, the message names it
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)

@@ -132,3 +132,58 @@ def test_process_killed_while_saving_leaves_the_previous_model(nuclei, tmp_path)
     )
     for a, b in pairs:
         torch.testing.assert_close(a.cpu(), b.cpu())
+
+
+def test_full_disk_while_saving_keeps_the_previous_model(nuclei, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    import tifffile
+
+    from napari_unet.cli import main
+
+    images, labels = nuclei
+    for sub, arrays in (("i", images), ("l", labels)):
+        (tmp_path / sub).mkdir()
+        for k, a in enumerate(arrays):
+            tifffile.imwrite(tmp_path / sub / f"{k}.tif", a)
+    out = tmp_path / "m"
+    args = [
+        "train",
+        "--images",
+        str(tmp_path / "i"),
+        "--labels",
+        str(tmp_path / "l"),
+        "--labels-kind",
+        "instances",
+        "--steps",
+        "2",
+        "--width",
+        "4",
+        "--depth",
+        "2",
+        "--patch",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 3 and "Traceback" not in "\n".join(err)
+    assert "could not write" in err[-1] and "No space left on device" in err[-1]
+    assert str(out) in err[-1]
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # the previous model, byte for byte
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    load_model(out)
