@@ -598,6 +598,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug or a device failure: no traceback
+        if os.environ.get("NAPARI_UNET_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())[:300] or "no message"
+        print(
+            f"napari-unet {args.command}: unexpected error: {type(exc).__name__}: {message}\n"
+            f"napari-unet: please report it; NAPARI_UNET_DEBUG=1 shows the traceback",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

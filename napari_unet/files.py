@@ -122,19 +122,26 @@ def read_image(path: str | os.PathLike[str], lazy: bool = False) -> np.ndarray:
     except ValueError as exc:
         if str(p) in str(exc):
             raise
-        raise ValueError(f"{p} could not be read as an image: {exc}") from None
+        raise ValueError(f"{p} could not be read as an image: {_short(exc)}") from None
     except MemoryError:
         raise ValueError(f"{p} could not be read as an image: too large for memory") from None
     except Exception as exc:  # noqa: BLE001 - decoders fail on damaged files in many ways
         # (struct.error from PIL, EOFError, zarr's own exceptions, ...): each is reported
         # as the bad input it is, naming the file; found by tests/test_fuzz.py
-        raise ValueError(f"{p} could not be read as an image: {exc}") from None
+        raise ValueError(f"{p} could not be read as an image: {_short(exc)}") from None
     data = np.asarray(data)
     if data.dtype.kind not in "biuf" or data.size == 0:
         raise ValueError(
             f"{p} holds no numeric image data (dtype {data.dtype}, shape {data.shape})"
         )
     return data
+
+
+def _short(exc: BaseException) -> str:
+    """A decoder's message in one line of at most 160 characters (some are paragraphs)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    first = text.split(". ")[0]
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 def _open_tiff_lazy(path: Path):

@@ -108,8 +108,9 @@ def guess_axes(shape: Sequence[int], spec: ModelSpec) -> str:
         lead = ndim - dims
         if lead >= len(prefixes):
             raise ValueError(
-                f"cannot tell the axes of a {ndim}D image {tuple(shape)}; pass axes, e.g. "
-                f"'T{prefixes[-1]}{spatial}'"
+                f"cannot tell the axes of a {ndim}D image {tuple(shape)}; name each axis once "
+                f"from T, Z, C, Y, X (axes= in Python, --axes on the command line), e.g. "
+                f"'{('TZC' + spatial)[-ndim:] if dims == 2 else ('TC' + spatial)[-ndim:]}'"
             )
         return prefixes[lead] + spatial
     if ndim == dims + 1:

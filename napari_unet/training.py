@@ -465,8 +465,10 @@ def train_iter(
         opt_state, state = checkpoint
         try:
             trainer.optimizer.load_state_dict(opt_state)
+            _check_optimizer_state(trainer.optimizer)
         except (ValueError, KeyError) as exc:
             log.warning("optimizer state not restored (%s); continuing with a fresh optimizer", exc)
+            trainer.optimizer.state.clear()
         if "scaler" in state and trainer.scaler.is_enabled():
             trainer.scaler.load_state_dict(state["scaler"])
     history["sessions"].append(
@@ -645,6 +647,19 @@ def train_iter(
         message=message,
     )
     return _to_model(trainer.network, spec, history, out_path)
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter state tensor of a loaded optimizer must fit its parameter
+    (a checkpoint of another network would otherwise crash the first step)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.ndim > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter "
+                        f"{tuple(param.shape)}"
+                    )
 
 
 def _sibling(folder: Path, what: str) -> Path:
