@@ -21,17 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def nuclei(shape=(256, 256), n=30, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    labels = np.zeros(shape, np.uint16)
-    for i in range(1, n + 1):
-        r = rng.uniform(6, 10)
-        cy, cx = rng.uniform(r, shape[0] - r), rng.uniform(r, shape[1] - r)
-        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i
-    image = (labels > 0) * 160.0 + rng.normal(30, 10, shape)
-    return image.clip(0, 255).astype(np.uint8), labels
+sys.path.insert(0, str(Path(__file__).parent))
+from _synthetic import nuclei  # noqa: E402
 
 
 def probe(app, seconds: float, until=None) -> list[float]:
@@ -76,7 +67,7 @@ def main() -> None:
 
     _session.DEFAULT_MODEL_ROOT = Path(tempfile.mkdtemp()) / "models"
     viewer = napari.Viewer(show=True)
-    pairs = [nuclei(seed=s) for s in range(4)]
+    pairs = [nuclei((256, 256), n=30, seed=s) for s in range(4)]
     viewer.add_image(np.stack([a for a, _ in pairs]), name="nuclei")
     viewer.add_labels(np.stack([b for _, b in pairs]), name="truth")
     train = TrainWidget(viewer)
