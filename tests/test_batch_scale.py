@@ -278,7 +278,7 @@ def test_cli_shows_a_progress_bar_on_a_terminal(tiny_model, nuclei, tmp_path, mo
     args = ["predict", str(model_dir), str(src), "--out", str(tmp_path / "o"), "--device", "cpu"]
     assert main([*args, "--format", "zarr"]) == 0
     bar = terminal.getvalue()
-    assert "predict: 100%" in bar and "2/2" in bar and "chunk 1/2" in bar
+    assert "predict: 100%" in bar and "2/2" in bar and "chunk " in bar  # redrawn <= 10/s
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" ->")[0] for line in lines] == ["[1/2] s0", "[2/2] s1"]
     # not a terminal: the lines only

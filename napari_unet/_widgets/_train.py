@@ -383,15 +383,18 @@ class TrainWidget(QWidget):
         layer.refresh()
 
     def _on_done(self, model: Any) -> None:
+        from ..store import load_model
+
         folder = Path(self.folder.text()).expanduser()
-        self.session.set_model(model, folder)
         steps = model.history.get("steps", 0)
         message = self._finished.message if self._finished is not None else ""
         self._finished = None
-        if message:  # the regression guard kept the previous model
+        if message:  # the regression guard kept the previous model: predict with that one
+            self.session.set_model(load_model(folder), folder)
             self._set_state("idle", message)
             show_warning(f"napari-unet: {message}")
         else:
+            self.session.set_model(model, folder)
             self._set_state("idle", f"finished after {steps} steps; model saved to {folder}")
             show_info(f"napari-unet: model saved to {folder}")
         self.resume.setChecked(True)

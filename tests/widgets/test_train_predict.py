@@ -158,10 +158,33 @@ def test_correct_and_retrain(viewer_with_data, qtbot):
     corrected.data[0] = viewer.layers["truth"].data[0]  # "fix" a slice with the truth
     train.pairs.cellWidget(0, 1).setCurrentText(corrected.name)
     assert train.resume.isChecked()  # continues the model, not a new one
+    train.replace_worse.setChecked(True)  # 5 steps on new labels may validate worse
     qtbot.mouseClick(train.start_btn, Qt.LeftButton)
     wait_idle(qtbot, train)
     model = load_model(train.session.model_path)
     assert model.history["steps"] == 10 and len(model.history["sessions"]) == 2
+    assert load_model(f"{train.session.model_path}.previous").history["steps"] == 5
+
+
+def test_regression_guard_keeps_the_better_model_in_the_widget(
+    viewer_with_data, qtbot, monkeypatch
+):
+    from qtpy.QtCore import Qt
+
+    import napari_unet.training as training
+
+    train = TrainWidget(viewer_with_data)
+    small(train, 3)
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    folder = train.session.model_path
+    monkeypatch.setattr(training, "_last_iou", lambda folder: 2.0)  # nothing beats it
+    qtbot.mouseClick(train.start_btn, Qt.LeftButton)
+    wait_idle(qtbot, train)
+    assert "kept the previous model" in train.status.text()
+    assert train.session.model.history["steps"] == 3  # the session predicts with the kept one
+    assert load_model(folder).history["steps"] == 3
+    assert load_model(f"{folder}.rejected").history["steps"] == 6
 
 
 def test_bad_model_folder_is_a_message(make_napari_viewer, tmp_path):
