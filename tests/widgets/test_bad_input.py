@@ -8,13 +8,9 @@ import pytest
 from napari_unet._widgets import BatchWidget, PredictWidget, TrainWidget, _session
 
 from ..conftest import make_nuclei
+from .conftest import small
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def model_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(_session, "DEFAULT_MODEL_ROOT", tmp_path / "models")
 
 
 @pytest.fixture
@@ -30,14 +26,6 @@ def notes(monkeypatch):
                     module, kind, lambda text, kind=kind: seen.append((kind, str(text)))
                 )
     return seen
-
-
-def small(train: TrainWidget, steps: int) -> None:
-    train.width_box.setValue(4)
-    train.patch_box.setValue(32)
-    train.batch_box.setValue(2)
-    train.budget_kind.setCurrentText("steps")
-    train.budget.setValue(steps)
 
 
 def wait_done(qtbot, widget):

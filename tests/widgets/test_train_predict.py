@@ -12,14 +12,10 @@ from napari_unet._widgets import (  # noqa: E402
 )
 from napari_unet.store import load_model  # noqa: E402
 
-from ..conftest import make_nuclei  # noqa: E402
+from ..conftest import make_nuclei
+from .conftest import small  # noqa: E402
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture(autouse=True)
-def model_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(_session, "DEFAULT_MODEL_ROOT", tmp_path / "models")
 
 
 @pytest.fixture
@@ -30,15 +26,6 @@ def viewer_with_data(make_napari_viewer):
     lab = viewer.add_labels(np.stack([p[1] for p in pairs]), name="truth", scale=(1, 0.5, 0.5))
     lab.metadata["napari_unet_kind"] = "instances"
     return viewer
-
-
-def small(widget: TrainWidget, steps: int) -> None:
-    widget.width_box.setValue(4)
-    widget.patch_box.setValue(32)
-    widget.batch_box.setValue(2)
-    widget.budget_kind.setCurrentText("steps")
-    widget.budget.setValue(steps)
-    widget.device.setCurrentText("cpu")
 
 
 def wait_idle(qtbot, widget, timeout=120_000):

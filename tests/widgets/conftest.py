@@ -1,0 +1,22 @@
+"""Shared by the widget tests: models go to a temporary root; small training settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_unet._widgets import _session
+
+
+@pytest.fixture(autouse=True)
+def model_root(tmp_path, monkeypatch):
+    """New model folders land under the test's temporary folder, never in ~/."""
+    monkeypatch.setattr(_session, "DEFAULT_MODEL_ROOT", tmp_path / "models")
+
+
+def small(widget, steps: int) -> None:
+    """A tiny network and a step budget: widget tests train in seconds."""
+    widget.width_box.setValue(4)
+    widget.patch_box.setValue(32)
+    widget.batch_box.setValue(2)
+    widget.budget_kind.setCurrentText("steps")
+    widget.budget.setValue(steps)
