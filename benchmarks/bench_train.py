@@ -77,7 +77,7 @@ def pipeline_rate(images, labels, dims, width, patch, batch, recipe, device, ste
 def bare_rate(dims, width, patch, batch, device, steps, warmup, compile_):
     from napari_unet.devices import autocast_dtype
     from napari_unet.model import UNet
-    from napari_unet.training import masked_cross_entropy
+    from napari_unet.trainer import masked_cross_entropy
 
     dev = torch.device(device)
     net = UNet(spatial_dims=dims, num_classes=3, depth=4 if dims == 2 else 3, width=width).to(dev)

@@ -113,17 +113,21 @@ def autosave(
         reason=reason,
         meta=dict(meta or {}),
     )
+    changed = False
     previous = index.get(file)
     if previous is None or previous.get("sha256") != digest or not (folder / file).is_file():
         write_tif(folder / file, array)
         index[file] = asdict(entry)
+        changed = True
     if snapshot:
         by_hash = f"by-hash/{digest}.tif"
         if not (folder / by_hash).is_file():
             (folder / "by-hash").mkdir(exist_ok=True)
             write_tif(folder / by_hash, array)
         index[by_hash] = {**asdict(entry), "file": by_hash, "reason": reason}
-    _write_index(folder, index)
+        changed = True
+    if changed:
+        _write_index(folder, index)
     return entry
 
 

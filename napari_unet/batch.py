@@ -322,33 +322,29 @@ def predict_items_iter(
     else:
         remove_leftovers(folder, names, ext)
 
-    def write_rows(path: Path, rows: dict[str, dict[str, Any]]) -> None:
-        if summary:
-            _write_summary(path, rows)
-
     rows: dict[str, dict[str, Any]] = {}
+
+    def record(i: int, row: dict[str, Any], **event: Any) -> ItemDone:
+        """Keep the input's summary row (and write summary.csv); its ItemDone event."""
+        rows[row["input"]] = row
+        if summary:
+            _write_summary(summary_path, {**previous, **rows})
+        return ItemDone(i=i, n=len(items), name=row["input"], summary=row, **event)
+
     written = []
     for i, (name, read, sizes) in enumerate(items, 1):
         t0 = time.perf_counter()
         target = folder / f"{name}{ext}"
         prob_target = folder / f"{name}_prob{ext}"
         if not redo and target.exists() and (not probabilities or prob_target.exists()):
-            rows[name] = {
-                **previous.get(name, {}),
-                "input": name,
-                "status": "done",
-                "output": target.name,
-            }
-            write_rows(summary_path, {**previous, **rows})
-            yield ItemDone(
-                i=i,
-                n=len(items),
-                name=name,
+            row = {**previous.get(name, {}), "input": name, "status": "done", "output": target.name}
+            yield record(
+                i,
+                row,
                 output=str(target),
                 seconds=0.0,
                 status="skipped",
                 reason="finished by an earlier run",
-                summary=rows[name],
             )
             continue
         sink = None
@@ -403,21 +399,13 @@ def predict_items_iter(
                 sink.abort()
             reason = " ".join(str(exc).split()) or type(exc).__name__
             log.info("%s failed: %s", name, reason)
-            rows[name] = {"input": name, "status": "failed", "reason": reason}
-            write_rows(summary_path, {**previous, **rows})
-            yield ItemDone(
-                i=i,
-                n=len(items),
-                name=name,
-                output="",
-                seconds=time.perf_counter() - t0,
-                status="failed",
-                reason=reason,
-                summary=rows[name],
+            row = {"input": name, "status": "failed", "reason": reason}
+            yield record(
+                i, row, output="", seconds=time.perf_counter() - t0, status="failed", reason=reason
             )
             continue
         seconds = time.perf_counter() - t0
-        rows[name] = {
+        row = {
             "input": name,
             "status": "done",
             "reason": "",
@@ -426,16 +414,8 @@ def predict_items_iter(
             "output": target.name,
             **stats,
         }
-        write_rows(summary_path, {**previous, **rows})
-        yield ItemDone(
-            i=i,
-            n=len(items),
-            name=name,
-            output=str(target),
-            seconds=seconds,
-            objects=int(rows[name]["objects"]) if instances else None,
-            summary=rows[name],
-        )
+        objects = int(row["objects"]) if instances else None
+        yield record(i, row, output=str(target), seconds=seconds, objects=objects)
     return written
 
 

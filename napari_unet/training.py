@@ -30,16 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import targets as tg
-from .augment import AugmentConfig, augment_batch, center_crop, crop_margin
+from .augment import AugmentConfig, crop_margin
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
 from .data import PatchSampler, prepare, split_indices
-from .devices import autocast_dtype, describe_device, resolve_device
+from .devices import describe_device, resolve_device
 from .events import (
-    Adjusted,
     CheckpointSaved,
     Finished,
     Preview,
@@ -51,6 +49,7 @@ from .events import (
 from .model import UNet, border
 from .postprocess import class_labels
 from .store import CONFIG_FILE, Model, load_model, save_model
+from .trainer import _check_optimizer_state, _lr_factor, _Trainer
 
 log = logging.getLogger(__name__)
 
@@ -101,180 +100,6 @@ class TrainControl:
     def request_preview(self, image: Any, key: Any = None) -> None:
         self.preview_key = key
         self.preview_image = image
-
-
-# --------------------------------------------------------------------------- data
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing)."""
-    per_px = F.cross_entropy(logits.float(), target, ignore_index=tg.IGNORE, reduction="none")
-    valid = (target != tg.IGNORE).float()
-    if weight is not None:
-        valid = valid * weight
-    return (per_px * valid).sum() / valid.sum().clamp_min(1.0)
-
-
-def confusion(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    pred = logits.argmax(1)
-    mask = target != tg.IGNORE
-    idx = target[mask] * k + pred[mask]
-    return torch.bincount(idx, minlength=k * k).reshape(k, k)
-
-
-def mean_iou(conf: torch.Tensor) -> float:
-    """Mean IoU over the classes present in truth or prediction."""
-    conf = conf.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float((tp[present] / union[present]).mean())
-
-
-def _lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
-    """Linear warm-up (over ``warmup_steps`` or the first 3 % of the budget, whichever
-    ends first), then cosine decay to ``final`` times the base rate."""
-    warm = min(1.0, max((step + 1) / max(1, warmup_steps), progress / 0.03))
-    progress = min(max(progress, 0.0), 1.0)
-    return warm * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class _Trainer:
-    """The loop's state: network, optimiser, samplers; ``train_step`` / ``validate``."""
-
-    def __init__(
-        self,
-        network: UNet,
-        spec: ModelSpec,
-        device: torch.device,
-        train_sampler: PatchSampler,
-        val_batches: list,
-        patch: int,
-        batch_size: int,
-        lr: float,
-    ) -> None:
-        self.network = network
-        self.spec = spec
-        self.device = device
-        self.sampler = train_sampler
-        self.val_batches = val_batches
-        self.patch = patch
-        self.batch_size = batch_size
-        self.lr = lr
-        cfg = spec.train
-        self.amp_dtype = autocast_dtype(device) if cfg.recipe == "fast" else None
-        self.channels_last = spec.model.spatial_dims == 2
-        if self.channels_last:
-            self.network.to(memory_format=torch.channels_last)
-        params = network.parameters()
-        if cfg.recipe == "paper":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.99)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.augment = AugmentConfig() if cfg.augment else None
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(cfg.seed)
-        self.out_shape = (patch,) * spec.model.spatial_dims
-        self.border = border(spec.model)
-
-    def _forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        if self.amp_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                return self.network(image)
-        return self.network(image)
-
-    def _crop_to_output(self, target, weight):
-        b = self.border
-        if b == 0:
-            return target, weight
-        sl = (slice(None),) + (slice(b, -b),) * self.spec.model.spatial_dims
-        return target[sl], None if weight is None else weight[sl]
-
-    def train_step(self, lr: float) -> dict[str, float]:
-        self.network.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        image, target, weight = self.sampler.sample(self.batch_size)
-        in_shape = tuple(s + 2 * self.border for s in self.out_shape)
-        if self.augment is not None:
-            image, target, weight = augment_batch(
-                image, target, weight, in_shape, self.augment, self.generator
-            )
-        else:
-            image, target, weight = center_crop(image, target, weight, in_shape)
-        target, weight = self._crop_to_output(target, weight)
-        logits = self._forward(image)
-        loss = masked_cross_entropy(logits, target, weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {"loss": float(loss.detach())}
-
-    def shrink_after_oom(self, step: int) -> Adjusted:
-        """Out of device memory in a step: halve the batch, or at batch 1 the patch.
-
-        Raises MemoryError (with what was tried) when the smallest patch the network
-        takes does not fit either.
-        """
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        where = f"{self.device.type} out of memory at step {step + 1}"
-        if self.batch_size > 1:
-            old, self.batch_size = self.batch_size, self.batch_size // 2
-            return Adjusted(
-                step,
-                "batch_size",
-                old,
-                self.batch_size,
-                f"{where}: batch halved from {old} to {self.batch_size}, training goes on",
-            )
-        smallest = 2 ** (self.spec.model.depth + 1) if self.spec.model.padding == "same" else 0
-        old = self.out_shape[0]
-        new = old // 2
-        if self.spec.model.padding == "same":
-            new = new // 2**self.spec.model.depth * 2**self.spec.model.depth
-        if new < max(smallest, 8):
-            raise MemoryError(
-                f"{where} even with batch 1 and patch {old}: use a smaller network "
-                f"(width {self.spec.model.width}, depth {self.spec.model.depth}) or the CPU"
-            )
-        self.out_shape = (new,) * self.spec.model.spatial_dims
-        self.patch = new
-        return Adjusted(
-            step,
-            "patch",
-            old,
-            new,
-            f"{where} at batch 1: patch halved from {old} to {new}, training goes on",
-        )
-
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        self.network.eval()
-        k = self.spec.model.num_classes
-        conf = torch.zeros(k, k, dtype=torch.int64, device=self.device)
-        total, count = 0.0, 0
-        in_shape = tuple(s + 2 * self.border for s in self.out_shape)
-        for image, target, weight in self.val_batches:
-            image, target, weight = center_crop(image, target, weight, in_shape)
-            target, weight = self._crop_to_output(target, weight)
-            logits = self._forward(image).float()
-            total += float(masked_cross_entropy(logits, target)) * image.shape[0]
-            count += image.shape[0]
-            conf += confusion(logits, target, k)
-        return {"loss": total / max(count, 1), "iou": mean_iou(conf)}
 
 
 # --------------------------------------------------------------------------- loop
@@ -647,19 +472,6 @@ def train_iter(
         message=message,
     )
     return _to_model(trainer.network, spec, history, out_path)
-
-
-def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Every per-parameter state tensor of a loaded optimizer must fit its parameter
-    (a checkpoint of another network would otherwise crash the first step)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.ndim > 0 and value.shape != param.shape:
-                    raise ValueError(
-                        f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter "
-                        f"{tuple(param.shape)}"
-                    )
 
 
 def _sibling(folder: Path, what: str) -> Path:

@@ -9,7 +9,8 @@ import torch
 
 from napari_unet import events as ev
 from napari_unet.store import WEIGHTS_FILE, load_model
-from napari_unet.training import _Trainer, train
+from napari_unet.trainer import _Trainer
+from napari_unet.training import train
 
 SMALL = dict(width=4, depth=2, patch=32, batch_size=8, device="cpu")
 
@@ -77,13 +78,13 @@ def test_out_of_memory_at_the_smallest_patch_is_a_clear_error(nuclei, monkeypatc
 
 
 def test_nan_loss_stops_without_saving_a_broken_model(nuclei, tmp_path, monkeypatch):
-    import napari_unet.training as training
+    import napari_unet.trainer as trainer
 
     images, labels = nuclei
     out = tmp_path / "m"
     train(images, labels, labels_kind="instances", steps=2, out=out, **SMALL)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    real = training.masked_cross_entropy
+    real = trainer.masked_cross_entropy
     calls = {"n": 0}
 
     def loss(*args, **kwargs):  # the fourth step's loss is NaN (as a diverging run's would be)
@@ -91,7 +92,7 @@ def test_nan_loss_stops_without_saving_a_broken_model(nuclei, tmp_path, monkeypa
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 4 else value
 
-    monkeypatch.setattr(training, "masked_cross_entropy", loss)
+    monkeypatch.setattr(trainer, "masked_cross_entropy", loss)
     with pytest.raises(FloatingPointError, match="loss became nan at step 6.*not saved"):
         train(images, labels, labels_kind="instances", steps=50, out=out, resume=True, **SMALL)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

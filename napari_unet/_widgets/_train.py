@@ -99,7 +99,6 @@ class TrainWidget(QWidget):
         self.autosave.setInterval(AUTOSAVE_SECONDS * 1000)
         self.autosave.timeout.connect(lambda: self.autosave_labels("autosave"))
         self.autosave.start()
-        self._saved_hashes: dict[str, str] = {}
         self._finished: Any = None
 
         self.start_btn = QPushButton("Train")
@@ -407,7 +406,6 @@ class TrainWidget(QWidget):
         Returns False (after telling the user) when they could not be saved.
         """
         from ..annotation_store import autosave
-        from ..store import content_hash
 
         folder = Path(self.folder.text()).expanduser()
         try:
@@ -415,13 +413,11 @@ class TrainWidget(QWidget):
                 if labels_name not in self.viewer.layers:
                     continue
                 layer = self.viewer.layers[labels_name]
-                data = np.asarray(layer.data)
-                digest = content_hash(data)
-                if not snapshot and self._saved_hashes.get(labels_name) == digest:
-                    continue
                 meta = {k: v for k, v in layer.metadata.items() if k.startswith("napari_unet")}
-                autosave(folder, labels_name, data, reason=reason, snapshot=snapshot, meta=meta)
-                self._saved_hashes[labels_name] = digest
+                # writes only what changed since the last save (by content hash)
+                autosave(
+                    folder, labels_name, layer.data, reason=reason, snapshot=snapshot, meta=meta
+                )
         except (OSError, ValueError) as exc:
             show_warning(f"napari-unet: could not save the labels beside {folder}: {exc}")
             return False
