@@ -12,7 +12,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
-from .config import LabelsConfig
+from .config import LabelsConfig, ModelSpec
+
+OUTPUTS = ("labels", "instances", "probabilities")
 
 
 def _smallest_uint(max_value: int) -> np.dtype:
@@ -96,3 +98,49 @@ def instances_from_probs(
     lab[small[lab]] = 0
     lab, _, _ = relabel_sequential(lab)
     return lab.astype(_smallest_uint(max(int(lab.max()), 1)))
+
+
+def require_instances(spec: ModelSpec) -> None:
+    """Raise a ``ValueError`` unless ``spec`` is a model trained on instance labels."""
+    if spec.labels.kind != "instances":
+        raise ValueError(
+            f"instances need a model trained on instance labels; this one was trained on "
+            f"{spec.labels.kind} labels"
+        )
+
+
+def outputs_from_probs(
+    probs: np.ndarray,
+    spec: ModelSpec,
+    *,
+    labels: bool = True,
+    instances: bool = False,
+    probabilities: bool = False,
+) -> dict[str, np.ndarray]:
+    """The requested outputs of one prediction, from its class probabilities.
+
+    Parameters
+    ----------
+    probs
+        ``(num_classes, *spatial)`` probabilities of the model described by ``spec``.
+    spec
+        The model's configuration: labels kind, class values and spatial dims.
+    labels, instances, probabilities
+        Which outputs to return: class labels in the user's values, instance ids
+        (instance models only), the probabilities themselves.
+
+    Returns
+    -------
+    dict
+        Keys among :data:`OUTPUTS`, in that order, for the outputs requested.
+    """
+    if instances:
+        require_instances(spec)
+    out: dict[str, np.ndarray] = {}
+    if labels:
+        out["labels"] = class_labels(probs, spec.labels)
+    if instances:
+        out["instances"] = instances_from_probs(probs, spatial_dims=spec.model.spatial_dims)
+    if probabilities:
+        out["probabilities"] = probs
+    return out
