@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as _st_save
 
+from .config import show_value
 from .safety import (
-    _TENSOR_REF,
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -29,15 +29,17 @@ from .safety import (
     SAFETENSORS_FORMAT,
     STATE_FILE,
     ModelFormatError,
-    _check_entry,
-    _read_json,
-    _real,
-    _refuse_pickles,
-    _show,
+    check_entry,
+    read_json,
+    real_path,
+    refuse_pickles,
 )
-from .store import _prepare_folder, _read_safetensors, _sha256, atomic_write_bytes
+from .store import atomic_write_bytes, prepare_folder, read_safetensors, sha256_hex
 
 logger = logging.getLogger(__name__)
+_TENSOR_REF = "__tensor__"  # {"__tensor__": key} in state.json stands for a stored tensor
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -106,7 +108,7 @@ def _check_param_group(path: Path, index: int, group: Any) -> None:
         if key != "params" and not _is_hyperparameter(value):
             raise ModelFormatError(
                 f"{path}: param_groups[{index}].{key} must be a finite number, true/false or "
-                f"null, got {_show(value)}"
+                f"null, got {show_value(value)}"
             )
 
 
@@ -160,11 +162,11 @@ def save_checkpoint(
         "state": _flatten(dict(state), "user", tensors),
     }
     data = _st_save(tensors, metadata={"format": SAFETENSORS_FORMAT})
-    record["optimizer_sha256"] = _sha256(data)
+    record["optimizer_sha256"] = sha256_hex(data)
     text = json.dumps(record, indent=2)
-    model_dir = _prepare_folder(path)
+    model_dir = prepare_folder(path)
     folder = model_dir / CHECKPOINT_DIR
-    _check_entry(_real(model_dir), folder)  # never write through a link leading elsewhere
+    check_entry(real_path(model_dir), folder)  # never write through a link leading elsewhere
     folder.mkdir(exist_ok=True)
     atomic_write_bytes(folder / OPTIMIZER_FILE, data)
     atomic_write_bytes(folder / STATE_FILE, (text + "\n").encode("utf-8"))
@@ -195,15 +197,15 @@ def load_checkpoint(
         the model folder; the message names the file.
     """
     folder = Path(path) / CHECKPOINT_DIR
-    _check_entry(_real(Path(path)), folder)
+    check_entry(real_path(Path(path)), folder)
     if not folder.is_dir():
         return None
-    _refuse_pickles(folder)
+    refuse_pickles(folder)
     state_path = folder / STATE_FILE
     if not state_path.exists():
         logger.warning("%s has no %s; ignoring the incomplete checkpoint", folder, STATE_FILE)
         return None
-    record = _read_json(state_path, MAX_JSON_BYTES, "checkpoint state")
+    record = read_json(state_path, MAX_JSON_BYTES, "checkpoint state")
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{state_path}: not a napari-unet checkpoint state file")
     if record.get("version") != CHECKPOINT_VERSION:
@@ -212,8 +214,8 @@ def load_checkpoint(
             f"(this napari-unet reads version {CHECKPOINT_VERSION})"
         )
     opt_path = folder / OPTIMIZER_FILE
-    data, _header, tensors = _read_safetensors(opt_path)
-    if _sha256(data) != record.get("optimizer_sha256"):
+    data, _header, tensors = read_safetensors(opt_path)
+    if sha256_hex(data) != record.get("optimizer_sha256"):
         raise ModelFormatError(
             f"{opt_path}: optimizer state does not match {STATE_FILE} (interrupted save?)"
         )

@@ -26,15 +26,28 @@ MAX_STEPS = 10**9
 INT64 = (-(2**63), 2**63 - 1)
 
 
-def _show(value: Any, limit: int = 60) -> str:
-    """``repr`` of a value, shortened so an error message stays one readable line."""
+def show_value(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value, shortened so an error message stays one readable line.
+
+    Parameters
+    ----------
+    value
+        Anything; often a value read from a file that may be huge or hostile.
+    limit
+        At most this many characters are returned.
+
+    Returns
+    -------
+    str
+        ``repr(value)``, cut to ``limit - 3`` characters plus ``"..."`` when longer.
+    """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {_show(value)}")
+        raise ValueError(f"{name} must be an integer, got {show_value(value)}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be {bound}, got {value}")
@@ -42,19 +55,19 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
 
 def _check_float(name: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {_show(value)}")
+        raise ValueError(f"{name} must be a number, got {show_value(value)}")
     if not (low <= value <= high):
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
 
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {_show(value)}")
+        raise ValueError(f"{name} must be true or false, got {show_value(value)}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {_show(value)}")
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {show_value(value)}")
 
 
 @dataclass(frozen=True)
@@ -129,12 +142,13 @@ class LabelsConfig:
             isinstance(n, str) for n in self.class_names
         ):
             raise ValueError(
-                f"class_names must be a list of strings, got {_show(self.class_names)}"
+                f"class_names must be a list of strings, got {show_value(self.class_names)}"
             )
         for name in self.class_names:
             if not name or len(name) > MAX_CLASS_NAME:
                 raise ValueError(
-                    f"class names must have 1 to {MAX_CLASS_NAME} characters, got {_show(name)}"
+                    f"class names must have 1 to {MAX_CLASS_NAME} characters, "
+                    f"got {show_value(name)}"
                 )
         if len(self.class_names) < 2:
             raise ValueError(f"at least 2 classes are needed, got {list(self.class_names)}")
@@ -146,15 +160,17 @@ class LabelsConfig:
                 )
             if not isinstance(self.value_map, tuple):
                 raise ValueError(
-                    f"value_map must be a list of integers, got {_show(self.value_map)}"
+                    f"value_map must be a list of integers, got {show_value(self.value_map)}"
                 )
             for v in self.value_map:
                 if isinstance(v, bool) or not isinstance(v, int):
-                    raise ValueError(f"value_map entries must be integers, got {_show(v)}")
+                    raise ValueError(f"value_map entries must be integers, got {show_value(v)}")
                 if not INT64[0] <= v <= INT64[1]:
-                    raise ValueError(f"value_map entries must fit in 64 bits, got {_show(v)}")
+                    raise ValueError(f"value_map entries must fit in 64 bits, got {show_value(v)}")
             if len(set(self.value_map)) != len(self.value_map):
-                raise ValueError(f"value_map must not repeat values, got {_show(self.value_map)}")
+                raise ValueError(
+                    f"value_map must not repeat values, got {show_value(self.value_map)}"
+                )
         if self.kind == "instances" and len(self.class_names) != 3:
             raise ValueError(
                 f"instances labels train 3 classes (background, interior, boundary), "
@@ -227,17 +243,21 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_NAME:
-            raise ValueError(f"format must be {FORMAT_NAME!r}, got {_show(data.get('format'))}")
+            raise ValueError(
+                f"format must be {FORMAT_NAME!r}, got {show_value(data.get('format'))}"
+            )
         version = data.get("version")
         if isinstance(version, bool) or version != FORMAT_VERSION:
             raise ValueError(
-                f"unknown config version {_show(version)} (this napari-unet reads version "
+                f"unknown config version {show_value(version)} (this napari-unet reads version "
                 f"{FORMAT_VERSION})"
             )
         known = {f.name: f for f in dataclasses.fields(cls)}
         extra = {str(k) for k in data} - set(known) - {"format", "version"}
         if extra:
-            raise ValueError(f"unknown config sections: {_show(', '.join(sorted(extra)), 200)}")
+            raise ValueError(
+                f"unknown config sections: {show_value(', '.join(sorted(extra)), 200)}"
+            )
         kwargs = {}
         types = {
             "model": ModelConfig,
@@ -267,7 +287,7 @@ def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = {str(k) for k in data} - set(fields)
     if unknown:
-        raise ValueError(f"unknown keys in {where}: {_show(', '.join(sorted(unknown)), 200)}")
+        raise ValueError(f"unknown keys in {where}: {show_value(', '.join(sorted(unknown)), 200)}")
     kwargs = {}
     for key, value in data.items():
         if isinstance(value, list):

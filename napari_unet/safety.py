@@ -7,7 +7,9 @@ before paying for the torch import.
 
 What :func:`~napari_unet.store.load_model` checks, in order (each failure is a
 :class:`ModelFormatError`, a ``ValueError`` whose message names the file and the
-offending value):
+offending value).  Steps 1-5 are :func:`read_model_folder`, the one check sequence
+that :func:`check_model_folder` and ``load_model`` share (a new check goes there);
+step 6 needs torch and is ``load_model``'s own:
 
 1. the folder exists, is a folder and holds a ``config.json`` (before it is walked);
 2. every entry under it (at most :data:`MAX_FOLDER_ENTRIES`): no symbolic link leading
@@ -17,17 +19,18 @@ offending value):
 3. ``config.json``: at most 1 MiB of UTF-8 JSON, no repeated keys, at most
    :data:`MAX_CONFIG_DEPTH` levels deep, then the strict schema of
    :meth:`ModelSpec.from_dict` (known keys only, types and ranges);
-4. ``weights.safetensors``: the 8-byte header length is read first and refused above
-   :data:`MAX_HEADER_BYTES` or beyond the end of the file; the JSON header is checked
-   entry by entry (dtype, shape, offsets inside the data section and of the right
-   size); its tensor names, shapes and dtypes must be those of the network that
-   ``config.json`` describes (worked out on torch's ``meta`` device, so a hostile
-   config cannot make the loader allocate a huge network); the file's sha256 must be
-   the one ``config.json`` records; only then are the tensors decoded, and they must
-   be finite;
+4. the header of ``weights.safetensors``: the 8-byte header length is read first and
+   refused above :data:`MAX_HEADER_BYTES` or beyond the end of the file; the JSON
+   header is checked entry by entry (dtype, shape, offsets inside the data section and
+   of the right size);
 5. ``training.json``: at most 64 MiB, :data:`MAX_JSON_DEPTH` levels, a JSON object
    whose resume fields (``steps``, ``elapsed``, ``log``, ``validation``,
-   ``sessions``) have the right types.
+   ``sessions``) have the right types;
+6. the weights against the network: the header's tensor names, shapes and dtypes must
+   be those of the network that ``config.json`` describes (worked out on torch's
+   ``meta`` device, so a hostile config cannot make the loader allocate a huge
+   network); the file's sha256 must be the one ``config.json`` records; only then are
+   the tensors decoded, and they must be finite.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ import re
 import stat
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIG_FILE, ModelSpec
+from .config import CONFIG_FILE, ModelSpec, show_value
 
 WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "training.json"
@@ -84,7 +88,6 @@ DTYPE_BYTES = {
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 MAX_MODEL_NAME = 255
 MAX_FOLDER_ENTRIES = 10_000  # a model folder holds a handful of files
-_TENSOR_REF = "__tensor__"
 
 
 class ModelFormatError(ValueError):
@@ -121,15 +124,43 @@ def _walk_entries(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _real(path: Path) -> Path:
+def real_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` with every symbolic link resolved (the ``root`` :func:`check_entry` needs).
+
+    Parameters
+    ----------
+    path
+        Any path; it need not exist.
+
+    Returns
+    -------
+    Path
+        The absolute path :func:`os.path.realpath` gives.
+    """
     return Path(os.path.realpath(path))
 
 
-def _check_entry(root: Path, path: Path, regular: bool = False) -> None:
+def check_entry(root: Path, path: Path, regular: bool = False) -> None:
     """Refuse a symbolic link that leads outside ``root`` and anything but files and folders.
 
-    ``root`` is the model folder with every link resolved.  A missing ``path`` passes
-    (the caller reports missing files).  With ``regular``, ``path`` must be a file.
+    Nothing is opened: only :func:`os.lstat` and :func:`os.stat` are called, so a FIFO
+    can never block the caller.
+
+    Parameters
+    ----------
+    root
+        The model folder with every link resolved (:func:`real_path`).
+    path
+        An entry inside the model folder.  A missing ``path`` passes (the caller
+        reports missing files).
+    regular
+        When true, ``path`` must be a regular file (or a link to one inside ``root``).
+
+    Raises
+    ------
+    ModelFormatError
+        For a link leading outside ``root``, a broken link, a FIFO, device or socket,
+        or (with ``regular``) a folder; the message names ``path``.
     """
     try:
         info = os.lstat(path)
@@ -138,7 +169,7 @@ def _check_entry(root: Path, path: Path, regular: bool = False) -> None:
     except OSError as exc:
         raise ModelFormatError(f"{path}: cannot be inspected ({exc.strerror})") from None
     if stat.S_ISLNK(info.st_mode):
-        target = _real(path)
+        target = real_path(path)
         if target != root and not target.is_relative_to(root):
             raise ModelFormatError(
                 f"{path}: symbolic link to {target}, outside the model folder {root}; "
@@ -185,21 +216,31 @@ def _refuse_pickle_file(file: Path) -> None:
         )
 
 
-def _refuse_pickles(folder: Path) -> None:
+def refuse_pickles(folder: Path) -> None:
     """Check every entry under ``folder`` before anything in it is read.
 
-    Refused (:class:`ModelFormatError`): symbolic links leading outside ``folder``,
-    FIFOs, devices and sockets, and files that are pickle data by name or content.
     Only the first 9 bytes of each file are read; nothing is ever unpickled.
+
+    Parameters
+    ----------
+    folder
+        A model folder, or a folder inside one (``checkpoint/``).
+
+    Raises
+    ------
+    ModelFormatError
+        For more than :data:`MAX_FOLDER_ENTRIES` entries, symbolic links leading
+        outside ``folder``, FIFOs, devices and sockets, and files that are pickle data
+        by name or content; the message names the entry.
     """
-    root = _real(folder)
+    root = real_path(folder)
     for count, entry in enumerate(_walk_entries(folder), start=1):
         if count > MAX_FOLDER_ENTRIES:
             raise ModelFormatError(
                 f"{folder}: more than {MAX_FOLDER_ENTRIES} files and folders; "
                 "this is not a model folder"
             )
-        _check_entry(root, entry)
+        check_entry(root, entry)
         _refuse_pickle_file(entry)
 
 
@@ -264,8 +305,8 @@ def model_folder(parent: str | os.PathLike[str], name: str) -> Path:
     check_model_name(name)
     folder = Path(parent) / name
     if folder.is_symlink():
-        target = _real(folder)
-        if not target.is_relative_to(_real(Path(parent))):
+        target = real_path(folder)
+        if not target.is_relative_to(real_path(Path(parent))):
             raise ValueError(f"{folder}: symbolic link to {target}, outside {parent}")
     return folder
 
@@ -304,19 +345,36 @@ def _json_depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def _show(value: Any, limit: int = 60) -> str:
-    """``repr`` of a value, shortened for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _printable(name: str) -> str:
     """A name as is when it is short and printable, else its shortened ``repr``."""
-    return name if name.isprintable() and len(name) <= 80 else _show(name, 80)
+    return name if name.isprintable() and len(name) <= 80 else show_value(name, 80)
 
 
-def _read_json(path: Path, max_bytes: int, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Read a small JSON file strictly: size, UTF-8, no repeated keys, bounded nesting."""
+def read_json(path: Path, max_bytes: int, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Read a small JSON file strictly: size, UTF-8, no repeated keys, bounded nesting.
+
+    Parameters
+    ----------
+    path
+        The file; at most ``max_bytes + 1`` bytes of it are read.
+    max_bytes
+        Larger files are refused (:data:`MAX_CONFIG_BYTES`, :data:`MAX_JSON_BYTES`).
+    what
+        What the file is, for messages: ``"config"``, ``"training history"``, ...
+    max_depth
+        Values nested deeper than this are refused.
+
+    Returns
+    -------
+    Any
+        The parsed JSON value; its type is for the caller to check.
+
+    Raises
+    ------
+    ModelFormatError
+        When the file is missing, unreadable, too large, not UTF-8, not valid JSON,
+        repeats a key or is nested too deep; the message names ``path`` and ``what``.
+    """
     if not path.is_file():
         raise ModelFormatError(f"{path}: {what} is missing")
     try:
@@ -371,22 +429,22 @@ def _check_header_entry(path: Path, key: str, info: Any, available: int) -> None
     """One tensor entry of a safetensors header: dtype, shape and offsets consistent."""
     if len(key) > MAX_TENSOR_NAME:
         raise ModelFormatError(
-            f"{path}: tensor name {_show(key)} is too long ({len(key)} characters)"
+            f"{path}: tensor name {show_value(key)} is too long ({len(key)} characters)"
         )
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise ModelFormatError(
             f"{path}: invalid safetensors header entry for {key!r} "
-            f"(expected dtype, shape and data_offsets, got {_show(info)})"
+            f"(expected dtype, shape and data_offsets, got {show_value(info)})"
         )
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-        raise ModelFormatError(f"{path}: tensor {key!r} has unknown dtype {_show(dtype)}")
+        raise ModelFormatError(f"{path}: tensor {key!r} has unknown dtype {show_value(dtype)}")
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_TENSOR_DIMS
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise ModelFormatError(f"{path}: tensor {key!r} has an invalid shape {_show(shape)}")
+        raise ModelFormatError(f"{path}: tensor {key!r} has an invalid shape {show_value(shape)}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -394,7 +452,8 @@ def _check_header_entry(path: Path, key: str, info: Any, available: int) -> None
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise ModelFormatError(
-            f"{path}: invalid safetensors header entry for {key!r} (data_offsets {_show(offsets)})"
+            f"{path}: invalid safetensors header entry for {key!r} "
+            f"(data_offsets {show_value(offsets)})"
         )
     if offsets[1] > available:
         raise ModelFormatError(
@@ -428,7 +487,7 @@ def _parse_header_json(path: Path, raw: bytes, available: int) -> dict[str, Any]
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ModelFormatError(
             f"{path}: invalid safetensors __metadata__ (must map strings to strings, "
-            f"got {_show(meta)})"
+            f"got {show_value(meta)})"
         )
     for key, info in header.items():
         if key != "__metadata__":
@@ -436,16 +495,57 @@ def _parse_header_json(path: Path, raw: bytes, available: int) -> dict[str, Any]
     return header
 
 
-def _parse_header(path: Path, data: bytes) -> dict[str, Any]:
-    """Check a safetensors buffer's header before handing it to safetensors."""
+def parse_header(path: Path, data: bytes) -> dict[str, Any]:
+    """Check the header of a whole safetensors file before handing it to safetensors.
+
+    Parameters
+    ----------
+    path
+        The file ``data`` was read from (for messages).
+    data
+        The complete file.
+
+    Returns
+    -------
+    dict
+        The JSON header: tensor name -> ``{"dtype", "shape", "data_offsets"}``, plus
+        ``"__metadata__"`` when present.
+
+    Raises
+    ------
+    ModelFormatError
+        For a bad length, invalid JSON, or an entry whose dtype, shape or offsets do
+        not fit the data that follows; the message names ``path``.
+    """
     n = _header_length(path, data[:8], len(data))
     return _parse_header_json(path, data[8 : 8 + n], len(data) - 8 - n)
 
 
-def _read_header(path: Path, what: str = "file") -> tuple[dict[str, Any], bytes]:
+def read_header(path: Path, what: str = "file") -> tuple[dict[str, Any], bytes]:
     """Read only the 8-byte length and the JSON header of a safetensors file, checked.
 
-    Returns the header and the raw bytes read so far (length and header).
+    The length is refused above :data:`MAX_HEADER_BYTES` or beyond the end of the
+    file before the header is read; the tensor data is not read.
+
+    Parameters
+    ----------
+    path
+        The safetensors file.
+    what
+        What the file is, for messages (``"weights file"``).
+
+    Returns
+    -------
+    header : dict
+        As :func:`parse_header` returns it.
+    start : bytes
+        The bytes read so far (length and header), for :func:`read_rest`.
+
+    Raises
+    ------
+    ModelFormatError
+        As :func:`parse_header`, and when the file is missing, not a regular file or
+        unreadable.
     """
     try:
         info = os.stat(path)
@@ -465,8 +565,26 @@ def _read_header(path: Path, what: str = "file") -> tuple[dict[str, Any], bytes]
     return _parse_header_json(path, raw, info.st_size - 8 - n), head + raw
 
 
-def _read_rest(path: Path, start: bytes) -> bytes:
-    """The whole file, given its first bytes already read (they must not have changed)."""
+def read_rest(path: Path, start: bytes) -> bytes:
+    """The whole file, given its first bytes already read (they must not have changed).
+
+    Parameters
+    ----------
+    path
+        The file :func:`read_header` read ``start`` from.
+    start
+        Its first bytes as :func:`read_header` returned them.
+
+    Returns
+    -------
+    bytes
+        The whole file, starting with ``start``.
+
+    Raises
+    ------
+    ModelFormatError
+        When the file cannot be read or no longer starts with ``start``.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -482,10 +600,27 @@ def _few(names: set[str], limit: int = 5) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def _check_header_fits(
+def check_header_fits(
     path: Path, header: dict[str, Any], expected: dict[str, tuple[tuple[int, ...], bool]]
 ) -> None:
-    """Tensor names, shapes and dtypes of a weights header against the expected network."""
+    """Tensor names, shapes and dtypes of a weights header against the expected network.
+
+    Parameters
+    ----------
+    path
+        The weights file (for messages).
+    header
+        Its header, from :func:`read_header` or :func:`parse_header`.
+    expected
+        Tensor name -> (shape, is floating point) of the network ``config.json``
+        describes.
+
+    Raises
+    ------
+    ModelFormatError
+        For missing or unexpected tensors, a wrong shape, integer weights or
+        floating-point counters; the message names ``path`` and the tensor.
+    """
     present = {k for k in header if k != "__metadata__"}
     missing = set(expected) - present
     unexpected = present - set(expected)
@@ -520,8 +655,8 @@ def _check_header_fits(
 
 def _load_config(folder: Path) -> tuple[ModelSpec, str]:
     path = folder / CONFIG_FILE
-    _check_entry(_real(folder), path, regular=True)
-    data = _read_json(path, MAX_CONFIG_BYTES, "config", MAX_CONFIG_DEPTH)
+    check_entry(real_path(folder), path, regular=True)
+    data = read_json(path, MAX_CONFIG_BYTES, "config", MAX_CONFIG_DEPTH)
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: config must be a JSON object, got {type(data).__name__}")
     data = dict(data)
@@ -533,7 +668,7 @@ def _load_config(folder: Path) -> tuple[ModelSpec, str]:
     ):
         raise ModelFormatError(
             f"{path}: {WEIGHTS_HASH_KEY!r} must be the 64-character sha256 of "
-            f"{WEIGHTS_FILE}, got {_show(digest)}"
+            f"{WEIGHTS_FILE}, got {show_value(digest)}"
         )
     try:
         spec = ModelSpec.from_dict(data)
@@ -557,12 +692,99 @@ def read_config(path: str | os.PathLike[str]) -> ModelSpec:
     return _load_config(folder)[0]
 
 
+@dataclass(frozen=True)
+class CheckedModelFolder:
+    """What :func:`read_model_folder` read from a model folder, every part checked.
+
+    Attributes
+    ----------
+    folder
+        The model folder, as given.
+    spec
+        The configuration from ``config.json``.
+    weights_sha256
+        The sha256 of ``weights.safetensors`` that ``config.json`` records (lower case).
+    weights_path
+        ``folder / weights.safetensors``.
+    weights_header
+        The checked JSON header of the weights (see :func:`read_header`); not yet
+        compared with the network ``spec`` describes.
+    weights_start
+        The bytes of the weights file read so far (length and header), for
+        :func:`read_rest`.
+    history
+        The content of ``training.json`` (``{}`` when there is none).
+    """
+
+    folder: Path
+    spec: ModelSpec
+    weights_sha256: str
+    weights_path: Path
+    weights_header: dict[str, Any] = field(repr=False)
+    weights_start: bytes = field(repr=False)
+    history: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def read_model_folder(path: str | os.PathLike[str]) -> CheckedModelFolder:
+    """Run every check of a model folder that needs no torch; return what was read.
+
+    This is the one check sequence of a model folder: :func:`check_model_folder` and
+    :func:`~napari_unet.store.load_model` both run it, and a new check belongs here.
+    In order: the folder and the walk of its entries (links, special files, pickles),
+    ``config.json``, the header of ``weights.safetensors`` (length and entries; not
+    yet against the network) and ``training.json``.  Of the weights only the header
+    is read.
+
+    Parameters
+    ----------
+    path
+        The model folder.
+
+    Returns
+    -------
+    CheckedModelFolder
+        The configuration, the recorded weights hash, the weights header and the
+        training history.
+
+    Raises
+    ------
+    ModelFormatError
+        For any problem found; the message names the file and the value.
+    """
+    folder = _model_dir(path)
+    spec, digest = _load_config(folder)
+    root = real_path(folder)
+    weights = folder / WEIGHTS_FILE
+    check_entry(root, weights, regular=True)
+    header, start = read_header(weights, "weights file")
+    history_path = folder / HISTORY_FILE
+    check_entry(root, history_path, regular=True)
+    history: dict[str, Any] = {}
+    if history_path.exists():
+        history = _check_history(
+            history_path, read_json(history_path, MAX_JSON_BYTES, "training history")
+        )
+    return CheckedModelFolder(
+        folder=folder,
+        spec=spec,
+        weights_sha256=digest,
+        weights_path=weights,
+        weights_header=header,
+        weights_start=start,
+        history=history,
+    )
+
+
 def check_model_folder(path: str | os.PathLike[str]) -> ModelSpec:
     """Every check of :func:`~napari_unet.store.load_model` that needs no torch.
 
-    The folder walk (links, special files, pickles), ``config.json``, the header of
-    ``weights.safetensors`` (length and entries; not yet against the network) and
-    ``training.json``.  Only the header of the weights is read.
+    Runs :func:`read_model_folder` (the folder walk, ``config.json``, the header of
+    ``weights.safetensors`` and ``training.json``) and keeps the configuration.
+
+    Parameters
+    ----------
+    path
+        The model folder.
 
     Returns
     -------
@@ -574,17 +796,7 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelSpec:
     ModelFormatError
         For any problem found; the message names the file and the value.
     """
-    folder = _model_dir(path)
-    spec, _digest = _load_config(folder)
-    root = _real(folder)
-    weights = folder / WEIGHTS_FILE
-    _check_entry(root, weights, regular=True)
-    _read_header(weights, "weights file")
-    history = folder / HISTORY_FILE
-    _check_entry(root, history, regular=True)
-    if history.exists():
-        _check_history(history, _read_json(history, MAX_JSON_BYTES, "training history"))
-    return spec
+    return read_model_folder(path).spec
 
 
 def _model_dir(path: str | os.PathLike[str]) -> Path:
@@ -596,7 +808,7 @@ def _model_dir(path: str | os.PathLike[str]) -> Path:
         raise ModelFormatError(f"{folder}: model folder {what}")
     if not os.path.lexists(folder / CONFIG_FILE):  # before walking a folder given by mistake
         raise ModelFormatError(f"{folder / CONFIG_FILE}: config is missing (not a model folder?)")
-    _refuse_pickles(folder)
+    refuse_pickles(folder)
     return folder
 
 
@@ -622,13 +834,13 @@ def _check_history(path: Path, history: Any) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, types):
             raise ModelFormatError(
                 f"{path}: {key!r} must be {' or '.join(t.__name__ for t in types)}, "
-                f"got {_show(value)}"
+                f"got {show_value(value)}"
             )
         if isinstance(value, int | float) and not (0 <= value < 1e15):
             raise ModelFormatError(f"{path}: {key!r} must be >= 0 and finite, got {value}")
     for i, session in enumerate(history.get("sessions", [])):
         if not isinstance(session, dict):
             raise ModelFormatError(
-                f"{path}: sessions[{i}] must be a JSON object, got {_show(session)}"
+                f"{path}: sessions[{i}] must be a JSON object, got {show_value(session)}"
             )
     return history

@@ -52,26 +52,21 @@ from .safety import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     HISTORY_FILE,
-    MAX_JSON_BYTES,
     OPTIMIZER_FILE,
     SAFETENSORS_FORMAT,
     STATE_FILE,
     WEIGHTS_FILE,
     WEIGHTS_HASH_KEY,
+    CheckedModelFolder,
     ModelFormatError,
-    _check_entry,
-    _check_header_fits,
-    _check_history,
-    _load_config,
-    _model_dir,
-    _parse_header,
-    _read_header,
-    _read_json,
-    _read_rest,
-    _real,
+    check_header_fits,
     check_model_name,
     model_folder,
+    parse_header,
     read_config,
+    read_header,
+    read_model_folder,
+    read_rest,
 )
 
 __all__ = [
@@ -89,8 +84,11 @@ __all__ = [
     "content_hash",
     "load_model",
     "model_folder",
+    "prepare_folder",
     "read_config",
+    "read_safetensors",
     "save_model",
+    "sha256_hex",
 ]
 
 logger = logging.getLogger(__name__)
@@ -237,7 +235,19 @@ def content_hash(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``: the digest ``config.json`` and ``state.json`` record.
+
+    Parameters
+    ----------
+    data
+        A whole file's content.
+
+    Returns
+    -------
+    str
+        64 lower-case hexadecimal characters.
+    """
     return hashlib.sha256(data).hexdigest()
 
 
@@ -248,11 +258,34 @@ def _decode(path: Path, data: bytes) -> dict[str, torch.Tensor]:
         raise ModelFormatError(f"{path}: invalid safetensors file ({exc})") from None
 
 
-def _read_safetensors(path: Path) -> tuple[bytes, dict[str, Any], dict[str, torch.Tensor]]:
-    """Read, check and decode a safetensors file: (raw bytes, header, tensors)."""
-    header, start = _read_header(path)
-    data = _read_rest(path, start)
-    header = _parse_header(path, data)
+def read_safetensors(path: Path) -> tuple[bytes, dict[str, Any], dict[str, torch.Tensor]]:
+    """Read, check and decode a safetensors file; never unpickles.
+
+    The header is read and checked first (:func:`~napari_unet.safety.read_header`),
+    then the whole file, whose header is checked again before safetensors decodes it.
+
+    Parameters
+    ----------
+    path
+        The safetensors file.
+
+    Returns
+    -------
+    data : bytes
+        The whole file (for :func:`sha256_hex`).
+    header : dict
+        Its checked JSON header.
+    tensors : dict of str to torch.Tensor
+        The decoded tensors, on the CPU.
+
+    Raises
+    ------
+    ModelFormatError
+        For a missing, unreadable or invalid file; the message names ``path``.
+    """
+    header, start = read_header(path)
+    data = read_rest(path, start)
+    header = parse_header(path, data)
     return data, header, _decode(path, data)
 
 
@@ -270,7 +303,7 @@ def _check_weights(
     expected = {
         key: (tuple(t.shape), t.is_floating_point()) for key, t in network.state_dict().items()
     }
-    _check_header_fits(path, header, expected)
+    check_header_fits(path, header, expected)
     for key, (_shape, floating) in expected.items():
         got = tensors[key]
         if floating and not bool(torch.isfinite(got).all()):
@@ -281,10 +314,47 @@ def _check_weights(
             )
 
 
+def _read_weights(
+    checked: CheckedModelFolder,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and tensors of a checked folder's weights (torch-side checks first).
+
+    The header must fit the network ``config.json`` describes (worked out on the
+    ``meta`` device) and the file's sha256 must be the recorded one before anything
+    is decoded.  The rest of the file is read once, after the header read earlier.
+    """
+    path = checked.weights_path
+    check_header_fits(path, checked.weights_header, _expected_tensors(checked.spec))
+    data = read_rest(path, checked.weights_start)
+    if sha256_hex(data) != checked.weights_sha256:
+        raise ModelFormatError(
+            f"{path}: weights do not match config (interrupted save?); the sha256 "
+            f"recorded in {CONFIG_FILE} differs"
+        )
+    return parse_header(path, data), _decode(path, data)
+
+
 # --------------------------------------------------------------------------- save / load
 
 
-def _prepare_folder(path: str | os.PathLike[str]) -> Path:
+def prepare_folder(path: str | os.PathLike[str]) -> Path:
+    """The model folder at ``path``, created with its parents when missing.
+
+    Parameters
+    ----------
+    path
+        Where a model folder is to be written.
+
+    Returns
+    -------
+    Path
+        ``path`` as a :class:`~pathlib.Path`; it is a folder now.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` exists and is not a folder.
+    """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"model path {folder} exists and is not a folder")
@@ -332,12 +402,12 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
     if not isinstance(model.config, ModelSpec):
         raise TypeError(f"model.config must be a ModelSpec, got {type(model.config).__name__}")
     history_text = json.dumps(model.history if model.history is not None else {})
-    folder = _prepare_folder(path)
+    folder = prepare_folder(path)
     weights = _st_save(_weights_tensors(model.network), metadata={"format": SAFETENSORS_FORMAT})
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     atomic_write_json(folder / HISTORY_FILE, json.loads(history_text))
     config = model.config.to_dict()
-    config[WEIGHTS_HASH_KEY] = _sha256(weights)
+    config[WEIGHTS_HASH_KEY] = sha256_hex(weights)
     atomic_write_json(folder / CONFIG_FILE, config)
     model.path = folder
     return folder
@@ -346,9 +416,11 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:
     """Load a model folder without unpickling anything.
 
-    The checks, in order, are listed in this module's docstring; the network is only
-    built once ``weights.safetensors`` is known to fit the architecture in
-    ``config.json``.
+    First :func:`~napari_unet.safety.read_model_folder` (every check that needs no
+    torch, the sequence :func:`~napari_unet.safety.check_model_folder` runs), then the
+    weights against the network ``config.json`` describes, their sha256, decoding and
+    finite values; :mod:`napari_unet.safety` lists the checks in order.  The network is
+    only built once ``weights.safetensors`` is known to fit the architecture.
 
     Parameters
     ----------
@@ -370,33 +442,11 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     ValueError
         When ``device`` is not available here.
     """
-    folder = _model_dir(path)
-    spec, digest = _load_config(folder)
-
-    weights_path = folder / WEIGHTS_FILE
-    _check_entry(_real(folder), weights_path, regular=True)
-    header, start = _read_header(weights_path, "weights file")
-    _check_header_fits(weights_path, header, _expected_tensors(spec))
-    data = _read_rest(weights_path, start)
-    if _sha256(data) != digest:
-        raise ModelFormatError(
-            f"{weights_path}: weights do not match config (interrupted save?); the sha256 "
-            f"recorded in {CONFIG_FILE} differs"
-        )
-    header = _parse_header(weights_path, data)
-    tensors = _decode(weights_path, data)
-
-    network = UNet.from_config(spec.model)
-    _check_weights(weights_path, header, tensors, network)
+    checked = read_model_folder(path)
+    header, tensors = _read_weights(checked)
+    network = UNet.from_config(checked.spec.model)
+    _check_weights(checked.weights_path, header, tensors, network)
     network.load_state_dict(tensors, strict=True)
     network.to(resolve_device(device))
     network.eval()
-
-    history_path = folder / HISTORY_FILE
-    history: Any = {}
-    _check_entry(_real(folder), history_path, regular=True)
-    if history_path.exists():
-        history = _check_history(
-            history_path, _read_json(history_path, MAX_JSON_BYTES, "training history")
-        )
-    return Model(network=network, config=spec, history=history, path=folder)
+    return Model(network=network, config=checked.spec, history=checked.history, path=checked.folder)

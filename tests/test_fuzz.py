@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from napari_unet.config import LabelsConfig, ModelConfig, ModelSpec, TileConfig
 from napari_unet.files import read_image
 from napari_unet.model import UNet
-from napari_unet.store import CONFIG_FILE, WEIGHTS_FILE, Model, _sha256, load_model, save_model
+from napari_unet.store import CONFIG_FILE, WEIGHTS_FILE, Model, load_model, save_model, sha256_hex
 
 FUZZ = settings(
     max_examples=60,
@@ -83,7 +83,7 @@ def _fresh_copy(model_dir: Path) -> Path:
 def _rehash(folder: Path) -> None:
     """Record the (damaged) weights' sha256 in config.json, so the damage reaches the parser."""
     cfg = json.loads((folder / CONFIG_FILE).read_text())
-    cfg["weights_sha256"] = _sha256((folder / WEIGHTS_FILE).read_bytes())
+    cfg["weights_sha256"] = sha256_hex((folder / WEIGHTS_FILE).read_bytes())
     (folder / CONFIG_FILE).write_text(json.dumps(cfg))
 
 
