@@ -1,10 +1,11 @@
 """Overlap-tile prediction of arrays of any size (2D or 3D).
 
-The image is cut into overlapping tiles read one at a time from the source
-(numpy, dask or zarr: only the tile's window is read), predicted in batches
-under ``torch.inference_mode`` (autocast on CUDA), weighted by a blending
-window that fades towards the tile edges and accumulated on the device; the
-sum is divided by the summed weights at the end.  ``valid`` networks get the
+The image is cut into overlapping tiles (:class:`TileGrid`) read one at a
+time from the source (numpy, dask or zarr: only the tile's window is read),
+predicted in batches under ``torch.inference_mode`` (autocast on CUDA),
+weighted by a blending window that fades towards the tile edges and
+accumulated on the device (:class:`TileMerger`); the sum is divided by the
+summed weights at the end.  ``valid`` networks get the
 context they need around each tile, mirrored at the image borders (the
 paper's overlap-tile strategy).  A CUDA out-of-memory error halves the tile
 batch and retries.
@@ -16,6 +17,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -97,9 +99,7 @@ def blend_window(shape: tuple[int, ...], overlap: tuple[int, ...], device: torch
     return torch.from_numpy(_blend_window_np(shape, overlap)).to(device)
 
 
-def read_window(
-    source: Any, starts: Sequence[int], stops: Sequence[int], channel_first: bool = True
-) -> np.ndarray:
+def read_window(source: Any, starts: Sequence[int], stops: Sequence[int]) -> np.ndarray:
     """Read ``source[:, starts:stops]`` with mirrored padding outside the image.
 
     ``source`` is (C, *spatial) and may be numpy, dask or zarr; only the
@@ -117,6 +117,94 @@ def read_window(
     if any(p != (0, 0) for p in pads):
         block = np.pad(block, pads, mode="symmetric")
     return block
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one image lie.
+
+    ``starts`` are the output tiles' corners; each tile is predicted from an input
+    window of ``in_tile`` that adds ``context`` pixels on each side (``valid``
+    networks) and shares ``overlap`` pixels with its neighbours.
+    """
+
+    spatial: tuple[int, ...]
+    in_tile: tuple[int, ...]
+    out_tile: tuple[int, ...]
+    overlap: tuple[int, ...]
+    context: tuple[int, ...]
+    starts: list[tuple[int, ...]]
+
+    @classmethod
+    def plan(
+        cls, spatial: Sequence[int], tile: Sequence[int], config: ModelConfig, overlap: float
+    ) -> TileGrid:
+        """The grid for an image of ``spatial`` shape, tiles of at most ``tile``."""
+        spatial = tuple(int(s) for s in spatial)
+        if len(spatial) != config.spatial_dims:
+            raise ValueError(
+                f"a {config.spatial_dims}D model cannot predict a {len(spatial)}D image"
+            )
+        in_t, out_t = tile_shape(spatial, tile, config, overlap)
+        ov = tuple(int(round(o * overlap)) for o in out_t)
+        ctx = tuple((i - o) // 2 for i, o in zip(in_t, out_t, strict=True))
+        per_axis = [tile_starts(s, o, v) for s, o, v in zip(spatial, out_t, ov, strict=True)]
+        return cls(spatial, in_t, out_t, ov, ctx, list(itertools.product(*per_axis)))
+
+    def read(self, source: Any, start: Sequence[int]) -> np.ndarray:
+        """The network input of the tile at ``start`` (mirrored outside the image)."""
+        lo = [s - c for s, c in zip(start, self.context, strict=True)]
+        return read_window(source, lo, [a + n for a, n in zip(lo, self.in_tile, strict=True)])
+
+
+class TileMerger:
+    """Blends tile probabilities into the image: ``add`` accumulates, ``finalize`` divides.
+
+    Sums live on ``device``; each tile is weighted by :func:`blend_window`.
+    """
+
+    def __init__(self, num_classes: int, grid: TileGrid, device: torch.device) -> None:
+        self.grid = grid
+        shape = tuple(max(s, o) for s, o in zip(grid.spatial, grid.out_tile, strict=True))
+        self.acc = torch.zeros((num_classes, *shape), dtype=torch.float32, device=device)
+        self.wsum = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.window = blend_window(grid.out_tile, grid.overlap, device)
+
+    def add(self, probs: torch.Tensor, start: Sequence[int]) -> None:
+        """Accumulate one tile's (num_classes, *out_tile) probabilities at ``start``."""
+        sl = tuple(slice(s, s + o) for s, o in zip(start, self.grid.out_tile, strict=True))
+        with torch.inference_mode():
+            self.acc[(slice(None), *sl)] += probs * self.window
+            self.wsum[sl] += self.window
+
+    def finalize(self) -> np.ndarray:
+        """(num_classes, *spatial) float32 probabilities: the weighted mean of the tiles."""
+        with torch.inference_mode():
+            crop = tuple(slice(0, s) for s in self.grid.spatial)
+            out = self.acc[(slice(None), *crop)] / self.wsum[crop].clamp_min(1e-6)
+        return out.cpu().numpy()
+
+
+def predict_batch(
+    network: torch.nn.Module,
+    batch: list[np.ndarray],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Softmax probabilities of a batch of tiles, on ``device`` (autocast if ``amp_dtype``)."""
+    x = torch.from_numpy(np.stack(batch))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if amp_dtype is not None:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                logits = network(x)
+        else:
+            logits = network(x)
+        return torch.softmax(logits.float(), dim=1)
 
 
 def predict_tiled_iter(
@@ -149,58 +237,20 @@ def predict_tiled_iter(
     numpy.ndarray
         (num_classes, *spatial) float32 class probabilities.
     """
-    spatial = tuple(int(s) for s in source.shape[1:])
-    dims = len(spatial)
-    if dims != config.spatial_dims:
-        raise ValueError(f"a {config.spatial_dims}D model cannot predict a {dims}D image")
-    in_t, out_t = tile_shape(spatial, tile, config, overlap)
-    ov = tuple(int(round(o * overlap)) for o in out_t)
-    ctx = tuple((i - o) // 2 for i, o in zip(in_t, out_t, strict=True))
-    grid = list(
-        itertools.product(
-            *[tile_starts(s, o, v) for s, o, v in zip(spatial, out_t, ov, strict=True)]
-        )
-    )
-    k = config.num_classes
-    acc_shape = tuple(max(s, o) for s, o in zip(spatial, out_t, strict=True))
-    acc = torch.zeros((k, *acc_shape), dtype=torch.float32, device=device)
-    wsum = torch.zeros(acc_shape, dtype=torch.float32, device=device)
-    window = blend_window(out_t, ov, device)
+    grid = TileGrid.plan(source.shape[1:], tile, config, overlap)
+    merger = TileMerger(config.num_classes, grid, device)
     amp_dtype = autocast_dtype(device) if amp else None
-    channels_last = device.type == "cuda" and dims == 2
-    pin = device.type == "cuda"
-
-    def run_batch(batch: list[np.ndarray]) -> torch.Tensor:
-        x = torch.from_numpy(np.stack(batch))
-        if pin:
-            x = x.pin_memory()
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if amp_dtype is not None:
-                with torch.autocast(device.type, dtype=amp_dtype):
-                    logits = network(x)
-            else:
-                logits = network(x)
-            return torch.softmax(logits.float(), dim=1)
-
     network.eval()
+    n = len(grid.starts)
     done = 0
-    i = 0
     bs = max(1, batch_size)
-    while i < len(grid):
-        starts = grid[i : i + bs]
-        batch = []
-        for st in starts:
-            a = [s - c for s, c in zip(st, ctx, strict=True)]
-            e = [s - c + n for s, c, n in zip(st, ctx, in_t, strict=True)]
-            block = read_window(source, a, e)
-            if transform is not None:
-                block = transform(block)
-            batch.append(block)
+    while done < n:
+        starts = grid.starts[done : done + bs]
+        batch = [grid.read(source, st) for st in starts]
+        if transform is not None:
+            batch = [transform(b) for b in batch]
         try:
-            probs = run_batch(batch)
+            probs = predict_batch(network, batch, device, amp_dtype)
         except torch.cuda.OutOfMemoryError:
             if bs == 1:
                 raise
@@ -208,15 +258,8 @@ def predict_tiled_iter(
             torch.cuda.empty_cache()
             log.warning("CUDA out of memory in tiled prediction; retrying with batch %d", bs)
             continue
-        with torch.inference_mode():
-            for p, st in zip(probs, starts, strict=True):
-                sl = tuple(slice(s, s + o) for s, o in zip(st, out_t, strict=True))
-                acc[(slice(None), *sl)] += p * window
-                wsum[sl] += window
-        i += len(starts)
+        for p, st in zip(probs, starts, strict=True):
+            merger.add(p, st)
         done += len(starts)
-        yield TileDone(done, len(grid))
-    with torch.inference_mode():
-        crop = tuple(slice(0, s) for s in spatial)
-        out = acc[(slice(None), *crop)] / wsum[crop].clamp_min(1e-6)
-    return out.cpu().numpy()
+        yield TileDone(done, n)
+    return merger.finalize()
