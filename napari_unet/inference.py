@@ -23,7 +23,7 @@ from .devices import resolve_device
 from .events import ChunkDone, TileDone, drain
 from .files import grey_if_rgb
 from .model import fused_for_inference
-from .postprocess import class_labels, instances_from_probs
+from .postprocess import outputs_from_probs, require_instances
 from .store import Model
 from .tiling import predict_tiled_iter
 
@@ -167,6 +167,163 @@ def _intensity_range(arr: Any, spec: ModelSpec) -> tuple[float, float]:
     return percentiles(np.asarray(sub), spec.normalization)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How an image's axes map to the model's order ``(stack..., C, spatial...)``.
+
+    ``stack`` are the image's non-channel, non-spatial axes (T, and Z for a 2D
+    model), in the image's order.
+    """
+
+    axes: str
+    stack: tuple[str, ...]
+    spatial: tuple[str, ...]
+
+    @classmethod
+    def of(cls, axes: str, dims: int) -> _Layout:
+        """The layout of checked ``axes`` for a ``dims``-D model."""
+        spatial = ("Y", "X") if dims == 2 else ("Z", "Y", "X")
+        missing = [a for a in spatial if a not in axes]
+        if missing:
+            raise ValueError(f"axes {axes!r} lack {''.join(missing)}, which a {dims}D model needs")
+        return cls(axes, tuple(a for a in axes if a != "C" and a not in spatial), spatial)
+
+    def to_model(self, arr: Any) -> Any:
+        """``arr`` (numpy or dask) in the model's order, with a channel axis of 1 if it had none."""
+        order = [self.axes.index(a) for a in self.stack]
+        if "C" in self.axes:
+            order.append(self.axes.index("C"))
+        order += [self.axes.index(a) for a in self.spatial]
+        arr = arr.transpose(order) if hasattr(arr, "transpose") else np.transpose(arr, order)
+        if "C" not in self.axes:
+            arr = arr[(slice(None),) * len(self.stack) + (None,)]
+        return arr
+
+    @property
+    def streamable(self) -> bool:
+        """Whether the image's non-channel axes already are in the model's order."""
+        return [a for a in self.axes if a != "C"] == [*self.stack, *self.spatial]
+
+    def to_image(self, probs: np.ndarray) -> np.ndarray:
+        """``(classes, stack..., spatial...)`` probabilities in the image's order of axes."""
+        now = [*self.stack, *self.spatial]
+        return np.transpose(probs, [0] + [1 + now.index(a) for a in self.axes if a != "C"])
+
+
+def _numeric(image: Any, axes: str | None, spec: ModelSpec) -> Any:
+    """``image`` as an array-like with a numeric dtype; grey stored as RGB(A) made grey."""
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {image.dtype}")
+    if axes is None and spec.model.in_channels == 1 and isinstance(image, np.ndarray):
+        image = grey_if_rgb(image)  # grey PNGs are often stored as RGB(A)
+    return image
+
+
+def _check_model_order(arr: Any, layout: _Layout, spec: ModelSpec) -> None:
+    n_chan = arr.shape[len(layout.stack)]
+    if n_chan != spec.model.in_channels:
+        raise ValueError(
+            f"the image has {n_chan} channels (axes {layout.axes}), the model takes "
+            f"{spec.model.in_channels}"
+        )
+    for a, s in zip(layout.spatial, arr.shape[-len(layout.spatial) :], strict=True):
+        if s < 1:
+            raise ValueError(f"the image's {a} axis is empty")
+
+
+def _normaliser(arr: Any, n_stack: int, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-channel percentile normalisation with the whole array's range."""
+    dims = spec.model.spatial_dims
+    ranges = []
+    for c in range(arr.shape[n_stack]):
+        lo, hi = _intensity_range(arr[(slice(None),) * n_stack + (c,)], spec)
+        ranges.append((lo, max(hi - lo, 1e-12) if hi > lo else max(abs(hi), 1.0)))
+    lo_v = np.array([r[0] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
+    sc_v = np.array([r[1] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
+
+    def transform(block: np.ndarray) -> np.ndarray:
+        out = (block - lo_v) / sc_v
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+    return transform
+
+
+TilePredictor = Callable[[Any], Generator[TileDone, None, np.ndarray]]
+
+
+def _tile_predictor(
+    model: Model,
+    transform: Callable[[np.ndarray], np.ndarray],
+    device: str | torch.device,
+    tile: int | None,
+    batch_size: int | None,
+    amp: bool,
+) -> TilePredictor:
+    """``(C, *spatial) source -> probabilities`` generator with the model's tiling settings."""
+    spec = model.config
+    dev = resolve_device(device)
+    network = fused_for_inference(model.network).to(dev)
+    t = tile or spec.tiling.tile
+    edges = (min(t, spec.tiling.tile_z), t, t) if spec.model.spatial_dims == 3 else (t, t)
+
+    def predict(source: Any) -> Generator[TileDone, None, np.ndarray]:
+        return predict_tiled_iter(
+            network,
+            source,
+            spec.model,
+            tile=edges,
+            overlap=spec.tiling.overlap,
+            batch_size=batch_size or spec.tiling.batch_size,
+            device=dev,
+            amp=amp,
+            transform=transform,
+        )
+
+    return predict
+
+
+def _stream_blocks(
+    predict: TilePredictor,
+    arr: Any,
+    n_stack: int,
+    edge: int,
+    sink: Callable[[Block, np.ndarray], None],
+) -> Generator[TileDone | ChunkDone, None, None]:
+    """Predict ``arr`` (model order) block by block into ``sink``; keep nothing."""
+    spatial = arr.shape[n_stack + 1 :]
+    items = list(np.ndindex(*arr.shape[:n_stack])) if n_stack else [()]
+    blocks = [
+        Block(idx, window, core)
+        for idx in items
+        for window, core in plan_blocks(spatial, edge, HALO)
+    ]
+    for n, b in enumerate(blocks, 1):
+        src = arr[b.stack] if b.stack else arr
+        src = src[(slice(None), *b.window)]
+        if hasattr(src, "compute"):  # one read per block, not one per tile
+            src = np.asarray(src.compute())
+        probs = yield from predict(src)
+        sink(b, probs)
+        yield ChunkDone(n, len(blocks))
+
+
+def _predict_stack(
+    predict: TilePredictor, arr: Any, n_stack: int, num_classes: int
+) -> Generator[TileDone | ChunkDone, None, np.ndarray]:
+    """Probabilities ``(classes, stack..., spatial...)`` of ``arr`` (model order), by slice."""
+    stack_shape = tuple(arr.shape[:n_stack])
+    items = list(np.ndindex(*stack_shape)) if stack_shape else [()]
+    out = np.zeros((num_classes, *stack_shape, *arr.shape[n_stack + 1 :]), np.float32)
+    for n, idx in enumerate(items, 1):
+        src = arr[idx] if idx else arr
+        out[(slice(None), *idx)] = yield from predict(src)
+        if len(items) > 1:
+            yield ChunkDone(n, len(items))
+    return out
+
+
 def predict_proba_iter(
     model: Model,
     image: Any,
@@ -191,98 +348,27 @@ def predict_proba_iter(
     normalisation still uses the whole array's percentiles.
     """
     spec = model.config
-    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-        image = np.asarray(image)
-    if image.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got dtype {image.dtype}")
-    if axes is None and spec.model.in_channels == 1 and isinstance(image, np.ndarray):
-        image = grey_if_rgb(image)  # grey PNGs are often stored as RGB(A)
+    dims = spec.model.spatial_dims
+    image = _numeric(image, axes, spec)
     shape = tuple(int(s) for s in image.shape)
     axes = _check_axes(axes, len(shape), spec) if axes else guess_axes(shape, spec)
-    dims = spec.model.spatial_dims
-    arr = _lazy(image)
-    # reorder to (stack..., C, spatial...)
-    spatial = ["Y", "X"] if dims == 2 else ["Z", "Y", "X"]
-    missing = [a for a in spatial if a not in axes]
-    if missing:
-        raise ValueError(f"axes {axes!r} lack {''.join(missing)}, which a {dims}D model needs")
-    stack = [a for a in axes if a != "C" and a not in spatial]
-    order = [axes.index(a) for a in stack]
-    if "C" in axes:
-        order.append(axes.index("C"))
-    order += [axes.index(a) for a in spatial]
-    arr = arr.transpose(order) if hasattr(arr, "transpose") else np.transpose(arr, order)
-    if "C" not in axes:
-        arr = arr[(slice(None),) * len(stack) + (None,)]
-    n_chan = arr.shape[len(stack)]
-    if n_chan != spec.model.in_channels:
+    layout = _Layout.of(axes, dims)
+    arr = layout.to_model(_lazy(image))
+    _check_model_order(arr, layout, spec)
+    if sink is not None and not layout.streamable:
         raise ValueError(
-            f"the image has {n_chan} channels (axes {axes}), the model takes "
-            f"{spec.model.in_channels}"
+            f"streaming prediction needs the stack axes before {''.join(layout.spatial)}, "
+            f"got axes {axes}"
         )
-    for a, s in zip(spatial, arr.shape[-dims:], strict=True):
-        if s < 1:
-            raise ValueError(f"the image's {a} axis is empty")
-    ranges = []
-    for c in range(n_chan):
-        lo, hi = _intensity_range(arr[(slice(None),) * len(stack) + (c,)], spec)
-        ranges.append((lo, max(hi - lo, 1e-12) if hi > lo else max(abs(hi), 1.0)))
-    lo_v = np.array([r[0] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
-    sc_v = np.array([r[1] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
-
-    def transform(block: np.ndarray) -> np.ndarray:
-        out = (block - lo_v) / sc_v
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-
-    dev = resolve_device(device)
-    network = fused_for_inference(model.network).to(dev)
-    tiling = spec.tiling
-    t = tile or tiling.tile
-    tile_edges = (min(t, tiling.tile_z),) + (t,) * (dims - 1) if dims == 3 else (t, t)
-    stack_shape = tuple(arr.shape[: len(stack)])
-    k = spec.model.num_classes
-    kept = [a for a in axes if a != "C"]
-    now = stack + spatial
-    if sink is not None and kept != now:
-        raise ValueError(
-            f"streaming prediction needs the stack axes before {''.join(spatial)}, got axes {axes}"
-        )
-    tile_kwargs = dict(
-        tile=tile_edges,
-        overlap=tiling.overlap,
-        batch_size=batch_size or tiling.batch_size,
-        device=dev,
-        amp=amp,
-        transform=transform,
-    )
-    items = list(np.ndindex(*stack_shape)) if stack_shape else [()]
+    n_stack = len(layout.stack)
+    transform = _normaliser(arr, n_stack, spec)
+    predict = _tile_predictor(model, transform, device, tile, batch_size, amp)
     if sink is not None:
         edge = block or (BLOCK_2D if dims == 2 else BLOCK_3D)
-        blocks = [
-            Block(idx, window, core)
-            for idx in items
-            for window, core in plan_blocks(arr.shape[-dims:], edge, HALO)
-        ]
-        for n, b in enumerate(blocks, 1):
-            src = arr[b.stack] if b.stack else arr
-            src = src[(slice(None), *b.window)]
-            if hasattr(src, "compute"):  # one read per block, not one per tile
-                src = np.asarray(src.compute())
-            probs = yield from predict_tiled_iter(network, src, spec.model, **tile_kwargs)
-            sink(b, probs)
-            yield ChunkDone(n, len(blocks))
+        yield from _stream_blocks(predict, arr, n_stack, edge, sink)
         return None
-    out = np.zeros((k, *stack_shape, *arr.shape[-dims:]), np.float32)
-    for n, idx in enumerate(items, 1):
-        src = arr[idx] if idx else arr
-        out[(slice(None), *idx)] = yield from predict_tiled_iter(
-            network, src, spec.model, **tile_kwargs
-        )
-        if len(items) > 1:
-            yield ChunkDone(n, len(items))
-    # back to the image's order of non-channel axes
-    perm = [0] + [1 + now.index(a) for a in kept]
-    return np.transpose(out, perm)
+    out = yield from _predict_stack(predict, arr, n_stack, spec.model.num_classes)
+    return layout.to_image(out)
 
 
 def predict_iter(
@@ -295,19 +381,15 @@ def predict_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     amp: bool = True,
-) -> Generator[TileDone, None, np.ndarray]:
+) -> Generator[TileDone | ChunkDone, None, np.ndarray]:
     """Class labels (or instance ids with ``instances=True``); yields tiles."""
-    if instances and model.config.labels.kind != "instances":
-        raise ValueError(
-            f"instances need a model trained on instance labels; this one was trained on "
-            f"{model.config.labels.kind} labels"
-        )
+    if instances:
+        require_instances(model.config)  # before, not after, the prediction
     probs = yield from predict_proba_iter(
         model, image, axes=axes, device=device, tile=tile, batch_size=batch_size, amp=amp
     )
-    if instances:
-        return instances_from_probs(probs, spatial_dims=model.config.model.spatial_dims)
-    return class_labels(probs, model.config.labels)
+    outputs = outputs_from_probs(probs, model.config, labels=not instances, instances=instances)
+    return outputs["instances" if instances else "labels"]
 
 
 def predict(model: Model, image: Any, *, instances: bool = False, **kwargs: Any) -> np.ndarray:
