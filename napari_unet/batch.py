@@ -17,13 +17,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .events import ItemDone
+from .events import ItemDone, drain
 from .files import (
     find_inputs,
     grey_if_rgb,
@@ -34,7 +34,7 @@ from .files import (
     write_tif,
 )
 from .inference import Block, guess_axes, predict_proba_iter
-from .postprocess import class_labels, instances_from_probs
+from .postprocess import outputs_from_probs, require_instances
 from .store import Model, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _stats(result: np.ndarray, instances: bool) -> dict[str, Any]:
     return stats.row()
 
 
-class _ZarrSink:
+class ZarrSink:
     """Streams predicted blocks into OME-Zarr images under temporary names.
 
     ``commit`` renames them into place (labels last: their presence marks the
@@ -136,7 +136,7 @@ class _ZarrSink:
         dtype = (
             np.uint32
             if instances
-            else class_labels(np.zeros((k, 1, 1), np.float32), model.config.labels).dtype
+            else outputs_from_probs(np.zeros((k, 1, 1), np.float32), model.config)["labels"].dtype
         )
         self.tmp: list[Path] = []
         self.labels = ome_zarr_array(
@@ -169,7 +169,7 @@ class _ZarrSink:
         if self.instances:
             self._instances(block, probs)
         else:
-            lab = class_labels(probs[(slice(None), *core)], self.model.config.labels)
+            lab = outputs_from_probs(probs[(slice(None), *core)], self.model.config)["labels"]
             self.stats.add(lab)
             self.labels[(*block.stack, *block.core)] = lab
         if self.probs is not None:
@@ -179,8 +179,8 @@ class _ZarrSink:
             self.probs[index] = p  # stack indices are integers: p fits as it is
 
     def _instances(self, block: Block, probs: np.ndarray) -> None:
-        spatial_dims = self.model.config.model.spatial_dims
-        lab = instances_from_probs(probs, spatial_dims=spatial_dims)
+        outputs = outputs_from_probs(probs, self.model.config, labels=False, instances=True)
+        lab = outputs["instances"]
         whole = block.window == block.core
         if whole:
             owned = lab > 0
@@ -270,6 +270,179 @@ def _write_summary(path: Path, rows: dict[str, dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def _check_unique(names: Sequence[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(
+            f"several inputs share the name {dupes[0]!r}; their outputs would overwrite each other"
+        )
+
+
+class _Item(NamedTuple):
+    """One input of a batch: its name, how to read it, its pixel sizes (or how to read them)."""
+
+    name: str
+    read: Callable[[], Any]
+    sizes: Any = None
+
+
+def _plan_items(items: Sequence[Sequence[Any]]) -> list[_Item]:
+    """``(name, read[, sizes])`` tuples as items, after checking that the names are unique."""
+    planned = [_Item(*it[:3]) for it in items]
+    _check_unique([it.name for it in planned])
+    return planned
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The settings every input of a batch is predicted with."""
+
+    instances: bool = False
+    probabilities: bool = False
+    fmt: str = "tif"
+    device: str = "auto"
+    axes: str | None = None
+    tile: int | None = None
+    batch_size: int | None = None
+    redo: bool = False
+    block: int | None = None
+
+    @classmethod
+    def checked(cls, model: Model, **settings: Any) -> _Options:
+        """The options, after checking the format and that the model can give instances."""
+        options = cls(**settings)
+        if options.fmt not in EXTENSIONS:
+            raise ValueError(f"format must be tif or zarr, got {options.fmt!r}")
+        if options.instances:
+            require_instances(model.config)
+        return options
+
+    @property
+    def ext(self) -> str:
+        return EXTENSIONS[self.fmt]
+
+    @property
+    def predict_kwargs(self) -> dict[str, Any]:
+        """Keywords of :func:`~napari_unet.inference.predict_proba_iter`."""
+        return dict(axes=self.axes, device=self.device, tile=self.tile, batch_size=self.batch_size)
+
+
+class _Summary:
+    """``summary.csv`` of a batch: the rows of earlier runs, updated input by input.
+
+    ``path=None`` keeps the rows without reading or writing a file (the worker role,
+    whose client writes the file).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.previous = _read_summary(path) if path is not None else {}
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def record(self, i: int, n: int, row: dict[str, Any], **event: Any) -> ItemDone:
+        """Keep the input's row (and write summary.csv); the input's ItemDone event."""
+        self.rows[row["input"]] = row
+        if self.path is not None:
+            _write_summary(self.path, {**self.previous, **self.rows})
+        return ItemDone(i=i, n=n, name=row["input"], summary=row, **event)
+
+
+def _predict_zarr(
+    model: Model, item: _Item, target: Path, prob_target: Path, options: _Options
+) -> Generator[Any, None, tuple[tuple[int, ...], dict[str, Any], list[Path]]]:
+    """Stream one input into OME-Zarr outputs, slice by slice and block by block (stacks and
+    planes larger than memory work); returns its shape, summary statistics and the outputs."""
+    image = item.read()
+    if isinstance(image, np.ndarray) and model.config.model.in_channels == 1:
+        image = grey_if_rgb(image, item.name)
+    use = (options.axes or guess_axes(tuple(image.shape), model.config)).upper()
+    kept = "".join(a for a in use if a != "C")
+    shape = tuple(int(n) for a, n in zip(use, image.shape, strict=True) if a != "C")
+    sink = ZarrSink(
+        model,
+        target,
+        prob_target if options.probabilities else None,
+        shape,
+        kept,
+        options.instances,
+        item.sizes() if callable(item.sizes) else item.sizes,
+    )
+    try:
+        yield from predict_proba_iter(
+            model, image, sink=sink, block=options.block, **options.predict_kwargs
+        )
+        written = sink.commit()
+    except (GeneratorExit, ValueError, OSError, MemoryError):
+        sink.abort()  # cancelled or failed: nothing half-written stays behind
+        raise
+    return shape, sink.stats.row(), written
+
+
+def _predict_tif(
+    model: Model, item: _Item, target: Path, prob_target: Path, options: _Options
+) -> Generator[Any, None, tuple[tuple[int, ...], dict[str, Any], list[Path]]]:
+    """Predict one input in memory into TIFF outputs; returns its shape, summary statistics
+    and the outputs."""
+    probs = yield from predict_proba_iter(model, item.read(), **options.predict_kwargs)
+    outputs = outputs_from_probs(
+        probs,
+        model.config,
+        labels=not options.instances,
+        instances=options.instances,
+        probabilities=options.probabilities,
+    )
+    result = outputs["instances" if options.instances else "labels"]
+    written = []
+    if options.probabilities:  # the labels output last: it marks the input as finished
+        written.append(write_tif(prob_target, outputs["probabilities"].astype(np.float32)))
+    written.append(write_tif(target, result))
+    return result.shape, _stats(result, options.instances), written
+
+
+def _predict_item(
+    model: Model,
+    item: _Item,
+    folder: Path,
+    options: _Options,
+    previous: dict[str, dict[str, str]],
+) -> Generator[Any, None, tuple[dict[str, Any], dict[str, Any], list[Path]]]:
+    """Skip, predict or fail one input; returns its summary row, the fields of its
+    :class:`ItemDone` and the files written."""
+    t0 = time.perf_counter()
+    target = folder / f"{item.name}{options.ext}"
+    prob_target = folder / f"{item.name}_prob{options.ext}"
+    if not options.redo and target.exists() and (not options.probabilities or prob_target.exists()):
+        row = {
+            **previous.get(item.name, {}),
+            "input": item.name,
+            "status": "done",
+            "output": target.name,
+        }
+        reason = "finished by an earlier run"
+        return row, dict(output=str(target), seconds=0.0, status="skipped", reason=reason), []
+    predict = _predict_zarr if options.fmt == "zarr" else _predict_tif
+    try:
+        shape, stats, written = yield from predict(model, item, target, prob_target, options)
+    except (ValueError, OSError, MemoryError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        log.info("%s failed: %s", item.name, reason)
+        row = {"input": item.name, "status": "failed", "reason": reason}
+        seconds = time.perf_counter() - t0
+        return row, dict(output="", seconds=seconds, status="failed", reason=reason), []
+    seconds = time.perf_counter() - t0
+    row = {
+        "input": item.name,
+        "status": "done",
+        "reason": "",
+        "shape": "x".join(map(str, shape)),
+        "seconds": round(seconds, 3),
+        "output": target.name,
+        **stats,
+    }
+    objects = int(row["objects"]) if options.instances else None
+    return row, dict(output=str(target), seconds=seconds, objects=objects), written
+
+
 def predict_items_iter(
     model: Model,
     items: Sequence[tuple[str, Callable[[], Any]]],
@@ -283,7 +456,6 @@ def predict_items_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     redo: bool = False,
-    summary: bool = True,
     block: int | None = None,
 ) -> Generator[Any, None, list[Path]]:
     """Predict ``(name, read)`` items into ``out``; yields tiles and :class:`ItemDone`.
@@ -299,123 +471,27 @@ def predict_items_iter(
     the batch goes on.  ``summary.csv`` in ``out`` gets a row per input.  Returns
     the files written by this run.
     """
-    if fmt not in EXTENSIONS:
-        raise ValueError(f"format must be tif or zarr, got {fmt!r}")
-    if instances and model.config.labels.kind != "instances":
-        raise ValueError(
-            f"instances need a model trained on instance labels; this one was trained on "
-            f"{model.config.labels.kind} labels"
-        )
-    items = [(it[0], it[1], it[2] if len(it) > 2 else None) for it in items]
-    names = [name for name, _, _ in items]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(
-            f"several inputs share the name {dupes[0]!r}; their outputs would overwrite each other"
-        )
+    options = _Options.checked(
+        model,
+        instances=instances,
+        probabilities=probabilities,
+        fmt=fmt,
+        device=device,
+        axes=axes,
+        tile=tile,
+        batch_size=batch_size,
+        redo=redo,
+        block=block,
+    )
+    planned = _plan_items(items)
     folder = _check_out(out)
-    ext = EXTENSIONS[fmt]
-    summary_path = folder / SUMMARY
-    previous = _read_summary(summary_path)
-    if not summary:  # a distributed worker: the client writes summary.csv and cleans up
-        previous = {}
-    else:
-        remove_leftovers(folder, names, ext)
-
-    rows: dict[str, dict[str, Any]] = {}
-
-    def record(i: int, row: dict[str, Any], **event: Any) -> ItemDone:
-        """Keep the input's summary row (and write summary.csv); its ItemDone event."""
-        rows[row["input"]] = row
-        if summary:
-            _write_summary(summary_path, {**previous, **rows})
-        return ItemDone(i=i, n=len(items), name=row["input"], summary=row, **event)
-
-    written = []
-    for i, (name, read, sizes) in enumerate(items, 1):
-        t0 = time.perf_counter()
-        target = folder / f"{name}{ext}"
-        prob_target = folder / f"{name}_prob{ext}"
-        if not redo and target.exists() and (not probabilities or prob_target.exists()):
-            row = {**previous.get(name, {}), "input": name, "status": "done", "output": target.name}
-            yield record(
-                i,
-                row,
-                output=str(target),
-                seconds=0.0,
-                status="skipped",
-                reason="finished by an earlier run",
-            )
-            continue
-        sink = None
-        try:
-            image = read()
-            if fmt == "zarr":  # streamed slice by slice: stacks larger than memory work
-                if isinstance(image, np.ndarray) and model.config.model.in_channels == 1:
-                    image = grey_if_rgb(image, name)
-                use = (axes or guess_axes(tuple(image.shape), model.config)).upper()
-                kept = "".join(a for a in use if a != "C")
-                shape = tuple(int(n) for a, n in zip(use, image.shape, strict=True) if a != "C")
-                sink = _ZarrSink(
-                    model,
-                    target,
-                    prob_target if probabilities else None,
-                    shape,
-                    kept,
-                    instances,
-                    sizes() if callable(sizes) else sizes,
-                )
-                yield from predict_proba_iter(
-                    model,
-                    image,
-                    axes=axes,
-                    device=device,
-                    tile=tile,
-                    batch_size=batch_size,
-                    sink=sink,
-                    block=block,
-                )
-                written += sink.commit()
-                stats = sink.stats.row()
-            else:
-                probs = yield from predict_proba_iter(
-                    model, image, axes=axes, device=device, tile=tile, batch_size=batch_size
-                )
-                if instances:
-                    spatial_dims = model.config.model.spatial_dims
-                    result = instances_from_probs(probs, spatial_dims=spatial_dims)
-                else:
-                    result = class_labels(probs, model.config.labels)
-                if probabilities:  # the labels output last: it marks the input as finished
-                    written.append(write_tif(prob_target, probs.astype(np.float32)))
-                written.append(write_tif(target, result))
-                shape, stats = result.shape, _stats(result, instances)
-        except GeneratorExit:  # cancelled: nothing half-written stays behind
-            if sink is not None:
-                sink.abort()
-            raise
-        except (ValueError, OSError, MemoryError) as exc:
-            if sink is not None:
-                sink.abort()
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            log.info("%s failed: %s", name, reason)
-            row = {"input": name, "status": "failed", "reason": reason}
-            yield record(
-                i, row, output="", seconds=time.perf_counter() - t0, status="failed", reason=reason
-            )
-            continue
-        seconds = time.perf_counter() - t0
-        row = {
-            "input": name,
-            "status": "done",
-            "reason": "",
-            "shape": "x".join(map(str, shape)),
-            "seconds": round(seconds, 3),
-            "output": target.name,
-            **stats,
-        }
-        objects = int(row["objects"]) if instances else None
-        yield record(i, row, output=str(target), seconds=seconds, objects=objects)
+    summary = _Summary(folder / SUMMARY)
+    remove_leftovers(folder, [it.name for it in planned], options.ext)
+    written: list[Path] = []
+    for i, item in enumerate(planned, 1):
+        row, event, files = yield from _predict_item(model, item, folder, options, summary.previous)
+        written += files
+        yield summary.record(i, len(planned), row, **event)
     return written
 
 
@@ -430,6 +506,24 @@ def predict_files_iter(
     return (yield from predict_items_iter(model, items, out, **kwargs))
 
 
+def predict_file_as_worker_iter(
+    model: Model, path: str | Path, out: str | Path, **settings: Any
+) -> Generator[Any, None, ItemDone]:
+    """Predict one file as one task of :func:`predict_files_distributed`; yields tiles.
+
+    The worker role: the client, not this task, removes the leftovers of interrupted
+    runs and writes ``summary.csv``, so this neither reads nor writes it.  Returns
+    the input's :class:`ItemDone` (``i = n = 1``), its summary row included, for
+    the client to record.  ``settings`` are the keywords of :func:`predict_items_iter`.
+    """
+    options = _Options.checked(model, **settings)
+    p = Path(path)
+    item = _Item(stem(p), lambda: read_image(p, lazy=True), lambda: pixel_sizes(p))
+    folder = _check_out(out)
+    row, event, _ = yield from _predict_item(model, item, folder, options, {})
+    return _Summary(None).record(1, 1, row, **event)
+
+
 _MODELS: dict[tuple[str, str], Model] = {}
 
 
@@ -440,24 +534,7 @@ def _worker_predict(model_dir: str, path: str, out: str, kwargs: dict[str, Any])
     key = (model_dir, str(kwargs.get("device", "auto")))
     if key not in _MODELS:
         _MODELS[key] = load_model(model_dir, device=kwargs.get("device", "auto"))
-    p = Path(path)
-    gen = predict_items_iter(
-        _MODELS[key],
-        [(stem(p), lambda: read_image(p, lazy=True), lambda: pixel_sizes(p))],
-        out,
-        summary=False,
-        **kwargs,
-    )
-    done = None
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration:
-            break
-        if isinstance(event, ItemDone):
-            done = event
-    assert done is not None
-    return done
+    return drain(predict_file_as_worker_iter(_MODELS[key], path, out, **kwargs))
 
 
 def predict_files_distributed(
@@ -479,11 +556,7 @@ def predict_files_distributed(
         raise ValueError("--scheduler needs dask.distributed: pip install distributed") from None
     paths = find_inputs(inputs, "input")
     names = [stem(p) for p in paths]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(
-            f"several inputs share the name {dupes[0]!r}; their outputs would overwrite each other"
-        )
+    _check_unique(names)
     folder = _check_out(out).resolve()
     remove_leftovers(folder, names, EXTENSIONS[kwargs.get("fmt", "tif")])
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from napari_unet.batch import _ZarrSink, predict_items_iter, remove_leftovers
+from napari_unet.batch import ZarrSink, predict_items_iter, remove_leftovers
 from napari_unet.events import ChunkDone, drain
 from napari_unet.files import pixel_sizes, read_image
 from napari_unet.inference import HALO, Block, plan_blocks, predict_proba
@@ -54,7 +54,7 @@ def test_blocked_instances_keep_each_object_once_and_whole(tiny_model, tmp_path)
     _, truth = make_nuclei(shape=(260, 250), n=40, radius=(6, 12), seed=3)
     probs = _probs_from_labels(truth)
     whole = instances_from_probs(probs)
-    sink = _ZarrSink(model, tmp_path / "o.zarr", None, truth.shape, "YX", instances=True)
+    sink = ZarrSink(model, tmp_path / "o.zarr", None, truth.shape, "YX", instances=True)
     for window, core in plan_blocks(truth.shape, 64, HALO):
         sink(Block((), window, core), probs[(slice(None), *window)])
     [final] = sink.commit()
