@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .config import LABELS_KINDS, PADDINGS, RECIPES
+from .devices import PRECISIONS
+from .events import ChunkDone, Finished, ItemDone, TileDone, TrainStarted, TrainStep, Validated
 
 log = logging.getLogger("napari_unet")
 
@@ -67,10 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument(
         "--labels-kind",
-        choices=["sparse", "semantic", "instances"],
+        choices=LABELS_KINDS,
         help="sparse (default; with --resume: the model's kind)",
     )
-    t.add_argument("--recipe", choices=["fast", "paper"], default="fast")
+    t.add_argument(
+        "--config",
+        metavar="FILE.json",
+        help="a recipe file of settings (see resources/recipes/); the flags override it",
+    )
+    t.add_argument("--recipe", choices=RECIPES, help="fast (default) or paper")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument(
         "--time-budget",
@@ -83,15 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--width",
         type=_positive_int,
-        help="features of the first level (default: 16 on the CPU, 32 on a GPU)",
+        help="features of the first level (default: 8 on the CPU, 32 on a GPU)",
     )
-    t.add_argument("--depth", type=_positive_int, default=4)
+    t.add_argument("--depth", type=_positive_int, help="resolution levels (default 4)")
     t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
     t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--padding", choices=["same", "valid"], default="same")
+    t.add_argument("--padding", choices=PADDINGS, help="same (default) or valid")
+    t.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto (default: bf16/fp16 on CUDA with the fast recipe), fp32, bf16, fp16",
+    )
     t.add_argument(
         "--border-weights",
-        action="store_true",
+        action="store_const",
+        const=True,
         help="the paper's border weight map (instances labels only)",
     )
     t.add_argument(
@@ -105,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: keep the new model even if its validation IoU is lower (the "
         "previous one is always kept in <out>.previous)",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
 
     q = sub.add_parser("predict", help="apply a model to images")
     q.add_argument("model", help="model folder")
@@ -170,137 +184,75 @@ def _check_device(device: str) -> None:
         raise UsageError(f"--device {device}: {exc}") from None
 
 
-def _channels(img: np.ndarray, lab: np.ndarray) -> int:
-    """Channels of an image whose labels have ``lab.shape`` (same rule as data.prepare)."""
-    if img.shape == lab.shape:
-        return 1
-    return img.shape[0] if img.shape[1:] == lab.shape else img.shape[-1]
-
-
-def _read_pairs(
-    args: argparse.Namespace, spec: Any = None
-) -> tuple[list[np.ndarray], list[np.ndarray], list]:
-    """Read the training pairs and check each file; errors name the file and the value.
+def _read_pairs(args: argparse.Namespace, kind: str, spec: Any = None) -> tuple[list, list, Any]:
+    """Read the training pairs and check them with the engine's checks (errors name the
+    files); returns images, labels and the names used (for the training's own errors).
 
     ``spec`` is the :class:`~napari_unet.config.ModelSpec` of the model being resumed.
     """
     from .files import find_inputs, grey_if_rgb, pair_by_stem, read_image
+    from .inputs import Continued, Names, check_training_data
 
     pairs = pair_by_stem(find_inputs(args.images, "--images"), find_inputs(args.labels, "--labels"))
-    spatial = spec.model.spatial_dims if spec is not None else 2
+    names = Names(
+        [(str(img), str(lab)) for img, lab in pairs],
+        labels=f"--labels {' '.join(args.labels)}",
+        model=f"the model in {args.out}",
+    )
     images, labels = [], []
-    first_channels: tuple[int, Path] | None = None
     for img_path, lab_path in pairs:
-        img, lab = read_image(img_path), read_image(lab_path)
-        if lab.dtype.kind == "b":
-            lab = lab.astype(np.uint8)
-        if lab.dtype.kind == "f":
-            if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
-                raise UsageError(f"{lab_path}: label images must hold whole numbers")
-            lab = lab.astype(np.int64)
-        if lab.dtype.kind not in "iu":
-            raise UsageError(f"{lab_path}: label images must hold integers, got {lab.dtype}")
-        if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
-            raise UsageError(f"{lab_path}: label values must be >= 0, found {lab.min()}")
-        if lab.ndim not in (spatial, spatial + 1):
-            raise UsageError(
-                f"{lab_path}: label image of shape {lab.shape}; a {spatial}D model trains on "
-                f"{spatial}D label images or stacks of them ({spatial + 1} dimensions)"
-            )
+        img, lab = read_image(img_path), _as_integer_labels(read_image(lab_path), lab_path)
         if lab.ndim == 2 and img.shape[:2] == lab.shape:
             img = grey_if_rgb(img, str(img_path))
-        if img.shape != lab.shape and img.shape[:-1] != lab.shape and img.shape[1:] != lab.shape:
-            raise UsageError(
-                f"{img_path} has shape {img.shape} but {lab_path} has shape {lab.shape}"
-            )
-        if img.dtype.kind == "f":
-            bad = int(img.size - np.count_nonzero(np.isfinite(img)))
-            if bad == img.size:
-                raise UsageError(f"{img_path}: no finite pixel value (all NaN or Inf)")
-            if bad:
-                log.warning(
-                    "%s: %d NaN or Inf pixel(s), set to 0 after normalisation", img_path, bad
-                )
-        channels = _channels(img, lab)
-        if spec is not None and channels != spec.model.in_channels:
-            raise UsageError(
-                f"{img_path} has {channels} channel(s) but the model in {args.out} takes "
-                f"{spec.model.in_channels}"
-            )
-        if first_channels is None:
-            first_channels = (channels, img_path)
-        elif channels != first_channels[0]:
-            raise UsageError(
-                f"{img_path} has {channels} channel(s) but {first_channels[1]} has "
-                f"{first_channels[0]}; all training images need the same channels"
-            )
         images.append(img)
         labels.append(lab)
-    return images, labels, pairs
+    continued = None
+    if spec is not None:
+        labels_cfg = spec.labels
+        continued = Continued(spec.model.in_channels, labels_cfg.class_names, labels_cfg.value_map)
+    spatial = spec.model.spatial_dims if spec is not None else 2
+    check_training_data(images, labels, kind, spatial, names, continued=continued)
+    return images, labels, names
 
 
-MAX_CLASSES = 256
+def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
+    """Label files saved as booleans or as floats holding whole numbers (Fiji does) are
+    read as integers; other floats are refused."""
+    if lab.dtype.kind == "b":
+        return lab.astype(np.uint8)
+    if lab.dtype.kind == "f":
+        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
+            raise UsageError(f"{path}: label images must hold whole numbers")
+        return lab.astype(np.int64)
+    return lab
 
 
-def _check_classes(
-    args: argparse.Namespace, kind: str, labels: list[np.ndarray], pairs: list, spec: Any
-) -> None:
-    """Refuse label images that cannot train anything: nothing painted, one class only,
-    more classes than the model (or a network) has.  Errors name the files and values."""
-    where = f"--labels {' '.join(args.labels)}"
-    values = [np.unique(lab) for lab in labels]
-    everything = np.unique(np.concatenate(values))
-    nonzero = everything[everything != 0]
-    if kind == "sparse":
-        if nonzero.size == 0:
-            raise UsageError(
-                f"{where}: nothing is painted: every label image is 0 (unlabeled) everywhere; "
-                "paint at least two classes (1, 2, ...)"
-            )
-        limit = len(spec.labels.class_names) if spec is not None else MAX_CLASSES
-        for (_img, lab_path), vals in zip(pairs, values, strict=True):
-            top = int(vals.max())
-            if top > limit and spec is not None:
-                raise UsageError(
-                    f"{lab_path}: label value {top} is above the {limit} classes of the model "
-                    f"in {args.out} ({', '.join(spec.labels.class_names)})"
-                )
-            if top > limit:
-                raise UsageError(
-                    f"{lab_path}: label value {top} would make {top} classes (sparse labels "
-                    f"paint classes 1..K, K <= {MAX_CLASSES}); instance masks? pass "
-                    "--labels-kind instances"
-                )
-        if spec is None and nonzero.size == 1:
-            raise UsageError(
-                f"{where}: only one class is painted (value {int(nonzero[0])}); paint at least "
-                "two, e.g. 1 = background and 2 = cell"
-            )
-    elif kind == "semantic":
-        if spec is not None and spec.labels.value_map is not None:
-            known = set(spec.labels.value_map)
-            for (_img, lab_path), vals in zip(pairs, values, strict=True):
-                extra = sorted(int(v) for v in set(vals.tolist()) - known)
-                if extra:
-                    raise UsageError(
-                        f"{lab_path}: label values {extra[:5]} are not among the classes of the "
-                        f"model in {args.out} (values {list(spec.labels.value_map)})"
-                    )
-        elif everything.size < 2:
-            raise UsageError(
-                f"{where}: semantic labels need at least 2 distinct values; every label image "
-                f"holds only {int(everything[0])}"
-            )
-        elif everything.size > MAX_CLASSES:
-            raise UsageError(
-                f"{where}: {everything.size} distinct label values, more than {MAX_CLASSES} "
-                "classes; instance masks? pass --labels-kind instances"
-            )
-    elif spec is None and nonzero.size == 0:
-        raise UsageError(
-            f"{where}: no object in any label image (all 0); instance masks need objects "
-            "numbered 1, 2, ... on background 0"
-        )
+# flags of ``train`` that a recipe file may set too (file key = flag's dest)
+RECIPE_FLAGS = (
+    "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
+    "precision", "border_weights", "seed",
+)  # fmt: skip
+
+
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe file's settings with the flags given on the command line over them."""
+    from .recipes import read_recipe, train_arguments
+
+    settings = read_recipe(args.config) if args.config else {}
+    if args.steps is not None or args.time_budget is not None:  # one budget, the flag's
+        settings.pop("steps", None)
+        settings.pop("time_budget", None)
+    settings.update({k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None})
+    settings.pop("labels_kind", None)  # decided with --labels-kind / the resumed model
+    return train_arguments(settings, f"recipe {args.config}" if args.config else "train")
+
+
+def _labels_kind(args: argparse.Namespace) -> str | None:
+    if args.labels_kind or not args.config:
+        return args.labels_kind
+    from .recipes import read_recipe
+
+    return read_recipe(args.config).get("labels_kind")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -315,8 +267,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.resume and not (out / CONFIG_FILE).exists():
         raise UsageError(f"--resume: {out} holds no model to resume ({CONFIG_FILE} missing)")
+    settings = _train_settings(args)
     spec = None
-    kind = args.labels_kind or "sparse"
+    kind = _labels_kind(args) or "sparse"
     if args.resume:
         from .safety import read_config
 
@@ -327,66 +280,62 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{spec.labels.kind} labels"
             )
         kind = spec.labels.kind
-    images, labels, pairs = _read_pairs(args, spec)
-    _check_classes(args, kind, labels, pairs, spec)
+    images, labels, names = _read_pairs(args, kind, spec)
     _check_device(args.device)  # after the data checks: those need no torch, so fail fast
     from .training import train_iter
 
-    _say(args, f"training on {len(pairs)} image(s) with {kind} labels")
+    _say(args, f"training on {len(images)} image(s) with {kind} labels")
     gen = train_iter(
         images,
         labels,
         labels_kind=kind,
-        recipe=args.recipe,
-        steps=args.steps,
-        time_budget=args.time_budget,
-        width=args.width,
-        depth=args.depth,
-        patch=args.patch,
-        batch_size=args.batch_size,
-        padding=args.padding,
         device=args.device,
         out=out,
         resume=args.resume,
-        config=_train_config(args),
         replace_worse=args.replace_worse,
+        names=names,
+        **settings,
     )
-    last_print = 0.0
-    last_val = ""
+    report = _TrainReport(args, out)
     for event in _drive(gen):
-        kind = type(event).__name__
-        if kind == "TrainStarted":
-            s = event.settings
-            _say(
-                args,
-                f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
-                f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
-                f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images",
-            )
-        elif kind == "Validated":
-            last_val = f", validation IoU {event.iou:.3f}"
-        elif kind == "TrainStep" and time.monotonic() - last_print >= 5:
-            last_print = time.monotonic()
-            _say(
-                args,
-                f"step {event.step}  loss {event.loss:.4f}  {event.images_per_s:.1f} "
-                f"patches/s  {event.elapsed:.0f} s{last_val}",
-            )
-        elif kind == "Finished":
-            _say(
-                args,
-                f"finished after {event.step} steps ({event.reason}){last_val}; "
-                f"model saved to {event.path or out}",
-            )
-            if event.message:
-                _say(args, event.message)
+        report(event)
     return 0
 
 
-def _train_config(args: argparse.Namespace):
-    from .config import TrainConfig
+class _TrainReport:
+    """What ``train`` prints: the settings, a line every 5 s, the end."""
 
-    return TrainConfig(border_weights=args.border_weights, seed=args.seed)
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args, self.out = args, out
+        self.last_print = 0.0
+        self.last_val = ""
+
+    def __call__(self, event: Any) -> None:
+        match event:
+            case TrainStarted(settings=s):
+                self.say(
+                    f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
+                    f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
+                    f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images"
+                )
+            case Validated():
+                self.last_val = f", validation IoU {event.iou:.3f}"
+            case TrainStep() if time.monotonic() - self.last_print >= 5:
+                self.last_print = time.monotonic()
+                self.say(
+                    f"step {event.step}  loss {event.loss:.4f}  {event.images_per_s:.1f} "
+                    f"patches/s  {event.elapsed:.0f} s{self.last_val}"
+                )
+            case Finished():
+                self.say(
+                    f"finished after {event.step} steps ({event.reason}){self.last_val}; "
+                    f"model saved to {event.path or self.out}"
+                )
+                if event.message:
+                    self.say(event.message)
+
+    def say(self, text: str) -> None:
+        _say(self.args, text)
 
 
 def _drive(gen):
@@ -425,7 +374,7 @@ class _Progress:
     def detail(self, event: Any) -> None:
         if self.bar.disable:
             return
-        if type(event).__name__ == "ChunkDone":
+        if isinstance(event, ChunkDone):
             self.chunk = f"chunk {event.i}/{event.n}, " if event.n > 1 else ""
             tile = ""
         else:
@@ -474,7 +423,6 @@ def _check_predict_args(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     _check_predict_args(args)
     from .batch import predict_files_iter
-    from .events import ChunkDone, ItemDone, TileDone
     from .files import find_inputs
     from .store import load_model
 

@@ -20,6 +20,7 @@ import torch
 
 from . import targets as tg
 from .config import LabelsConfig, NormConfig
+from .inputs import Continued, Names, check_training_data
 from .store import content_hash
 from .targets import IGNORE
 
@@ -232,19 +233,43 @@ def _as_list(x: Any) -> list[Any]:
     return list(x)
 
 
-def _channel_first(image: np.ndarray, labels_shape: tuple[int, ...], index: int) -> np.ndarray:
-    """Return the image as (C, *labels_shape), finding its channel axis by shape."""
+def _channel_first(image: np.ndarray, labels_shape: tuple[int, ...]) -> np.ndarray:
+    """The image as (C, *labels_shape); its shape was checked by :mod:`napari_unet.inputs`."""
     if image.shape == labels_shape:
         return image[None]
-    if image.ndim == len(labels_shape) + 1:
-        if image.shape[1:] == labels_shape:
-            return image
-        if image.shape[:-1] == labels_shape:
-            return np.moveaxis(image, -1, 0)
-    raise ValueError(
-        f"image {index} has shape {image.shape} but its labels have shape {labels_shape}: "
-        f"they must match (an extra channel axis first or last is allowed)"
-    )
+    return image if image.shape[1:] == labels_shape else np.moveaxis(image, -1, 0)
+
+
+def labels_config(
+    labels: Sequence[np.ndarray],
+    kind: str,
+    class_names: Sequence[str] | None = None,
+    value_map: Sequence[int] | None = None,
+) -> LabelsConfig:
+    """The classes a training set defines (names, and the values of semantic labels)."""
+    if kind == "instances":
+        return LabelsConfig(kind=kind, class_names=tuple(class_names or INSTANCE_CLASSES))
+    if kind == "semantic":
+        if value_map is None:
+            value_map = sorted(set().union(*(np.unique(lab).tolist() for lab in labels)))
+        vmap = tuple(int(v) for v in value_map)
+        names = tuple(class_names) if class_names else tuple(f"class {v}" for v in vmap)
+        return LabelsConfig(kind=kind, class_names=names, value_map=vmap)
+    if class_names:
+        return LabelsConfig(kind=kind, class_names=tuple(class_names))
+    n = max(max(int(lab.max()) if lab.size else 0 for lab in labels), 2)
+    names = ("background", "cell") if n == 2 else tuple(f"class {k}" for k in range(1, n + 1))
+    return LabelsConfig(kind=kind, class_names=names)
+
+
+def _targets(lab: np.ndarray, cfg: LabelsConfig, spatial_dims: int) -> np.ndarray:
+    if cfg.kind == "instances":
+        tgt = tg.instance_targets(lab, spatial_dims=spatial_dims)
+    elif cfg.kind == "semantic":
+        tgt, _ = tg.semantic_targets(lab, value_map=cfg.value_map)
+    else:
+        tgt = tg.sparse_targets(lab, num_classes=len(cfg.class_names))
+    return tgt.astype(np.int16 if len(cfg.class_names) < 2**15 else np.int64)
 
 
 def prepare(
@@ -256,103 +281,45 @@ def prepare(
     value_map: Sequence[int] | None = None,
     norm: NormConfig | None = None,
     border_weights: bool = False,
+    names: Names | None = None,
+    continued: Continued | None = None,
 ) -> Prepared:
-    """Turn user images and label images into normalised arrays and class targets."""
-    norm = norm or NormConfig()
-    imgs, labs = _as_list(images), _as_list(labels)
-    if len(imgs) != len(labs):
-        raise ValueError(f"got {len(imgs)} images but {len(labs)} label images")
-    if not imgs:
-        raise ValueError("no training images were given")
-    if labels_kind not in ("sparse", "semantic", "instances"):
-        raise ValueError(f"labels_kind must be sparse, semantic or instances, got {labels_kind!r}")
-    labs = [np.asarray(lab) for lab in labs]
-    for i, lab in enumerate(labs):
-        if lab.dtype.kind not in "biu":
-            raise ValueError(f"labels {i} must be integers, got dtype {lab.dtype}")
-        if lab.ndim not in (spatial_dims, spatial_dims + 1):
-            raise ValueError(
-                f"labels {i} have {lab.ndim} dimensions; a {spatial_dims}D model trains on "
-                f"{spatial_dims}D labels or stacks of them"
-            )
-    # classes
-    if labels_kind == "instances":
-        names = tuple(class_names) if class_names else INSTANCE_CLASSES
-        vmap = None
-    elif labels_kind == "semantic":
-        values = sorted(set().union(*(np.unique(lab).tolist() for lab in labs)))
-        if value_map is None:
-            value_map = values
-        vmap = tuple(int(v) for v in value_map)
-        missing = sorted(set(values) - set(vmap))
-        if missing:
-            raise ValueError(f"label values {missing[:10]} are not in the model's classes {vmap}")
-        if len(vmap) < 2:
-            raise ValueError(f"semantic labels need at least 2 distinct values, got {vmap}")
-        names = tuple(class_names) if class_names else tuple(f"class {v}" for v in vmap)
-    else:
-        top = max(int(lab.max()) if lab.size else 0 for lab in labs)
-        if class_names:
-            names = tuple(class_names)
-            if top > len(names):
-                raise ValueError(
-                    f"labels contain value {top} but only {len(names)} classes are named "
-                    f"({', '.join(names)})"
-                )
-        else:
-            n = max(top, 2)
-            names = (
-                ("background", "cell") if n == 2 else tuple(f"class {k}" for k in range(1, n + 1))
-            )
-        vmap = None
-    labels_cfg = LabelsConfig(kind=labels_kind, class_names=names, value_map=vmap)
+    """Turn user images and label images into normalised arrays and class targets.
 
-    out_imgs, out_tgts, out_w, prov = [], [], [], []
-    in_channels = None
-    for i, (img, lab) in enumerate(zip(imgs, labs, strict=True)):
-        img = _channel_first(np.asarray(img), lab.shape, i)
-        if in_channels is None:
-            in_channels = img.shape[0]
-        elif img.shape[0] != in_channels:
-            raise ValueError(f"image {i} has {img.shape[0]} channels, image 0 has {in_channels}")
-        if img.dtype.kind not in "biuf":
-            raise ValueError(f"image {i} must be numeric, got dtype {img.dtype}")
-        prov.append(
-            {
-                "image": content_hash(np.asarray(img)),
-                "labels": content_hash(lab),
-                "shape": list(lab.shape),
-            }
+    The data is first checked by :func:`napari_unet.inputs.check_training_data`
+    (errors name the pairs as ``names`` says); ``continued`` is the model being
+    trained further, whose channels and classes the data must have.
+    """
+    norm = norm or NormConfig()
+    imgs, labs = _as_list(images), [np.asarray(lab) for lab in _as_list(labels)]
+    imgs = [np.asarray(img) for img in imgs]
+    if border_weights and labels_kind != "instances":
+        raise ValueError("border_weights needs instance labels (labels_kind='instances')")
+    channels = check_training_data(
+        imgs, labs, labels_kind, spatial_dims, names, class_names, continued
+    )
+    cfg = labels_config(labs, labels_kind, class_names, value_map)
+    out = Prepared(
+        images=[],
+        targets=[],
+        weights=[] if border_weights else None,
+        labels=cfg,
+        in_channels=channels[0],
+        provenance=[],
+    )
+    for img, lab in zip(imgs, labs, strict=True):
+        img = _channel_first(img, lab.shape)
+        out.provenance.append(
+            {"image": content_hash(img), "labels": content_hash(lab), "shape": list(lab.shape)}
         )
         nimg = normalize(img, norm, channel_axis=0)
-        if labels_kind == "instances":
-            tgt = tg.instance_targets(lab, spatial_dims=spatial_dims)
-        elif labels_kind == "semantic":
-            tgt, _ = tg.semantic_targets(lab, value_map=vmap)
-        else:
-            tgt = tg.sparse_targets(lab, num_classes=len(names))
-        tgt = tgt.astype(np.int16 if len(names) < 2**15 else np.int64)
-        w = None
-        if border_weights:
-            if labels_kind != "instances":
-                raise ValueError("border_weights needs instance labels (labels_kind='instances')")
-            w = tg.border_weight_map(lab, spatial_dims=spatial_dims)
-        if lab.ndim == spatial_dims + 1:  # a stack of 2D slices for a 2D model
-            for z in range(lab.shape[0]):
-                out_imgs.append(nimg[:, z])
-                out_tgts.append(tgt[z])
-                if w is not None:
-                    out_w.append(w[z])
-        else:
-            out_imgs.append(nimg)
-            out_tgts.append(tgt)
+        tgt = _targets(lab, cfg, spatial_dims)
+        w = tg.border_weight_map(lab, spatial_dims=spatial_dims) if border_weights else None
+        stack = lab.ndim == spatial_dims + 1  # a stack of 2D slices for a 2D model
+        for z in range(lab.shape[0]) if stack else [None]:
+            at = (slice(None), z) if stack else (slice(None),)
+            out.images.append(nimg[at])
+            out.targets.append(tgt[z] if stack else tgt)
             if w is not None:
-                out_w.append(w)
-    return Prepared(
-        images=out_imgs,
-        targets=out_tgts,
-        weights=out_w if border_weights else None,
-        labels=labels_cfg,
-        in_channels=int(in_channels or 1),
-        provenance=prov,
-    )
+                out.weights.append(w[z] if stack else w)
+    return out

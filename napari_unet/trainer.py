@@ -1,10 +1,13 @@
-"""One optimisation step and one validation: the losses, the metrics and :class:`_Trainer`.
+"""One optimisation step and one validation: the losses, the metrics and :class:`Trainer`.
 
 :mod:`napari_unet.training` runs the loop around them (budgets, events, saving).
+``Trainer.train_step`` returns the loss as a tensor on the device: reading it
+(``float``) waits for the device, so the loop reads it only when it reports.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -14,9 +17,11 @@ from . import targets as tg
 from .augment import AugmentConfig, augment_batch, center_crop
 from .config import ModelSpec
 from .data import PatchSampler
-from .devices import autocast_dtype
+from .devices import PRECISIONS, autocast_dtype
 from .events import Adjusted
 from .model import UNet, border
+
+log = logging.getLogger(__name__)
 
 
 def masked_cross_entropy(
@@ -48,7 +53,7 @@ def mean_iou(conf: torch.Tensor) -> float:
     return float((tp[present] / union[present]).mean())
 
 
-def _lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
+def lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
     """Linear warm-up (over ``warmup_steps`` or the first 3 % of the budget, whichever
     ends first), then cosine decay to ``final`` times the base rate."""
     warm = min(1.0, max((step + 1) / max(1, warmup_steps), progress / 0.03))
@@ -56,7 +61,25 @@ def _lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.0
     return warm * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-class _Trainer:
+def amp_dtype(device: torch.device, recipe: str, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a training (None = float32).
+
+    ``"auto"``: bf16 (or fp16 where bf16 is missing) on CUDA with the ``fast`` recipe,
+    float32 elsewhere.  ``"bf16"`` / ``"fp16"`` force mixed precision on any device
+    (the CPU runs both under ``torch.autocast``), ``"fp32"`` turns it off.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return autocast_dtype(device) if recipe == "fast" else None
+
+
+class Trainer:
     """The loop's state: network, optimiser, samplers; ``train_step`` / ``validate``."""
 
     def __init__(
@@ -69,6 +92,7 @@ class _Trainer:
         patch: int,
         batch_size: int,
         lr: float,
+        precision: str = "auto",
     ) -> None:
         self.network = network
         self.spec = spec
@@ -79,7 +103,7 @@ class _Trainer:
         self.batch_size = batch_size
         self.lr = lr
         cfg = spec.train
-        self.amp_dtype = autocast_dtype(device) if cfg.recipe == "fast" else None
+        self.amp_dtype = amp_dtype(device, cfg.recipe, precision)
         self.channels_last = spec.model.spatial_dims == 2
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
@@ -88,7 +112,7 @@ class _Trainer:
             self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.99)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.augment = AugmentConfig() if cfg.augment else None
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.seed)
@@ -110,7 +134,27 @@ class _Trainer:
         sl = (slice(None),) + (slice(b, -b),) * self.spec.model.spatial_dims
         return target[sl], None if weight is None else weight[sl]
 
-    def train_step(self, lr: float) -> dict[str, float]:
+    def restore(self, optimizer_state: dict, state: dict) -> None:
+        """Load the optimizer (and gradient scaler) state of a checkpoint.
+
+        State that does not fit this network (another model's checkpoint) is dropped
+        with a warning: training goes on with a fresh optimizer.
+        """
+        try:
+            self.optimizer.load_state_dict(optimizer_state)
+            check_optimizer_state(self.optimizer)
+        except (ValueError, KeyError) as exc:
+            log.warning("optimizer state not restored (%s); continuing with a fresh optimizer", exc)
+            self.optimizer.state.clear()
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+
+    def resume_state(self) -> dict:
+        """What a checkpoint keeps besides the optimizer: the gradient scaler's state."""
+        return {"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}
+
+    def train_step(self, lr: float) -> dict[str, torch.Tensor]:
+        """One optimisation step; the loss comes back as a 0-d tensor on the device."""
         self.network.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -129,7 +173,7 @@ class _Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     def shrink_after_oom(self, step: int) -> Adjusted:
         """Out of device memory in a step: halve the batch, or at batch 1 the patch.
@@ -187,7 +231,7 @@ class _Trainer:
         return {"loss": total / max(count, 1), "iou": mean_iou(conf)}
 
 
-def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Every per-parameter state tensor of a loaded optimizer must fit its parameter
     (a checkpoint of another network would otherwise crash the first step)."""
     for group in optimizer.param_groups:

@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from . import targets as tg
 from .augment import AugmentConfig, crop_margin
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
-from .data import PatchSampler, prepare, split_indices
+from .data import PatchSampler, Prepared, prepare, split_indices
 from .devices import describe_device, resolve_device
 from .events import (
     CheckpointSaved,
@@ -46,10 +46,11 @@ from .events import (
     Validated,
     drain,
 )
+from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
 from .store import CONFIG_FILE, Model, load_model, save_model
-from .trainer import _check_optimizer_state, _lr_factor, _Trainer
+from .trainer import Trainer, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,433 @@ class TrainControl:
         self.preview_image = image
 
 
-# --------------------------------------------------------------------------- loop
+# --------------------------------------------------------------------------- the run
 
 
-def _to_model(network: UNet, spec: ModelSpec, history: dict, path: Path | None) -> Model:
-    return Model(network=network, config=spec, history=history, path=path)
+def resolve_config(config: TrainConfig | None, **overrides: Any) -> TrainConfig:
+    """``config`` (or the defaults) with the keyword arguments that are not None applied;
+    without a step or time budget, training runs :data:`DEFAULT_TIME_BUDGET` seconds."""
+    cfg = replace(config or TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.steps is None and cfg.time_budget is None:
+        cfg = replace(cfg, time_budget=DEFAULT_TIME_BUDGET)
+    return cfg
+
+
+def report_every_for(device: torch.device) -> int:
+    """Steps between two reads of the loss: reading it waits for an accelerator, not the CPU."""
+    return 1 if device.type == "cpu" else 10
+
+
+def _empty_history() -> dict[str, Any]:
+    return {"steps": 0, "elapsed": 0.0, "log": [], "validation": [], "sessions": []}
+
+
+class RegressionGuard:
+    """Keeps a model folder's previous model until the new one validates at least as well.
+
+    ``snapshot()`` before training copies ``out`` to ``<out>.previous``; ``judge(iou)``
+    after the final save puts the previous model back (and the new one in
+    ``<out>.rejected``) when the new validation IoU is lower, unless ``replace_worse``.
+    """
+
+    def __init__(self, out: Path | None, replace_worse: bool) -> None:
+        self.out, self.replace_worse = out, replace_worse
+        self.previous_iou: float | None = None
+
+    def snapshot(self) -> None:
+        if self.out is not None and (self.out / CONFIG_FILE).is_file():
+            self.previous_iou = _last_iou(self.out)
+            _copy_folder(self.out, _sibling(self.out, "previous"))
+
+    def judge(self, iou: float) -> tuple[Path | None, str]:
+        """The folder that holds the new model and a message (empty when it was kept)."""
+        worse = self.previous_iou is not None and iou < self.previous_iou
+        if self.out is None or not worse or self.replace_worse:
+            return self.out, ""
+        rejected = _sibling(self.out, "rejected")
+        _copy_folder(self.out, rejected)
+        _copy_folder(_sibling(self.out, "previous"), self.out)
+        message = (
+            f"kept the previous model in {self.out}: its validation IoU "
+            f"{self.previous_iou:.3f} is better than the new model's {iou:.3f}; the "
+            f"new model is in {rejected} (replace_worse / --replace-worse keeps it)"
+        )
+        log.warning(message)
+        return rejected, message
+
+
+class TrainingRun:
+    """One training session as named phases (nnU-Net's ``run_training``, small).
+
+    Built by :meth:`setup` (data, network, optimizer, resume state), then driven by
+    :func:`train_iter`: :meth:`stop_reason`, :meth:`step`, :meth:`preview`,
+    :meth:`validate_if_due`, :meth:`checkpoint_if_due` each turn of the loop, and
+    :meth:`finish` at the end (final validation, save, regression guard).  The
+    phases that report are generators of events.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, out: Path | None) -> None:
+        self.cfg, self.device, self.out = cfg, device, out
+        self.history = _empty_history()
+        self.checkpoint: tuple[dict, dict] | None = None
+        self.step_count = 0  # steps done in this session
+        self.start_step = 0
+        self.pending: list[torch.Tensor] = []  # losses not read yet
+        self.pending_since = 0.0
+        self.last_preview = -math.inf
+        self.guard = RegressionGuard(out, replace_worse=False)
+        self.clock: Callable[[], float] = time.perf_counter
+        self.control: TrainControl | None = None
+        self.report_every = report_every_for(device)
+
+    # ----------------------------------------------------------------- setup phases
+
+    @classmethod
+    def setup(
+        cls,
+        images: Any,
+        labels: Any,
+        *,
+        cfg: TrainConfig,
+        device: torch.device,
+        out: Path | None,
+        resume: bool,
+        model: Model | None,
+        arch: dict[str, Any],
+        labels_kind: str,
+        class_names: Sequence[str] | None,
+        tiling: TileConfig | None,
+        replace_worse: bool,
+        precision: str,
+        report_every: int | None,
+        names: Names | None,
+        clock: Callable[[], float],
+        control: TrainControl | None,
+    ) -> TrainingRun:
+        run = cls(cfg, device, out)
+        run.clock, run.control = clock, control
+        run.report_every = report_every or report_every_for(device)
+        model = run.load_previous(resume, model)
+        continued = None
+        if model is not None:
+            spec = model.config
+            arch = {**arch, "spatial_dims": spec.model.spatial_dims}
+            labels_kind, class_names = spec.labels.kind, spec.labels.class_names
+            continued = Continued(
+                spec.model.in_channels, spec.labels.class_names, spec.labels.value_map
+            )
+        prepared = prepare(
+            images,
+            labels,
+            labels_kind,
+            spatial_dims=arch["spatial_dims"],
+            class_names=class_names,
+            value_map=continued.value_map if continued is not None else None,
+            norm=model.config.normalization if model is not None else None,
+            border_weights=cfg.border_weights,
+            names=names,
+            continued=continued,
+        )
+        run.build(prepared, model, arch, tiling)
+        run.make_trainer(prepared, precision)
+        run.record_session(prepared)
+        run.guard = RegressionGuard(out, replace_worse)
+        run.guard.snapshot()
+        return run
+
+    def load_previous(self, resume: bool, model: Model | None) -> Model | None:
+        """Phase "resume": the model folder to continue (``resume``) or the model given."""
+        if resume:
+            if self.out is None:
+                raise ValueError("resume=True needs the model folder to resume from (out)")
+            model = load_model(self.out, device=self.device)
+            self.checkpoint = load_checkpoint(self.out)
+        if model is not None:
+            self.history = {**self.history, **copy.deepcopy(model.history)}
+        self.start_step = int(self.history.get("steps", 0))
+        return model
+
+    def build(
+        self, prepared: Prepared, model: Model | None, arch: dict[str, Any], tiling: Any
+    ) -> None:
+        """Phase "build": the settings for the device, the spec and the network."""
+        d = defaults_for(self.device, self.cfg.recipe, arch["spatial_dims"])
+        cfg = self.cfg = replace(
+            self.cfg,
+            patch=self.cfg.patch or d.patch,
+            batch_size=self.cfg.batch_size or d.batch_size,
+            lr=self.cfg.lr or d.lr,
+        )
+        if model is not None:
+            self.spec = replace(model.config, train=cfg)
+            self.network = model.network.to(self.device)
+        else:
+            mcfg = ModelConfig(
+                in_channels=prepared.in_channels,
+                num_classes=len(prepared.labels.class_names),
+                **{**arch, "width": arch["width"] or d.width},
+            )
+            self.spec = ModelSpec(
+                model=mcfg,
+                labels=prepared.labels,
+                normalization=NormConfig(),
+                tiling=tiling or TileConfig(),
+                train=cfg,
+            )
+            torch.manual_seed(cfg.seed)
+            self.network = UNet.from_config(mcfg).to(self.device)
+        self.patch = _round_patch(cfg.patch, self.spec.model)
+
+    def make_trainer(self, prepared: Prepared, precision: str) -> None:
+        """Phase "data": split the labeled images, samplers, fixed validation crops, optimizer."""
+        cfg, mcfg = self.cfg, self.spec.model
+        crop = self.patch + 2 * border(mcfg) + 2 * crop_margin(self.patch, AugmentConfig())
+        labeled = [i for i, t in enumerate(prepared.targets) if (t != tg.IGNORE).any()]
+        if not labeled:
+            raise ValueError("the labels contain no labeled pixel (everything is 0 / unlabeled)")
+        train_pos, val_pos = split_indices(len(labeled), cfg.val_fraction, cfg.seed)
+        self.n_train, self.n_val = len(train_pos), len(val_pos)
+
+        def sampler(positions: list[int], seed: int) -> PatchSampler:
+            idx = [labeled[i] for i in positions]
+            return PatchSampler(
+                [prepared.images[i] for i in idx],
+                [prepared.targets[i] for i in idx],
+                None if prepared.weights is None else [prepared.weights[i] for i in idx],
+                crop=crop,
+                num_classes=mcfg.num_classes,
+                device=self.device,
+                seed=seed,
+            )
+
+        train_sampler = sampler(train_pos, cfg.seed)
+        val_sampler = sampler(val_pos, cfg.seed + 1) if val_pos else train_sampler
+        n_val_crops = 16 if self.device.type == "cpu" else 64
+        val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
+        self.trainer = Trainer(
+            self.network,
+            self.spec,
+            self.device,
+            train_sampler,
+            val_batches,
+            self.patch,
+            cfg.batch_size,
+            cfg.lr,
+            precision=precision,
+        )
+        if self.checkpoint is not None:
+            self.trainer.restore(*self.checkpoint)
+
+    def record_session(self, prepared: Prepared) -> None:
+        self.history["sessions"].append(
+            {
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "device": describe_device(self.device),
+                "recipe": self.cfg.recipe,
+                "start_step": self.start_step,
+                "data": prepared.provenance,
+                "labels_kind": prepared.labels.kind,
+            }
+        )
+
+    def started(self) -> TrainStarted:
+        """Start the clocks; the event that opens the training."""
+        cfg, mcfg = self.cfg, self.spec.model
+        self.elapsed_before = float(self.history.get("elapsed", 0.0))
+        self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.clock()
+        self.warmup = 50 if cfg.recipe == "fast" else 1
+        budget = cfg.time_budget
+        self.val_every = max(5.0, budget / 10) if budget else None
+        self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
+        return TrainStarted(
+            device=describe_device(self.device),
+            n_train=self.n_train,
+            n_val=self.n_val,
+            start_step=self.start_step,
+            max_steps=cfg.steps,
+            time_budget=budget,
+            settings={
+                "recipe": cfg.recipe,
+                "width": mcfg.width,
+                "depth": mcfg.depth,
+                "patch": self.patch,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+            },
+        )
+
+    # ----------------------------------------------------------------- loop phases
+
+    @property
+    def global_step(self) -> int:
+        return self.start_step + self.step_count
+
+    def progress(self, now: float) -> float:
+        """Fraction of the step or time budget used (the larger of the two)."""
+        p = 0.0
+        if self.cfg.steps:
+            p = max(p, self.step_count / self.cfg.steps)
+        if self.cfg.time_budget:
+            p = max(p, (now - self.t0) / self.cfg.time_budget)
+        return p
+
+    def stop_reason(self) -> str | None:
+        """ "steps" or "time" when the budget is spent, "cancelled" on request, else None."""
+        self.now = self.clock()
+        if self.progress(self.now) >= 1.0:
+            return "steps" if self.cfg.steps and self.step_count >= self.cfg.steps else "time"
+        if self.control is not None and self.control.stop_requested:
+            return "cancelled"
+        return None
+
+    def step(self) -> Generator[Any, None, bool]:
+        """Phase "step": one optimisation step; a TrainStep when the loss is read.
+
+        Out of device memory, the step is retried smaller (an Adjusted event) and
+        this returns False: the turn ends without previews, validation or checkpoint.
+        """
+        cfg = self.cfg
+        self.lr = cfg.lr
+        if cfg.recipe == "fast":
+            self.lr = cfg.lr * lr_factor(self.progress(self.now), self.step_count, self.warmup)
+        try:
+            result = self.trainer.train_step(self.lr)
+        except torch.cuda.OutOfMemoryError:
+            adjusted = self.trainer.shrink_after_oom(self.global_step)
+            self.history["sessions"][-1].setdefault("adjustments", []).append(
+                [adjusted.step, adjusted.setting, adjusted.old, adjusted.new]
+            )
+            log.warning(adjusted.message)
+            yield adjusted
+            return False
+        self.step_count += 1
+        self.pending.append(result["loss"])
+        last = bool(cfg.steps) and self.step_count == cfg.steps
+        if len(self.pending) >= self.report_every or last:
+            yield self.report()
+        return True
+
+    def report(self) -> TrainStep:
+        """Read the losses of the steps since the last report (one device sync)."""
+        n = len(self.pending)
+        loss = float(torch.stack(self.pending).float().mean()) if n > 1 else float(self.pending[0])
+        self.pending.clear()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at step {self.global_step}; "
+                f"the model was not saved (lower the learning rate or check the images)"
+            )
+        now = self.clock()
+        ips = self.trainer.batch_size * n / max(now - self.pending_since, 1e-9)
+        self.pending_since = now
+        step, cfg = self.global_step, self.cfg
+        if n > 1 or self.step_count % 10 == 1 or (cfg.steps and self.step_count == cfg.steps):
+            self.history["log"].append([step, round(loss, 5), self.lr])
+        self.now = now
+        return TrainStep(step=step, loss=loss, lr=self.lr, images_per_s=ips, elapsed=now - self.t0)
+
+    def preview(self) -> Generator[Preview, None, None]:
+        """Phase "preview": the model's probabilities on the image the caller asked for."""
+        control = self.control
+        if control is None or control.preview_image is None:
+            return
+        if self.now - self.last_preview < control.preview_every:
+            return
+        key, image = control.preview_key, control.preview_image
+        try:
+            probs = _preview(self.network, self.spec, image, self.device)
+        except ValueError as exc:  # a preview never stops the training, nor skips its phases
+            log.warning("no live preview: %s", exc)
+            control.preview_image = None
+            return
+        self.last_preview = self.clock()
+        yield Preview(
+            step=self.global_step,
+            probabilities=probs,
+            labels=class_labels(probs, self.spec.labels),
+            key=key,
+        )
+
+    def validate(self) -> Validated:
+        """Phase "validate": score the fixed validation crops and record it in the history."""
+        v = self.trainer.validate()
+        self.last_val = self.clock()
+        self.last_iou = v["iou"]
+        self.history["validation"].append(
+            [self.global_step, round(v["loss"], 5), round(v["iou"], 5)]
+        )
+        return Validated(
+            step=self.global_step, loss=v["loss"], iou=v["iou"], elapsed=self.last_val - self.t0
+        )
+
+    def validate_if_due(self) -> Generator[Validated, None, None]:
+        due_time = self.val_every and self.now - self.last_val >= self.val_every
+        due_steps = self.val_every_steps and self.step_count % self.val_every_steps == 0
+        if due_time or due_steps:
+            yield self.validate()
+
+    def checkpoint_if_due(self) -> Generator[CheckpointSaved, None, None]:
+        every = self.cfg.checkpoint_every
+        if self.out is not None and every and self.now - self.last_ckpt >= every:
+            self.save()
+            self.last_ckpt = self.clock()
+            yield CheckpointSaved(step=self.global_step, path=str(self.out))
+
+    def finish(self) -> Generator[Any, None, None]:
+        """Phase "finish": final validation, save, and the regression guard's verdict."""
+        self.flush()
+        yield self.validate()
+        self.result_path, self.message = None, ""
+        if self.out is not None:
+            self.save()
+            yield CheckpointSaved(step=self.global_step, path=str(self.out))
+            self.result_path, self.message = self.guard.judge(self.last_iou)
+
+    def flush(self) -> None:
+        """Read (and check) losses not reported yet; their TrainStep is not sent."""
+        if self.pending:
+            self.report()
+
+    def finished(self, reason: str) -> Finished:
+        self.history["steps"] = self.global_step
+        self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
+        self.network.eval()
+        return Finished(
+            step=self.global_step,
+            reason=reason,
+            elapsed=self.clock() - self.t0,
+            path=str(self.result_path) if self.result_path else None,
+            message=self.message,
+        )
+
+    # ----------------------------------------------------------------- saving
+
+    def save(self) -> None:
+        """The model folder and its resume state, each file written atomically."""
+        assert self.out is not None
+        self.history["steps"] = self.global_step
+        self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
+        save_model(self.model(), self.out)
+        state = {"step": self.global_step, "elapsed": self.history["elapsed"]}
+        save_checkpoint(
+            self.out, self.trainer.optimizer.state_dict(), {**state, **self.trainer.resume_state()}
+        )
+
+    def on_cancel(self) -> None:
+        """Closed between steps (a cancelled worker): keep what was learned."""
+        if self.out is not None and self.step_count > 0:
+            self.save()
+
+    def model(self) -> Model:
+        return Model(network=self.network, config=self.spec, history=self.history, path=self.out)
+
+
+def _round_patch(patch: int, mcfg: ModelConfig) -> int:
+    """A ``same`` network needs patches divisible by 2**depth."""
+    if mcfg.padding != "same":
+        return patch
+    multiple = 2**mcfg.depth
+    return max(multiple, patch // multiple * multiple)
 
 
 def train_iter(
@@ -134,6 +557,9 @@ def train_iter(
     clock: Callable[[], float] = time.perf_counter,
     control: TrainControl | None = None,
     replace_worse: bool = False,
+    precision: str = "auto",
+    report_every: int | None = None,
+    names: Names | None = None,
 ) -> Generator[Any, None, Model]:
     """Train a U-Net; yields progress events and returns the model.
 
@@ -167,311 +593,61 @@ def train_iter(
         the one it replaces, the previous model is put back in ``out`` and the new
         one is kept in ``<out>.rejected`` (``Finished.message`` says so).
         ``replace_worse=True`` keeps the new model in ``out`` anyway.
+    precision
+        ``"auto"`` (bf16/fp16 autocast on CUDA with the fast recipe, else float32),
+        ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`~napari_unet.trainer.amp_dtype`).
+    names
+        How errors name the images, the labels and the model (file paths in the CLI,
+        layer names in the widgets; ``image 0`` / ``labels 0`` by default).
+    report_every
+        Steps between two :class:`~napari_unet.events.TrainStep` events, each with the
+        mean loss since the previous one.  Reading the loss waits for the device, so the
+        default is every step on the CPU and every 10 steps on an accelerator.
     """
-    cfg = config or TrainConfig()
-    overrides = {
-        k: v
-        for k, v in dict(
-            steps=steps, time_budget=time_budget, recipe=recipe, patch=patch, batch_size=batch_size
-        ).items()
-        if v is not None
-    }
-    cfg = replace(cfg, **overrides)
-    if cfg.steps is None and cfg.time_budget is None:
-        cfg = replace(cfg, time_budget=DEFAULT_TIME_BUDGET)
-    dev = resolve_device(device)
-    out_path = Path(out) if out is not None else None
-
-    checkpoint = None
-    history: dict[str, Any] = {
-        "steps": 0,
-        "elapsed": 0.0,
-        "log": [],
-        "validation": [],
-        "sessions": [],
-    }
-    if resume:
-        if out_path is None:
-            raise ValueError("resume=True needs the model folder to resume from (out)")
-        model = load_model(out_path, device=dev)
-        checkpoint = load_checkpoint(out_path)
-    if model is not None:
-        history = {**history, **copy.deepcopy(model.history)}
-        base_spec = model.config
-        spatial_dims = base_spec.model.spatial_dims
-        labels_kind = base_spec.labels.kind
-        class_names = base_spec.labels.class_names
-    prepared = prepare(
+    cfg = resolve_config(
+        config,
+        steps=steps,
+        time_budget=time_budget,
+        recipe=recipe,
+        patch=patch,
+        batch_size=batch_size,
+    )
+    arch = dict(
+        spatial_dims=spatial_dims, width=width, depth=depth, padding=padding, batch_norm=batch_norm
+    )
+    run = TrainingRun.setup(
         images,
         labels,
-        labels_kind,
-        spatial_dims=spatial_dims,
+        cfg=cfg,
+        device=resolve_device(device),
+        out=Path(out) if out is not None else None,
+        resume=resume,
+        model=model,
+        arch=arch,
+        labels_kind=labels_kind,
         class_names=class_names,
-        value_map=model.config.labels.value_map if model is not None else None,
-        norm=model.config.normalization if model is not None else None,
-        border_weights=cfg.border_weights,
+        tiling=tiling,
+        replace_worse=replace_worse,
+        precision=precision,
+        report_every=report_every,
+        names=names,
+        clock=clock,
+        control=control,
     )
-    d = defaults_for(dev, cfg.recipe, spatial_dims)
-    cfg = replace(
-        cfg,
-        patch=cfg.patch or d.patch,
-        batch_size=cfg.batch_size or d.batch_size,
-        lr=cfg.lr or d.lr,
-    )
-    if model is not None:
-        network = model.network.to(dev)
-        mcfg = model.config.model
-        if prepared.in_channels != mcfg.in_channels:
-            raise ValueError(
-                f"the images have {prepared.in_channels} channels, the model takes "
-                f"{mcfg.in_channels}"
-            )
-        if prepared.labels.class_names != model.config.labels.class_names:
-            raise ValueError(
-                f"the labels have classes {list(prepared.labels.class_names)}, the model "
-                f"{list(model.config.labels.class_names)}"
-            )
-        spec = replace(model.config, train=cfg)
-    else:
-        mcfg = ModelConfig(
-            spatial_dims=spatial_dims,
-            in_channels=prepared.in_channels,
-            num_classes=len(prepared.labels.class_names),
-            depth=depth,
-            width=width or d.width,
-            padding=padding,
-            batch_norm=batch_norm,
-        )
-        spec = ModelSpec(
-            model=mcfg,
-            labels=prepared.labels,
-            normalization=NormConfig(),
-            tiling=tiling or TileConfig(),
-            train=cfg,
-        )
-        torch.manual_seed(cfg.seed)
-        network = UNet.from_config(mcfg).to(dev)
-    assert cfg.patch is not None and cfg.batch_size is not None and cfg.lr is not None
-    patch_size = cfg.patch
-    if mcfg.padding == "same":
-        step = 2**mcfg.depth
-        patch_size = max(step, patch_size // step * step)
-
-    aug = AugmentConfig()
-    crop = patch_size + 2 * border(mcfg) + 2 * crop_margin(patch_size, aug)
-    labeled = [i for i, t in enumerate(prepared.targets) if (t != tg.IGNORE).any()]
-    if not labeled:
-        raise ValueError("the labels contain no labeled pixel (everything is 0 / unlabeled)")
-    train_pos, val_pos = split_indices(len(labeled), cfg.val_fraction, cfg.seed)
-    train_idx = [labeled[i] for i in train_pos]
-    val_idx = [labeled[i] for i in val_pos]
-
-    def sampler(idx: Iterable[int], seed: int) -> PatchSampler:
-        idx = list(idx)
-        return PatchSampler(
-            [prepared.images[i] for i in idx],
-            [prepared.targets[i] for i in idx],
-            None if prepared.weights is None else [prepared.weights[i] for i in idx],
-            crop=crop,
-            num_classes=mcfg.num_classes,
-            device=dev,
-            seed=seed,
-        )
-
-    train_sampler = sampler(train_idx, cfg.seed)
-    val_sampler = sampler(val_idx, cfg.seed + 1) if val_idx else train_sampler
-    n_val_crops = 16 if dev.type == "cpu" else 64
-    val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
-    trainer = _Trainer(
-        network, spec, dev, train_sampler, val_batches, patch_size, cfg.batch_size, cfg.lr
-    )
-    start_step = int(history.get("steps", 0))
-    if checkpoint is not None:
-        opt_state, state = checkpoint
-        try:
-            trainer.optimizer.load_state_dict(opt_state)
-            _check_optimizer_state(trainer.optimizer)
-        except (ValueError, KeyError) as exc:
-            log.warning("optimizer state not restored (%s); continuing with a fresh optimizer", exc)
-            trainer.optimizer.state.clear()
-        if "scaler" in state and trainer.scaler.is_enabled():
-            trainer.scaler.load_state_dict(state["scaler"])
-    history["sessions"].append(
-        {
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "device": describe_device(dev),
-            "recipe": cfg.recipe,
-            "start_step": start_step,
-            "data": prepared.provenance,
-            "labels_kind": prepared.labels.kind,
-        }
-    )
-
-    previous_iou = None
-    if out_path is not None and (out_path / CONFIG_FILE).is_file():
-        previous_iou = _last_iou(out_path)
-        _copy_folder(out_path, _sibling(out_path, "previous"))
-
-    yield TrainStarted(
-        device=describe_device(dev),
-        n_train=len(train_idx),
-        n_val=len(val_idx),
-        start_step=start_step,
-        max_steps=cfg.steps,
-        time_budget=cfg.time_budget,
-        settings={
-            "recipe": cfg.recipe,
-            "width": mcfg.width,
-            "depth": mcfg.depth,
-            "patch": patch_size,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-        },
-    )
-
-    elapsed_before = float(history.get("elapsed", 0.0))
-    t0 = clock()
-    step = 0
-    warmup = 50 if cfg.recipe == "fast" else 1
-    val_every = max(5.0, (cfg.time_budget or 0) / 10) if cfg.time_budget else None
-    val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not cfg.time_budget else None
-    last_val = t0
-    last_ckpt = t0
-    last_preview = -math.inf
-    reason = "cancelled"
-    result_path = None
-    message = ""
-
-    def progress(now: float) -> float:
-        p = 0.0
-        if cfg.steps:
-            p = max(p, step / cfg.steps)
-        if cfg.time_budget:
-            p = max(p, (now - t0) / cfg.time_budget)
-        return p
-
-    def save(now: float) -> Path:
-        history["steps"] = start_step + step
-        history["elapsed"] = elapsed_before + (now - t0)
-        m = _to_model(trainer.network, spec, history, out_path)
-        assert out_path is not None
-        save_model(m, out_path)
-        state = {"step": start_step + step, "elapsed": history["elapsed"]}
-        if trainer.scaler.is_enabled():
-            state["scaler"] = trainer.scaler.state_dict()
-        save_checkpoint(out_path, trainer.optimizer.state_dict(), state)
-        return out_path
-
+    yield run.started()
     try:
-        while True:
-            now = clock()
-            p = progress(now)
-            if p >= 1.0:
-                reason = "steps" if cfg.steps and step >= cfg.steps else "time"
-                break
-            if control is not None and control.stop_requested:
-                reason = "cancelled"
-                break
-            lr = cfg.lr
-            if cfg.recipe == "fast":
-                lr = cfg.lr * _lr_factor(p, step, warmup)
-            t_step = clock()
-            try:
-                out = trainer.train_step(lr)
-            except torch.cuda.OutOfMemoryError:
-                adjusted = trainer.shrink_after_oom(start_step + step)
-                history["sessions"][-1].setdefault("adjustments", []).append(
-                    [adjusted.step, adjusted.setting, adjusted.old, adjusted.new]
-                )
-                log.warning(adjusted.message)
-                yield adjusted
+        while (reason := run.stop_reason()) is None:
+            if not (yield from run.step()):
                 continue
-            if not math.isfinite(out["loss"]):
-                raise FloatingPointError(
-                    f"training loss became {out['loss']} at step {start_step + step + 1}; "
-                    f"the model was not saved (lower the learning rate or check the images)"
-                )
-            step += 1
-            now = clock()
-            ips = trainer.batch_size / max(now - t_step, 1e-9)
-            if step % 10 == 1 or cfg.steps and step == cfg.steps:
-                history["log"].append([start_step + step, round(out["loss"], 5), lr])
-            yield TrainStep(
-                step=start_step + step, loss=out["loss"], lr=lr, images_per_s=ips, elapsed=now - t0
-            )
-            if (
-                control is not None
-                and control.preview_image is not None
-                and now - last_preview >= control.preview_every
-            ):
-                key, image = control.preview_key, control.preview_image
-                try:
-                    probs = _preview(trainer.network, spec, image, dev)
-                except ValueError as exc:  # a preview never stops the training
-                    log.warning("no live preview: %s", exc)
-                    control.preview_image = None
-                    continue
-                last_preview = clock()
-                yield Preview(
-                    step=start_step + step,
-                    probabilities=probs,
-                    labels=class_labels(probs, spec.labels),
-                    key=key,
-                )
-            due_val = (val_every and now - last_val >= val_every) or (
-                val_every_steps and step % val_every_steps == 0
-            )
-            if due_val:
-                v = trainer.validate()
-                last_val = clock()
-                history["validation"].append(
-                    [start_step + step, round(v["loss"], 5), round(v["iou"], 5)]
-                )
-                yield Validated(
-                    step=start_step + step, loss=v["loss"], iou=v["iou"], elapsed=last_val - t0
-                )
-            if (
-                out_path is not None
-                and cfg.checkpoint_every
-                and now - last_ckpt >= cfg.checkpoint_every
-            ):
-                save(now)
-                last_ckpt = clock()
-                yield CheckpointSaved(step=start_step + step, path=str(out_path))
-        v = trainer.validate()
-        history["validation"].append([start_step + step, round(v["loss"], 5), round(v["iou"], 5)])
-        yield Validated(step=start_step + step, loss=v["loss"], iou=v["iou"], elapsed=clock() - t0)
-        if out_path is not None:
-            result_path = save(clock())
-            yield CheckpointSaved(step=start_step + step, path=str(out_path))
-            worse = previous_iou is not None and v["iou"] < previous_iou
-            if worse and not replace_worse:
-                rejected = _sibling(out_path, "rejected")
-                _copy_folder(out_path, rejected)
-                _copy_folder(_sibling(out_path, "previous"), out_path)
-                result_path = rejected
-                message = (
-                    f"kept the previous model in {out_path}: its validation IoU "
-                    f"{previous_iou:.3f} is better than the new model's {v['iou']:.3f}; the "
-                    f"new model is in {rejected} (replace_worse / --replace-worse keeps it)"
-                )
-                log.warning(message)
+            yield from run.preview()
+            yield from run.validate_if_due()
+            yield from run.checkpoint_if_due()
+        yield from run.finish()
     except GeneratorExit:
-        # cancelled between steps: keep what was learned, atomically
-        if out_path is not None and step > 0:
-            save(clock())
+        run.on_cancel()
         raise
-    history["steps"] = start_step + step
-    history["elapsed"] = elapsed_before + (clock() - t0)
-    trainer.network.eval()
-    yield Finished(
-        step=start_step + step,
-        reason=reason,
-        elapsed=clock() - t0,
-        path=str(result_path) if result_path else None,
-        message=message,
-    )
-    return _to_model(trainer.network, spec, history, out_path)
+    yield run.finished(reason)
+    return run.model()
 
 
 def _sibling(folder: Path, what: str) -> Path:
@@ -511,11 +687,6 @@ def _preview(network: UNet, spec: ModelSpec, image: Any, device: torch.device) -
         network.train()
 
 
-def run(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
-    """Drain an event generator (calling ``callback`` on each event); return its result."""
-    return drain(gen, callback)
-
-
 def train(*args: Any, callback: Callable[[Any], None] | None = None, **kwargs: Any) -> Model:
     """Blocking form of :func:`train_iter`; returns the trained model."""
-    return run(train_iter(*args, **kwargs), callback)
+    return drain(train_iter(*args, **kwargs), callback)

@@ -9,15 +9,15 @@ import torch
 
 from napari_unet import events as ev
 from napari_unet.store import WEIGHTS_FILE, load_model
-from napari_unet.trainer import _Trainer
+from napari_unet.trainer import Trainer
 from napari_unet.training import train
 
 SMALL = dict(width=4, depth=2, patch=32, batch_size=8, device="cpu")
 
 
 def inject_oom(monkeypatch, at_calls):
-    """Make ``_Trainer.train_step`` raise CUDA's out-of-memory error on the given calls."""
-    real = _Trainer.train_step
+    """Make ``Trainer.train_step`` raise CUDA's out-of-memory error on the given calls."""
+    real = Trainer.train_step
     calls = {"n": 0, "batches": []}
 
     def step(self, lr):
@@ -27,7 +27,7 @@ def inject_oom(monkeypatch, at_calls):
         calls["batches"].append((self.batch_size, self.patch))
         return real(self, lr)
 
-    monkeypatch.setattr(_Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     return calls
 
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import napari_unet as nu
 from napari_unet import events as ev
 from napari_unet.checkpoint import load_checkpoint
+from napari_unet.config import TrainConfig
 from napari_unet.metrics import evaluate_pair
 from napari_unet.store import load_model
 from napari_unet.training import train, train_iter
@@ -26,14 +28,14 @@ def test_round_trip_segments_unseen_image(tiny_model):
     model, path = tiny_model
     loaded = load_model(path)
     image, truth = make_nuclei(seed=99)
-    inst = __import__("napari_unet").predict(loaded, image, instances=True, device="cpu")
+    inst = nu.predict(loaded, image, instances=True, device="cpu")
     assert inst.shape == image.shape and inst.dtype.kind == "u"
     scores = evaluate_pair(truth, inst)
     assert scores["iou"] > 0.6  # the foreground is found on an image never seen
     assert scores["n_pred"] >= 1
     # the in-memory and the reloaded model agree
-    a = __import__("napari_unet").predict_proba(model, image, device="cpu")
-    b = __import__("napari_unet").predict_proba(loaded, image, device="cpu")
+    a = nu.predict_proba(model, image, device="cpu")
+    b = nu.predict_proba(loaded, image, device="cpu")
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert loaded.history["steps"] == 40
     assert loaded.history["sessions"][0]["data"][0]["labels"]  # provenance hashes
@@ -121,7 +123,7 @@ def test_sparse_strokes_predict_painted_values(nuclei):
         strokes.append(s)
     model = train(images, strokes, labels_kind="sparse", steps=25, **SMALL)
     assert model.config.labels.class_names == ("background", "cell")
-    pred = __import__("napari_unet").predict(model, images[0], device="cpu")
+    pred = nu.predict(model, images[0], device="cpu")
     assert set(np.unique(pred)) <= {1, 2}
 
 
@@ -131,7 +133,7 @@ def test_semantic_values_written_back():
     lab = np.where(image > 0.5, 255, 0).astype(np.uint8)  # ISBI style 0 / 255
     model = train([image], [lab], labels_kind="semantic", steps=5, **SMALL)
     assert model.config.labels.value_map == (0, 255)
-    pred = __import__("napari_unet").predict(model, image, device="cpu")
+    pred = nu.predict(model, image, device="cpu")
     assert set(np.unique(pred)) <= {0, 255} and pred.dtype == np.uint8
 
 
@@ -140,7 +142,7 @@ def test_multichannel_valid_and_3d(nuclei):
     two = [np.stack([im, 255 - im], axis=-1) for im in images[:2]]  # YXC
     m = train(two, labels[:2], labels_kind="instances", steps=2, padding="valid", **SMALL)
     assert m.config.model.in_channels == 2 and m.config.model.padding == "valid"
-    out = __import__("napari_unet").predict(m, two[0], device="cpu")
+    out = nu.predict(m, two[0], device="cpu")
     assert out.shape == two[0].shape[:2]
 
     vol = np.stack([np.roll(images[0], z, axis=1) for z in range(16)])
@@ -157,7 +159,7 @@ def test_multichannel_valid_and_3d(nuclei):
         batch_size=1,
         device="cpu",
     )
-    out3 = __import__("napari_unet").predict(m3, vol, device="cpu")
+    out3 = nu.predict(m3, vol, device="cpu")
     assert out3.shape == vol.shape
 
 
@@ -220,7 +222,7 @@ def test_border_weights_option(nuclei):
         labels_kind="instances",
         steps=2,
         callback=events.append,
-        config=__import__("napari_unet.config").config.TrainConfig(border_weights=True),
+        config=TrainConfig(border_weights=True),
         **SMALL,
     )
     assert model.config.train.border_weights
@@ -258,3 +260,135 @@ def test_control_stops_and_previews(nuclei, tmp_path):
     assert previews[0].probabilities.shape == (3, *images[0].shape)
     assert previews[0].key == "slice 0"
     assert load_model(out).history["steps"] == finished.step < 1000
+
+
+def test_a_failed_preview_skips_neither_validation_nor_checkpoint(nuclei, tmp_path):
+    from napari_unet.training import TrainControl
+
+    images, labels = nuclei
+    control = TrainControl(preview_every=0.0)
+    control.request_preview(np.zeros((2, 2, 3, 40, 40), np.float32))  # 5D: axes unknown
+    events = []
+    train(
+        images,
+        labels,
+        labels_kind="instances",
+        steps=5,  # a validation due at every step
+        out=tmp_path / "m",
+        control=control,
+        config=TrainConfig(checkpoint_every=1e-9),  # a checkpoint due at every step
+        callback=events.append,
+        **SMALL,
+    )
+    assert not any(isinstance(e, ev.Preview) for e in events)
+    assert control.preview_image is None  # given up after the first failure
+    validated = [e.step for e in events if isinstance(e, ev.Validated)]
+    saved = [e.step for e in events if isinstance(e, ev.CheckpointSaved)]
+    assert validated[:5] == [1, 2, 3, 4, 5]  # step 1's validation was skipped before
+    assert saved[:5] == [1, 2, 3, 4, 5]
+
+
+def test_history_records_every_validation_once(nuclei):
+    images, labels = nuclei
+    events = []
+    model = train(images, labels, labels_kind="instances", steps=4, callback=events.append, **SMALL)
+    validated = [e for e in events if isinstance(e, ev.Validated)]
+    # one entry per event, the final validation included, in the same order
+    assert [(v[0], v[2]) for v in model.history["validation"]] == [
+        (e.step, round(e.iou, 5)) for e in validated
+    ]
+    assert validated[-1].step == 4 and len(validated) == 5  # every step + the final one
+
+
+def test_loss_is_read_every_n_steps(nuclei, monkeypatch):
+    from napari_unet import trainer as tr
+
+    reads = {"n": 0}
+    real_step = tr.Trainer.train_step
+
+    class Counted(torch.Tensor):
+        def __float__(self):
+            reads["n"] += 1
+            return super().__float__()
+
+    def step(self, lr):
+        out = real_step(self, lr)
+        assert torch.is_tensor(out["loss"])  # the step itself never reads the loss
+        return {"loss": out["loss"].as_subclass(Counted)}
+
+    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    images, labels = nuclei
+    events = []
+    model = train(
+        images,
+        labels,
+        labels_kind="instances",
+        steps=10,
+        report_every=4,
+        callback=events.append,
+        **SMALL,
+    )
+    steps = [e for e in events if isinstance(e, ev.TrainStep)]
+    assert [e.step for e in steps] == [4, 8, 10]
+    assert all(np.isfinite(e.loss) and e.images_per_s > 0 for e in steps)
+    assert reads["n"] == len(steps)  # one read of the device per report, not per step
+    assert model.history["steps"] == 10
+    assert [row[0] for row in model.history["log"]] == [4, 8, 10]
+
+
+def test_report_every_defaults_to_each_step_on_the_cpu_only():
+    from napari_unet.training import report_every_for
+
+    assert report_every_for(torch.device("cpu")) == 1
+    assert report_every_for(torch.device("cuda")) > 1
+    assert report_every_for(torch.device("mps")) > 1
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_mixed_precision_branch_runs_on_the_cpu(nuclei, tmp_path, monkeypatch, precision, dtype):
+    """The GPU's fast-recipe branch (autocast, GradScaler for fp16, channels_last) on the CPU."""
+    from napari_unet import trainer as tr
+
+    seen = []
+    real_forward = tr.Trainer._forward
+
+    def forward(self, image):
+        logits = real_forward(self, image)
+        weight = self.network.state_dict()["down.0.0.weight"]
+        seen.append((logits.dtype, weight.is_contiguous(memory_format=torch.channels_last)))
+        return logits
+
+    monkeypatch.setattr(tr.Trainer, "_forward", forward)
+    images, labels = nuclei
+    out = tmp_path / "m"
+    events = []
+    model = train(
+        images,
+        labels,
+        labels_kind="instances",
+        steps=6,
+        out=out,
+        precision=precision,
+        callback=events.append,
+        **SMALL,
+    )
+    assert seen and all(d == dtype for d, _ in seen)
+    assert all(channels_last for _, channels_last in seen)
+    assert all(np.isfinite(e.loss) for e in events if isinstance(e, ev.TrainStep))
+    assert model.network.state_dict()["down.0.0.weight"].dtype == torch.float32
+    _, state = load_checkpoint(out)
+    assert ("scaler" in state) == (dtype == torch.float16)  # the scaler's state resumes
+    second = train(images, labels, steps=2, out=out, resume=True, precision=precision, **SMALL)
+    assert second.history["steps"] == 8
+
+
+def test_precision_is_checked():
+    from napari_unet.trainer import amp_dtype
+
+    assert amp_dtype(torch.device("cpu"), "fast") is None  # auto: float32 on the CPU
+    assert amp_dtype(torch.device("cpu"), "fast", "bf16") == torch.bfloat16
+    assert amp_dtype(torch.device("cuda"), "paper") is None
+    with pytest.raises(ValueError, match="precision must be one of.*got 'fp8'"):
+        amp_dtype(torch.device("cpu"), "fast", "fp8")
