@@ -1,7 +1,7 @@
 """The progress protocol: small typed events yielded by long-running generators.
 
 Training (:func:`napari_unet.training.train_iter`) and prediction yield these;
-scripts drain them with :func:`napari_unet.training.run`, widgets turn them
+scripts drain them with :func:`drain`, widgets turn them
 into plots, progress bars and layers.
 """
 
