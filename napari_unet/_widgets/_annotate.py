@@ -11,34 +11,45 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from ._slices import refill_layer_choices, spatial_data
+from ._dock import DockWidget, hbox
+from ._slices import (
+    AXES_KEY,
+    INSTANCES,
+    SPARSE,
+    refill_layer_choices,
+    set_labels_kind,
+    spatial_data,
+)
 
 KIND_TEXT = {
-    "sparse": "sparse strokes (0 = unlabeled; paint a few strokes of each class)",
-    "instances": "dense instances (each object its own id, 0 = background)",
+    SPARSE: "sparse strokes (0 = unlabeled; paint a few strokes of each class)",
+    INSTANCES: "dense instances (each object its own id, 0 = background)",
 }
+"""The labels kinds one paints from scratch here, as the choices show them."""
 
 
-class AnnotateWidget(QWidget):
+class AnnotateWidget(DockWidget):
     """Creates a Labels layer aligned with an image layer, with class names and labels kind."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
+        self._init_ui()
+        self._connect()
+        self._refresh()
+        self._guess_axes(self.image.currentText())
+
+    def _init_ui(self) -> None:
         self.image = QComboBox()
         self.axes = QLineEdit()
         self.axes.setToolTip("one letter per axis of the image: T (time), Z, C (channel), Y, X")
-        self.image.currentTextChanged.connect(self._guess_axes)
         self.kind = QComboBox()
         for kind, text in KIND_TEXT.items():
             self.kind.addItem(text, kind)
@@ -47,10 +58,7 @@ class AnnotateWidget(QWidget):
             self._add_item(name)
         self.add_btn = QPushButton("add class")
         self.remove_btn = QPushButton("remove class")
-        self.add_btn.clicked.connect(lambda: self._add_item(f"class {self.classes.count() + 1}"))
-        self.remove_btn.clicked.connect(self._remove_class)
         self.create_btn = QPushButton("Create labels layer")
-        self.create_btn.clicked.connect(self.create)
         self.hint = QLabel("")
         self.hint.setWordWrap(True)
 
@@ -58,22 +66,23 @@ class AnnotateWidget(QWidget):
         form.addRow("image", self.image)
         form.addRow("axes", self.axes)
         form.addRow("labels", self.kind)
-        class_buttons = QHBoxLayout()
-        class_buttons.addWidget(self.add_btn)
-        class_buttons.addWidget(self.remove_btn)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(QLabel("classes (label value = row number; double-click to rename)"))
         layout.addWidget(self.classes)
-        layout.addLayout(class_buttons)
+        layout.addLayout(hbox(self.add_btn, self.remove_btn))
         layout.addWidget(self.create_btn)
         layout.addWidget(self.hint)
         layout.addStretch(1)
+
+    def _connect(self) -> None:
+        self.image.currentTextChanged.connect(self._guess_axes)
+        self.add_btn.clicked.connect(lambda: self._add_item(f"class {self.classes.count() + 1}"))
+        self.remove_btn.clicked.connect(self._remove_class)
+        self.create_btn.clicked.connect(self.create)
         self.kind.currentIndexChanged.connect(self._kind_changed)
-        self.viewer.layers.events.inserted.connect(self._refresh)
-        self.viewer.layers.events.removed.connect(self._refresh)
-        self._refresh()
-        self._guess_axes(self.image.currentText())
+        self._listen(self.viewer.layers.events.inserted, self._refresh)
+        self._listen(self.viewer.layers.events.removed, self._refresh)
 
     def _add_item(self, name: str) -> None:
         item = QListWidgetItem(name)
@@ -88,7 +97,7 @@ class AnnotateWidget(QWidget):
         self.classes.takeItem(row if row >= 0 else self.classes.count() - 1)
 
     def _kind_changed(self) -> None:
-        sparse = self.kind.currentData() == "sparse"
+        sparse = self.kind.currentData() == SPARSE
         for w in (self.classes, self.add_btn, self.remove_btn):
             w.setEnabled(sparse)
 
@@ -144,19 +153,17 @@ class AnnotateWidget(QWidget):
             labels_name = f"{name} labels {i}"
             i += 1
         layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint16 if kind == "instances" else np.uint8),
+            np.zeros(shape, np.uint16 if kind == INSTANCES else np.uint8),
             name=labels_name,
             scale=scale,
             translate=translate,
         )
-        layer.metadata["napari_unet_kind"] = kind
-        layer.metadata["napari_unet_axes"] = axes
-        if kind == "sparse":
-            layer.metadata["napari_unet_classes"] = names
+        set_labels_kind(layer, kind, names if kind == SPARSE else None)
+        layer.metadata[AXES_KEY] = axes
         layer.mode = "paint"
         layer.selected_label = 1
         self.viewer.layers.selection.active = layer
-        if kind == "sparse":
+        if kind == SPARSE:
             legend = ", ".join(f"{i} = {n}" for i, n in enumerate(names, 1))
             self.hint.setText(
                 f"paint with label values {legend}; 0 stays unlabeled. A few strokes "

@@ -7,85 +7,82 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import events as ev
+from ._dock import DockWidget, hbox
 from ._runner import Runner
-from ._session import DEFAULT_MODEL_ROOT, session_for
+from ._session import DEFAULT_MODEL_ROOT
 
 
-class BatchWidget(QWidget):
+class BatchWidget(DockWidget):
     """Applies the current model to all image layers or to a folder of images."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
-        self.runner: Runner | None = None
-        self.pbar: progress | None = None
+        super().__init__(napari_viewer)
         self.written: list[Path] = []
+        self._items_done = 0
+        self._init_ui()
+        self._connect()
+        self._set_running(False)
 
+    # ------------------------------------------------------------------ building
+    def _init_ui(self) -> None:
         self.source = QComboBox()
         self.source.addItems(["all image layers", "a folder of images"])
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("input folder (TIFF, PNG, JPEG, zarr)")
         self.browse_in = QPushButton("…")
-        self.browse_in.clicked.connect(lambda: self._browse(self.folder))
         self.out = QLineEdit(str(DEFAULT_MODEL_ROOT.parent / "napari-unet-predictions"))
         self.browse_out = QPushButton("…")
-        self.browse_out.clicked.connect(lambda: self._browse(self.out))
         self.instances = QCheckBox("instances")
         self.probabilities = QCheckBox("probabilities")
         self.fmt = QComboBox()
         self.fmt.addItems(["tif", "zarr"])
         self.run_btn = QPushButton("Run batch")
         self.cancel_btn = QPushButton("Cancel")
-        self.run_btn.clicked.connect(self.start)
-        self.cancel_btn.clicked.connect(self.cancel)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        def row(*widgets: QWidget) -> QHBoxLayout:
-            box = QHBoxLayout()
-            for w in widgets:
-                box.addWidget(w)
-            return box
-
         form = QFormLayout()
         form.addRow("inputs", self.source)
-        form.addRow("folder", row(self.folder, self.browse_in))
-        form.addRow("output", row(self.out, self.browse_out))
+        form.addRow("folder", hbox(self.folder, self.browse_in))
+        form.addRow("output", hbox(self.out, self.browse_out))
         form.addRow("format", self.fmt)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(row(self.instances, self.probabilities))
-        layout.addLayout(row(self.run_btn, self.cancel_btn))
+        layout.addLayout(hbox(self.instances, self.probabilities))
+        layout.addLayout(hbox(self.run_btn, self.cancel_btn))
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self.cancel_btn.setEnabled(False)
+
+    def _connect(self) -> None:
+        """Only the widget's own controls: the model comes from the session at Run."""
+        self.browse_in.clicked.connect(lambda: self._browse(self.folder))
+        self.browse_out.clicked.connect(lambda: self._browse(self.out))
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
 
     def _browse(self, target: QLineEdit) -> None:
         folder = QFileDialog.getExistingDirectory(self, "folder", target.text())
         if folder:
             target.setText(folder)
 
+    # ------------------------------------------------------------------ run
     def start(self) -> None:
         from ..batch import predict_files_iter, predict_items_iter
 
-        if self.runner is not None and self.runner.is_running:
+        if self.busy:
             return
         model = self.session.model
         if model is None:
@@ -120,17 +117,17 @@ class BatchWidget(QWidget):
                 return predict_files_iter(model, folder, out, **kwargs)
 
         self.written = []
-        self.pbar = progress(total=0, desc="napari-unet batch")
+        self._items_done = 0
         self.runner = Runner(
             factory,
             on_event=self._on_event,
             on_done=self._done,
-            on_finished=self._finished,
+            on_finished=lambda: self._set_running(False),
             what="napari-unet batch",
+            progress=_items_done,
         )
         self.runner.start()
-        self.run_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
+        self._set_running(True)
         self.status.setText("running…")
 
     def cancel(self) -> None:
@@ -140,30 +137,28 @@ class BatchWidget(QWidget):
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, ev.ChunkDone) and not self.written:
-            done = self.pbar.n if self.pbar is not None else 0
-            self.status.setText(f"input {done + 1}: chunk {event.i} of {event.n}")
+            self.status.setText(f"input {self._items_done + 1}: chunk {event.i} of {event.n}")
         if isinstance(event, ev.ItemDone) and not self.written:
+            self._items_done = event.i
             what = {"failed": f"FAILED: {event.reason}", "skipped": "skipped, already done"}
             self.status.setText(
                 f"{event.i} of {event.n}: {event.name} "
                 + what.get(event.status, f"({event.seconds:.1f} s)")
             )
-            # last: napari's progress bar may process pending events (even our own "done")
-            if self.pbar is not None:
-                self.pbar.total = event.n
-                self.pbar.update(1)
 
     def _done(self, written: list[Path]) -> None:
         self.written = list(written)
         self.status.setText(f"wrote {len(written)} file(s) to {self.out.text()}")
         show_info(f"napari-unet: batch wrote {len(written)} file(s)")
 
-    def _finished(self) -> None:
-        if self.pbar is not None:
-            self.pbar.close()
-            self.pbar = None
-        self.run_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
+    def _set_running(self, running: bool) -> None:
+        self.run_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+
+
+def _items_done(event: Any) -> tuple[int, int] | None:
+    """The progress bar of a batch: inputs done of all inputs."""
+    return (event.i, event.n) if isinstance(event, ev.ItemDone) else None
 
 
 def layer_pixel_sizes(layer: Any, spec: Any) -> dict[str, tuple[float, str | None]]:

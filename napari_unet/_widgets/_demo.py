@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ._slices import INSTANCES, set_labels_kind
+
 PLUGIN = "napari-unet"
 SAMPLE = "dsb2018_nuclei"
 
@@ -61,7 +63,7 @@ def build_viewer(time_budget: int):
     viewer = napari.Viewer(title="napari-unet demo")
     viewer.window.resize(1700, 1000)
     image, truth = viewer.open_sample(PLUGIN, SAMPLE)
-    truth.metadata["napari_unet_kind"] = "instances"
+    set_labels_kind(truth, INSTANCES)
     truth.opacity = 0.4
     widgets = {}
     for name in ("Annotate", "Train", "Predict", "Batch"):
@@ -72,7 +74,7 @@ def build_viewer(time_budget: int):
     docks = [w.parent() for w in viewer.window.dock_widgets.values()]
     viewer.window._qt_window.resizeDocks(docks[:1], [480], Qt.Horizontal)
     train = widgets["Train"]
-    train.kind.setCurrentText("instances")
+    train.kind.setCurrentText(INSTANCES)
     train.budget_kind.setCurrentText("seconds")
     train.budget.setValue(time_budget)
     return viewer, image, truth, widgets
@@ -127,7 +129,7 @@ def run_headless(args: argparse.Namespace) -> int:
     truth.visible = True
     train_widget = widgets["Train"]
     train_widget.pairs.cellWidget(0, 1).setCurrentText(truth.name)
-    train_widget.kind.setCurrentText("instances")
+    train_widget.kind.setCurrentText(INSTANCES)
 
     # 2. train in the background, with the live curve and preview
     train = widgets["Train"]
@@ -135,7 +137,7 @@ def run_headless(args: argparse.Namespace) -> int:
     train.start_btn.click()
     _wait(lambda: len(train.plot.ious) >= 2, args.time_budget + 60)
     shot("02-training.png")
-    if not _wait(lambda: not train.runner.is_running, args.time_budget + 120):
+    if not _wait(lambda: not train.busy, args.time_budget + 120):
         raise SystemExit("training did not finish in time")
     if train.runner.error is not None:
         raise SystemExit(f"training failed: {train.runner.error}")
@@ -151,7 +153,7 @@ def run_headless(args: argparse.Namespace) -> int:
     predict.want_instances.setChecked(True)
     predict.image.setCurrentText(image.name)
     predict.run_btn.click()
-    _wait(lambda: f"{image.name} instances" in viewer.layers and predict.run_btn.isEnabled(), 120)
+    _wait(lambda: f"{image.name} instances" in viewer.layers and not predict.busy, 120)
     shot("03-prediction.png")
     shot("demo.png")
     from napari.utils.notifications import notification_manager

@@ -12,66 +12,95 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import events as ev
+from ._dock import DockWidget, hbox
 from ._runner import Runner
-from ._session import session_for
-from ._slices import in_view_index, refill_layer_choices
+from ._slices import (
+    INSTANCES,
+    SEMANTIC,
+    SPARSE,
+    in_view_index,
+    refill_layer_choices,
+    set_labels_kind,
+    unet_metadata,
+)
 
 log = logging.getLogger(__name__)
 
 
 def predict_layers_iter(
-    model: Any, data: Any, instances: bool, labels: bool, probs: bool, device: str
+    model: Any, data: Any, *, labels: bool, instances: bool, probabilities: bool, device: str
 ):
-    """Compute generator for the widget: yields tiles, returns {"labels", "instances", "probs"}."""
+    """Compute generator for the widget: yields tiles, returns the outputs asked for.
+
+    The outputs are those of :func:`napari_unet.postprocess.outputs_from_probs`
+    (keys "labels", "instances", "probabilities").
+    """
     from ..inference import predict_proba_iter
-    from ..postprocess import class_labels, instances_from_probs
+    from ..postprocess import outputs_from_probs
 
-    p = yield from predict_proba_iter(model, data, device=device)
-    out: dict[str, np.ndarray] = {}
-    if labels:
-        out["labels"] = class_labels(p, model.config.labels)
-    if instances:
-        out["instances"] = instances_from_probs(p, spatial_dims=model.config.model.spatial_dims)
-    if probs:
-        out["probs"] = p
-    return out
+    probs = yield from predict_proba_iter(model, data, device=device)
+    return outputs_from_probs(
+        probs, model.config, labels=labels, instances=instances, probabilities=probabilities
+    )
 
 
-class PredictWidget(QWidget):
+def makes_instances(spec: Any) -> bool:
+    """The model described by ``spec`` can give instances (napari_unet.postprocess decides)."""
+    from ..postprocess import require_instances
+
+    try:
+        require_instances(spec)
+    except ValueError:
+        return False
+    return True
+
+
+def output_kind(output: str, spec: Any) -> str:
+    """The labels kind of a predicted Labels layer, to correct it and train on it.
+
+    Instance ids are instances; class labels are in the model's label values, which
+    are the model's own kind, except for an instance model's classes (background,
+    interior, boundary: each value a class, i.e. semantic).
+    """
+    if output == "instances":
+        return INSTANCES
+    return SEMANTIC if makes_instances(spec) else spec.labels.kind
+
+
+class PredictWidget(DockWidget):
     """Dock widget that applies a model to an image layer."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
-        self.runner: Runner | None = None
-        self.pbar: progress | None = None
+        super().__init__(napari_viewer)
         self.model: Any = None
+        self._init_ui()
+        self._connect()
+        self._refresh()
+        if self.session.model is not None:
+            self._session_model(self.session.model)
+        self._set_running(False)
 
+    # ------------------------------------------------------------------ building
+    def _init_ui(self) -> None:
         self.model_label = QLabel("no model yet: train one, or load a model folder")
         self.model_label.setWordWrap(True)
         self.model_path = QLineEdit()
         self.model_path.setPlaceholderText("model folder")
         self.load_btn = QPushButton("Load")
         self.browse = QPushButton("…")
-        self.load_btn.clicked.connect(lambda: self.load(self.model_path.text()))
-        self.browse.clicked.connect(self._browse)
         self.image = QComboBox()
         self.want_labels = QCheckBox("class labels")
         self.want_labels.setChecked(True)
@@ -82,44 +111,33 @@ class PredictWidget(QWidget):
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.run_btn = QPushButton("Predict")
         self.cancel_btn = QPushButton("Cancel")
-        self.run_btn.clicked.connect(self.start)
-        self.cancel_btn.clicked.connect(self.cancel)
         self.correct_btn = QPushButton("Editable copy of the selected labels")
-        self.correct_btn.clicked.connect(self.editable_copy)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        load = QHBoxLayout()
-        load.addWidget(self.model_path)
-        load.addWidget(self.browse)
-        load.addWidget(self.load_btn)
         form = QFormLayout()
         form.addRow("image", self.image)
         form.addRow("device", self.device)
-        outputs = QHBoxLayout()
-        for box in (self.want_labels, self.want_instances, self.want_probs):
-            outputs.addWidget(box)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
-        layout.addLayout(load)
+        layout.addLayout(hbox(self.model_path, self.browse, self.load_btn))
         layout.addLayout(form)
-        layout.addLayout(outputs)
+        layout.addLayout(hbox(self.want_labels, self.want_instances, self.want_probs))
         layout.addWidget(self.in_view)
-        layout.addLayout(buttons)
+        layout.addLayout(hbox(self.run_btn, self.cancel_btn))
         layout.addWidget(self.status)
         layout.addWidget(self.correct_btn)
         layout.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._refresh)
-        self.viewer.layers.events.removed.connect(self._refresh)
-        self.session.signals.model_changed.connect(self._session_model)
-        self._refresh()
-        if self.session.model is not None:
-            self._session_model(self.session.model)
-        self._set_running(False)
+    def _connect(self) -> None:
+        self.load_btn.clicked.connect(lambda: self.load(self.model_path.text()))
+        self.browse.clicked.connect(self._browse)
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.correct_btn.clicked.connect(self.editable_copy)
+        self._listen(self.viewer.layers.events.inserted, self._refresh)
+        self._listen(self.viewer.layers.events.removed, self._refresh)
+        self._listen(self.session.signals.model_changed, self._session_model)
 
     # ------------------------------------------------------------------ model
     def _session_model(self, model: Any) -> None:
@@ -133,8 +151,9 @@ class PredictWidget(QWidget):
             f"model{where}: {c.model.spatial_dims}D, {c.labels.kind} labels, classes "
             f"{', '.join(c.labels.class_names)}"
         )
-        self.want_instances.setEnabled(c.labels.kind == "instances")
-        if c.labels.kind != "instances":
+        instances = makes_instances(c)
+        self.want_instances.setEnabled(instances)
+        if not instances:
             self.want_instances.setChecked(False)
 
     def load(self, folder: str) -> bool:
@@ -161,7 +180,7 @@ class PredictWidget(QWidget):
     # ------------------------------------------------------------------ run
     def start(self) -> None:
         """Predict with the chosen options (the Predict button)."""
-        if self.runner is not None and self.runner.is_running:
+        if self.busy:
             return
         if self.model is None:
             show_warning("napari-unet: train a model or load a model folder first")
@@ -170,28 +189,28 @@ class PredictWidget(QWidget):
         if name not in self.viewer.layers:
             show_warning("napari-unet: choose an image layer to predict")
             return
+        want = dict(
+            labels=self.want_labels.isChecked(),
+            instances=self.want_instances.isChecked(),
+            probabilities=self.want_probs.isChecked(),
+        )
+        if not any(want.values()):
+            show_warning("napari-unet: tick at least one output")
+            return
         layer = self.viewer.layers[name]
         index: tuple[int, ...] = ()
         data = layer.data
         if self.in_view.isChecked() and self.model.config.model.spatial_dims == 2:
             index = in_view_index(self.viewer, layer)
             data = np.asarray(data[index]) if index else data
-        want = (
-            self.want_instances.isChecked(),
-            self.want_labels.isChecked(),
-            self.want_probs.isChecked(),
-        )
-        if not any(want):
-            show_warning("napari-unet: tick at least one output")
-            return
         model, device = self.model, self.device.currentText()
-        self.pbar = progress(total=0, desc=f"napari-unet: predicting {name}")
         self.runner = Runner(
-            lambda: predict_layers_iter(model, data, *want, device=device),
+            lambda: predict_layers_iter(model, data, **want, device=device),
             on_event=self._on_event,
             on_done=lambda out: self._add_layers(layer, index, out),
             on_finished=self._finished,
-            what="napari-unet prediction",
+            what=f"napari-unet prediction of {name!r}",
+            progress=_tiles_done,
         )
         self.runner.start()
         self._set_running(True)
@@ -203,18 +222,10 @@ class PredictWidget(QWidget):
             self.status.setText("cancelled")
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, ev.TileDone) and self.pbar is not None:
+        if isinstance(event, ev.TileDone):
             self.status.setText(f"tile {event.i} of {event.n}")
-            # last: napari's progress bar may process pending events (even our own "done")
-            if self.pbar.total != event.n:
-                self.pbar.total = event.n
-                self.pbar.n = 0
-            self.pbar.update(max(0, event.i - self.pbar.n))
 
     def _finished(self) -> None:
-        if self.pbar is not None:
-            self.pbar.close()
-            self.pbar = None
         self._set_running(False)
 
     def _add_layers(self, source: Any, index: tuple[int, ...], out: dict[str, np.ndarray]) -> None:
@@ -231,20 +242,18 @@ class PredictWidget(QWidget):
             return a.reshape((1,) * len(index) + a.shape) if index else a
 
         added = []
-        if "labels" in out:
-            added.append(
-                self._put_labels(f"{source.name} labels{suffix}", expand(out["labels"]), kw)
-            )
-        if "instances" in out:
-            added.append(
-                self._put_labels(f"{source.name} instances{suffix}", expand(out["instances"]), kw)
-            )
-        if "probs" in out:
+        for output in ("labels", "instances"):
+            if output in out:
+                name = f"{source.name} {output}{suffix}"
+                layer = self._put_labels(name, expand(out[output]), kw)
+                self._mark_kind(layer, output_kind(output, self.model.config))
+                added.append(name)
+        if "probabilities" in out:
             names = [f"{source.name} p({c}){suffix}" for c in self.model.config.labels.class_names]
             for name in names:
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)
-            p = out["probs"]
+            p = out["probabilities"]
             p = p.reshape((p.shape[0],) + (1,) * len(index) + p.shape[1:]) if index else p
             self.viewer.add_image(
                 p,
@@ -258,21 +267,28 @@ class PredictWidget(QWidget):
             added += names
         self.status.setText("added " + ", ".join(added))
 
-    def _put_labels(self, name: str, data: np.ndarray, kw: dict) -> str:
+    def _mark_kind(self, layer: Labels, kind: str) -> None:
+        classes = self.model.config.labels.class_names if kind == SPARSE else None
+        set_labels_kind(layer, kind, classes)
+
+    def _put_labels(self, name: str, data: np.ndarray, kw: dict) -> Labels:
         if (
             name in self.viewer.layers
             and isinstance(self.viewer.layers[name], Labels)
             and (self.viewer.layers[name].data.shape == data.shape)
         ):
-            self.viewer.layers[name].data = data
-        else:
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self.viewer.add_labels(data, name=name, **kw)
-        return name
+            layer = self.viewer.layers[name]
+            layer.data = data
+            return layer
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        return self.viewer.add_labels(data, name=name, **kw)
 
     def editable_copy(self) -> Labels | None:
-        """Copy the selected Labels layer into a new layer to correct and train on."""
+        """Copy the selected Labels layer into a new layer to correct and train on.
+
+        The copy keeps the layer's napari-unet metadata (labels kind, classes, axes).
+        """
         layer = self.viewer.layers.selection.active
         if not isinstance(layer, Labels):
             show_warning("napari-unet: select the prediction (a Labels layer) to copy")
@@ -283,16 +299,12 @@ class PredictWidget(QWidget):
             name = f"{layer.name} corrected {i}"
             i += 1
         new = self.viewer.add_labels(
-            np.array(layer.data, copy=True), name=name, scale=layer.scale, translate=layer.translate
+            np.array(layer.data, copy=True),
+            name=name,
+            scale=layer.scale,
+            translate=layer.translate,
+            metadata=unet_metadata(layer),
         )
-        if self.model is not None:
-            new.metadata["napari_unet_kind"] = (
-                "semantic"
-                if self.model.config.labels.kind == "semantic"
-                else "instances"
-                if "instances" in layer.name
-                else "sparse"
-            )
         layer.visible = False
         show_info(f"napari-unet: fix {name!r} with the brush, then train on it")
         return new
@@ -300,3 +312,8 @@ class PredictWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
+
+
+def _tiles_done(event: Any) -> tuple[int, int] | None:
+    """The progress bar of a prediction: tiles done of the tiles of this pass."""
+    return (event.i, event.n) if isinstance(event, ev.TileDone) else None

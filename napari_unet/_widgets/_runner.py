@@ -4,6 +4,9 @@ Frequent events (training steps, tiles) are throttled to at most ``max_rate``
 per second (the last one wins); every other event is delivered.  Errors reach
 the user as napari notifications.  Compute runs with one CPU thread fewer than
 the machine has, so napari's own thread always has a core.
+
+The runner owns the run's napari progress bar: a widget only says, per event,
+what to show (``progress(event) -> (done, total)`` or None).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker
+from napari.utils import progress as ProgressBar
 from napari.utils.notifications import show_error
 
 from ..events import TileDone, TrainStep
@@ -22,6 +26,9 @@ from ..events import TileDone, TrainStep
 log = logging.getLogger(__name__)
 
 THROTTLED = (TrainStep, TileDone)
+
+ProgressOf = Callable[[Any], tuple[int, int] | None]
+"""What the progress bar shows after an event: (done, total), or None to leave it."""
 
 
 def compute_threads() -> int:
@@ -40,8 +47,44 @@ def _limited(gen_factory: Callable[[], Generator]) -> Generator:
         torch.set_num_threads(previous)
 
 
+class _Worker(GeneratorWorker):
+    """A generator worker that closes its generator in the worker thread when it ends.
+
+    ``quit()`` leaves superqt's loop at the next yield; closing the generator there
+    runs its cleanup (a cancelled training keeps what it learned) in this thread,
+    before ``finished``, instead of whenever the generator is garbage-collected.
+    """
+
+    def work(self) -> Any:
+        try:
+            return super().work()
+        finally:
+            self._gen.close()
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
 class Runner:
-    """One generator in one worker; ``on_event`` / ``on_done`` / ``on_error`` callbacks."""
+    """One generator in one worker; ``on_event`` / ``on_done`` / ``on_error`` callbacks.
+
+    Parameters
+    ----------
+    gen_factory
+        Called in the worker thread; returns the compute generator.
+    on_event, on_done, on_error, on_finished
+        GUI-thread callbacks: each (throttled) event, the generator's return value,
+        an exception (also shown as a notification), the end in every case.
+    max_rate
+        At most this many throttled events per second reach ``on_event``.
+    what
+        Names the run in error notifications and on the progress bar.
+    progress
+        Maps an event to the progress bar's (done, total); without it, no bar.
+    total
+        The bar's total before the first event says (0: unknown yet).
+    """
 
     def __init__(
         self,
@@ -52,47 +95,34 @@ class Runner:
         on_finished: Callable[[], None] | None = None,
         max_rate: float = 10.0,
         what: str = "napari-unet",
+        progress: ProgressOf | None = None,
+        total: int = 0,
     ) -> None:
-        self.worker = GeneratorWorker(_limited, gen_factory)
+        self.worker = _Worker(_limited, gen_factory)
+        self.error: BaseException | None = None
         self._on_event = on_event
+        self._on_done = on_done
+        self._on_error = on_error or _ignore
+        self._on_finished = on_finished or _ignore
+        self._progress_of = progress
+        self._total = total
+        self._bar: ProgressBar | None = None
         self._min_gap = 1.0 / max_rate
         self._last = 0.0
         self._pending: Any = None
         self._what = what
-        self.error: BaseException | None = None
+        self._busy = False
         self.worker.yielded.connect(self._yielded)
-        self.worker.returned.connect(lambda value: (self._flush(), on_done(value)))
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)
+        self.worker.finished.connect(self._finished)
 
-        def errored(exc: BaseException) -> None:
-            self.error = exc
-            log.debug("%s failed", what, exc_info=exc)
-            show_error(f"{what}: {exc}")
-            if on_error is not None:
-                on_error(exc)
-
-        self.worker.errored.connect(errored)
-        if on_finished is not None:
-            self.worker.finished.connect(on_finished)
-
-    def _yielded(self, event: Any) -> None:
-        if not isinstance(event, THROTTLED):
-            self._flush()  # keep the order: a held-back step comes before what followed it
-            self._on_event(event)
-            return
-        now = time.monotonic()
-        if now - self._last < self._min_gap:
-            self._pending = event
-            return
-        self._pending = None
-        self._last = now
-        self._on_event(event)
-
-    def _flush(self) -> None:
-        if self._pending is not None:
-            event, self._pending = self._pending, None
-            self._on_event(event)
-
+    # ------------------------------------------------------------------ control
     def start(self) -> None:
+        """Open the progress bar (if any) and start the worker."""
+        if self._progress_of is not None:
+            self._bar = ProgressBar(total=self._total, desc=self._what)
+        self._busy = True
         self.worker.start()
 
     def pause(self) -> None:
@@ -102,12 +132,92 @@ class Runner:
         self.worker.resume()
 
     def quit(self) -> None:
+        """Ask the worker to stop at the next event (the generator is closed there)."""
         self.worker.quit()
+
+    def detach(self) -> None:
+        """Stop the run and deliver nothing more to the callbacks (their widget is closing).
+
+        The progress bar closes now; errors are still notified.
+        """
+        self._on_event = self._on_done = self._on_error = _ignore
+        self._on_finished = _ignore
+        self._pending = None
+        self.quit()
+        self._close_bar()
 
     @property
     def is_running(self) -> bool:
+        """The worker thread still runs (its last events may not be delivered yet)."""
         return self.worker.is_running
 
     @property
     def is_paused(self) -> bool:
         return self.worker.is_paused
+
+    @property
+    def progress_bar(self) -> ProgressBar | None:
+        """The run's napari progress bar while it is open (read it, do not drive it)."""
+        return self._bar
+
+    @property
+    def busy(self) -> bool:
+        """From ``start()`` until the GUI thread has handled the end of the run."""
+        return self._busy
+
+    # ------------------------------------------------------------------ worker signals
+    def _yielded(self, event: Any) -> None:
+        if not isinstance(event, THROTTLED):
+            self._flush()  # keep the order: a held-back step comes before what followed it
+            self._deliver(event)
+            return
+        now = time.monotonic()
+        if now - self._last < self._min_gap:
+            self._pending = event
+            return
+        self._pending = None
+        self._last = now
+        self._deliver(event)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            event, self._pending = self._pending, None
+            self._deliver(event)
+
+    def _deliver(self, event: Any) -> None:
+        self._on_event(event)
+        # last: napari's progress bar processes pending Qt events, possibly our own end
+        if self._bar is not None and self._progress_of is not None:
+            shown = self._progress_of(event)
+            if shown is not None:
+                self._show_progress(*shown)
+
+    def _show_progress(self, done: int, total: int) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        if bar.total != total:  # a new total (e.g. the tiles of the next pass) restarts the count
+            bar.total = total
+            bar.n = 0
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    def _returned(self, value: Any) -> None:
+        self._flush()
+        self._on_done(value)
+
+    def _errored(self, exc: BaseException) -> None:
+        self.error = exc
+        log.debug("%s failed", self._what, exc_info=exc)
+        show_error(f"{self._what}: {exc}")
+        self._on_error(exc)
+
+    def _finished(self) -> None:
+        self._close_bar()
+        self._busy = False
+        self._on_finished()
+
+    def _close_bar(self) -> None:
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()

@@ -16,7 +16,6 @@ DEFAULT_MODEL_ROOT = Path.home() / "napari-unet-models"
 
 class _Signals(QObject):
     model_changed = Signal(object)  # the new Model
-    pair_added = Signal(str, str)  # image layer name, labels layer name
 
 
 @dataclass

@@ -1,10 +1,25 @@
-"""Layer data helpers: the spatial array of a layer and the 2D slice in view."""
+"""Layer helpers: the spatial array of a layer, the 2D slice in view, layer choices and the
+napari-unet metadata that travels with a Labels layer (labels kind, axes, class names)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ..config import LABELS_KINDS
+
+SPARSE, SEMANTIC, INSTANCES = LABELS_KINDS[:3]  # names for the kinds the widgets treat apart
+
+KIND_KEY = "napari_unet_kind"
+"""Layer metadata key: the labels kind, one of :data:`napari_unet.config.LABELS_KINDS`."""
+AXES_KEY = "napari_unet_axes"
+"""Layer metadata key: one letter per axis of the image the labels belong to (e.g. "CYX")."""
+CLASSES_KEY = "napari_unet_classes"
+"""Layer metadata key: the class names of sparse labels (value k = class k)."""
+METADATA_PREFIX = "napari_unet"
+"""Every napari-unet layer metadata key starts with this."""
 
 
 def spatial_data(layer: Any) -> Any:
@@ -42,3 +57,23 @@ def refill_layer_choices(combo: Any, viewer: Any, kind: type) -> None:
     if current:
         combo.setCurrentText(current)
     combo.blockSignals(False)
+
+
+def labels_kind(layer: Any) -> str | None:
+    """The labels kind recorded in ``layer``'s metadata (None when absent or unknown)."""
+    kind = layer.metadata.get(KIND_KEY)
+    return kind if kind in LABELS_KINDS else None
+
+
+def set_labels_kind(layer: Any, kind: str, classes: Sequence[str] | None = None) -> None:
+    """Record the labels kind (and the class names, for sparse labels) in ``layer``'s metadata."""
+    if kind not in LABELS_KINDS:
+        raise ValueError(f"labels kind must be one of {LABELS_KINDS}, got {kind!r}")
+    layer.metadata[KIND_KEY] = kind
+    if classes is not None:
+        layer.metadata[CLASSES_KEY] = list(classes)
+
+
+def unet_metadata(layer: Any) -> dict[str, Any]:
+    """A copy of ``layer``'s napari-unet metadata (labels kind, axes, classes)."""
+    return {k: v for k, v in layer.metadata.items() if k.startswith(METADATA_PREFIX)}

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -20,7 +19,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
     QInputDialog,
     QLabel,
@@ -29,14 +27,24 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import events as ev
+from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
+from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
 from ._runner import Runner
-from ._session import new_model_folder, session_for
-from ._slices import layer_in_view_slice, refill_layer_choices, spatial_data
+from ._session import new_model_folder
+from ._slices import (
+    AXES_KEY,
+    CLASSES_KEY,
+    SPARSE,
+    labels_kind,
+    layer_in_view_slice,
+    refill_layer_choices,
+    spatial_data,
+    unet_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +53,33 @@ AUTOSAVE_SECONDS = 60
 """How often the labels of the training pairs are saved when they changed."""
 
 
-class TrainWidget(QWidget):
+class TrainWidget(DockWidget):
     """Dock widget that trains a U-Net on layer pairs of the viewer."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.session = session_for(napari_viewer)
-        self.runner: Runner | None = None
+        super().__init__(napari_viewer)
         self.control: Any = None
-        self.pbar: progress | None = None
         self._used_layers: set[str] = set()
-        self._max_steps: int | None = None
+        self._start_step = 0
+        self._finished: Any = None
+        self._init_ui()
+        self._connect()
+        if self._layers(Image) and self._layers(Labels):
+            self.add_pair()
+        self._set_state("idle")
 
+    # ------------------------------------------------------------------ building
+    def _init_ui(self) -> None:
         self.pairs = QTableWidget(0, 2)
         self.pairs.setHorizontalHeaderLabels(["image", "labels"])
         self.pairs.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.pairs.setMaximumHeight(110)
         self.add_pair_btn = QPushButton("add pair")
         self.remove_pair_btn = QPushButton("remove pair")
-        self.add_pair_btn.clicked.connect(lambda: self.add_pair())
-        self.remove_pair_btn.clicked.connect(self._remove_pair)
-
         self.kind = QComboBox()
-        self.kind.addItems(["sparse", "semantic", "instances"])
+        self.kind.addItems(list(LABELS_KINDS))
         self.recipe = QComboBox()
-        self.recipe.addItems(["fast", "paper"])
+        self.recipe.addItems(list(RECIPES))
         self.dims = QComboBox()
         self.dims.addItem("2D (stacks slice by slice)", 2)
         self.dims.addItem("3D (volumes)", 3)
@@ -85,7 +94,6 @@ class TrainWidget(QWidget):
         self.device_label = QLabel("")
         self.folder = QLineEdit(str(new_model_folder()))
         self.browse = QPushButton("…")
-        self.browse.clicked.connect(self._browse)
         self.resume = QCheckBox("continue training the model in this folder")
         self.preview = QCheckBox("live preview on the slice in view")
         self.preview.setChecked(True)
@@ -94,23 +102,17 @@ class TrainWidget(QWidget):
         self.restore_btn.setToolTip(
             "labels of this model folder's project, autosaved while painting and at every Train"
         )
-        self.restore_btn.clicked.connect(self.restore_labels)
         self.autosave = QTimer(self)
         self.autosave.setInterval(AUTOSAVE_SECONDS * 1000)
-        self.autosave.timeout.connect(lambda: self.autosave_labels("autosave"))
-        self.autosave.start()
-        self._finished: Any = None
-
         self.start_btn = QPushButton("Train")
         self.pause_btn = QPushButton("Pause")
         self.stop_btn = QPushButton("Stop")
-        self.start_btn.clicked.connect(self.start)
-        self.pause_btn.clicked.connect(self.toggle_pause)
-        self.stop_btn.clicked.connect(self.stop)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         self.plot = CurvePlot()
+        self._lay_out()
 
+    def _lay_out(self) -> None:
         form = QFormLayout()
         form.addRow("labels kind", self.kind)
         form.addRow("network", self.dims)
@@ -118,42 +120,42 @@ class TrainWidget(QWidget):
         form.addRow("width", self.width_box)
         form.addRow("patch", self.patch_box)
         form.addRow("batch size", self.batch_box)
-        budget = QHBoxLayout()
-        budget.addWidget(self.budget)
-        budget.addWidget(self.budget_kind)
-        form.addRow("train for", budget)
+        form.addRow("train for", hbox(self.budget, self.budget_kind))
         form.addRow("device", self.device)
         form.addRow("", self.device_label)
-        folder = QHBoxLayout()
-        folder.addWidget(self.folder)
-        folder.addWidget(self.browse)
-        form.addRow("model folder", folder)
-
-        pair_buttons = QHBoxLayout()
-        pair_buttons.addWidget(self.add_pair_btn)
-        pair_buttons.addWidget(self.remove_pair_btn)
-        buttons = QHBoxLayout()
-        for b in (self.start_btn, self.pause_btn, self.stop_btn):
-            buttons.addWidget(b)
+        form.addRow("model folder", hbox(self.folder, self.browse))
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("training pairs (image, labels)"))
         layout.addWidget(self.pairs)
-        layout.addLayout(pair_buttons)
+        layout.addLayout(hbox(self.add_pair_btn, self.remove_pair_btn))
         layout.addLayout(form)
         layout.addWidget(self.resume)
         layout.addWidget(self.replace_worse)
         layout.addWidget(self.preview)
         layout.addWidget(self.restore_btn)
-        layout.addLayout(buttons)
+        layout.addLayout(hbox(self.start_btn, self.pause_btn, self.stop_btn))
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_choices)
-        self.viewer.layers.events.removed.connect(self._layer_removed)
-        self.viewer.dims.events.current_step.connect(self._request_preview)
-        if self._layers(Image) and self._layers(Labels):
-            self.add_pair()
-        self._set_state("idle")
+    def _connect(self) -> None:
+        self.add_pair_btn.clicked.connect(lambda: self.add_pair())
+        self.remove_pair_btn.clicked.connect(self._remove_pair)
+        self.browse.clicked.connect(self._browse)
+        self.restore_btn.clicked.connect(self.restore_labels)
+        self.start_btn.clicked.connect(self.start)
+        self.pause_btn.clicked.connect(self.toggle_pause)
+        self.stop_btn.clicked.connect(self.stop)
+        self.autosave.timeout.connect(self._autosave_tick)
+        self.autosave.start()
+        self._listen(self.viewer.layers.events.inserted, self._refresh_choices)
+        self._listen(self.viewer.layers.events.removed, self._layer_removed)
+        self._listen(self.viewer.dims.events.current_step, self._request_preview)
+
+    def _release(self) -> None:
+        """Closing: the labels are saved a last time, then the widget lets go of the viewer."""
+        self.autosave.stop()
+        self.autosave_labels("close")
+        super()._release()
 
     # ------------------------------------------------------------------ layers
     def _layers(self, kind: type) -> list[str]:
@@ -170,6 +172,8 @@ class TrainWidget(QWidget):
                 box.setCurrentText(name)
             elif col == 1 and row < box.count():
                 box.setCurrentIndex(row)
+            if col == 1:
+                box.currentTextChanged.connect(self._sync_kind)
             self.pairs.setCellWidget(row, col, box)
         self._sync_kind()
 
@@ -194,11 +198,14 @@ class TrainWidget(QWidget):
         if self.pairs.rowCount() == 0 and self._layers(Image) and self._layers(Labels):
             self.add_pair()
 
-    def _sync_kind(self) -> None:
-        pairs = self.selected_pairs()
-        if pairs and pairs[0][1] in self.viewer.layers:
-            kind = self.viewer.layers[pairs[0][1]].metadata.get("napari_unet_kind")
-            if kind:
+    def _sync_kind(self, labels_name: str | None = None) -> None:
+        """The labels kind of the chosen labels layer (first pair by default), from its metadata."""
+        if labels_name is None:
+            pairs = self.selected_pairs()
+            labels_name = pairs[0][1] if pairs else None
+        if labels_name and labels_name in self.viewer.layers:
+            kind = labels_kind(self.viewer.layers[labels_name])
+            if kind is not None:
                 self.kind.setCurrentText(kind)
 
     def _layer_removed(self, event: Any) -> None:
@@ -226,7 +233,7 @@ class TrainWidget(QWidget):
             img = self.viewer.layers[img_name]
             lab = self.viewer.layers[lab_name]
             image = np.asarray(img.data)
-            axes = lab.metadata.get("napari_unet_axes", "")
+            axes = lab.metadata.get(AXES_KEY, "")
             if "C" in axes and image.ndim == len(axes):
                 image = np.moveaxis(image, axes.index("C"), 0)  # channel first, as in training
             images.append(image)
@@ -238,7 +245,7 @@ class TrainWidget(QWidget):
         """Start training with the widget's settings (the Train button)."""
         from ..training import TrainControl, train_iter
 
-        if self.runner is not None and self.runner.is_running:
+        if self.busy:
             return
         try:
             images, labels = self._gather()
@@ -247,7 +254,7 @@ class TrainWidget(QWidget):
             return
         folder = Path(self.folder.text()).expanduser()
         resume = self.resume.isChecked()
-        if (folder / "config.json").exists() and not resume:
+        if (folder / CONFIG_FILE).exists() and not resume:
             show_warning(
                 f"{folder} already holds a model: tick 'continue training' or choose another folder"
             )
@@ -259,18 +266,17 @@ class TrainWidget(QWidget):
             model = self.session.model
         steps = self.budget.value() if self.budget_kind.currentText() == "steps" else None
         seconds = self.budget.value() if steps is None else None
-        self._max_steps = steps
         self.control = TrainControl()
         if self.preview.isChecked() and self.dims.currentData() == 2:
             # created now, not mid-training: adding a layer costs napari a few hundred ms
             self._preview_layer(self.viewer.layers[self.selected_pairs()[0][0]])
         self._request_preview()
         first_labels = self.viewer.layers[self.selected_pairs()[0][1]]
-        class_names = first_labels.metadata.get("napari_unet_classes")
+        class_names = first_labels.metadata.get(CLASSES_KEY)
         kind = self.kind.currentText()
         kwargs = dict(
             labels_kind=kind,
-            class_names=class_names if kind == "sparse" and model is None and not resume else None,
+            class_names=class_names if kind == SPARSE and model is None and not resume else None,
             recipe=self.recipe.currentText(),
             spatial_dims=self.dims.currentData(),
             steps=steps,
@@ -286,7 +292,13 @@ class TrainWidget(QWidget):
             replace_worse=self.replace_worse.isChecked(),
         )
         self.plot.reset()
-        self.pbar = progress(total=steps or int(seconds or 0), desc="napari-unet training")
+        total = steps or int(seconds or 0)
+
+        def progress_of(event: Any) -> tuple[int, int] | None:
+            if not isinstance(event, ev.TrainStep):
+                return None
+            return (event.step - self._start_step if steps else int(event.elapsed)), total
+
         self.runner = Runner(
             lambda: train_iter(images, labels, **kwargs),
             on_event=self._on_event,
@@ -294,6 +306,8 @@ class TrainWidget(QWidget):
             on_error=lambda exc: self._set_state("idle", f"training failed: {exc}"),
             on_finished=self._on_finished,
             what="napari-unet training",
+            progress=progress_of,
+            total=total,
         )
         self.runner.start()
         self._set_state("running", "preparing the data…")
@@ -331,6 +345,7 @@ class TrainWidget(QWidget):
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, ev.TrainStarted):
+            self._start_step = event.start_step
             self.device_label.setText(f"using {event.device}")
             s = event.settings
             self.status.setText(
@@ -343,9 +358,6 @@ class TrainWidget(QWidget):
                 f"step {event.step}  loss {event.loss:.4f}  "
                 f"{event.images_per_s:.0f} patches/s  {event.elapsed:.0f} s"
             )
-            if self.pbar is not None:
-                done = event.step if self._max_steps else int(event.elapsed)
-                self.pbar.update(max(0, done - self.pbar.n))
         elif isinstance(event, ev.Validated):
             self.plot.add_iou(event.step, event.iou)
         elif isinstance(event, ev.Preview):
@@ -413,10 +425,14 @@ class TrainWidget(QWidget):
                 if labels_name not in self.viewer.layers:
                     continue
                 layer = self.viewer.layers[labels_name]
-                meta = {k: v for k, v in layer.metadata.items() if k.startswith("napari_unet")}
                 # writes only what changed since the last save (by content hash)
                 autosave(
-                    folder, labels_name, layer.data, reason=reason, snapshot=snapshot, meta=meta
+                    folder,
+                    labels_name,
+                    layer.data,
+                    reason=reason,
+                    snapshot=snapshot,
+                    meta=unet_metadata(layer),
                 )
         except (OSError, ValueError) as exc:
             show_warning(f"napari-unet: could not save the labels beside {folder}: {exc}")
@@ -453,11 +469,11 @@ class TrainWidget(QWidget):
         self.viewer.add_labels(data, name=name, metadata=dict(entry.meta))
         self.status.setText(f"restored {entry.file} as the layer '{name}'")
 
+    def _autosave_tick(self) -> None:
+        self.autosave_labels("autosave")
+
     def _on_finished(self) -> None:
         self.plot.flush()
-        if self.pbar is not None:
-            self.pbar.close()
-            self.pbar = None
         if self.runner is not None and self.runner.error is not None:
             self._set_state("idle", f"training failed: {self.runner.error}")
         elif self.start_btn.isEnabled() is False:

@@ -11,12 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_unet._widgets import (
-    TrainWidget,  # noqa: E402
-    _session,  # noqa: E402
-)
+from napari_unet._widgets import TrainWidget, _session
 
-from ..conftest import make_nuclei  # noqa: E402
+from ..conftest import make_nuclei
 
 pytestmark = pytest.mark.gui
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet._widgets import (  # noqa: E402
-    PredictWidget,
-    TrainWidget,
-    _session,  # noqa: E402
-)
-from napari_unet.store import load_model  # noqa: E402
+from napari_unet._widgets import PredictWidget, TrainWidget, _session
+from napari_unet.store import load_model
 
 from ..conftest import make_nuclei
-from .conftest import small  # noqa: E402
+from .conftest import small
 
 pytestmark = pytest.mark.gui
 
@@ -29,17 +25,9 @@ def viewer_with_data(make_napari_viewer):
 
 
 def wait_idle(qtbot, widget, timeout=120_000):
-    qtbot.waitUntil(
-        lambda: widget.runner is not None and not widget.runner.is_running, timeout=timeout
-    )
-    qtbot.waitUntil(
-        lambda: (
-            widget.start_btn.isEnabled()
-            if hasattr(widget, "start_btn")
-            else widget.run_btn.isEnabled()
-        ),
-        timeout=5000,
-    )
+    """Until the run started by the last click has ended and the widget has handled its end."""
+    assert widget.runner is not None  # the click started a run
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
 def test_train_then_predict(viewer_with_data, qtbot):
@@ -370,3 +358,30 @@ def test_labels_are_autosaved_at_train_and_restored(viewer_with_data, qtbot, mon
     expected[0, :10, :10] = 99
     np.testing.assert_array_equal(restored[0].data, expected)
     assert restored[0].metadata["napari_unet_kind"] == "instances"
+
+
+def test_predicted_layers_carry_their_labels_kind(make_napari_viewer, qtbot, nuclei, tiny_model):
+    """The kind travels in layer metadata: prediction -> editable copy -> Train widget."""
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets._slices import KIND_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[0][0], name="img")
+    _session.session_for(viewer).set_model(tiny_model[0], tiny_model[1])
+    predict = PredictWidget(viewer)
+    predict.want_instances.setChecked(True)
+    qtbot.mouseClick(predict.run_btn, Qt.LeftButton)
+    wait_idle(qtbot, predict)
+    assert viewer.layers["img instances"].metadata[KIND_KEY] == "instances"
+    # an instance model's class labels (background, interior, boundary): each value a class
+    assert viewer.layers["img labels"].metadata[KIND_KEY] == "semantic"
+    viewer.layers.selection.active = viewer.layers["img labels"]
+    qtbot.mouseClick(predict.correct_btn, Qt.LeftButton)
+    viewer.layers.selection.active = viewer.layers["img instances"]
+    qtbot.mouseClick(predict.correct_btn, Qt.LeftButton)
+    train = TrainWidget(viewer)
+    train.pairs.cellWidget(0, 1).setCurrentText("img labels corrected")
+    assert train.kind.currentText() == "semantic"
+    train.pairs.cellWidget(0, 1).setCurrentText("img instances corrected")
+    assert train.kind.currentText() == "instances"
