@@ -80,10 +80,10 @@ test: venv sysdeps
 
 demo: venv sysdeps
 	@if [ -n "$$DISPLAY" ]; then \
-		$(VPY) -m napari_unet._widgets._demo $(DEMO_ARGS); \
+		$(VPY) resources/demo.py $(DEMO_ARGS); \
 	else \
 		echo "no \$$DISPLAY: running headless, screenshots -> $(SCREENSHOTS)"; \
-		$(XVFB_RUN) $(VPY) -m napari_unet._widgets._demo --headless --screenshots $(SCREENSHOTS) $(DEMO_ARGS); \
+		$(XVFB_RUN) $(VPY) resources/demo.py --headless --screenshots $(SCREENSHOTS) $(DEMO_ARGS); \
 	fi
 
 bench: venv sysdeps

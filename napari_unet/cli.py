@@ -318,6 +318,8 @@ class _TrainReport:
                     f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
                     f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images"
                 )
+                if event.validation:
+                    self.say(f"validation IoU is measured on {event.validation}")
             case Validated():
                 self.last_val = f", validation IoU {event.iou:.3f}"
             case TrainStep() if time.monotonic() - self.last_print >= 5:
@@ -413,7 +415,7 @@ def _check_predict_args(args: argparse.Namespace) -> None:
     find_inputs(args.inputs, "input")
     _check_device(args.device)
     spec = check_model_folder(args.model)
-    if args.instances and spec.labels.kind != "instances":
+    if args.instances and not spec.labels.instances:
         raise UsageError(
             f"--instances needs a model trained on instance labels; {args.model} was trained "
             f"on {spec.labels.kind} labels"

@@ -17,7 +17,8 @@ FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
 
 RECIPES = ("fast", "paper")
-LABELS_KINDS = ("sparse", "semantic", "instances")
+LABELS_KINDS = ("sparse", "semantic", "instances", "sparse-instances")
+INSTANCE_KINDS = ("instances", "sparse-instances")  # trained as background/interior/boundary
 PADDINGS = ("same", "valid")
 MAX_CLASS_NAME = 200
 MAX_LIST = 4096
@@ -136,6 +137,11 @@ class LabelsConfig:
     class_names: tuple[str, ...] = ("background", "interior", "boundary")
     value_map: tuple[int, ...] | None = None
 
+    @property
+    def instances(self) -> bool:
+        """Whether the model predicts instances (``instances``, ``sparse-instances``)."""
+        return self.kind in INSTANCE_KINDS
+
     def __post_init__(self) -> None:
         _check_choice("labels_kind", self.kind, LABELS_KINDS)
         if not isinstance(self.class_names, tuple) or not all(
@@ -171,7 +177,7 @@ class LabelsConfig:
                 raise ValueError(
                     f"value_map must not repeat values, got {show_value(self.value_map)}"
                 )
-        if self.kind == "instances" and len(self.class_names) != 3:
+        if self.kind in INSTANCE_KINDS and len(self.class_names) != 3:
             raise ValueError(
                 f"instances labels train 3 classes (background, interior, boundary), "
                 f"got {len(self.class_names)}"
@@ -216,6 +222,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    """Probabilities -> instances (see :func:`napari_unet.postprocess.instances_from_probs`).
+
+    Seeds are connected regions of interior probability above ``seed_threshold``;
+    they grow by watershed over the foreground (background probability below
+    ``1 - fg_threshold``); objects under ``min_size`` pixels are dropped (None: 15 in
+    2D, 50 in 3D).  Training chooses them on the model's validation data
+    (:mod:`napari_unet.calibrate`); model folders from before that keep these defaults.
+    """
+
+    seed_threshold: float = 0.8
+    fg_threshold: float = 0.6
+    min_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_float("postprocess.seed_threshold", self.seed_threshold, 0.0, 1.0)
+        _check_float("postprocess.fg_threshold", self.fg_threshold, 0.0, 1.0)
+        if self.min_size is not None:
+            _check_int("postprocess.min_size", self.min_size, 0, 10**9)
+
+    def min_size_for(self, spatial_dims: int) -> int:
+        """The minimum object size in pixels (voxels) for a 2D or 3D model."""
+        if self.min_size is not None:
+            return self.min_size
+        return 15 if spatial_dims == 2 else 50
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything ``config.json`` holds: enough to rebuild and apply the model."""
 
@@ -224,6 +258,7 @@ class ModelSpec:
     normalization: NormConfig = field(default_factory=NormConfig)
     tiling: TileConfig = field(default_factory=TileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def __post_init__(self) -> None:
         if self.model.num_classes != len(self.labels.class_names):
@@ -265,6 +300,7 @@ class ModelSpec:
             "normalization": NormConfig,
             "tiling": TileConfig,
             "train": TrainConfig,
+            "postprocess": PostprocessConfig,
         }
         for name, sub in types.items():
             if name in data:

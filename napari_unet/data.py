@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import targets as tg
-from .config import LabelsConfig, NormConfig
+from .config import INSTANCE_KINDS, LabelsConfig, NormConfig
 from .inputs import Continued, Names, check_training_data
 from .store import content_hash
 from .targets import IGNORE
@@ -80,6 +80,128 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return train, val
+
+
+@dataclass
+class Split:
+    """Which labeled samples train and which validate, and with which targets.
+
+    Image-level: whole samples are held out.  Block-level (sparse labels on too few
+    images): spatial blocks of the labeled pixels are held out of every sample's
+    training targets and make its validation targets.
+    """
+
+    train: list[int]
+    val: list[int]
+    train_targets: dict[int, np.ndarray]
+    val_targets: dict[int, np.ndarray]
+    description: str  # what validation scores are measured on, for the user
+
+
+def split_samples(
+    targets: Sequence[np.ndarray],
+    kind: str,
+    val_fraction: float,
+    seed: int,
+    block: int = 64,
+) -> Split:
+    """Hold out validation data that training never sees.
+
+    Dense labels (``instances``, ``semantic``) hold out whole images (with at least 5
+    labeled ones; otherwise validation scores fixed crops of the training images).
+    Sparse labels (``sparse``, ``sparse-instances``) hold out whole images when there
+    are enough, else spatial blocks of about ``block`` pixels holding about
+    ``val_fraction`` of the labeled pixels (at least 10 %), whole objects with them,
+    never the last pixels of a class.
+    """
+    labeled = [i for i, t in enumerate(targets) if (t != IGNORE).any()]
+    train_pos, val_pos = split_indices(len(labeled), val_fraction, seed)
+    whole = {i: targets[i] for i in labeled}
+    if val_pos:
+        val = [labeled[i] for i in val_pos]
+        return Split(
+            [labeled[i] for i in train_pos], val, whole, whole, f"{len(val)} held-out image(s)"
+        )
+    same = f"the training labels ({len(labeled)} image(s): too few to hold any out)"
+    if kind not in ("sparse", "sparse-instances") or val_fraction <= 0:
+        return Split(labeled, labeled, whole, whole, same)
+    held = _held_out_masks(
+        {i: targets[i] for i in labeled}, max(val_fraction, 0.1), seed, block, kind
+    )
+    if not held:
+        return Split(labeled, labeled, whole, whole, same)
+    train_t, val_t = {}, {}
+    for i in labeled:
+        mask = held.get(i)
+        train_t[i] = targets[i] if mask is None else np.where(mask, IGNORE, targets[i])
+        if mask is not None:
+            val_t[i] = np.where(mask, targets[i], IGNORE)
+    n_val = sum(int((t != IGNORE).sum()) for t in val_t.values())
+    n_all = sum(int((targets[i] != IGNORE).sum()) for i in labeled)
+    return Split(
+        [i for i in labeled if (train_t[i] != IGNORE).any()],
+        sorted(val_t),
+        train_t,
+        val_t,
+        f"held-out blocks of the labels ({100 * n_val / n_all:.0f} % of the labeled pixels)",
+    )
+
+
+def _held_out_masks(
+    targets: dict[int, np.ndarray], fraction: float, seed: int, block: int, kind: str
+) -> dict[int, np.ndarray]:
+    """Masks of the held-out pixels per sample (blocks, grown to whole objects)."""
+    blocks = []  # (sample, slices, labeled pixels)
+    for i, t in targets.items():
+        for idx in np.ndindex(*[-(-n // block) for n in t.shape]):
+            sl = tuple(slice(k * block, (k + 1) * block) for k in idx)
+            count = int((t[sl] != IGNORE).sum())
+            if count:
+                blocks.append((i, sl, count))
+    if len(blocks) < 2:
+        return {}
+    total = sum(c for _, _, c in blocks)
+    remaining = _class_counts(targets.values())
+    masks: dict[int, np.ndarray] = {}
+    held = 0
+    for k in np.random.default_rng(seed).permutation(len(blocks)):
+        i, sl, _ = blocks[k]
+        mask = np.zeros(targets[i].shape, bool)
+        mask[sl] = True
+        if kind == "sparse-instances":
+            mask = _grow_to_objects(mask, targets[i])
+        mask &= targets[i] != IGNORE
+        if i in masks:
+            mask &= ~masks[i]
+        taken = _class_counts([targets[i][mask]])
+        if any(remaining.get(c, 0) - n <= 0 for c, n in taken.items()):
+            continue  # would leave training without a class
+        for c, n in taken.items():
+            remaining[c] -= n
+        masks[i] = mask if i not in masks else masks[i] | mask
+        held += int(mask.sum())
+        if held >= fraction * total:
+            break
+    return masks
+
+
+def _class_counts(arrays) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for a in arrays:
+        values, n = np.unique(a[a != IGNORE], return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist(), strict=True):
+            counts[v] = counts.get(v, 0) + c
+    return counts
+
+
+def _grow_to_objects(mask: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The mask plus every object (interior + boundary component) it touches."""
+    from scipy import ndimage as ndi
+
+    objects, _ = ndi.label((target == tg.INTERIOR) | (target == tg.BOUNDARY))
+    touched = np.unique(objects[mask])
+    touched = touched[touched > 0]
+    return mask | np.isin(objects, touched)
 
 
 @dataclass
@@ -225,6 +347,7 @@ class Prepared:
     labels: LabelsConfig
     in_channels: int
     provenance: list[dict[str, Any]]
+    label_images: list[np.ndarray] = field(default_factory=list)  # per sample, as given
 
 
 def _as_list(x: Any) -> list[Any]:
@@ -247,7 +370,7 @@ def labels_config(
     value_map: Sequence[int] | None = None,
 ) -> LabelsConfig:
     """The classes a training set defines (names, and the values of semantic labels)."""
-    if kind == "instances":
+    if kind in INSTANCE_KINDS:
         return LabelsConfig(kind=kind, class_names=tuple(class_names or INSTANCE_CLASSES))
     if kind == "semantic":
         if value_map is None:
@@ -265,6 +388,8 @@ def labels_config(
 def _targets(lab: np.ndarray, cfg: LabelsConfig, spatial_dims: int) -> np.ndarray:
     if cfg.kind == "instances":
         tgt = tg.instance_targets(lab, spatial_dims=spatial_dims)
+    elif cfg.kind == "sparse-instances":
+        tgt = tg.sparse_instance_targets(lab, spatial_dims=spatial_dims)
     elif cfg.kind == "semantic":
         tgt, _ = tg.semantic_targets(lab, value_map=cfg.value_map)
     else:
@@ -320,6 +445,7 @@ def prepare(
             at = (slice(None), z) if stack else (slice(None),)
             out.images.append(nimg[at])
             out.targets.append(tgt[z] if stack else tgt)
+            out.label_images.append(lab[z] if stack else lab)
             if w is not None:
                 out.weights.append(w[z] if stack else w)
     return out

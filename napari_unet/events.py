@@ -23,6 +23,7 @@ class TrainStarted:
     max_steps: int | None
     time_budget: float | None
     settings: dict[str, Any] = field(default_factory=dict)
+    validation: str = ""  # what validation scores are measured on
 
 
 @dataclass(frozen=True)

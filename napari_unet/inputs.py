@@ -21,7 +21,10 @@ from .config import LABELS_KINDS
 log = logging.getLogger(__name__)
 
 MAX_CLASSES = 256
-INSTANCES_HINT = "instance masks? use the instances labels kind (--labels-kind instances)"
+INSTANCES_HINT = (
+    "instance masks? use the instances labels kind (--labels-kind instances; "
+    "sparse-instances for a few outlined objects)"
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ def check_classes(
         _check_sparse(values, nonzero, names, class_names, continued)
     elif kind == "semantic":
         _check_semantic(values, everything, names, continued)
+    elif kind == "sparse-instances":
+        _check_sparse_instances(everything, names, continued)
     elif continued is None and nonzero.size == 0:
         raise ValueError(
             f"{names.labels}: no object in any label image (all 0); instance masks need "
@@ -162,6 +167,20 @@ def _check_sparse(values, nonzero, names: Names, class_names, continued) -> None
         raise ValueError(
             f"{names.labels}: only one class is painted (value {int(nonzero[0])}); paint at "
             "least two, e.g. 1 = background and 2 = cell"
+        )
+
+
+def _check_sparse_instances(everything, names: Names, continued) -> None:
+    objects = everything[everything >= 2]
+    if objects.size == 0 and (continued is None or 1 not in everything):
+        raise ValueError(
+            f"{names.labels}: no object outlined; sparse-instances labels are 0 = unlabeled, "
+            "1 = painted background, 2, 3, ... = one id per object"
+        )
+    if continued is None and 1 not in everything:
+        raise ValueError(
+            f"{names.labels}: no background painted; paint some background around the "
+            "outlined objects with label 1 (0 stays unlabeled)"
         )
 
 

@@ -8,11 +8,13 @@ boundary), and foreground blobs that got no seed become objects of their own.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
-from .config import LabelsConfig, ModelSpec
+from .config import LabelsConfig, ModelSpec, PostprocessConfig
 
 OUTPUTS = ("labels", "instances", "probabilities")
 
@@ -102,7 +104,7 @@ def instances_from_probs(
 
 def require_instances(spec: ModelSpec) -> None:
     """Raise a ``ValueError`` unless ``spec`` is a model trained on instance labels."""
-    if spec.labels.kind != "instances":
+    if not spec.labels.instances:
         raise ValueError(
             f"instances need a model trained on instance labels; this one was trained on "
             f"{spec.labels.kind} labels"
@@ -116,6 +118,7 @@ def outputs_from_probs(
     labels: bool = True,
     instances: bool = False,
     probabilities: bool = False,
+    postprocess: PostprocessConfig | None = None,
 ) -> dict[str, np.ndarray]:
     """The requested outputs of one prediction, from its class probabilities.
 
@@ -128,6 +131,8 @@ def outputs_from_probs(
     labels, instances, probabilities
         Which outputs to return: class labels in the user's values, instance ids
         (instance models only), the probabilities themselves.
+    postprocess
+        Instance settings for this call (default: the model's own, ``spec.postprocess``).
 
     Returns
     -------
@@ -140,7 +145,31 @@ def outputs_from_probs(
     if labels:
         out["labels"] = class_labels(probs, spec.labels)
     if instances:
-        out["instances"] = instances_from_probs(probs, spatial_dims=spec.model.spatial_dims)
+        out["instances"] = instances_with(probs, postprocess or spec.postprocess, spec)
     if probabilities:
         out["probabilities"] = probs
     return out
+
+
+def instances_with(probs: np.ndarray, settings: PostprocessConfig, spec: ModelSpec) -> np.ndarray:
+    """:func:`instances_from_probs` with ``settings`` for the model ``spec``."""
+    dims = spec.model.spatial_dims
+    return instances_from_probs(
+        probs,
+        spatial_dims=dims,
+        fg_threshold=settings.fg_threshold,
+        seed_threshold=settings.seed_threshold,
+        min_size=settings.min_size_for(dims),
+    )
+
+
+def postprocess_settings(
+    spec: ModelSpec,
+    *,
+    seed_threshold: float | None = None,
+    fg_threshold: float | None = None,
+    min_size: int | None = None,
+) -> PostprocessConfig:
+    """The model's instance settings with the values given (not None) in their place."""
+    given = dict(seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size)
+    return replace(spec.postprocess, **{k: v for k, v in given.items() if v is not None})

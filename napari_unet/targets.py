@@ -9,6 +9,8 @@ the loss.
   0 = membrane, 255 = cell), mapped to consecutive classes; :func:`classes_to_values`
   maps predictions back.
 * :func:`instance_targets`: dense instance masks -> background / interior / boundary.
+* :func:`sparse_instance_targets`: a few objects outlined (ids 2, 3, ...), some background
+  painted (1), the rest unlabeled (0): the same three classes where labeled.
 * :func:`border_weight_map`: the U-Net paper's pixel weights that emphasise the thin
   background gaps between touching objects.
 
@@ -35,6 +37,7 @@ __all__ = [
     "classes_to_values",
     "instance_targets",
     "semantic_targets",
+    "sparse_instance_targets",
     "sparse_targets",
 ]
 
@@ -306,6 +309,69 @@ def instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
     for i, plane in enumerate(arr):
         if plane.any():
             target[i] = _instance_image(plane)
+    return target
+
+
+PAINTED_BACKGROUND: int = 1
+"""In ``sparse-instances`` labels: painted background; objects are 2, 3, ..."""
+
+
+def sparse_instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
+    """A few outlined objects and painted background -> background / interior / boundary.
+
+    Parameters
+    ----------
+    labels : array_like
+        ``0`` = unlabeled (:data:`IGNORE` in the targets), ``1`` = painted background,
+        ``2, 3, ...`` = one id per outlined object.  One image of ``spatial_dims``
+        dimensions or a stack of them (stack axis first).
+    spatial_dims : int
+        2 or 3, the dimensionality of the model.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` targets of the same shape: IGNORE where unlabeled.
+
+    Notes
+    -----
+    An object's boundary is its own edge against any other value, unlabeled pixels
+    included: an outlined object is outlined whole in its plane.  In 3D, where objects
+    are often drawn on a few slices only, a voxel is boundary along z only when the
+    voxel above or below is labeled with another value: an unlabeled slice says
+    nothing about where the object ends.
+    """
+    arr = _as_labels("labels", labels)
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    stack = _check_spatial_dims(spatial_dims, arr.ndim, "labels")
+    objects = np.where(arr > PAINTED_BACKGROUND, arr, 0)
+    if spatial_dims == 2:
+        planes = objects if stack else objects[None]
+        target = np.stack([_instance_image(plane) for plane in planes]).reshape(arr.shape)
+    elif stack:
+        target = np.stack(
+            [_planar_instance_volume(o, a) for o, a in zip(objects, arr, strict=True)]
+        )
+    else:
+        target = _planar_instance_volume(objects, arr)
+    target[arr == 0] = IGNORE
+    return target
+
+
+def _planar_instance_volume(objects: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """3D targets of objects drawn on some z slices: in-plane edges, and z edges only
+    against labeled voxels of another value."""
+    target = np.stack([_instance_image(plane) for plane in objects])
+    inside = objects > 0
+    for shift in (1, -1):
+        neighbour = np.roll(labels, shift, axis=0)
+        if shift == 1:
+            neighbour[0] = 0
+        else:
+            neighbour[-1] = 0
+        edge = inside & (neighbour != 0) & (neighbour != labels)
+        target[edge & (target == INTERIOR)] = BOUNDARY
     return target
 
 

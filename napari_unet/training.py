@@ -35,7 +35,7 @@ from . import targets as tg
 from .augment import AugmentConfig, crop_margin
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
-from .data import PatchSampler, Prepared, prepare, split_indices
+from .data import PatchSampler, Prepared, prepare, split_samples
 from .devices import describe_device, resolve_device
 from .events import (
     CheckpointSaved,
@@ -284,17 +284,19 @@ class TrainingRun:
         """Phase "data": split the labeled images, samplers, fixed validation crops, optimizer."""
         cfg, mcfg = self.cfg, self.spec.model
         crop = self.patch + 2 * border(mcfg) + 2 * crop_margin(self.patch, AugmentConfig())
-        labeled = [i for i, t in enumerate(prepared.targets) if (t != tg.IGNORE).any()]
-        if not labeled:
+        if not any((t != tg.IGNORE).any() for t in prepared.targets):
             raise ValueError("the labels contain no labeled pixel (everything is 0 / unlabeled)")
-        train_pos, val_pos = split_indices(len(labeled), cfg.val_fraction, cfg.seed)
-        self.n_train, self.n_val = len(train_pos), len(val_pos)
+        block = max(32, self.patch // 2) if mcfg.spatial_dims == 2 else max(16, self.patch // 2)
+        split = self.split = split_samples(
+            prepared.targets, prepared.labels.kind, cfg.val_fraction, cfg.seed, block
+        )
+        held_out = split.val != split.train or split.val_targets is not split.train_targets
+        self.n_train, self.n_val = len(split.train), len(split.val) if held_out else 0
 
-        def sampler(positions: list[int], seed: int) -> PatchSampler:
-            idx = [labeled[i] for i in positions]
+        def sampler(idx: list[int], targets: dict[int, np.ndarray], seed: int) -> PatchSampler:
             return PatchSampler(
                 [prepared.images[i] for i in idx],
-                [prepared.targets[i] for i in idx],
+                [targets[i] for i in idx],
                 None if prepared.weights is None else [prepared.weights[i] for i in idx],
                 crop=crop,
                 num_classes=mcfg.num_classes,
@@ -302,8 +304,10 @@ class TrainingRun:
                 seed=seed,
             )
 
-        train_sampler = sampler(train_pos, cfg.seed)
-        val_sampler = sampler(val_pos, cfg.seed + 1) if val_pos else train_sampler
+        train_sampler = sampler(split.train, split.train_targets, cfg.seed)
+        val_sampler = train_sampler  # validation on the training labels: no second copy
+        if held_out:
+            val_sampler = sampler(split.val, split.val_targets, cfg.seed + 1)
         n_val_crops = 16 if self.device.type == "cpu" else 64
         val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
         self.trainer = Trainer(
@@ -329,6 +333,7 @@ class TrainingRun:
                 "start_step": self.start_step,
                 "data": prepared.provenance,
                 "labels_kind": prepared.labels.kind,
+                "validation": self.split.description,
             }
         )
 
@@ -345,6 +350,7 @@ class TrainingRun:
             device=describe_device(self.device),
             n_train=self.n_train,
             n_val=self.n_val,
+            validation=self.split.description,
             start_step=self.start_step,
             max_steps=cfg.steps,
             time_budget=budget,
@@ -604,26 +610,19 @@ def train_iter(
         mean loss since the previous one.  Reading the loss waits for the device, so the
         default is every step on the CPU and every 10 steps on an accelerator.
     """
-    cfg = resolve_config(
-        config,
-        steps=steps,
-        time_budget=time_budget,
-        recipe=recipe,
-        patch=patch,
-        batch_size=batch_size,
-    )
+    budget = dict(steps=steps, time_budget=time_budget, recipe=recipe, patch=patch)
     arch = dict(
         spatial_dims=spatial_dims, width=width, depth=depth, padding=padding, batch_norm=batch_norm
     )
     run = TrainingRun.setup(
         images,
         labels,
-        cfg=cfg,
+        cfg=resolve_config(config, batch_size=batch_size, **budget),
         device=resolve_device(device),
         out=Path(out) if out is not None else None,
+        arch=arch,
         resume=resume,
         model=model,
-        arch=arch,
         labels_kind=labels_kind,
         class_names=class_names,
         tiling=tiling,

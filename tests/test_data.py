@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_unet.config import NormConfig
-from napari_unet.data import PatchSampler, normalize, split_indices
+from napari_unet.data import PatchSampler, normalize, split_indices, split_samples
 from napari_unet.targets import IGNORE
 
 
@@ -77,3 +77,54 @@ def test_fixed_batches_repeat():
     b = s.fixed_batches(5, 2)
     assert [x[0].shape[0] for x in a] == [2, 2, 1]
     assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+
+
+def _strokes_image():
+    t = np.full((128, 128), IGNORE, np.int64)
+    t[10:14, :] = 0  # background strokes
+    t[60:64, :] = 0
+    t[:, 100:104] = 1  # a class-1 stroke
+    return t
+
+
+def test_sparse_labels_on_one_image_hold_out_blocks():
+    t = _strokes_image()
+    split = split_samples([t], "sparse", val_fraction=0.1, seed=0, block=32)
+    assert split.train == [0] and split.val == [0]
+    train, val = split.train_targets[0], split.val_targets[0]
+    labeled = t != IGNORE
+    held = val != IGNORE
+    assert held.any() and not (held & (train != IGNORE)).any()  # disjoint
+    assert np.array_equal(held | (train != IGNORE), labeled)  # nothing lost
+    assert 0.1 <= held.sum() / labeled.sum() < 0.5
+    assert set(np.unique(train[train != IGNORE])) == {0, 1}  # every class still trains
+    assert "held-out blocks" in split.description
+
+
+def test_sparse_instances_hold_out_whole_objects():
+    from scipy import ndimage as ndi
+
+    t = np.full((128, 128), IGNORE, np.int64)
+    t[:8, :] = 0
+    for k in range(6):  # six outlined objects, each interior with a boundary ring
+        y, x = 20 + (k // 3) * 50, 10 + (k % 3) * 40
+        t[y : y + 20, x : x + 20] = 2
+        t[y + 1 : y + 19, x + 1 : x + 19] = 1
+    split = split_samples([t], "sparse-instances", val_fraction=0.1, seed=1, block=32)
+    val = split.val_targets[0]
+    objects, n = ndi.label(t >= 1)
+    for k in range(1, n + 1):
+        inside = objects == k
+        in_val = (val[inside] != IGNORE).mean()
+        assert in_val in (0.0, 1.0)  # an object is held out whole or not at all
+    assert (val >= 1).any() or (val == 0).any()
+
+
+def test_dense_labels_and_many_images():
+    dense = [np.zeros((32, 32), np.int64) for _ in range(2)]
+    split = split_samples(dense, "instances", 0.1, 0)
+    assert split.train == split.val == [0, 1] and "too few to hold any out" in split.description
+    many = [_strokes_image() for _ in range(10)]
+    split = split_samples(many, "sparse", 0.1, 0)
+    assert len(split.val) == 1 and set(split.train).isdisjoint(split.val)
+    assert split.description == "1 held-out image(s)"

@@ -243,6 +243,7 @@ class TrainWidget(DockWidget):
 
     def start(self) -> None:
         """Start training with the widget's settings (the Train button)."""
+        from ..inputs import Names
         from ..training import TrainControl, train_iter
 
         if self.busy:
@@ -290,6 +291,14 @@ class TrainWidget(DockWidget):
             model=model,
             control=self.control,
             replace_worse=self.replace_worse.isChecked(),
+            names=Names(
+                [
+                    (f"image layer {i!r}", f"labels layer {lab!r}")
+                    for i, lab in self.selected_pairs()
+                ],
+                labels="the labels layers",
+                model=f"the model in {folder}",
+            ),
         )
         self.plot.reset()
         total = steps or int(seconds or 0)
@@ -351,6 +360,7 @@ class TrainWidget(DockWidget):
             self.status.setText(
                 f"training: width {s['width']}, patch {s['patch']}, batch {s['batch_size']}; "
                 f"{event.n_train} training / {event.n_val} validation images"
+                + (f"; validation on {event.validation}" if event.validation else "")
             )
         elif isinstance(event, ev.TrainStep):
             self.plot.add_loss(event.step, event.loss)

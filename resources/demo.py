@@ -1,11 +1,12 @@
 """Demo: napari with the napari-unet widgets docked and the DSB2018 sample nuclei loaded.
 
-    python -m napari_unet._widgets._demo             # a window; click Train, then Predict
-    python -m napari_unet._widgets._demo --headless  # the same flow, driven by code
+    python resources/demo.py             # a window; click Train, then Predict
+    python resources/demo.py --headless  # the same flow, driven by code
 
 ``make demo`` picks one of the two depending on ``$DISPLAY``.  Headless, it
 runs annotate -> train (about a minute) -> predict by clicking the real widgets
 and saves screenshots of the real window (``docs/images/`` by default).
+Not part of the package: the plugin needs none of it at run time.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._slices import INSTANCES, set_labels_kind
+from napari_unet._widgets._slices import INSTANCES, set_labels_kind
 
 PLUGIN = "napari-unet"
 SAMPLE = "dsb2018_nuclei"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m napari_unet._widgets._demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python resources/demo.py", description=__doc__)
     p.add_argument(
         "--headless",
         action="store_true",
