@@ -527,14 +527,17 @@ def predict_file_as_worker_iter(
 _MODELS: dict[tuple[str, str], Model] = {}
 
 
-def _worker_predict(model_dir: str, path: str, out: str, kwargs: dict[str, Any]) -> ItemDone:
+def _worker_predict(
+    model_dir: str, path: str, out: str, kwargs: dict[str, Any], postprocess: dict[str, Any]
+) -> ItemDone:
     """Runs on a dask worker: load the model once per worker process, predict one file."""
     from .store import load_model
 
     key = (model_dir, str(kwargs.get("device", "auto")))
     if key not in _MODELS:
         _MODELS[key] = load_model(model_dir, device=kwargs.get("device", "auto"))
-    return drain(predict_file_as_worker_iter(_MODELS[key], path, out, **kwargs))
+    model = _MODELS[key].with_postprocess(**postprocess)
+    return drain(predict_file_as_worker_iter(model, path, out, **kwargs))
 
 
 def predict_files_distributed(
@@ -542,12 +545,14 @@ def predict_files_distributed(
     inputs: str | Sequence[str],
     out: str | Path,
     scheduler: str,
+    postprocess: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Generator[ItemDone, None, list[Path]]:
     """Predict files on an existing dask.distributed cluster (``scheduler`` address).
 
-    One task per input; each worker loads the model once.  Inputs and ``out``
-    must be paths the workers can reach.  Yields :class:`ItemDone` as inputs
+    One task per input; each worker loads the model once (``postprocess``: instance
+    settings in place of the model's, see :meth:`~napari_unet.store.Model.with_postprocess`).
+    Inputs and ``out`` must be paths the workers can reach.  Yields :class:`ItemDone` as inputs
     finish (in any order) and writes ``summary.csv`` here.
     """
     try:
@@ -573,6 +578,7 @@ def predict_files_distributed(
                 str(p.resolve()),
                 str(folder),
                 kwargs,
+                postprocess or {},
                 pure=False,
             ): p
             for p in paths

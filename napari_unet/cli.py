@@ -24,7 +24,16 @@ import numpy as np
 from . import __version__
 from .config import LABELS_KINDS, PADDINGS, RECIPES
 from .devices import PRECISIONS
-from .events import ChunkDone, Finished, ItemDone, TileDone, TrainStarted, TrainStep, Validated
+from .events import (
+    Calibrated,
+    ChunkDone,
+    Finished,
+    ItemDone,
+    TileDone,
+    TrainStarted,
+    TrainStep,
+    Validated,
+)
 
 log = logging.getLogger("napari_unet")
 
@@ -50,6 +59,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -132,6 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--axes", help="axes of the inputs, e.g. YX, ZYX, CYX (default: guessed)")
     q.add_argument("--tile", type=_positive_int, help="tile edge in pixels")
     q.add_argument("--batch-size", type=_positive_int, help="tiles per batch")
+    q.add_argument(
+        "--seed-threshold",
+        type=_fraction,
+        metavar="P",
+        help="instances: interior probability of a seed (default: the model's, chosen when it "
+        "was trained)",
+    )
+    q.add_argument(
+        "--fg-threshold",
+        type=_fraction,
+        metavar="P",
+        help="instances: foreground probability an object grows over (default: the model's)",
+    )
+    q.add_argument(
+        "--min-size",
+        type=_non_negative_int,
+        metavar="PIXELS",
+        help="instances: smallest object kept, in pixels (voxels) (default: the model's)",
+    )
     q.add_argument(
         "--scheduler",
         metavar="ADDRESS",
@@ -322,6 +370,12 @@ class _TrainReport:
                     self.say(f"validation IoU is measured on {event.validation}")
             case Validated():
                 self.last_val = f", validation IoU {event.iou:.3f}"
+            case Calibrated():
+                self.say(
+                    f"instances: seed threshold {event.seed_threshold:g}, foreground threshold "
+                    f"{event.fg_threshold:g}, minimum size {event.min_size} px, chosen on "
+                    f"{event.measured_on} (AP@0.5 {event.start_ap:.3f} -> {event.ap:.3f})"
+                )
             case TrainStep() if time.monotonic() - self.last_print >= 5:
                 self.last_print = time.monotonic()
                 self.say(
@@ -428,7 +482,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .files import find_inputs
     from .store import load_model
 
-    model = load_model(args.model, device=args.device)
+    postprocess = dict(
+        seed_threshold=args.seed_threshold, fg_threshold=args.fg_threshold, min_size=args.min_size
+    )
+    model = load_model(args.model, device=args.device).with_postprocess(**postprocess)
     options = dict(
         instances=args.instances,
         probabilities=args.probabilities,
@@ -442,7 +499,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .batch import predict_files_distributed
 
         gen = predict_files_distributed(
-            args.model, args.inputs, args.out, args.scheduler, **options
+            args.model, args.inputs, args.out, args.scheduler, postprocess=postprocess, **options
         )
     else:
         gen = predict_files_iter(model, args.inputs, args.out, **options)

@@ -48,6 +48,19 @@ class Validated:
 
 
 @dataclass(frozen=True)
+class Calibrated:
+    """Instance post-processing chosen for the model at the end of a training."""
+
+    step: int
+    seed_threshold: float
+    fg_threshold: float
+    min_size: int
+    ap: float  # AP@0.5 with these settings
+    start_ap: float  # AP@0.5 with the settings the model had
+    measured_on: str  # e.g. "12 held-out images" or "the labeled objects of 3 images"
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     """The model folder (and resume state) were written."""
 

@@ -381,10 +381,21 @@ def predict_iter(
     tile: int | None = None,
     batch_size: int | None = None,
     amp: bool = True,
+    seed_threshold: float | None = None,
+    fg_threshold: float | None = None,
+    min_size: int | None = None,
 ) -> Generator[TileDone | ChunkDone, None, np.ndarray]:
-    """Class labels (or instance ids with ``instances=True``); yields tiles."""
+    """Class labels (or instance ids with ``instances=True``); yields tiles.
+
+    Instances use the model's post-processing (``model.config.postprocess``, chosen
+    when it was trained); ``seed_threshold``, ``fg_threshold`` and ``min_size``
+    replace its values for this call.
+    """
     if instances:
         require_instances(model.config)  # before, not after, the prediction
+    model = model.with_postprocess(
+        seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size
+    )
     probs = yield from predict_proba_iter(
         model, image, axes=axes, device=device, tile=tile, batch_size=batch_size, amp=amp
     )

@@ -8,8 +8,6 @@ boundary), and foreground blobs that got no seed become objects of their own.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
@@ -161,15 +159,3 @@ def instances_with(probs: np.ndarray, settings: PostprocessConfig, spec: ModelSp
         seed_threshold=settings.seed_threshold,
         min_size=settings.min_size_for(dims),
     )
-
-
-def postprocess_settings(
-    spec: ModelSpec,
-    *,
-    seed_threshold: float | None = None,
-    fg_threshold: float | None = None,
-    min_size: int | None = None,
-) -> PostprocessConfig:
-    """The model's instance settings with the values given (not None) in their place."""
-    given = dict(seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size)
-    return replace(spec.postprocess, **{k: v for k, v in given.items() if v is not None})

@@ -30,12 +30,14 @@ The checks made before anything is loaded are listed in :mod:`napari_unet.safety
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from .config import ModelSpec
+from .config import ModelSpec, PostprocessConfig
 from .devices import resolve_device
 from .model import UNet
 from .safety import (
@@ -88,6 +90,7 @@ __all__ = [
     "read_config",
     "read_safetensors",
     "save_model",
+    "save_postprocess",
     "sha256_hex",
 ]
 
@@ -123,6 +126,24 @@ class Model:
         for tensor in self.network.buffers():
             return tensor.device
         return torch.device("cpu")
+
+    def with_postprocess(
+        self,
+        *,
+        seed_threshold: float | None = None,
+        fg_threshold: float | None = None,
+        min_size: int | None = None,
+    ) -> Model:
+        """This model (same network) with the instance post-processing values given
+        (not None) in place of its own; for one run, the model folder is unchanged."""
+        given = dict(seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size)
+        changes = {k: v for k, v in given.items() if v is not None}
+        if not changes:
+            return self
+        settings = dataclasses.replace(self.config.postprocess, **changes)
+        return dataclasses.replace(
+            self, config=dataclasses.replace(self.config, postprocess=settings)
+        )
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -411,6 +432,30 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
     atomic_write_json(folder / CONFIG_FILE, config)
     model.path = folder
     return folder
+
+
+def save_postprocess(path: str | os.PathLike[str], settings: PostprocessConfig) -> ModelSpec:
+    """Write new instance post-processing into a model folder's ``config.json``.
+
+    The folder is checked first (:func:`~napari_unet.safety.read_model_folder`); only the
+    ``postprocess`` section changes, the rest of ``config.json`` (the weights' sha256
+    included) is kept, and the file is replaced atomically.  ``training.json`` records
+    the change.  Returns the new configuration.
+    """
+    checked = read_model_folder(path)
+    spec = dataclasses.replace(checked.spec, postprocess=settings)
+    config = spec.to_dict()
+    config[WEIGHTS_HASH_KEY] = checked.weights_sha256
+    history = dict(checked.history)
+    history.setdefault("postprocess_changes", []).append(
+        {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": dataclasses.asdict(settings),
+        }
+    )
+    atomic_write_json(checked.folder / HISTORY_FILE, history)
+    atomic_write_json(checked.folder / CONFIG_FILE, config)
+    return spec
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:

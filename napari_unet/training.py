@@ -33,11 +33,13 @@ import torch
 
 from . import targets as tg
 from .augment import AugmentConfig, crop_margin
+from .calibrate import calibrate, truth_from_labels
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
 from .data import PatchSampler, Prepared, prepare, split_samples
 from .devices import describe_device, resolve_device
 from .events import (
+    Calibrated,
     CheckpointSaved,
     Finished,
     Preview,
@@ -46,6 +48,7 @@ from .events import (
     Validated,
     drain,
 )
+from .inference import predict_proba
 from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
@@ -323,6 +326,7 @@ class TrainingRun:
         )
         if self.checkpoint is not None:
             self.trainer.restore(*self.checkpoint)
+        self.calibration = _calibration_set(prepared, split, held_out)
 
     def record_session(self, prepared: Prepared) -> None:
         self.history["sessions"].append(
@@ -482,14 +486,42 @@ class TrainingRun:
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
 
     def finish(self) -> Generator[Any, None, None]:
-        """Phase "finish": final validation, save, and the regression guard's verdict."""
+        """Phase "finish": final validation, calibration, save, the regression guard."""
         self.flush()
         yield self.validate()
+        yield from self.calibrate()
         self.result_path, self.message = None, ""
         if self.out is not None:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
             self.result_path, self.message = self.guard.judge(self.last_iou)
+
+    def calibrate(self) -> Generator[Calibrated, None, None]:
+        """Phase "calibrate": the instance post-processing that fits the model's objects,
+        chosen on the validation images (or the labeled objects); see :mod:`.calibrate`."""
+        if not self.spec.labels.instances or not self.calibration:
+            return
+        images, truths, measured_on = self.calibration
+        axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
+        model = Model(network=self.network, config=self.spec)
+        try:
+            probs = [predict_proba(model, image, axes=axes, device=self.device) for image in images]
+        finally:
+            self.network.train()
+        settings, record = calibrate(
+            probs, truths, self.spec.model.spatial_dims, self.spec.postprocess
+        )
+        self.spec = replace(self.spec, postprocess=settings)
+        self.history["sessions"][-1]["postprocess_search"] = {**record, "measured_on": measured_on}
+        yield Calibrated(
+            step=self.global_step,
+            seed_threshold=settings.seed_threshold,
+            fg_threshold=settings.fg_threshold,
+            min_size=int(settings.min_size or 0),
+            ap=record["chosen_ap"],
+            start_ap=record["start_ap"],
+            measured_on=measured_on,
+        )
 
     def flush(self) -> None:
         """Read (and check) losses not reported yet; their TrainStep is not sent."""
@@ -528,6 +560,36 @@ class TrainingRun:
 
     def model(self) -> Model:
         return Model(network=self.network, config=self.spec, history=self.history, path=self.out)
+
+
+CALIBRATION_PIXELS = 8_000_000  # at most this many pixels (voxels) are predicted to calibrate
+
+
+def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> tuple | None:
+    """Images and truths that choose the post-processing: the held-out images, else the
+    labeled objects of the training images (at most :data:`CALIBRATION_PIXELS`)."""
+    if not prepared.labels.instances:
+        return None
+    whole_images = held_out and split.val_targets is split.train_targets
+    idx = split.val if whole_images else sorted(set(split.train) | set(split.val))
+    idx = [
+        i for i in idx if (prepared.label_images[i] > (prepared.labels.kind != "instances")).any()
+    ]
+    chosen, pixels = [], 0
+    for i in np.random.default_rng(0).permutation(idx).tolist() if idx else []:
+        size = prepared.label_images[i].size
+        if chosen and pixels + size > CALIBRATION_PIXELS:
+            continue
+        chosen.append(i)
+        pixels += size
+    if not chosen:
+        return None
+    chosen.sort()
+    kind = prepared.labels.kind
+    truths = [truth_from_labels(prepared.label_images[i], kind) for i in chosen]
+    images = [prepared.images[i] for i in chosen]
+    where = "held-out images" if whole_images else "images' labeled objects (training labels)"
+    return images, truths, f"{len(chosen)} {where}"
 
 
 def _round_patch(patch: int, mcfg: ModelConfig) -> int:
@@ -678,8 +740,6 @@ def _copy_folder(src: Path, dst: Path) -> None:
 
 def _preview(network: UNet, spec: ModelSpec, image: Any, device: torch.device) -> np.ndarray:
     """Probabilities of the network in training on ``image`` (then back to training)."""
-    from .inference import predict_proba
-
     try:
         return predict_proba(Model(network=network, config=spec), image, device=device)
     finally:

@@ -1,0 +1,133 @@
+"""Instance post-processing chosen per model (napari_unet.calibrate) and carried by it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_unet as nu
+from napari_unet import events as ev
+from napari_unet.calibrate import Truth, calibrate, score, truth_from_labels
+from napari_unet.config import ModelSpec, PostprocessConfig
+from napari_unet.store import load_model
+from napari_unet.training import train
+
+DATA = Path(__file__).parent / "data"
+
+
+def blobs(shape=(120, 160)):
+    """Probabilities of 6 big square cells (20x20) and 6 bits of debris (5x5), and the truth."""
+    truth = np.zeros(shape, np.uint16)
+    probs = np.zeros((3, *shape), np.float32)
+    probs[0] = 1.0
+    for k in range(6):
+        y, x = 10 + (k // 3) * 55, 10 + (k % 3) * 50
+        truth[y : y + 20, x : x + 20] = k + 1
+        probs[:, y : y + 20, x : x + 20] = np.array([0.0, 0.95, 0.05])[:, None, None]
+        probs[:, y + 30 : y + 35, x : x + 5] = np.array([0.2, 0.75, 0.05])[:, None, None]  # debris
+    return probs, truth
+
+
+def test_calibration_drops_debris_the_default_keeps():
+    probs, truth = blobs()
+    default = PostprocessConfig()
+    assert score([probs], [Truth(truth)], default, 2) == pytest.approx(6 / 12)  # 6 FP debris
+    settings, record = calibrate([probs], [Truth(truth)], 2)
+    assert score([probs], [Truth(truth)], settings, 2) == 1.0
+    # debris is 25 px, cells 400: the size threshold (or the seed threshold) separates them
+    assert settings.min_size > 25 or settings.seed_threshold > 0.75
+    assert record["start_ap"] == pytest.approx(0.5) and record["chosen_ap"] == 1.0
+    assert record["median_object_size"] == 400 and record["objects"] == 6
+    assert len(record["tried"]) > 10 and all(len(t) == 4 for t in record["tried"])
+    json.dumps(record)  # goes into training.json as it is
+
+
+def test_a_tie_keeps_the_starting_settings():
+    probs, truth = blobs()
+    probs[1][probs[1] == 0.75] = 0.0  # no debris: every setting finds the 6 cells
+    probs[0][probs[0] == 0.2] = 1.0
+    start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=3)
+    settings, record = calibrate([probs], [Truth(truth)], 2, start)
+    assert settings == start and record["chosen_ap"] == record["start_ap"] == 1.0
+
+
+def test_sparse_instances_score_only_where_labeled():
+    probs, truth = blobs()
+    labels = np.zeros(truth.shape, np.uint16)
+    labels[:40] = 1  # background painted on the top band only
+    labels[truth > 0] = truth[truth > 0] + 1  # all six cells outlined (ids 2..7)
+    t = truth_from_labels(labels, "sparse-instances")
+    assert set(np.unique(t.objects)) == {0, *range(2, 8)}
+    # the debris below the top band lies on unlabeled pixels: neither right nor wrong there
+    inside = score([probs], [t], PostprocessConfig(), 2)
+    everywhere = score([probs], [Truth(truth)], PostprocessConfig(), 2)
+    assert inside > everywhere
+
+
+def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
+    images, labels = nuclei
+    out = tmp_path / "m"
+    events = []
+    model = train(
+        images,
+        labels,
+        labels_kind="instances",
+        steps=25,
+        width=4,
+        depth=2,
+        patch=48,
+        batch_size=4,
+        device="cpu",
+        out=out,
+        callback=events.append,
+    )
+    calibrated = [e for e in events if isinstance(e, ev.Calibrated)]
+    assert len(calibrated) == 1 and calibrated[0].ap >= calibrated[0].start_ap
+    # 6 images: one held out, the post-processing is chosen on it
+    assert calibrated[0].measured_on == "1 held-out images"
+    saved = json.loads((out / "config.json").read_text())["postprocess"]
+    chosen = model.config.postprocess
+    assert saved == {
+        "seed_threshold": chosen.seed_threshold,
+        "fg_threshold": chosen.fg_threshold,
+        "min_size": chosen.min_size,
+    }
+    search = load_model(out).history["sessions"][-1]["postprocess_search"]
+    assert search["chosen"] == [chosen.seed_threshold, chosen.fg_threshold, chosen.min_size]
+    assert search["tried"] and search["measured_on"] == "1 held-out images"
+    # the model's own settings are what predict uses; a call may override them
+    image = images[0]
+    own = nu.predict(model, image, instances=True, device="cpu")
+    probs = nu.predict_proba(model, image, device="cpu")
+    from napari_unet.postprocess import instances_with
+
+    assert np.array_equal(own, instances_with(probs, chosen, model.config))
+    huge = nu.predict(model, image, instances=True, device="cpu", min_size=10**6)
+    assert huge.max() == 0
+
+
+def test_semantic_models_are_not_calibrated(nuclei):
+    images, labels = nuclei
+    events = []
+    strokes = [(lab > 0).astype(np.uint8) + 1 for lab in labels]
+    model = train(images, strokes, labels_kind="sparse", steps=2, width=4, depth=2, patch=32,
+                  batch_size=2, device="cpu", callback=events.append)  # fmt: skip
+    assert not any(isinstance(e, ev.Calibrated) for e in events)
+    assert model.config.postprocess == PostprocessConfig()
+
+
+def test_a_model_saved_before_calibration_predicts_exactly_as_before():
+    """tests/data/model-2026-11-25 was trained and its outputs written by napari-unet as it
+    was before per-model post-processing (commit 57ec819): no postprocess section."""
+    folder = DATA / "model-2026-11-25"
+    assert "postprocess" not in json.loads((folder / "config.json").read_text())
+    model = load_model(folder)
+    assert model.config.postprocess == PostprocessConfig()
+    image = tifffile.imread(DATA / "model-2026-11-25.image.tif")
+    instances = nu.predict(model, image, instances=True, device="cpu")
+    labels = nu.predict(model, image, device="cpu")
+    assert np.array_equal(instances, tifffile.imread(DATA / "model-2026-11-25.instances.tif"))
+    assert np.array_equal(labels, tifffile.imread(DATA / "model-2026-11-25.labels.tif"))
+    assert ModelSpec.from_dict(model.config.to_dict()) == model.config
