@@ -119,13 +119,14 @@ class Trainer:
         self.out_shape = (patch,) * spec.model.spatial_dims
         self.border = border(spec.model)
 
-    def _forward(self, image: torch.Tensor) -> torch.Tensor:
+    def _forward(self, image: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
+        network = self.network if network is None else network
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         if self.amp_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                return self.network(image)
-        return self.network(image)
+                return network(image)
+        return network(image)
 
     def _crop_to_output(self, target, weight):
         b = self.border
@@ -215,8 +216,11 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        self.network.eval()
+    def validate(self, network: torch.nn.Module | None = None) -> dict[str, float]:
+        """Loss and mean IoU on the fixed validation crops, of the network in training or
+        of ``network`` (same architecture: the previous model, for the regression guard)."""
+        model = self.network if network is None else network
+        model.eval()
         k = self.spec.model.num_classes
         conf = torch.zeros(k, k, dtype=torch.int64, device=self.device)
         total, count = 0.0, 0
@@ -224,7 +228,7 @@ class Trainer:
         for image, target, weight in self.val_batches:
             image, target, weight = center_crop(image, target, weight, in_shape)
             target, weight = self._crop_to_output(target, weight)
-            logits = self._forward(image).float()
+            logits = self._forward(image, model).float()
             total += float(masked_cross_entropy(logits, target)) * image.shape[0]
             count += image.shape[0]
             conf += confusion(logits, target, k)

@@ -130,19 +130,41 @@ def _empty_history() -> dict[str, Any]:
 class RegressionGuard:
     """Keeps a model folder's previous model until the new one validates at least as well.
 
-    ``snapshot()`` before training copies ``out`` to ``<out>.previous``; ``judge(iou)``
-    after the final save puts the previous model back (and the new one in
-    ``<out>.rejected``) when the new validation IoU is lower, unless ``replace_worse``.
+    ``snapshot()`` before training copies ``out`` to ``<out>.previous``; ``rescore``
+    at the end scores that previous model on this training's validation data (the set
+    the new model is scored on; the IoU it recorded when it was trained is the fallback
+    when it cannot be, e.g. another architecture); ``judge(iou)`` after the final save
+    puts the previous model back (and the new one in ``<out>.rejected``) when the new
+    validation IoU is lower, unless ``replace_worse``.
     """
 
     def __init__(self, out: Path | None, replace_worse: bool) -> None:
         self.out, self.replace_worse = out, replace_worse
         self.previous_iou: float | None = None
+        self.measured_on = "its own validation data"
 
     def snapshot(self) -> None:
         if self.out is not None and (self.out / CONFIG_FILE).is_file():
             self.previous_iou = _last_iou(self.out)
             _copy_folder(self.out, _sibling(self.out, "previous"))
+
+    def rescore(self, validate: Callable[[torch.nn.Module], float], spec: ModelSpec) -> None:
+        """Score the previous model with ``validate`` (the new model's validation)."""
+        if not self.has_previous:
+            return
+        try:
+            previous = load_model(_sibling(self.out, "previous"))
+        except (ValueError, OSError) as exc:
+            log.warning("the previous model could not be scored again: %s", exc)
+            return
+        if previous.config.model != spec.model:
+            return  # another architecture: its validation crops differ; keep its record
+        self.previous_iou = validate(previous.network)
+        self.measured_on = "the new model's validation data"
+
+    @property
+    def has_previous(self) -> bool:
+        return self.out is not None and (_sibling(self.out, "previous") / CONFIG_FILE).is_file()
 
     def judge(self, iou: float) -> tuple[Path | None, str]:
         """The folder that holds the new model and a message (empty when it was kept)."""
@@ -154,8 +176,9 @@ class RegressionGuard:
         _copy_folder(_sibling(self.out, "previous"), self.out)
         message = (
             f"kept the previous model in {self.out}: its validation IoU "
-            f"{self.previous_iou:.3f} is better than the new model's {iou:.3f}; the "
-            f"new model is in {rejected} (replace_worse / --replace-worse keeps it)"
+            f"{self.previous_iou:.3f} (on {self.measured_on}) is better than the new model's "
+            f"{iou:.3f}; the new model is in {rejected} (replace_worse / --replace-worse "
+            "keeps it)"
         )
         log.warning(message)
         return rejected, message
@@ -472,6 +495,11 @@ class TrainingRun:
             step=self.global_step, loss=v["loss"], iou=v["iou"], elapsed=self.last_val - self.t0
         )
 
+    def score_network(self, network: torch.nn.Module) -> float:
+        """Validation IoU of another network of the same architecture on this run's crops."""
+        network.to(self.device)
+        return self.trainer.validate(network=network)["iou"]
+
     def validate_if_due(self) -> Generator[Validated, None, None]:
         due_time = self.val_every and self.now - self.last_val >= self.val_every
         due_steps = self.val_every_steps and self.step_count % self.val_every_steps == 0
@@ -491,6 +519,7 @@ class TrainingRun:
         yield self.validate()
         yield from self.calibrate()
         self.result_path, self.message = None, ""
+        self.guard.rescore(self.score_network, self.spec)
         if self.out is not None:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))

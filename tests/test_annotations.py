@@ -64,7 +64,8 @@ def test_a_worse_model_does_not_replace_the_previous_one(
     out = tmp_path / "m"
     train(images, labels, labels_kind="instances", steps=2, out=out, **SMALL)
     before = (out / WEIGHTS_FILE).read_bytes()
-    monkeypatch.setattr(training, "_last_iou", lambda folder: 2.0)  # no IoU beats this
+    # the previous model, scored again on the new model's validation crops: no IoU beats it
+    monkeypatch.setattr(training.TrainingRun, "score_network", lambda self, network: 2.0)
     events = []
     train(
         images,
@@ -98,8 +99,36 @@ def test_a_better_model_replaces_and_the_previous_is_kept(tmp_path, nuclei, monk
     out = tmp_path / "m"
     train(images, labels, labels_kind="instances", steps=2, out=out, **SMALL)
     before = (out / WEIGHTS_FILE).read_bytes()
-    monkeypatch.setattr(training, "_last_iou", lambda folder: -1.0)
+    monkeypatch.setattr(training.TrainingRun, "score_network", lambda self, network: -1.0)
     train(images, labels, labels_kind="instances", steps=2, out=out, resume=True, **SMALL)
     assert load_model(out).history["steps"] == 4
     assert (tmp_path / "m.previous" / WEIGHTS_FILE).read_bytes() == before
     assert not (tmp_path / "m.rejected").exists()
+
+
+def test_the_guard_scores_the_previous_model_on_the_new_validation_data(
+    tmp_path, nuclei, monkeypatch
+):
+    """What the previous model recorded when it was trained (here an unbeatable 2.0, as
+    after a label edit that made its own validation easy) is not what it is judged on:
+    it is scored again on the crops the new model is scored on."""
+    import napari_unet.training as training
+
+    images, labels = nuclei
+    out = tmp_path / "m"
+    train(images, labels, labels_kind="instances", steps=1, out=out, **SMALL)
+    monkeypatch.setattr(training, "_last_iou", lambda folder: 2.0)
+    scored = []
+    real = training.TrainingRun.score_network
+
+    def spy(self, network):
+        scored.append(real(self, network))
+        return scored[-1]
+
+    monkeypatch.setattr(training.TrainingRun, "score_network", spy)
+    events = []
+    train(images, labels, steps=30, out=out, resume=True, callback=events.append, **SMALL)
+    finished = next(e for e in events if isinstance(e, ev.Finished))
+    final_iou = [e for e in events if isinstance(e, ev.Validated)][-1].iou
+    assert len(scored) == 1 and 0.0 <= scored[0] < final_iou  # 1 step vs 31 steps
+    assert finished.message == "" and load_model(out).history["steps"] == 31

@@ -262,3 +262,32 @@ def test_console_script_help():
     r = run_cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "evaluate" in r.stdout
     assert Path(sys.executable).parent.joinpath("napari-unet").exists()
+
+
+def test_sparse_instances_and_postprocessing_flags(tmp_path, capsys):
+    from .test_few_labels import few_cells
+
+    for sub in ("i", "l", "t"):
+        (tmp_path / sub).mkdir()
+    for s in range(3):
+        img, lab = make_nuclei(seed=s, n=10)
+        tifffile.imwrite(tmp_path / "i" / f"n{s}.tif", img)
+        tifffile.imwrite(tmp_path / "l" / f"n{s}.tif", few_cells(lab, seed=s))
+    tifffile.imwrite(tmp_path / "t" / "t.tif", make_nuclei(seed=50, n=10)[0])
+    model = tmp_path / "m"
+    code = main(
+        ["train", "--images", str(tmp_path / "i"), "--labels", str(tmp_path / "l"),
+         "--out", str(model), "--labels-kind", "sparse-instances", "--steps", "20", *TRAIN]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "validation IoU is measured on held-out blocks of the labels" in out
+    assert "instances: seed threshold" in out and "chosen on" in out
+    assert json.loads((model / "config.json").read_text())["labels"]["kind"] == "sparse-instances"
+    for flags, pred in (([], "own"), (["--min-size", "1000000"], "none")):
+        code = main(["-q", "predict", str(model), str(tmp_path / "t"), "--out",
+                     str(tmp_path / pred), "--instances", "--device", "cpu", *flags])  # fmt: skip
+        assert code == 0
+    assert tifffile.imread(tmp_path / "none" / "t.tif").max() == 0  # nothing that big
+    # the flag is for one run: the model folder keeps its own settings
+    assert json.loads((model / "config.json").read_text())["postprocess"]["min_size"] < 1000000

@@ -80,3 +80,13 @@ def test_train_names_the_pairs_as_told(nuclei):
     # without names: image 0 / labels 0, as the Python API says
     with pytest.raises(ValueError, match=r"image 0 has shape \(96, 96\) but labels 0 has shape"):
         train(images[:2], bad, labels_kind="instances", steps=1, device="cpu")
+
+
+def test_sparse_instances_need_an_object_and_background():
+    only_objects = strokes(2, 3)
+    with pytest.raises(ValueError, match="no background painted"):
+        check_training_data([IMG], [only_objects], "sparse-instances", names=LAYERS)
+    only_background = strokes(1)
+    with pytest.raises(ValueError, match="no object outlined"):
+        check_training_data([IMG], [only_background], "sparse-instances", names=LAYERS)
+    assert check_training_data([IMG], [strokes(1, 2, 3)], "sparse-instances") == [1]

@@ -240,3 +240,36 @@ def test_weight_map_errors() -> None:
         border_weight_map(labels, w0=-1)
     with pytest.raises(ValueError, match="instances must be an integer array, got dtype float64"):
         border_weight_map(labels.astype(float))
+
+
+def test_sparse_instance_targets_known_answer():
+    from napari_unet.targets import sparse_instance_targets
+
+    lab = np.zeros((10, 12), np.uint8)
+    lab[0:2, :] = 1  # painted background
+    lab[4:9, 3:8] = 2  # an outlined object
+    t = sparse_instance_targets(lab)
+    assert (t[0:2] == 0).all()  # background where painted
+    assert (t[2:4] == IGNORE).all() and (t[9] == IGNORE).all()  # unlabeled is ignored
+    assert (t[5:8, 4:7] == 1).all()  # interior
+    ring = np.zeros_like(lab, bool)
+    ring[4:9, 3:8] = True
+    ring[5:8, 4:7] = False
+    assert (t[ring] == 2).all()  # its inner 1-px edge is boundary, against unlabeled too
+
+
+def test_sparse_instances_in_3d_a_few_slices():
+    from napari_unet.targets import sparse_instance_targets
+
+    vol = np.zeros((4, 10, 10), np.uint8)
+    vol[1, 2:8, 2:8] = 3  # one object drawn on slices 1 and 2
+    vol[2, 2:8, 2:8] = 3
+    vol[2, 0, :] = 1
+    t = sparse_instance_targets(vol, spatial_dims=3)
+    assert (t[0] == IGNORE).all() and (t[3] == IGNORE).all()  # unlabeled slices say nothing
+    # no z boundary against the unlabeled slices 0 and 3: the middle stays interior
+    assert (t[1, 3:7, 3:7] == 1).all() and (t[2, 3:7, 3:7] == 1).all()
+    assert t[2, 0, 0] == 0
+    # a stack of 2D slices: each slice on its own
+    stack = sparse_instance_targets(vol, spatial_dims=2)
+    assert (stack[1, 3:7, 3:7] == 1).all() and stack[1, 2, 2] == 2

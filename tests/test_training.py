@@ -356,8 +356,8 @@ def test_mixed_precision_branch_runs_on_the_cpu(nuclei, tmp_path, monkeypatch, p
     seen = []
     real_forward = tr.Trainer._forward
 
-    def forward(self, image):
-        logits = real_forward(self, image)
+    def forward(self, image, network=None):
+        logits = real_forward(self, image, network)
         weight = self.network.state_dict()["down.0.0.weight"]
         seen.append((logits.dtype, weight.is_contiguous(memory_format=torch.channels_last)))
         return logits
