@@ -197,6 +197,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     border_weights: bool = False
     augment: bool = True
+    augment_scale: tuple[float, float] = (0.8, 1.25)  # zoom range, sampled log-uniformly
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: float = 30.0
@@ -215,6 +216,22 @@ class TrainConfig:
             _check_float("lr", self.lr, 1e-8, 10.0)
         _check_bool("border_weights", self.border_weights)
         _check_bool("augment", self.augment)
+        if (
+            not isinstance(self.augment_scale, tuple)
+            or len(self.augment_scale) != 2
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in self.augment_scale
+            )
+        ):
+            raise ValueError(
+                "augment_scale must be two numbers [low, high], got "
+                f"{show_value(self.augment_scale)}"
+            )
+        low, high = self.augment_scale
+        if not (0.1 <= low <= 1.0 <= high <= 10.0):
+            raise ValueError(
+                f"augment_scale must satisfy 0.1 <= low <= 1 <= high <= 10, got [{low}, {high}]"
+            )
         _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
         _check_int("seed", self.seed, 0, MAX_SEED)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from . import targets as tg
 from .augment import AugmentConfig, augment_batch, center_crop
-from .config import ModelSpec
+from .config import ModelSpec, TrainConfig
 from .data import PatchSampler
 from .devices import PRECISIONS, autocast_dtype
 from .events import Adjusted
@@ -51,6 +51,11 @@ def mean_iou(conf: torch.Tensor) -> float:
     if not present.any():
         return float("nan")
     return float((tp[present] / union[present]).mean())
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """The augmentation of a training recipe."""
+    return AugmentConfig(scale=tuple(float(v) for v in cfg.augment_scale))
 
 
 def lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
@@ -113,7 +118,7 @@ class Trainer:
         else:
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.augment = AugmentConfig() if cfg.augment else None
+        self.augment = augment_config(cfg) if cfg.augment else None
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.seed)
         self.out_shape = (patch,) * spec.model.spatial_dims

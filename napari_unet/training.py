@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import targets as tg
-from .augment import AugmentConfig, crop_margin
+from .augment import crop_margin
 from .calibrate import calibrate, truth_from_labels
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
@@ -53,7 +53,7 @@ from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
 from .store import CONFIG_FILE, Model, load_model, save_model
-from .trainer import Trainer, lr_factor
+from .trainer import Trainer, augment_config, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ class TrainingRun:
     def make_trainer(self, prepared: Prepared, precision: str) -> None:
         """Phase "data": split the labeled images, samplers, fixed validation crops, optimizer."""
         cfg, mcfg = self.cfg, self.spec.model
-        crop = self.patch + 2 * border(mcfg) + 2 * crop_margin(self.patch, AugmentConfig())
+        crop = self.patch + 2 * border(mcfg) + 2 * crop_margin(self.patch, augment_config(cfg))
         if not any((t != tg.IGNORE).any() for t in prepared.targets):
             raise ValueError("the labels contain no labeled pixel (everything is 0 / unlabeled)")
         block = max(32, self.patch // 2) if mcfg.spatial_dims == 2 else max(16, self.patch // 2)
