@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -18,6 +19,8 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 def test_every_benchmark_is_covered():
     assert SCRIPTS == [
         "bench_accuracy.py",
+        "bench_few_labels.py",
+        "bench_generalisation.py",
         "bench_gui.py",
         "bench_large_zarr.py",
         "bench_predict.py",
@@ -41,3 +44,61 @@ def test_benchmark_runs_tiny(script, tmp_path):
     lines = result.stdout.splitlines()
     assert any(line.lower().startswith("summary") for line in lines), result.stdout
     assert "nan" not in lines[-1].lower()
+
+
+def splits_module():
+    """benchmarks/_splits.py (the split benchmarks' helpers)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import _splits
+
+    return _splits
+
+
+def test_few_labels_keeps_k_objects_and_paints_background_only():
+    from scipy import ndimage
+
+    labels = np.zeros((96, 128), np.uint16)
+    corners = [(8, 8), (8, 60), (40, 20), (40, 90), (70, 50), (20, 100)]
+    for i, (y, x) in enumerate(corners):
+        labels[y : y + 12, x : x + 12] = 5 + 3 * i  # ids need not start at 1 or be consecutive
+    out = splits_module().few_labels(labels, 2, 3, np.random.default_rng(0), width=5, margin=3)
+    assert out.dtype == np.uint16 and out.shape == labels.shape
+    assert sorted(np.unique(out)) == [0, 1, 2, 3]
+    kept = set()
+    for new in (2, 3):  # each new id is one whole truth object
+        (old,) = np.unique(labels[out == new])
+        assert old > 0 and np.array_equal(labels == old, out == new)
+        kept.add(int(old))
+    assert len(kept) == 2
+    others = (labels > 0) & ~np.isin(labels, list(kept))
+    assert not out[others].any()  # the other objects stay unlabeled
+    strokes = out == 1
+    assert ndimage.distance_transform_edt(labels == 0)[strokes].min() >= 3
+    assert 1 <= ndimage.label(strokes)[1] <= 3
+    again = splits_module().few_labels(labels, 2, 3, np.random.default_rng(0))
+    assert np.array_equal(out, again)  # seeded
+    everything = splits_module().few_labels(labels, 10, 0, np.random.default_rng(1))
+    assert sorted(np.unique(everything)) == [0, *range(2, 8)]  # K > objects: all, no strokes
+
+
+def test_splits_of_the_tiny_data(tmp_path):
+    sp = splits_module()
+    data = sp.write_tiny(tmp_path / "data")
+    assert sp.split(data, "random")[1] == ["synthetic025"]
+    assert sp.split(data, "large")[1] == ["synthetic022", "synthetic023"]
+    train, test = sp.split(data, "dense")
+    assert test == ["synthetic024"] and len(train) == 11
+    assert "synthetic022" not in sp.split(data, "random", within=(256, 256))[0]
+    assert sp.cap(train, 3) == sp.cap(list(reversed(train)), 3)
+    with pytest.raises(ValueError, match="0 test"):
+        sp.split(data, "hires")
+
+
+def test_pooled_ap_recovers_the_counts():
+    rows = [  # TP 3, FP 1, FN 2: AP 3 / 6; TP 0 of nothing: AP 1
+        {"ap50": 0.5, "n_true": 5, "n_pred": 4},
+        {"ap50": 1.0, "n_true": 0, "n_pred": 0},
+    ]
+    result = splits_module().pooled(rows)
+    assert result["tp"] == 3 and result["pooled_ap50"] == 0.5 and result["ap50"] == 0.75
+    assert result["count_ratio"] == 0.8
