@@ -601,9 +601,8 @@ def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> tuple | 
         return None
     whole_images = held_out and split.val_targets is split.train_targets
     idx = split.val if whole_images else sorted(set(split.train) | set(split.val))
-    idx = [
-        i for i in idx if (prepared.label_images[i] > (prepared.labels.kind != "instances")).any()
-    ]
+    kind = prepared.labels.kind
+    idx = [i for i in idx if truth_from_labels(prepared.label_images[i], kind).objects.any()]
     chosen, pixels = [], 0
     for i in np.random.default_rng(0).permutation(idx).tolist() if idx else []:
         size = prepared.label_images[i].size
@@ -614,7 +613,6 @@ def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> tuple | 
     if not chosen:
         return None
     chosen.sort()
-    kind = prepared.labels.kind
     truths = [truth_from_labels(prepared.label_images[i], kind) for i in chosen]
     images = [prepared.images[i] for i in chosen]
     where = "held-out images" if whole_images else "images' labeled objects (training labels)"
