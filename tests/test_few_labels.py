@@ -51,3 +51,27 @@ def test_two_cells_per_image_segment_unseen_images():
     assert ap(few) > 0.6
     assert ap(few) > ap(old_way) + 0.3
     assert few.config.labels.kind == "sparse-instances" and few.config.labels.instances
+
+
+def test_a_few_objects_on_a_few_slices_of_a_volume():
+    """3D sparse-instances: objects outlined on two slices, background on a third; the
+    model trains (validation on held-out blocks), calibrates in 3D and predicts instances."""
+    from napari_unet._sample_data import make_synthetic_nuclei_3d
+
+    vol, truth = make_synthetic_nuclei_3d()[:2]
+    labels = np.zeros(truth.shape, np.uint16)
+    for z in (truth.shape[0] // 3, 2 * truth.shape[0] // 3):
+        ids = [i for i in np.unique(truth[z]) if i][:2]
+        for j, i in enumerate(ids):
+            labels[z][truth[z] == i] = 2 + j + 10 * (z > truth.shape[0] // 2)
+    labels[truth.shape[0] // 2][truth[truth.shape[0] // 2] == 0] = 1
+    events = []
+    model = train(
+        [vol], [labels], labels_kind="sparse-instances", spatial_dims=3, steps=4, width=2,
+        depth=2, patch=16, batch_size=1, device="cpu", callback=events.append,
+    )  # fmt: skip
+    assert events[0].validation.startswith("held-out blocks")
+    calibrated = [e for e in events if isinstance(e, ev.Calibrated)]
+    assert len(calibrated) == 1 and "labeled objects" in calibrated[0].measured_on
+    out = nu.predict(model, vol, instances=True, device="cpu")
+    assert out.shape == vol.shape and out.dtype.kind == "u"
