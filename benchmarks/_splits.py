@@ -99,8 +99,12 @@ def train(
     device: str,
     seed: int,
     extra: Sequence[str] = (),
+    steps: int | None = None,
 ) -> dict:
     """``napari-unet train`` on ``folder/images`` + ``folder/labels``; steps and post-processing.
+
+    ``steps`` trains a number of steps instead of ``budget`` seconds (comparisons that
+    must not depend on what else the machine is doing).
 
     The post-processing is the one the model chose for itself (config.json
     ``postprocess``), as (seed threshold, foreground threshold, minimum size).
@@ -116,8 +120,7 @@ def train(
         str(out),
         "--labels-kind",
         kind,
-        "--time-budget",
-        f"{budget:g}",
+        *(["--steps", str(steps)] if steps else ["--time-budget", f"{budget:g}"]),
         "--device",
         device,
         "--seed",

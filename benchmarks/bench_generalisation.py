@@ -69,6 +69,7 @@ def run_split(src: Path, name: str, work: Path, args: argparse.Namespace) -> lis
             args.device,
             seed=run,
             extra=shlex.split(args.extra),
+            steps=args.steps,
         )
         for mode, flags in MODES.items():
             score = predict_and_score(
@@ -96,6 +97,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--splits", nargs="+", choices=SPLITS, default=["random", "large", "dense"])
     p.add_argument("--time-budget", type=float, default=300)
+    p.add_argument(
+        "--steps", type=int, help="train this many steps instead (comparisons on a busy machine)"
+    )
     p.add_argument("--runs", type=int, default=1, help="models per split (seed = run index)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--extra", default="", help='more train flags, e.g. --extra="--width 16"')
