@@ -1,5 +1,10 @@
 """Predict dock widget: a model + an image layer -> labels / instances / probabilities layers.
 
+For an instance model, the seed threshold, foreground threshold and minimum size
+start as the model's own; after a prediction with instances its probabilities are
+kept, and changing a value recomputes the instances layer from them (in a worker,
+without the network).  "Save to model" writes the values into the model folder.
+
 Also the first step of correcting: "editable copy" turns a prediction into a new
 Labels layer that the Train widget can use as training labels.
 """
@@ -7,12 +12,15 @@ Labels layer that the Train widget can use as training labels.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,6 +34,7 @@ from qtpy.QtWidgets import (
 
 from .. import events as ev
 from ._dock import DockWidget, hbox
+from ._instances import InstanceSettings
 from ._runner import Runner
 from ._slices import (
     INSTANCES,
@@ -39,22 +48,71 @@ from ._slices import (
 
 log = logging.getLogger(__name__)
 
+CACHE_LIMIT_BYTES = 2 * 1024**3
+"""Probabilities larger than this are not kept: changed instance settings then apply
+at the next Predict instead of recomputing the layer."""
+RECOMPUTE_DELAY_MS = 300
+"""Instances are recomputed this long after the last change of a setting."""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What one prediction gives the widget: the outputs asked for (keys "labels",
+    "instances", "probabilities") and, with instances, the probabilities they came from."""
+
+    outputs: dict[str, np.ndarray]
+    probs: np.ndarray | None = None
+
 
 def predict_layers_iter(
-    model: Any, data: Any, *, labels: bool, instances: bool, probabilities: bool, device: str
-):
+    model: Any,
+    data: Any,
+    *,
+    labels: bool,
+    instances: bool,
+    probabilities: bool,
+    device: str,
+    postprocess: Any = None,
+) -> Generator[Any, None, Predicted]:
     """Compute generator for the widget: yields tiles, returns the outputs asked for.
 
-    The outputs are those of :func:`napari_unet.postprocess.outputs_from_probs`
-    (keys "labels", "instances", "probabilities").
+    The outputs are those of :func:`napari_unet.postprocess.outputs_from_probs`;
+    ``postprocess`` replaces the model's instance settings for this prediction.
     """
     from ..inference import predict_proba_iter
     from ..postprocess import outputs_from_probs
 
     probs = yield from predict_proba_iter(model, data, device=device)
-    return outputs_from_probs(
-        probs, model.config, labels=labels, instances=instances, probabilities=probabilities
+    outputs = outputs_from_probs(
+        probs,
+        model.config,
+        labels=labels,
+        instances=instances,
+        probabilities=probabilities,
+        postprocess=postprocess,
     )
+    return Predicted(outputs, probs if instances else None)
+
+
+def instances_iter(probs: np.ndarray, settings: Any, spec: Any) -> Generator[Any, None, Any]:
+    """Compute generator: instance ids from kept probabilities (the network does not run)."""
+    from ..postprocess import instances_with
+
+    yield from ()
+    return instances_with(probs, settings, spec)
+
+
+@dataclass
+class KeptPrediction:
+    """The probabilities behind an instances layer, to recompute it with other settings."""
+
+    probs: np.ndarray
+    network: Any  # the network that predicted them: the kept values hold for this model
+    spec: Any
+    layer_name: str
+    index: tuple[int, ...]  # the plane predicted ("only the slice in view"), else ()
+    placement: dict[str, Any]  # scale and translate of the layer
+    settings: Any  # the PostprocessConfig the layer shows now
 
 
 def makes_instances(spec: Any) -> bool:
@@ -86,6 +144,8 @@ class PredictWidget(DockWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.model: Any = None
+        self.model_folder: Path | None = None
+        self.kept: KeptPrediction | None = None
         self._init_ui()
         self._connect()
         self._refresh()
@@ -112,6 +172,11 @@ class PredictWidget(DockWidget):
         self.run_btn = QPushButton("Predict")
         self.cancel_btn = QPushButton("Cancel")
         self.correct_btn = QPushButton("Editable copy of the selected labels")
+        self.instances_box = InstanceSettings()
+        self.instances_box.setVisible(False)
+        self.recompute_timer = QTimer(self)
+        self.recompute_timer.setSingleShot(True)
+        self.recompute_timer.setInterval(RECOMPUTE_DELAY_MS)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -124,6 +189,7 @@ class PredictWidget(DockWidget):
         layout.addLayout(form)
         layout.addLayout(hbox(self.want_labels, self.want_instances, self.want_probs))
         layout.addWidget(self.in_view)
+        layout.addWidget(self.instances_box)
         layout.addLayout(hbox(self.run_btn, self.cancel_btn))
         layout.addWidget(self.status)
         layout.addWidget(self.correct_btn)
@@ -135,6 +201,9 @@ class PredictWidget(DockWidget):
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.correct_btn.clicked.connect(self.editable_copy)
+        self.instances_box.changed.connect(self.recompute_timer.start)  # restarts: debounced
+        self.instances_box.save_btn.clicked.connect(self.save_postprocess)
+        self.recompute_timer.timeout.connect(self.recompute_instances)
         self._listen(self.viewer.layers.events.inserted, self._refresh)
         self._listen(self.viewer.layers.events.removed, self._refresh)
         self._listen(self.session.signals.model_changed, self._session_model)
@@ -144,7 +213,9 @@ class PredictWidget(DockWidget):
         self.set_model(model, self.session.model_path)
 
     def set_model(self, model: Any, path: Path | None) -> None:
+        """Predict with ``model`` (saved in the folder ``path``, None when it has none)."""
         self.model = model
+        self.model_folder = Path(path) if path is not None else None
         c = model.config
         where = f" from {path}" if path else ""
         self.model_label.setText(
@@ -155,6 +226,11 @@ class PredictWidget(DockWidget):
         self.want_instances.setEnabled(instances)
         if not instances:
             self.want_instances.setChecked(False)
+        self.instances_box.setVisible(instances)
+        if instances:
+            self.instances_box.show_model(c, self.model_folder)
+        if self.kept is not None and self.kept.network is not model.network:
+            self.kept = None  # probabilities of another network
 
     def load(self, folder: str) -> bool:
         from ..store import load_model
@@ -204,10 +280,11 @@ class PredictWidget(DockWidget):
             index = in_view_index(self.viewer, layer)
             data = np.asarray(data[index]) if index else data
         model, device = self.model, self.device.currentText()
+        settings = self.instances_box.settings() if want["instances"] else None
         self.runner = Runner(
-            lambda: predict_layers_iter(model, data, **want, device=device),
+            lambda: predict_layers_iter(model, data, **want, device=device, postprocess=settings),
             on_event=self._on_event,
-            on_done=lambda out: self._add_layers(layer, index, out),
+            on_done=lambda result: self._predicted(model, layer, index, result, settings),
             on_finished=self._finished,
             what=f"napari-unet prediction of {name!r}",
             progress=_tiles_done,
@@ -227,27 +304,48 @@ class PredictWidget(DockWidget):
 
     def _finished(self) -> None:
         self._set_running(False)
+        kept = self.kept
+        if kept is not None and kept.settings != self.instances_box.settings():
+            self.recompute_timer.start()  # the values changed while this run ran
 
-    def _add_layers(self, source: Any, index: tuple[int, ...], out: dict[str, np.ndarray]) -> None:
-        ndim_src = source.ndim
-        scale, translate = np.asarray(source.scale), np.asarray(source.translate)
-        if index:  # a single plane: place it at its slice
-            translate = translate.copy()
-            for axis, i in enumerate(index):
-                translate[axis] += i * scale[axis]
-        kw = dict(scale=scale[:ndim_src], translate=translate[:ndim_src])
+    def _predicted(
+        self, model: Any, source: Any, index: tuple[int, ...], result: Predicted, settings: Any
+    ) -> None:
+        """Add the layers of a finished prediction; keep its probabilities for instances."""
+        added = self._add_layers(source, index, result.outputs)
+        self.kept = None
+        if result.probs is None or model.network is not self.model.network:
+            return  # no instances, or the widget has another model since this run started
+        name = added["instances"]
+        if result.probs.nbytes > CACHE_LIMIT_BYTES:
+            self.status.setText(
+                f"{self.status.text()}; the probabilities ({result.probs.nbytes / 1e9:.1f} GB) "
+                f"are too large to keep: changed instance settings apply at the next Predict"
+            )
+            return
+        self.kept = KeptPrediction(
+            probs=result.probs,
+            network=model.network,
+            spec=model.config,
+            layer_name=name,
+            index=index,
+            placement=placement(source, index),
+            settings=settings,
+        )
+
+    def _add_layers(
+        self, source: Any, index: tuple[int, ...], out: dict[str, np.ndarray]
+    ) -> dict[str, str]:
+        """Add (or replace) the output layers; returns the layer name of each output."""
+        kw = placement(source, index)
         suffix = f" (slice {', '.join(map(str, index))})" if index else ""
-
-        def expand(a: np.ndarray) -> np.ndarray:
-            return a.reshape((1,) * len(index) + a.shape) if index else a
-
-        added = []
+        added: dict[str, str] = {}
         for output in ("labels", "instances"):
             if output in out:
                 name = f"{source.name} {output}{suffix}"
-                layer = self._put_labels(name, expand(out[output]), kw)
+                layer = self._put_labels(name, expanded(out[output], index), kw)
                 self._mark_kind(layer, output_kind(output, self.model.config))
-                added.append(name)
+                added[output] = name
         if "probabilities" in out:
             names = [f"{source.name} p({c}){suffix}" for c in self.model.config.labels.class_names]
             for name in names:
@@ -264,8 +362,81 @@ class PredictWidget(DockWidget):
                 visible=False,
                 **kw,
             )
-            added += names
-        self.status.setText("added " + ", ".join(added))
+            added["probabilities"] = ", ".join(names)
+        self.status.setText("added " + ", ".join(added.values()))
+        return added
+
+    # ------------------------------------------------------------------ instance settings
+    def recompute_instances(self) -> None:
+        """Recompute the kept prediction's instances layer with the values shown (in a worker)."""
+        kept = self.kept
+        if kept is None:
+            return
+        settings = self.instances_box.settings()
+        if settings == kept.settings:
+            return
+        if self.busy:
+            return  # _finished looks again when the run ends
+        if kept.layer_name not in self.viewer.layers:
+            self.kept = None
+            self.status.setText("the instances layer was removed: Predict again to see instances")
+            return
+        self.runner = Runner(
+            lambda: instances_iter(kept.probs, settings, kept.spec),
+            on_event=lambda _: None,
+            on_done=lambda ids: self._show_instances(kept, settings, ids),
+            on_finished=self._finished,
+            what="napari-unet instances",
+        )
+        self.runner.start()
+        self._set_running(True)
+        self.cancel_btn.setEnabled(False)  # one watershed pass: it cannot stop half-way
+        self.status.setText("updating the instances (the network does not run again)…")
+
+    def _show_instances(self, kept: KeptPrediction, settings: Any, ids: np.ndarray) -> None:
+        if kept is not self.kept or kept.layer_name not in self.viewer.layers:
+            return  # another prediction or model since, or the layer is gone
+        layer = self._put_labels(kept.layer_name, expanded(ids, kept.index), kept.placement)
+        self._mark_kind(layer, INSTANCES)
+        kept.settings = settings
+        n = int(ids.max()) if ids.size else 0
+        how = "unsaved values" if self.instances_box.modified else "the model's values"
+        self.status.setText(f"{kept.layer_name}: {n} objects with {how}")
+
+    def save_postprocess(self) -> bool:
+        """Write the values shown into the model folder (the Save to model button)."""
+        from ..store import save_postprocess
+
+        folder = self.model_folder
+        if self.model is None or not makes_instances(self.model.config):
+            show_warning("napari-unet: load an instance model first")
+            return False
+        if folder is None:
+            text = "this model has no folder (it was never saved): nothing to save to"
+            self.status.setText(text)
+            show_warning(f"napari-unet: {text}")
+            return False
+        settings = self.instances_box.settings()
+        try:
+            save_postprocess(folder, settings)
+        except (ValueError, OSError) as exc:
+            text = f"could not save the instance settings to {folder}: {exc}"
+            self.status.setText(text)
+            show_error(f"napari-unet: {text}")
+            return False
+        model = self.model.with_postprocess(
+            seed_threshold=settings.seed_threshold,
+            fg_threshold=settings.fg_threshold,
+            min_size=settings.min_size,
+        )
+        session = self.session
+        if session.model is not None and session.model.network is self.model.network:
+            session.set_model(model, session.model_path)  # Train, Batch and this widget
+        else:
+            self.set_model(model, folder)
+        self.status.setText(f"instance settings saved to {folder}")
+        show_info(f"napari-unet: instance settings saved to {folder}")
+        return True
 
     def _mark_kind(self, layer: Labels, kind: str) -> None:
         classes = self.model.config.labels.class_names if kind == SPARSE else None
@@ -312,6 +483,28 @@ class PredictWidget(DockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
+        self.instances_box.save_btn.setEnabled(not running and self.model_folder is not None)
+
+    def _release(self) -> None:
+        self.recompute_timer.stop()
+        self.kept = None
+        super()._release()
+
+
+def placement(source: Any, index: tuple[int, ...]) -> dict[str, Any]:
+    """Scale and translate of an output of ``source`` (a single plane: at its slice)."""
+    ndim_src = source.ndim
+    scale, translate = np.asarray(source.scale), np.asarray(source.translate)
+    if index:
+        translate = translate.copy()
+        for axis, i in enumerate(index):
+            translate[axis] += i * scale[axis]
+    return dict(scale=scale[:ndim_src], translate=translate[:ndim_src])
+
+
+def expanded(a: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+    """A predicted plane with a length-1 axis per leading axis of its source."""
+    return a.reshape((1,) * len(index) + a.shape) if index else a
 
 
 def _tiles_done(event: Any) -> tuple[int, int] | None:

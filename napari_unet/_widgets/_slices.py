@@ -10,7 +10,8 @@ import numpy as np
 
 from ..config import LABELS_KINDS
 
-SPARSE, SEMANTIC, INSTANCES = LABELS_KINDS[:3]  # names for the kinds the widgets treat apart
+# names for the kinds the widgets treat apart
+SPARSE, SEMANTIC, INSTANCES, SPARSE_INSTANCES = LABELS_KINDS[:4]
 
 KIND_KEY = "napari_unet_kind"
 """Layer metadata key: the labels kind, one of :data:`napari_unet.config.LABELS_KINDS`."""

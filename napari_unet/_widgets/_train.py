@@ -62,6 +62,7 @@ class TrainWidget(DockWidget):
         self._used_layers: set[str] = set()
         self._start_step = 0
         self._finished: Any = None
+        self._calibrated = ""  # what the last Calibrated event said
         self._init_ui()
         self._connect()
         if self._layers(Image) and self._layers(Labels):
@@ -301,6 +302,7 @@ class TrainWidget(DockWidget):
             ),
         )
         self.plot.reset()
+        self._calibrated = ""
         total = steps or int(seconds or 0)
 
         def progress_of(event: Any) -> tuple[int, int] | None:
@@ -372,6 +374,10 @@ class TrainWidget(DockWidget):
             self.plot.add_iou(event.step, event.iou)
         elif isinstance(event, ev.Preview):
             self._show_preview(event)
+        elif isinstance(event, ev.Calibrated):
+            self._calibrated = calibrated_text(event, self.dims.currentData())
+            self.status.setText(self._calibrated)
+            show_info(f"napari-unet: {self._calibrated}")
         elif isinstance(event, ev.Finished):
             self._finished = event
         elif isinstance(event, ev.Adjusted):
@@ -416,7 +422,8 @@ class TrainWidget(DockWidget):
             show_warning(f"napari-unet: {message}")
         else:
             self.session.set_model(model, folder)
-            self._set_state("idle", f"finished after {steps} steps; model saved to {folder}")
+            done = f"finished after {steps} steps; model saved to {folder}"
+            self._set_state("idle", f"{done}; {self._calibrated}" if self._calibrated else done)
             show_info(f"napari-unet: model saved to {folder}")
         self.resume.setChecked(True)
 
@@ -510,6 +517,16 @@ class TrainWidget(DockWidget):
             w.setEnabled(not running)
         if message is not None:
             self.status.setText(message)
+
+
+def calibrated_text(event: ev.Calibrated, spatial_dims: int) -> str:
+    """One line on the instance post-processing training chose (the Calibrated event)."""
+    unit = "px" if spatial_dims == 2 else "voxels"
+    return (
+        f"instances: seed {event.seed_threshold:g}, foreground {event.fg_threshold:g}, "
+        f"min size {event.min_size} {unit}, chosen on {event.measured_on} "
+        f"(AP@0.5 {event.start_ap:.2f} -> {event.ap:.2f})"
+    )
 
 
 def _spin(low: int, high: int, value: int, special: str | None = None) -> QSpinBox:
