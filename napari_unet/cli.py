@@ -76,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model from images and label images")
+    _add_train(sub.add_parser("train", help="train a model from images and label images"))
+    _add_predict(sub.add_parser("predict", help="apply a model to images"))
+    e = sub.add_parser("evaluate", help="score predictions against ground truth")
+    e.add_argument("--pred", required=True, help="folder of predicted instance/label images")
+    e.add_argument("--truth", required=True, help="folder of ground-truth label images")
+    e.add_argument("--out", help="CSV or JSON file (default: evaluation.csv and .json in --pred)")
+    return p
+
+
+def _add_train(t: argparse.ArgumentParser) -> None:
     t.add_argument("--images", required=True, nargs="+", help="folder, glob or files")
     t.add_argument("--labels", required=True, nargs="+", help="folder, glob or files")
     t.add_argument("--out", required=True, help="model folder to write")
@@ -133,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int, help="random seed (default 0)")
 
-    q = sub.add_parser("predict", help="apply a model to images")
+
+def _add_predict(q: argparse.ArgumentParser) -> None:
     q.add_argument("model", help="model folder")
     q.add_argument("inputs", nargs="+", help="files, folders or globs")
     q.add_argument("--out", required=True, help="output folder")
@@ -168,12 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on a dask.distributed cluster, e.g. tcp://127.0.0.1:8786",
     )
-
-    e = sub.add_parser("evaluate", help="score predictions against ground truth")
-    e.add_argument("--pred", required=True, help="folder of predicted instance/label images")
-    e.add_argument("--truth", required=True, help="folder of ground-truth label images")
-    e.add_argument("--out", help="CSV or JSON file (default: evaluation.csv and .json in --pred)")
-    return p
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
