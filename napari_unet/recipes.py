@@ -67,7 +67,9 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 def train_arguments(settings: dict[str, Any], where: str = "recipe") -> dict[str, Any]:
     """Keyword arguments of :func:`~napari_unet.training.train_iter` from recipe settings:
     the TrainConfig fields become ``config=TrainConfig(...)`` (checked there)."""
-    train = {k: v for k, v in settings.items() if k in TRAIN_KEYS}
+    train = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in TRAIN_KEYS
+    }
     rest = {k: v for k, v in settings.items() if k not in TRAIN_KEYS and k != "description"}
     try:
         config = TrainConfig(**train)
