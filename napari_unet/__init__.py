@@ -6,7 +6,8 @@ the engine on first use::
     import napari_unet as nu
     model = nu.train(images, labels, labels_kind="instances", time_budget=60)
     labels = nu.predict(model, image)
-    model = nu.load_model("MODEL_DIR")
+    model = nu.load_model("MODEL_DIR")       # or "builtin:nuclei"
+    model = nu.train(images, labels, labels_kind="sparse", init="builtin:nuclei")
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def load_model(path: Any, device: Any = "cpu") -> Model:
-    """Load a model folder (safetensors + JSON; never unpickles anything)."""
+    """Load a model folder (safetensors + JSON; never unpickles anything), or a built-in
+    model by name: ``load_model("builtin:nuclei")``."""
     from .store import load_model as _load
 
     return _load(path, device=device)
 
 
-def save_model(model: Model, path: Any) -> Any:
-    """Write ``model`` to a model folder, atomically file by file."""
+def save_model(model: Model, path: Any, **kwargs: Any) -> Any:
+    """Write ``model`` to a model folder, atomically file by file; ``weights_dtype="float16"``
+    halves the file (see :func:`napari_unet.store.save_model`)."""
     from .store import save_model as _save
 
-    return _save(model, path)
+    return _save(model, path, **kwargs)
 
 
 def predict(model: Model, image: Any, **kwargs: Any) -> Any:

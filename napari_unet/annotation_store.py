@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .builtin import refuse_write
 from .files import write_tif
 from .store import atomic_write_bytes, content_hash
 
@@ -95,6 +96,7 @@ def autosave(
     last save (else nothing is written) and, with ``snapshot``, also
     ``<project>/by-hash/<sha256>.tif`` (once per content).  Returns the entry.
     """
+    refuse_write(model_folder, "save labels beside")
     array = np.asarray(labels)
     if array.dtype.kind not in "iu":
         raise ValueError(f"labels {name!r} must be an integer image, got dtype {array.dtype}")

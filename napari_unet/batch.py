@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .builtin import is_builtin, refuse_write
 from .events import ItemDone, drain
 from .files import (
     find_inputs,
@@ -43,6 +44,7 @@ EXTENSIONS = {"tif": ".tif", "zarr": ".zarr"}
 
 
 def _check_out(out: str | Path) -> Path:
+    refuse_write(out, "write predictions into")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file, not a folder")
@@ -552,8 +554,9 @@ def predict_files_distributed(
 
     One task per input; each worker loads the model once (``postprocess``: instance
     settings in place of the model's, see :meth:`~napari_unet.store.Model.with_postprocess`).
-    Inputs and ``out`` must be paths the workers can reach.  Yields :class:`ItemDone` as inputs
-    finish (in any order) and writes ``summary.csv`` here.
+    Inputs and ``out`` must be paths the workers can reach; ``model_dir`` may be
+    ``builtin:NAME`` (each worker opens its own installation's copy).  Yields
+    :class:`ItemDone` as inputs finish (in any order) and writes ``summary.csv`` here.
     """
     try:
         from distributed import Client, as_completed
@@ -562,6 +565,7 @@ def predict_files_distributed(
     paths = find_inputs(inputs, "input")
     names = [stem(p) for p in paths]
     _check_unique(names)
+    model_ref = str(model_dir) if is_builtin(model_dir) else str(Path(model_dir).resolve())
     folder = _check_out(out).resolve()
     remove_leftovers(folder, names, EXTENSIONS[kwargs.get("fmt", "tif")])
     try:
@@ -574,7 +578,7 @@ def predict_files_distributed(
         futures = {
             client.submit(
                 _worker_predict,
-                str(Path(model_dir).resolve()),
+                model_ref,
                 str(p.resolve()),
                 str(folder),
                 kwargs,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as _st_save
 
+from .builtin import refuse_write
 from .config import show_value
 from .safety import (
     CHECKPOINT_DIR,
@@ -135,11 +136,12 @@ def save_checkpoint(
     Raises
     ------
     ValueError
-        If ``path`` exists and is not a folder, or ``path/checkpoint`` is a symbolic
-        link leading outside it.
+        If ``path`` exists and is not a folder, lies in a built-in model's folder, or
+        ``path/checkpoint`` is a symbolic link leading outside it.
     TypeError
         If a value cannot be stored (not JSON-compatible and not a tensor).
     """
+    refuse_write(path, "save a checkpoint to")
     tensors: dict[str, torch.Tensor] = {}
     opt_state = optimizer_state.get("state", {})
     entries = []

@@ -135,6 +135,13 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         help="continue training the model in --out (weights and optimizer state)",
     )
     t.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from this model's weights: builtin:NAME (builtin:nuclei) or a model "
+        "folder; its architecture is used, the last layer is new when the classes differ "
+        "(not with --resume)",
+    )
+    t.add_argument(
         "--replace-worse",
         action="store_true",
         help="with --resume: keep the new model even if its validation IoU is lower (the "
@@ -144,7 +151,7 @@ def _add_train(t: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(q: argparse.ArgumentParser) -> None:
-    q.add_argument("model", help="model folder")
+    q.add_argument("model", help="model folder, or builtin:NAME (builtin:nuclei)")
     q.add_argument("inputs", nargs="+", help="files, folders or globs")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--instances", action="store_true", help="write instance ids")
@@ -192,6 +199,9 @@ def _check_output_folder(path: Path, flag: str) -> None:
     must be a folder this process may write to.  (Run as root, ``os.access`` says yes
     to every folder: a path below a regular file is what fails for every user.)
     """
+    from .builtin import refuse_write
+
+    refuse_write(path, f"write {flag} into")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file, not a folder")
     ancestor = path
@@ -303,6 +313,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not (out / CONFIG_FILE).exists():
         raise UsageError(f"--resume: {out} holds no model to resume ({CONFIG_FILE} missing)")
     settings = _train_settings(args)
+    if args.init is not None:
+        _check_init(args, settings)
     spec = None
     kind = _labels_kind(args) or "sparse"
     if args.resume:
@@ -329,12 +341,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         replace_worse=args.replace_worse,
         names=names,
+        init=args.init,
         **settings,
     )
     report = _TrainReport(args, out)
     for event in _drive(gen):
         report(event)
     return 0
+
+
+def _check_init(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """``--init MODEL`` before any work: not with --resume, the model folder's checks
+    (unknown built-in names listed), the architecture flags against the model's."""
+    from .init import ARCHITECTURE, init_architecture
+    from .safety import check_model_folder
+
+    if args.resume:
+        raise UsageError(
+            f"--init {args.init} starts a new model; --resume continues the model in --out "
+            f"{args.out}: give one of them"
+        )
+    spec = check_model_folder(args.init)
+    given = {key: settings.get(key) for key in ARCHITECTURE}
+    init_architecture(spec.model, given, args.init)
 
 
 class _TrainReport:
@@ -348,6 +377,8 @@ class _TrainReport:
     def __call__(self, event: Any) -> None:
         match event:
             case TrainStarted(settings=s):
+                if event.init:
+                    self.say(f"starting from {event.init}")
                 self.say(
                     f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
                     f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "

@@ -24,6 +24,7 @@ class TrainStarted:
     time_budget: float | None
     settings: dict[str, Any] = field(default_factory=dict)
     validation: str = ""  # what validation scores are measured on
+    init: str = ""  # the model training starts from ("builtin:nuclei (...)"); "" from scratch
 
 
 @dataclass(frozen=True)

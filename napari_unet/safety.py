@@ -7,7 +7,9 @@ before paying for the torch import.
 
 What :func:`~napari_unet.store.load_model` checks, in order (each failure is a
 :class:`ModelFormatError`, a ``ValueError`` whose message names the file and the
-offending value).  Steps 1-5 are :func:`read_model_folder`, the one check sequence
+offending value; ``builtin:NAME`` stands for a built-in model's folder, see
+:mod:`napari_unet.builtin`, and an unknown name is a ``ValueError`` listing the
+available ones).  Steps 1-5 are :func:`read_model_folder`, the one check sequence
 that :func:`check_model_folder` and ``load_model`` share (a new check goes there);
 step 6 needs torch and is ``load_model``'s own:
 
@@ -27,10 +29,11 @@ step 6 needs torch and is ``load_model``'s own:
    whose resume fields (``steps``, ``elapsed``, ``log``, ``validation``,
    ``sessions``) have the right types;
 6. the weights against the network: the header's tensor names, shapes and dtypes must
-   be those of the network that ``config.json`` describes (worked out on torch's
-   ``meta`` device, so a hostile config cannot make the loader allocate a huge
-   network); the file's sha256 must be the one ``config.json`` records; only then are
-   the tensors decoded, and they must be finite.
+   be those of the network that ``config.json`` describes (floating tensors may be
+   stored as F16, BF16, F32 or F64 and are loaded as float32; counters must be
+   integers), worked out on torch's ``meta`` device so a hostile config cannot make
+   the loader allocate a huge network; the file's sha256 must be the one
+   ``config.json`` records; only then are the tensors decoded, and they must be finite.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .builtin import resolve_model_ref
 from .config import CONFIG_FILE, ModelSpec, show_value
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -800,7 +804,7 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelSpec:
 
 
 def _model_dir(path: str | os.PathLike[str]) -> Path:
-    folder = Path(path)
+    folder = resolve_model_ref(path)  # builtin:NAME -> the package's folder (unknown: listed)
     if folder.is_file():
         _refuse_pickle_file(folder)
     if not folder.is_dir():

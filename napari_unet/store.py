@@ -3,9 +3,11 @@
 A model folder ``<name>/`` holds
 
 ``weights.safetensors``
-    The network's ``state_dict`` (floating tensors as contiguous float32, BatchNorm's
-    ``num_batches_tracked`` counters as int64), written with ``safetensors`` and the
-    metadata ``{"format": "napari-unet"}``.
+    The network's ``state_dict`` (floating tensors as contiguous float32, or the
+    parameters as float16 / bfloat16 with ``save_model(..., weights_dtype=...)``;
+    BatchNorm's ``num_batches_tracked`` counters as int64), written with
+    ``safetensors`` and the metadata ``{"format": "napari-unet"}``.  Loading casts
+    float16 / bfloat16 weights to float32.
 ``training.json``
     The training history the trainer hands over (steps, losses, validation scores,
     the images and labels used with their :func:`content_hash`, ...).
@@ -20,7 +22,9 @@ A model folder ``<name>/`` holds
     the caller's ``state``) under keys such as ``"state.3.exp_avg"``; ``state.json``
     holds everything else plus the sha256 of ``optimizer.safetensors``.
 
-Every write is atomic (temporary file in the same folder, ``fsync``, ``os.replace``).
+Every write is atomic (temporary file in the same folder, ``fsync``, ``os.replace``),
+and none goes into a built-in model's folder (read-only package data, see
+:mod:`napari_unet.builtin`).
 Loading never unpickles anything: no ``torch.load``, no ``pickle``; any file in the
 folder that looks like pickle data or a torch zip archive is refused outright.
 
@@ -47,6 +51,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from .builtin import refuse_write
 from .config import ModelSpec, PostprocessConfig
 from .devices import resolve_device
 from .model import UNet
@@ -92,6 +97,7 @@ __all__ = [
     "save_model",
     "save_postprocess",
     "sha256_hex",
+    "WEIGHTS_DTYPES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,6 +194,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         The complete new content.
     """
     path = Path(path)
+    refuse_write(path, "write")
     mode = _new_file_mode(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -355,6 +362,14 @@ def _read_weights(
     return parse_header(path, data), _decode(path, data)
 
 
+def _as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors (float16, bfloat16, float64 weights) as float32; counters as they are."""
+    return {
+        key: t.to(torch.float32) if t.is_floating_point() and t.dtype != torch.float32 else t
+        for key, t in tensors.items()
+    }
+
+
 # --------------------------------------------------------------------------- save / load
 
 
@@ -383,23 +398,61 @@ def prepare_folder(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _weights_tensors(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+WEIGHTS_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+"""The dtypes :func:`save_model` writes the parameters in (by name)."""
+
+
+def weights_dtype_of(value: str | torch.dtype) -> torch.dtype:
+    """A :data:`WEIGHTS_DTYPES` dtype from its name (``"float16"``, ``"fp16"``...) or itself."""
+    if isinstance(value, torch.dtype):
+        if value in WEIGHTS_DTYPES.values():
+            return value
+    elif isinstance(value, str):
+        name = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(
+            value, value
+        )
+        if name in WEIGHTS_DTYPES:
+            return WEIGHTS_DTYPES[name]
+    raise ValueError(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {value!r}")
+
+
+def _weights_tensors(
+    network: torch.nn.Module, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU: parameters in ``dtype``, floating buffers (BatchNorm's
+    running statistics) in float32, counters as they are."""
+    parameters = {key for key, _ in network.named_parameters()}
     out: dict[str, torch.Tensor] = {}
     for key, tensor in network.state_dict().items():
         t = tensor.detach().to("cpu")
         if t.is_floating_point():
-            t = t.to(torch.float32)
+            t = t.to(dtype if key in parameters else torch.float32)
+            if key in parameters and dtype != torch.float32 and not bool(torch.isfinite(t).all()):
+                big = float(tensor.detach().abs().max())
+                raise ValueError(
+                    f"tensor {key!r} does not fit {dtype} (values up to {big:g}); "
+                    f"save it with weights_dtype='float32'"
+                )
         out[key] = t.contiguous().clone()
     return out
 
 
-def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
+def save_model(
+    model: Model,
+    path: str | os.PathLike[str],
+    *,
+    weights_dtype: str | torch.dtype = "float32",
+) -> Path:
     """Save ``model`` as a model folder and return the folder.
 
     Writes ``weights.safetensors``, then ``training.json``, then ``config.json`` (which
     records the weights' sha256), each atomically.  The folder and its parents are
     created when missing; other files in the folder are left alone.  ``model.path`` is
-    set to the folder.
+    set to the folder.  A built-in model's folder is refused (read-only package data).
 
     Parameters
     ----------
@@ -407,6 +460,10 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
         The model to save; its network may live on any device.
     path
         The model folder.
+    weights_dtype
+        ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (or the torch dtype):
+        the parameters are stored in it (half the file size; :func:`load_model` casts
+        them back to float32).  BatchNorm's running statistics stay float32.
 
     Returns
     -------
@@ -416,15 +473,19 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> Path:
     Raises
     ------
     ValueError
-        If ``path`` exists and is not a folder.
+        If ``path`` exists and is not a folder, lies in a built-in model's folder, or
+        a parameter does not fit ``weights_dtype``.
     TypeError
         If ``model.history`` cannot be written as JSON.
     """
+    refuse_write(path, "save a model to")
+    dtype = weights_dtype_of(weights_dtype)
     if not isinstance(model.config, ModelSpec):
         raise TypeError(f"model.config must be a ModelSpec, got {type(model.config).__name__}")
     history_text = json.dumps(model.history if model.history is not None else {})
     folder = prepare_folder(path)
-    weights = _st_save(_weights_tensors(model.network), metadata={"format": SAFETENSORS_FORMAT})
+    tensors = _weights_tensors(model.network, dtype)
+    weights = _st_save(tensors, metadata={"format": SAFETENSORS_FORMAT})
     atomic_write_bytes(folder / WEIGHTS_FILE, weights)
     atomic_write_json(folder / HISTORY_FILE, json.loads(history_text))
     config = model.config.to_dict()
@@ -440,8 +501,10 @@ def save_postprocess(path: str | os.PathLike[str], settings: PostprocessConfig) 
     The folder is checked first (:func:`~napari_unet.safety.read_model_folder`); only the
     ``postprocess`` section changes, the rest of ``config.json`` (the weights' sha256
     included) is kept, and the file is replaced atomically.  ``training.json`` records
-    the change.  Returns the new configuration.
+    the change.  Returns the new configuration.  A built-in model's folder is refused
+    (read-only package data).
     """
+    refuse_write(path, "save instance settings to")
     checked = read_model_folder(path)
     spec = dataclasses.replace(checked.spec, postprocess=settings)
     config = spec.to_dict()
@@ -470,7 +533,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     Parameters
     ----------
     path
-        The model folder written by :func:`save_model`.
+        The model folder written by :func:`save_model`, or ``"builtin:NAME"`` for a
+        model shipped with napari-unet (:mod:`napari_unet.builtin`).
     device
         Where to put the network: ``"cpu"``, ``"cuda"``, ``"mps"``, a
         :class:`torch.device`, or ``"auto"`` (cuda, then mps, then cpu).
@@ -491,7 +555,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     header, tensors = _read_weights(checked)
     network = UNet.from_config(checked.spec.model)
     _check_weights(checked.weights_path, header, tensors, network)
-    network.load_state_dict(tensors, strict=True)
+    network.load_state_dict(_as_float32(tensors), strict=True)
     network.to(resolve_device(device))
     network.eval()
     return Model(network=network, config=checked.spec, history=checked.history, path=checked.folder)

@@ -31,6 +31,7 @@ import torch
 
 from . import targets as tg
 from .augment import crop_margin
+from .builtin import refuse_write
 from .calibrate import calibrate, truth_from_labels
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
@@ -48,6 +49,7 @@ from .events import (
 )
 from .guard import RegressionGuard
 from .inference import predict_proba
+from .init import InitModel, default_architecture, init_architecture, load_init
 from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
@@ -149,6 +151,7 @@ class TrainingRun:
         self.clock: Callable[[], float] = time.perf_counter
         self.control: TrainControl | None = None
         self.report_every = report_every_for(device)
+        self.init: InitModel | None = None  # the model this training starts from
 
     # ----------------------------------------------------------------- setup phases
 
@@ -173,10 +176,17 @@ class TrainingRun:
         names: Names | None,
         clock: Callable[[], float],
         control: TrainControl | None,
+        init: str | Path | None = None,
     ) -> TrainingRun:
+        if out is not None:
+            refuse_write(out, "train into")
         run = cls(cfg, device, out)
         run.clock, run.control = clock, control
         run.report_every = report_every or report_every_for(device)
+        if init is not None:
+            arch = run.load_init(init, resume, model, arch)
+        else:
+            arch = default_architecture(arch)
         model = run.load_previous(resume, model)
         continued = None
         if model is not None:
@@ -204,6 +214,19 @@ class TrainingRun:
         run.guard = RegressionGuard(out, replace_worse)
         run.guard.snapshot()
         return run
+
+    def load_init(
+        self, init: str | Path, resume: bool, model: Model | None, arch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Phase "init": the model to start from (``init=``); returns its architecture."""
+        if resume or model is not None:
+            what = "resume=True (continue the model in out)" if resume else "model="
+            raise ValueError(
+                f"init={init} starts a new model from another one; it cannot be combined "
+                f"with {what}"
+            )
+        self.init = load_init(init)
+        return init_architecture(self.init.model.config.model, arch, self.init.ref)
 
     def load_previous(self, resume: bool, model: Model | None) -> Model | None:
         """Phase "resume": the model folder to continue (``resume``) or the model given."""
@@ -245,7 +268,10 @@ class TrainingRun:
                 train=cfg,
             )
             torch.manual_seed(cfg.seed)
-            self.network = UNet.from_config(mcfg).to(self.device)
+            self.network = UNet.from_config(mcfg)
+            if self.init is not None:
+                self.spec = self.init.start(self.network, self.spec)
+            self.network.to(self.device)
         self.patch = _round_patch(cfg.patch, self.spec.model)
 
     def make_trainer(self, prepared: Prepared, precision: str) -> None:
@@ -305,6 +331,8 @@ class TrainingRun:
                 "validation": self.split.description,
             }
         )
+        if self.init is not None:
+            self.history["sessions"][-1]["init"] = self.init.provenance()
 
     def started(self) -> TrainStarted:
         """Start the clocks; the event that opens the training."""
@@ -320,6 +348,7 @@ class TrainingRun:
             n_train=self.n_train,
             n_val=self.n_val,
             validation=self.split.description,
+            init=self.init.describe() if self.init is not None else "",
             start_step=self.start_step,
             max_steps=cfg.steps,
             time_budget=budget,
@@ -580,10 +609,10 @@ def train_iter(
     time_budget: float | None = None,
     recipe: str | None = None,
     width: int | None = None,
-    depth: int = 4,
-    padding: str = "same",
-    batch_norm: bool = True,
-    spatial_dims: int = 2,
+    depth: int | None = None,
+    padding: str | None = None,
+    batch_norm: bool | None = None,
+    spatial_dims: int | None = None,
     patch: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device = "auto",
@@ -597,6 +626,7 @@ def train_iter(
     precision: str = "auto",
     report_every: int | None = None,
     names: Names | None = None,
+    init: str | Path | None = None,
 ) -> Generator[Any, None, Model]:
     """Train a U-Net; yields progress events and returns the model.
 
@@ -614,13 +644,21 @@ def train_iter(
         ``time_budget``, ``recipe``, ``patch`` and ``batch_size`` override it.
         Without ``steps`` or ``time_budget`` training runs 300 s.
     width, depth, padding, batch_norm, spatial_dims
-        The architecture (``width=None`` picks the device default).
+        The architecture; None picks the default (``width``: per device, ``depth`` 4,
+        ``padding`` "same", ``batch_norm`` True, ``spatial_dims`` 2), or with ``init``
+        the initial model's (another value given explicitly is refused).
     out
         Model folder to write checkpoints and the final model to.
     resume
         Continue from the model folder ``out`` (weights and optimiser state).
     model
         Continue training this in-memory model (the human-in-the-loop case).
+    init
+        Start a new model from another one: ``"builtin:NAME"`` or a model folder.  Its
+        weights are copied where they fit (the last layer is new when the classes
+        differ, the first adapted to other input channels; see :mod:`napari_unet.init`);
+        optimizer and normalisation start fresh; ``training.json`` records the parent
+        and the sha256 of its weights.  Not with ``resume`` or ``model``.
     control
         A :class:`TrainControl` to stop training or ask for live previews from
         another thread.
@@ -663,6 +701,7 @@ def train_iter(
         names=names,
         clock=clock,
         control=control,
+        init=init,
     )
     yield run.started()
     try:
