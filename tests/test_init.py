@@ -1,0 +1,231 @@
+"""Training that starts from another model: train(init=...) and train --init MODEL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import napari_unet as nu
+from napari_unet.builtin import builtin_path
+from napari_unet.cli import main
+from napari_unet.config import LabelsConfig, ModelConfig
+from napari_unet.events import TrainStarted, drain
+from napari_unet.init import init_architecture, load_init, transfer_weights
+from napari_unet.model import UNet
+from napari_unet.store import load_model, sha256_hex
+from napari_unet.training import train_iter
+
+from .conftest import make_nuclei
+
+SMALL = dict(steps=2, patch=32, batch_size=2, device="cpu")
+
+
+def _sparse(labels: np.ndarray) -> np.ndarray:
+    """2-class sparse labels from instances: 1 = background strokes, 2 = nuclei."""
+    out = np.zeros(labels.shape, np.uint8)
+    out[labels > 0] = 2
+    out[:6] = np.where(labels[:6] == 0, 1, out[:6])
+    out[-6:] = np.where(labels[-6:] == 0, 1, out[-6:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A saved 3-class instances model (width 8, depth 2) to start from."""
+    images, labels = zip(*[make_nuclei(seed=s) for s in range(2)], strict=True)
+    out = tmp_path_factory.mktemp("init") / "parent"
+    nu.train(
+        list(images), list(labels), labels_kind="instances", width=8, depth=2, out=out, **SMALL
+    )
+    return out
+
+
+def _run(images, labels, **kwargs):
+    events = []
+    model = drain(train_iter(images, labels, **{**SMALL, **kwargs}), events.append)
+    started = next(e for e in events if isinstance(e, TrainStarted))
+    return model, started
+
+
+def test_two_class_sparse_from_three_class_instances(parent, tmp_path):
+    img, lab = make_nuclei(seed=5)
+    out = tmp_path / "child"
+    model, started = _run([img], [_sparse(lab)], labels_kind="sparse", init=str(parent), out=out)
+    mcfg = model.config.model
+    assert (mcfg.width, mcfg.depth, mcfg.num_classes) == (8, 2, 2)  # the parent's architecture
+    assert model.config.labels.kind == "sparse"
+    assert started.init.startswith(str(parent)) and "new last layer: 2 classes" in started.init
+    # provenance: the parent as given and the sha256 of its weights file
+    history = json.loads((out / "training.json").read_text())
+    record = history["sessions"][0]["init"]
+    assert record["from"] == str(parent)
+    assert record["weights_sha256"] == sha256_hex((parent / "weights.safetensors").read_bytes())
+    assert record["reinitialised"] == ["head.weight", "head.bias"] and record["copied"] > 10
+    assert history["steps"] == 2 and started.start_step == 0  # a new model, not a resume
+    assert load_model(out).config.model.num_classes == 2
+
+
+def test_transfer_copies_what_fits_and_renews_the_head(parent):
+    source = load_model(parent)
+    labels = LabelsConfig(kind="sparse", class_names=("background", "cell"))
+    torch.manual_seed(0)
+    network = UNet.from_config(ModelConfig(num_classes=2, width=8, depth=2))
+    fresh_head = network.head.weight.detach().clone()
+    done = transfer_weights(network, source, labels, "parent")
+    src, dst = source.network.state_dict(), network.state_dict()
+    for key, value in dst.items():
+        if key.startswith("head."):
+            continue
+        assert torch.equal(value, src[key]), key
+    assert torch.equal(network.head.weight, fresh_head)  # the seeded new head
+    assert done.reinitialised == ("head.weight", "head.bias") and not done.adapted
+    # same classes: the head is copied too
+    same = UNet.from_config(source.config.model)
+    done = transfer_weights(same, source, source.config.labels, "parent")
+    assert not done.reinitialised and torch.equal(same.head.weight, source.network.head.weight)
+
+
+def test_other_input_channels_adapt_the_first_layer(parent):
+    """Two equal channels give the adapted network the parent's output on one channel."""
+    source = load_model(parent)
+    network = UNet.from_config(ModelConfig(in_channels=2, num_classes=3, width=8, depth=2))
+    done = transfer_weights(network, source, source.config.labels, "parent")
+    assert done.adapted == ("down.0.0.weight",)
+    assert "from 1 to 2 input channels" in " ".join(done.notes)
+    network.eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = source.network(x)
+        got = network(torch.cat([x, x], dim=1))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_training_a_two_channel_model_from_a_grey_one(parent):
+    img, lab = make_nuclei(seed=6)
+    two = np.stack([img, img[::-1]])  # channel first
+    model, started = _run([two], [lab], labels_kind="instances", init=parent)
+    assert model.config.model.in_channels == 2
+    assert model.history["sessions"][0]["init"]["adapted"] == ["down.0.0.weight"]
+    assert "input channels" in started.init
+
+
+@pytest.mark.parametrize(
+    ("given", "fragments"),
+    [
+        (dict(width=16), ["width 16", "width 8"]),
+        (dict(depth=3), ["depth 3", "depth 2"]),
+        (dict(padding="valid"), ["padding valid", "padding same"]),
+        (dict(batch_norm=False), ["batch_norm False", "batch_norm True"]),
+        (dict(spatial_dims=3), ["spatial_dims 3", "spatial_dims 2"]),
+    ],
+)
+def test_other_architecture_given_explicitly_is_refused(parent, given, fragments):
+    img, lab = make_nuclei(seed=7)
+    with pytest.raises(ValueError) as info:
+        _run([img], [lab], labels_kind="instances", init=parent, **given)
+    message = str(info.value)
+    assert str(parent) in message and all(f in message for f in fragments), message
+
+
+def test_the_same_architecture_given_explicitly_is_fine():
+    parent = ModelConfig(width=8, depth=2)
+    given = dict(width=8, depth=2, padding="same", batch_norm=None, spatial_dims=None)
+    arch = init_architecture(parent, given, "p")
+    assert arch == dict(spatial_dims=2, width=8, depth=2, padding="same", batch_norm=True)
+
+
+def test_init_with_resume_or_model_is_refused(parent, tmp_path):
+    img, lab = make_nuclei(seed=8)
+    with pytest.raises(ValueError, match="cannot be combined with resume=True"):
+        _run([img], [lab], labels_kind="instances", init=parent, out=parent, resume=True)
+    with pytest.raises(ValueError, match="cannot be combined with model="):
+        _run([img], [lab], labels_kind="instances", init=parent, model=load_model(parent))
+
+
+def test_unknown_builtin_init_lists_the_available_ones():
+    img, lab = make_nuclei(seed=8)
+    with pytest.raises(
+        ValueError, match="unknown built-in model builtin:cells; available: builtin:nuclei"
+    ):
+        _run([img], [lab], labels_kind="instances", init="builtin:cells")
+
+
+def test_load_init_records_the_builtin_as_given():
+    start = load_init("builtin:nuclei")
+    assert start.ref == "builtin:nuclei" and start.model.path == builtin_path("nuclei")
+    weights = builtin_path("nuclei") / "weights.safetensors"
+    assert start.weights_sha256 == sha256_hex(weights.read_bytes())
+    assert start.provenance()["from"] == "builtin:nuclei"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("init-cli")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for i in range(2):
+        img, lab = make_nuclei(shape=(64, 64), seed=20 + i)
+        iio.imwrite(root / "images" / f"n{i}.png", img)
+        tifffile.imwrite(root / "labels" / f"n{i}.tif", _sparse(lab))
+    return root
+
+
+def _train_args(folders: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+        "--out", str(out), "--labels-kind", "sparse", "--steps", "2", "--patch", "32",
+        "--batch-size", "2", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_init_builtin_nuclei(folders, tmp_path, capsys):
+    out = tmp_path / "m"
+    code = main(_train_args(folders, out, "--init", "builtin:nuclei"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    first = captured.out.splitlines()
+    assert any(
+        line.startswith("starting from builtin:nuclei (new last layer: 2 classes") for line in first
+    )
+    record = json.loads((out / "training.json").read_text())["sessions"][0]["init"]
+    weights = builtin_path("nuclei") / "weights.safetensors"
+    assert record["from"] == "builtin:nuclei"
+    assert record["weights_sha256"] == sha256_hex(weights.read_bytes())
+    nuclei = load_model("builtin:nuclei").config.model
+    assert load_model(out).config.model == ModelConfig(**{**nuclei.__dict__, "num_classes": 2})
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--init", "builtin:cells"], ["builtin:cells", "available: builtin:nuclei"]),
+        (["--init", "builtin:nuclei", "--width", "4"], ["width 4", "builtin:nuclei"]),
+        (["--init", "NOWHERE"], ["NOWHERE", "does not exist"]),
+    ],
+)
+def test_cli_init_refusals_exit_2_in_one_line(folders, tmp_path, capsys, extra, fragments):
+    out = tmp_path / "m"
+    code = main(_train_args(folders, out, *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert all(f in err for f in fragments), err
+    assert not out.exists()
+
+
+def test_cli_init_with_resume_is_refused(folders, parent, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["-q", *_train_args(folders, out)]) == 0
+    before = (out / "weights.safetensors").read_bytes()
+    code = main(_train_args(folders, out, "--resume", "--init", str(parent)))
+    err = capsys.readouterr().err
+    assert code == 2 and "--init" in err and "--resume" in err and "give one of them" in err
+    assert (out / "weights.safetensors").read_bytes() == before
