@@ -10,9 +10,12 @@ Splits of ../shared/data/dsb2018-nuclei (557 grey images; see ``_splits.py``):
 For every split and run (``--seed`` = run index) it trains with the CLI defaults
 (``napari-unet train --labels-kind instances --time-budget T --device D`` plus
 ``--extra``) on everything not held out (at most ``--max-train`` images, the same
-ones on every machine), then predicts the test images twice with the same model:
-with the post-processing the model chose for itself when training ended, and with
-the old fixed one (``--seed-threshold 0.8 --fg-threshold 0.6 --min-size 15``).
+ones on every machine), then predicts the test images three times with the same
+model: ``fixed``, the post-processing of every model before issue 11
+(``--seed-threshold 0.8 --fg-threshold 0.6 --min-size 15 --zoom 1``); ``calibrated``,
+the post-processing the model chose for itself when training ended (``--zoom 1``);
+``zoom``, the CLI default: calibrated, and images whose objects are much larger or
+smaller than the model's predicted again at the zoom that matches them (``--zoom auto``).
 Reports the mean AP@0.5 over the test images (``napari-unet evaluate``), the pooled
 AP@0.5 (all objects of all test images: TP / (TP + FP + FN)) and the object count
 ratio predicted / true.  Prints a table per run, mean ± std per split and one summary
@@ -48,7 +51,11 @@ from _splits import (  # noqa: E402
     write_tiny,
 )
 
-MODES = {"calibrated": (), "fixed": FIXED_POSTPROCESS}
+MODES = {
+    "fixed": (*FIXED_POSTPROCESS, "--zoom", "1"),
+    "calibrated": ("--zoom", "1"),
+    "zoom": ("--zoom", "auto"),
+}
 
 
 def run_split(src: Path, name: str, work: Path, args: argparse.Namespace) -> list[dict]:
@@ -81,14 +88,19 @@ def run_split(src: Path, name: str, work: Path, args: argparse.Namespace) -> lis
     return rows
 
 
+COLUMNS = (
+    ("ap50", "AP@0.5", ".3f"),
+    ("pooled_ap50", "pooled", ".3f"),
+    ("count_ratio", "pred/true", ".2f"),
+)
+
+
 def print_row(row: dict) -> None:
-    cal, fix = row["calibrated"], row["fixed"]
     seed, fg, size = row["postprocess"]
+    cells = [f"{row[m][k]:{f}}" for k, _, f in COLUMNS for m in MODES]
     print(
         f"| {row['split']} | {row['run']} | {row['n_train']} | {row['n_test']} | {row['steps']} "
-        f"| {seed} / {fg} / {size} | {cal['ap50']:.3f} | {fix['ap50']:.3f} "
-        f"| {cal['pooled_ap50']:.3f} | {fix['pooled_ap50']:.3f} "
-        f"| {cal['count_ratio']:.2f} | {fix['count_ratio']:.2f} |",
+        f"| {seed} / {fg} / {size} | " + " | ".join(cells) + " |",
         flush=True,
     )
 
@@ -109,6 +121,7 @@ def main() -> None:
     p.add_argument("--keep", help="work in this folder and keep it")
     p.add_argument("--tiny", action="store_true", help="12 synthetic images, 1 s: a quick check")
     args = p.parse_args()
+    budget = f"{args.steps} steps" if args.steps else f"{args.time_budget:g} s"
     with tempfile.TemporaryDirectory(prefix="nu-gen-") as tmp:
         work = Path(args.keep or tmp)
         if args.tiny:
@@ -118,28 +131,30 @@ def main() -> None:
         if not (src / "images").is_dir():
             sys.exit(f"needs images/ and labels/ under {src}")
         print(header(args.device))
-        print(f"# budget {args.time_budget:g} s per model, train flags: {args.extra or '-'}")
+        print(f"# {budget} per model, train flags: {args.extra or '-'}")
+        names = [f"{title} {m}" for _, title, _ in COLUMNS for m in MODES]
         print(
-            "| split | run | train | test | steps | post-processing (seed / fg / min) "
-            "| AP@0.5 calibrated | AP@0.5 fixed | pooled calibrated | pooled fixed "
-            "| pred/true calibrated | pred/true fixed |"
+            "| split | run | train | test | steps | post-processing (seed / fg / min) | "
+            + " | ".join(names)
+            + " |"
         )
-        print("|---" * 12 + "|")
+        print("|---" * (6 + len(names)) + "|")
         rows = [r for name in args.splits for r in run_split(src, name, work / name, args)]
     print()
-    print("| split | runs | AP@0.5 calibrated | AP@0.5 fixed | pooled calibrated | pooled fixed |")
-    print("|---" * 6 + "|")
+    names = [f"{title} {m}" for _, title, _ in COLUMNS[:2] for m in MODES]
+    print("| split | runs | " + " | ".join(names) + " |")
+    print("|---" * (2 + len(names)) + "|")
     summary = []
     for name in args.splits:
         mine = [r for r in rows if r["split"] == name]
-        cols = [mean_std([r[m][k] for r in mine]) for k in ("ap50", "pooled_ap50") for m in MODES]
+        cols = [mean_std([r[m][k] for r in mine]) for k, _, _ in COLUMNS[:2] for m in MODES]
         print(f"| {name} | {len(mine)} | " + " | ".join(cols) + " |")
-        summary.append(f"{name} {cols[0].split()[0]} / {cols[1].split()[0]}")
+        summary.append(f"{name} " + " / ".join(c.split()[0] for c in cols[: len(MODES)]))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(
-        f"summary: mean AP@0.5 calibrated / fixed post-processing ({args.time_budget:g} s, "
-        f"{args.device}, {args.runs} run(s)): " + "; ".join(summary)
+        f"summary: mean AP@0.5 {' / '.join(MODES)} ({budget}, {args.device}, {args.runs} "
+        f"run(s), train flags: {args.extra or '-'}): " + "; ".join(summary)
     )
 
 

@@ -34,7 +34,14 @@ from .files import (
     stem,
     write_tif,
 )
-from .inference import Block, guess_axes, predict_proba_iter
+from .inference import (
+    Block,
+    at_zoom,
+    check_zoom,
+    guess_axes,
+    predict_proba_iter,
+    predict_zoomed_iter,
+)
 from .postprocess import outputs_from_probs, require_instances
 from .store import Model, atomic_write_bytes
 
@@ -63,6 +70,7 @@ SUMMARY_FIELDS = [
     "objects",
     "mean_area",
     "fractions",
+    "zoom",
 ]
 
 
@@ -308,6 +316,7 @@ class _Options:
     batch_size: int | None = None
     redo: bool = False
     block: int | None = None
+    zoom: float | str = "auto"
 
     @classmethod
     def checked(cls, model: Model, **settings: Any) -> _Options:
@@ -317,7 +326,13 @@ class _Options:
             raise ValueError(f"format must be tif or zarr, got {options.fmt!r}")
         if options.instances:
             require_instances(model.config)
-        return options
+        zoom = check_zoom(options.zoom)
+        if options.fmt == "zarr" and zoom not in ("auto", 1.0):
+            raise ValueError(
+                f"zoom {options.zoom}: zarr outputs are predicted block by block at scale 1 "
+                "(use tif outputs to zoom)"
+            )
+        return replace(options, zoom=zoom)
 
     @property
     def ext(self) -> str:
@@ -377,7 +392,7 @@ def _predict_zarr(
     except (GeneratorExit, ValueError, OSError, MemoryError):
         sink.abort()  # cancelled or failed: nothing half-written stays behind
         raise
-    return shape, sink.stats.row(), written
+    return shape, {**sink.stats.row(), "zoom": "1"}, written
 
 
 def _predict_tif(
@@ -385,10 +400,12 @@ def _predict_tif(
 ) -> Generator[Any, None, tuple[tuple[int, ...], dict[str, Any], list[Path]]]:
     """Predict one input in memory into TIFF outputs; returns its shape, summary statistics
     and the outputs."""
-    probs = yield from predict_proba_iter(model, item.read(), **options.predict_kwargs)
+    probs, zoom = yield from predict_zoomed_iter(
+        model, item.read(), zoom=options.zoom, **options.predict_kwargs
+    )
     outputs = outputs_from_probs(
         probs,
-        model.config,
+        at_zoom(model.config, zoom),
         labels=not options.instances,
         instances=options.instances,
         probabilities=options.probabilities,
@@ -398,7 +415,7 @@ def _predict_tif(
     if options.probabilities:  # the labels output last: it marks the input as finished
         written.append(write_tif(prob_target, outputs["probabilities"].astype(np.float32)))
     written.append(write_tif(target, result))
-    return result.shape, _stats(result, options.instances), written
+    return result.shape, {**_stats(result, options.instances), "zoom": f"{zoom:.3g}"}, written
 
 
 def _predict_item(
@@ -459,6 +476,7 @@ def predict_items_iter(
     batch_size: int | None = None,
     redo: bool = False,
     block: int | None = None,
+    zoom: float | str = "auto",
 ) -> Generator[Any, None, list[Path]]:
     """Predict ``(name, read)`` items into ``out``; yields tiles and :class:`ItemDone`.
 
@@ -466,7 +484,9 @@ def predict_items_iter(
     element, the image's pixel sizes (``{"X": (0.2, "micrometer"), ...}``, or a
     callable returning them), which zarr outputs record as their OME-Zarr scale.
     ``block`` caps the edge of the blocks zarr outputs are predicted in (see
-    :func:`~napari_unet.inference.predict_proba_iter`).  Outputs that an earlier
+    :func:`~napari_unet.inference.predict_proba_iter`); ``zoom`` that of TIFF outputs
+    (:func:`~napari_unet.inference.predict_zoomed_iter`; zarr outputs are predicted at
+    scale 1, the summary's ``zoom`` column says which).  Outputs that an earlier
     run finished are skipped (unless ``redo``); outputs are only ever written under
     a temporary name and renamed when complete, so a partial one never looks
     finished.  An input that fails is reported (``ItemDone(status="failed")``) and
@@ -484,6 +504,7 @@ def predict_items_iter(
         batch_size=batch_size,
         redo=redo,
         block=block,
+        zoom=zoom,
     )
     planned = _plan_items(items)
     folder = _check_out(out)

@@ -145,6 +145,8 @@ def calibrate(
                     best, best_ap = candidate, ap(candidate)
     if best.min_size is None:  # store the size it was judged with
         best = replace(best, min_size=best.min_size_for(spatial_dims))
+    if median > 0:  # what prediction zooms objects to (napari_unet.zoom)
+        best = replace(best, object_size=median)
     record = {
         "metric": "AP@0.5",
         "start": [start.seed_threshold, start.fg_threshold, start.min_size_for(spatial_dims)],

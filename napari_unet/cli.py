@@ -63,6 +63,12 @@ _positive_float = _number(float, "a number of seconds", lambda v: math.isfinite(
 _positive_int = _number(int, "a whole number", lambda v: v >= 1, ">= 1")
 _non_negative_int = _number(int, "a whole number", lambda v: v >= 0, ">= 0")
 _fraction = _number(float, "a probability", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+_zoom_factor = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v > 0, "> 0")
+
+
+def _zoom(text: str) -> float | str:
+    """--zoom: ``auto`` or a positive factor."""
+    return "auto" if text.strip().lower() == "auto" else _zoom_factor(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,6 +185,15 @@ def _add_predict(q: argparse.ArgumentParser) -> None:
         type=_non_negative_int,
         metavar="PIXELS",
         help="instances: smallest object kept, in pixels (voxels) (default: the model's)",
+    )
+    q.add_argument(
+        "--zoom",
+        type=_zoom,
+        default="auto",
+        metavar="auto|FACTOR",
+        help="resize 2D images by FACTOR before the network (outputs keep the input's size); "
+        "auto (default): when an instance model finds objects much larger or smaller than "
+        "those it was trained on, it predicts again zoomed to their size (tif outputs)",
     )
     q.add_argument(
         "--scheduler",
@@ -486,6 +501,11 @@ def _check_predict_args(args: argparse.Namespace) -> None:
             )
     find_inputs(args.inputs, "input")
     _check_device(args.device)
+    if args.format == "zarr" and args.zoom not in ("auto", 1.0):
+        raise UsageError(
+            f"--zoom {args.zoom:g}: zarr outputs are predicted block by block at scale 1 "
+            "(use --format tif to zoom)"
+        )
     spec = check_model_folder(args.model)
     if args.instances and not spec.labels.instances:
         raise UsageError(
@@ -512,6 +532,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         axes=args.axes,
         tile=args.tile,
         batch_size=args.batch_size,
+        zoom=args.zoom,
     )
     if args.scheduler:
         from .batch import predict_files_distributed

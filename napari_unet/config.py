@@ -9,7 +9,7 @@ refuses unknown keys and wrong types, so a hand-edited or hostile
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 CONFIG_FILE = "config.json"  # inside a model folder (see store.py)
@@ -247,17 +247,31 @@ class PostprocessConfig:
     ``1 - fg_threshold``); objects under ``min_size`` pixels are dropped (None: 15 in
     2D, 50 in 3D).  Training chooses them on the model's validation data
     (:mod:`napari_unet.calibrate`); model folders from before that keep these defaults.
+    ``object_size`` is the median size (pixels, voxels) of the objects it was calibrated
+    on: prediction zooms a 2D image whose objects are much larger or smaller to that size
+    (:func:`napari_unet.inference.choose_zoom`); None (older models): never.
     """
 
     seed_threshold: float = 0.8
     fg_threshold: float = 0.6
     min_size: int | None = None
+    object_size: float | None = None
 
     def __post_init__(self) -> None:
         _check_float("postprocess.seed_threshold", self.seed_threshold, 0.0, 1.0)
         _check_float("postprocess.fg_threshold", self.fg_threshold, 0.0, 1.0)
         if self.min_size is not None:
             _check_int("postprocess.min_size", self.min_size, 0, 10**9)
+        if self.object_size is not None:
+            _check_float("postprocess.object_size", self.object_size, 0.0, 1e12)
+
+    def at_zoom(self, zoom: float, spatial_dims: int) -> PostprocessConfig:
+        """These settings for probabilities computed on the image zoomed by ``zoom`` and
+        resized back: the minimum size (pixels of the zoomed image) in original pixels."""
+        if zoom == 1.0:
+            return self
+        size = self.min_size_for(spatial_dims) / zoom**spatial_dims
+        return replace(self, min_size=int(round(size)))
 
     def min_size_for(self, spatial_dims: int) -> int:
         """The minimum object size in pixels (voxels) for a 2D or 3D model."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from .model import fused_for_inference
 from .postprocess import outputs_from_probs, require_instances
 from .store import Model
 from .tiling import predict_tiled_iter
+from .zoom import choose_zoom, zoomed
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +337,7 @@ def predict_proba_iter(
     amp: bool = True,
     sink: Callable[[Block, np.ndarray], None] | None = None,
     block: int | None = None,
+    zoom: float = 1.0,
 ) -> Generator[TileDone | ChunkDone, None, np.ndarray | None]:
     """Class probabilities ``(num_classes, *image shape without C)``; yields tiles.
 
@@ -346,6 +349,9 @@ def predict_proba_iter(
     exist; the generator then returns None.  Memory stays bounded by the block
     size, so planes and stacks larger than memory stream to disk.  Intensity
     normalisation still uses the whole array's percentiles.
+
+    ``zoom`` (2D models, not with ``sink``): each slice is resized by it before the
+    network and its probabilities are resized back (:func:`napari_unet.zoom.zoomed`).
     """
     spec = model.config
     dims = spec.model.spatial_dims
@@ -363,6 +369,12 @@ def predict_proba_iter(
     n_stack = len(layout.stack)
     transform = _normaliser(arr, n_stack, spec)
     predict = _tile_predictor(model, transform, device, tile, batch_size, amp)
+    if zoom != 1.0:
+        if sink is not None or dims != 2 or not zoom > 0:
+            raise ValueError(
+                f"zoom {zoom:g}: only whole-image prediction of a 2D model can be zoomed"
+            )
+        predict = zoomed(predict, zoom, dims)
     if sink is not None:
         edge = block or (BLOCK_2D if dims == 2 else BLOCK_3D)
         yield from _stream_blocks(predict, arr, n_stack, edge, sink)
@@ -384,23 +396,71 @@ def predict_iter(
     seed_threshold: float | None = None,
     fg_threshold: float | None = None,
     min_size: int | None = None,
+    zoom: float | str = "auto",
 ) -> Generator[TileDone | ChunkDone, None, np.ndarray]:
     """Class labels (or instance ids with ``instances=True``); yields tiles.
 
     Instances use the model's post-processing (``model.config.postprocess``, chosen
     when it was trained); ``seed_threshold``, ``fg_threshold`` and ``min_size``
-    replace its values for this call.
+    replace its values for this call.  ``zoom``: see :func:`predict_zoomed_iter`.
     """
     if instances:
         require_instances(model.config)  # before, not after, the prediction
     model = model.with_postprocess(
         seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size
     )
-    probs = yield from predict_proba_iter(
-        model, image, axes=axes, device=device, tile=tile, batch_size=batch_size, amp=amp
+    probs, used = yield from predict_zoomed_iter(
+        model, image, zoom=zoom, axes=axes, device=device, tile=tile, batch_size=batch_size, amp=amp
     )
-    outputs = outputs_from_probs(probs, model.config, labels=not instances, instances=instances)
+    outputs = outputs_from_probs(
+        probs, at_zoom(model.config, used), labels=not instances, instances=instances
+    )
     return outputs["instances" if instances else "labels"]
+
+
+def check_zoom(zoom: float | str) -> float | str:
+    """``"auto"`` or a positive number, else a ValueError naming the value."""
+    if zoom == "auto":
+        return zoom
+    try:
+        value = float(zoom)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"zoom must be 'auto' or a positive number, got {zoom!r}")
+    return value
+
+
+def predict_zoomed_iter(
+    model: Model, image: Any, *, zoom: float | str = "auto", **kwargs: Any
+) -> Generator[TileDone | ChunkDone, None, tuple[np.ndarray, float]]:
+    """Probabilities (as :func:`predict_proba_iter`) and the zoom they were predicted at.
+
+    ``zoom="auto"``: predicted at scale 1; when the model knows the size of its
+    objects and the objects found are much larger or smaller
+    (:func:`napari_unet.zoom.choose_zoom`), predicted again at the zoom that brings
+    them to it.  A number: predicted once at that zoom (1: as the image is).
+    """
+    zoom = check_zoom(zoom)
+    if zoom != "auto":
+        probs = yield from predict_proba_iter(model, image, zoom=zoom, **kwargs)
+        return probs, zoom
+    probs = yield from predict_proba_iter(model, image, **kwargs)
+    chosen = choose_zoom(probs, model.config)
+    if chosen != 1.0:
+        log.info(
+            "objects %.2fx the model's width: predicting again at zoom %.2f", 1 / chosen, chosen
+        )
+        probs = yield from predict_proba_iter(model, image, zoom=chosen, **kwargs)
+    return probs, chosen
+
+
+def at_zoom(spec: ModelSpec, zoom: float) -> ModelSpec:
+    """``spec`` with its post-processing for probabilities predicted at ``zoom``."""
+    if zoom == 1.0:
+        return spec
+    dims = spec.model.spatial_dims
+    return replace(spec, postprocess=spec.postprocess.at_zoom(zoom, dims))
 
 
 def predict(model: Model, image: Any, *, instances: bool = False, **kwargs: Any) -> np.ndarray:

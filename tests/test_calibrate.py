@@ -1,6 +1,7 @@
 """Instance post-processing chosen per model (napari_unet.calibrate) and carried by it."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,9 @@ def test_a_tie_keeps_the_starting_settings():
     probs[0][probs[0] == 0.2] = 1.0
     start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=3)
     settings, record = calibrate([probs], [Truth(truth)], 2, start)
-    assert settings == start and record["chosen_ap"] == record["start_ap"] == 1.0
+    assert replace(settings, object_size=None) == start
+    assert record["chosen_ap"] == record["start_ap"] == 1.0
+    assert settings.object_size == 400  # the median labeled object: what prediction zooms to
 
 
 def test_sparse_instances_score_only_where_labeled():
@@ -93,6 +96,7 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
         "seed_threshold": chosen.seed_threshold,
         "fg_threshold": chosen.fg_threshold,
         "min_size": chosen.min_size,
+        "object_size": chosen.object_size,
     }
     search = load_model(out).history["sessions"][-1]["postprocess_search"]
     assert search["chosen"] == [chosen.seed_threshold, chosen.fg_threshold, chosen.min_size]

@@ -1,0 +1,159 @@
+"""Object-size awareness: images whose objects are much larger or smaller than the model's
+are predicted zoomed to them (napari_unet.zoom, predict(..., zoom=))."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_unet as nu
+from napari_unet.batch import predict_files_iter
+from napari_unet.config import LabelsConfig, ModelConfig, ModelSpec, PostprocessConfig
+from napari_unet.events import drain
+from napari_unet.inference import predict_proba, predict_zoomed_iter
+from napari_unet.metrics import match_instances
+from napari_unet.training import train
+from napari_unet.zoom import MIN_OBJECTS, ZOOM_RANGE, choose_zoom, zoomed
+
+from .conftest import make_nuclei
+
+INSTANCES = LabelsConfig(kind="instances", class_names=("background", "interior", "boundary"))
+
+
+def spec(object_size, spatial_dims=2):
+    return ModelSpec(
+        model=ModelConfig(num_classes=3, spatial_dims=spatial_dims),
+        labels=INSTANCES,
+        postprocess=PostprocessConfig(object_size=object_size),
+    )
+
+
+def squares(n, edge, shape=(200, 200)):
+    """Probabilities of ``n`` confident square objects of ``edge`` pixels."""
+    probs = np.zeros((3, *shape), np.float32)
+    probs[0] = 1.0
+    for k in range(n):
+        y, x = 5 + (k // 5) * (edge + 6), 5 + (k % 5) * (edge + 6)
+        probs[:, y : y + edge, x : x + edge] = np.array([0.0, 1.0, 0.0])[:, None, None]
+    return probs
+
+
+def test_zoom_brings_objects_to_the_model_size():
+    probs = squares(10, 10)  # 100 px objects
+    assert choose_zoom(probs, spec(400.0)) == pytest.approx(2.0)  # twice as wide
+    assert choose_zoom(probs, spec(25.0)) == pytest.approx(0.5)
+    assert choose_zoom(probs, spec(110.0)) == 1.0  # within the tolerance
+    assert choose_zoom(probs, spec(None)) == 1.0  # older models: never
+    assert choose_zoom(probs, spec(400.0, spatial_dims=3)) == 1.0
+    assert choose_zoom(squares(MIN_OBJECTS - 1, 10), spec(400.0)) == 1.0  # too few to tell
+    assert choose_zoom(probs, spec(1e6)) == ZOOM_RANGE[1]
+    assert choose_zoom(probs, spec(1.0)) == ZOOM_RANGE[0]
+
+
+def test_zoomed_prediction_returns_the_source_shape():
+    seen = []
+
+    def predict(source):
+        seen.append(source.shape)
+        yield "tile"
+        probs = np.zeros((3, *source.shape[1:]), np.float32)
+        probs[0] = 0.25
+        probs[1] = 0.75
+        return probs
+
+    source = np.random.default_rng(0).random((1, 50, 70)).astype(np.float32)
+    gen = zoomed(predict, 0.5, 2)(source)
+    assert drain(gen).shape == (3, 50, 70) and seen == [(1, 25, 35)]
+    out = drain(zoomed(predict, 2.0, 2)(source))
+    assert seen[-1] == (1, 100, 140) and np.allclose(out.sum(0), 1.0)
+
+
+def test_min_size_follows_the_zoom():
+    settings = PostprocessConfig(min_size=40)
+    assert settings.at_zoom(2.0, 2).min_size == 10  # zoomed twice: objects 4x the pixels
+    assert settings.at_zoom(0.5, 2).min_size == 160
+    assert settings.at_zoom(1.0, 2) is settings
+
+
+@pytest.fixture(scope="module")
+def disks_model():
+    """A model of disks of radius 6-10 px (the conftest nuclei), trained a little."""
+    pairs = [make_nuclei(seed=s) for s in range(6)]
+    model = train(
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        labels_kind="instances",
+        steps=80,
+        width=8,
+        depth=3,
+        patch=64,
+        batch_size=4,
+        device="cpu",
+    )
+    return model
+
+
+def test_training_records_the_object_size(disks_model):
+    size = disks_model.config.postprocess.object_size
+    assert size is not None and 100 < size < 320  # disks of radius 6-10: 113-314 px
+
+
+def test_objects_three_times_as_wide_are_found_zoomed(disks_model):
+    """Disks of radius 18-30 px split at scale 1; zoomed to the trained size they do not."""
+    aps = {"auto": [], 1.0: []}
+    for s in range(3):
+        image, truth = make_nuclei(shape=(288, 288), radius=(18, 30), seed=50 + s)
+        for zoom in aps:
+            pred = nu.predict(disks_model, image, instances=True, device="cpu", zoom=zoom)
+            aps[zoom].append(match_instances(truth, pred)["ap"])
+        _, used = drain(predict_zoomed_iter(disks_model, image, device="cpu"))
+        assert used < 1 / 1.25
+    assert np.mean(aps["auto"]) > np.mean(aps[1.0]) + 0.15
+
+
+def test_images_like_the_training_ones_are_not_zoomed(disks_model):
+    image, _ = make_nuclei(shape=(128, 128), seed=77)
+    probs, used = drain(predict_zoomed_iter(disks_model, image, device="cpu"))
+    assert used == 1.0
+    assert np.array_equal(probs, predict_proba(disks_model, image, device="cpu"))
+
+
+def test_explicit_zoom_and_bad_values(disks_model):
+    image, _ = make_nuclei(shape=(96, 96), seed=3)
+    probs, used = drain(predict_zoomed_iter(disks_model, image, zoom=2, device="cpu"))
+    assert used == 2.0 and probs.shape == (3, 96, 96)
+    for bad in (0, -1, "big", float("nan")):
+        with pytest.raises(ValueError, match="zoom must be 'auto' or a positive number"):
+            nu.predict(disks_model, image, zoom=bad)
+
+
+def test_batch_records_the_zoom_and_refuses_it_for_zarr(disks_model, tmp_path):
+    image, _ = make_nuclei(shape=(288, 288), radius=(18, 30), seed=50)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    out = tmp_path / "out"
+    drain(predict_files_iter(disks_model, str(tmp_path / "big.tif"), out, instances=True))
+    summary = (out / "summary.csv").read_text().splitlines()
+    header, row = summary[0].split(","), summary[1].split(",")
+    assert float(row[header.index("zoom")]) < 0.8
+    with pytest.raises(ValueError, match="zarr outputs are predicted block by block"):
+        drain(predict_files_iter(disks_model, str(tmp_path / "big.tif"), out, fmt="zarr", zoom=2))
+
+
+def test_cli_zoom_argument(tmp_path, tiny_model):
+    _, folder = tiny_model
+    image, _ = make_nuclei(shape=(64, 64), seed=1)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+
+    def run(*args):
+        cmd = [sys.executable, "-m", "napari_unet.cli", "predict", str(folder), str(tmp_path)]
+        return subprocess.run([*cmd, *args], capture_output=True, text=True)
+
+    bad = run("--out", str(tmp_path / "o1"), "--zoom", "huge")
+    assert bad.returncode == 2 and "--zoom" in bad.stderr and "'huge'" in bad.stderr
+    zarr = run("--out", str(tmp_path / "o2"), "--zoom", "2", "--format", "zarr")
+    assert zarr.returncode == 2 and "--zoom 2" in zarr.stderr and "--format tif" in zarr.stderr
+    ok = run("--out", str(tmp_path / "o3"), "--zoom", "0.5", "--instances")
+    assert ok.returncode == 0, ok.stderr
+    assert tifffile.imread(tmp_path / "o3" / "a.tif").shape == (64, 64)
