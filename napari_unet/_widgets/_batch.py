@@ -1,4 +1,8 @@
-"""Batch dock widget: every image layer, or a folder of files, through the model to a folder."""
+"""Batch dock widget: every image layer, or a folder of files, through the model to a folder.
+
+The model is the viewer's current one (trained, or chosen in the Predict widget's
+session), a built-in model (``builtin:nuclei``) or a model folder ("Load folder…").
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from .. import events as ev
 from ._dock import DockWidget, hbox
+from ._models import CURRENT, ModelChoice
 from ._runner import Runner
 from ._session import DEFAULT_MODEL_ROOT
 
@@ -32,12 +37,14 @@ class BatchWidget(DockWidget):
         super().__init__(napari_viewer)
         self.written: list[Path] = []
         self._items_done = 0
+        self._loaded: tuple[str, Any] | None = None  # (reference, model) of the list's choice
         self._init_ui()
         self._connect()
         self._set_running(False)
 
     # ------------------------------------------------------------------ building
     def _init_ui(self) -> None:
+        self.models = ModelChoice(current="current model (trained)")
         self.source = QComboBox()
         self.source.addItems(["all image layers", "a folder of images"])
         self.folder = QLineEdit()
@@ -55,6 +62,7 @@ class BatchWidget(DockWidget):
         self.status.setWordWrap(True)
 
         form = QFormLayout()
+        form.addRow("model", self.models)
         form.addRow("inputs", self.source)
         form.addRow("folder", hbox(self.folder, self.browse_in))
         form.addRow("output", hbox(self.out, self.browse_out))
@@ -72,11 +80,38 @@ class BatchWidget(DockWidget):
         self.browse_out.clicked.connect(lambda: self._browse(self.out))
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
+        self.models.chosen.connect(self._chosen)
 
     def _browse(self, target: QLineEdit) -> None:
         folder = QFileDialog.getExistingDirectory(self, "folder", target.text())
         if folder:
             target.setText(folder)
+
+    # ------------------------------------------------------------------ model
+    def _chosen(self, ref: str) -> None:
+        """An entry of the model list: a built-in model or a folder is loaded now."""
+        if ref != CURRENT and self.model() is not None:
+            self.status.setText(f"model: {ref}")
+
+    def model(self) -> Any:
+        """The model of the list's choice (loaded once), or None after telling the user."""
+        from ..store import load_model
+
+        ref = self.models.ref()
+        if ref == CURRENT:
+            if self.session.model is None:
+                show_warning(
+                    "napari-unet: train a model first, or choose a built-in model or a folder"
+                )
+            return self.session.model
+        if self._loaded is None or self._loaded[0] != ref:
+            try:
+                self._loaded = (ref, load_model(ref))
+            except (ValueError, OSError) as exc:
+                self.status.setText(f"could not load the model: {exc}")
+                show_warning(f"napari-unet: {exc}")
+                return None
+        return self._loaded[1]
 
     # ------------------------------------------------------------------ run
     def start(self) -> None:
@@ -84,9 +119,8 @@ class BatchWidget(DockWidget):
 
         if self.busy:
             return
-        model = self.session.model
+        model = self.model()
         if model is None:
-            show_warning("napari-unet: train or load a model first (Train or Predict widget)")
             return
         kwargs = dict(
             instances=self.instances.isChecked(),

@@ -5,6 +5,10 @@ start as the model's own; after a prediction with instances its probabilities ar
 kept, and changing a value recomputes the instances layer from them (in a worker,
 without the network).  "Save to model" writes the values into the model folder.
 
+The model list offers the viewer's current model (trained or loaded), the built-in
+models (``builtin:nuclei``) and model folders ("Load folder…").  A built-in model is
+read-only: its instance settings apply to this widget's predictions, not saved.
+
 Also the first step of correcting: "editable copy" turns a prediction into a new
 Labels layer that the Train widget can use as training labels.
 """
@@ -24,17 +28,17 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QVBoxLayout,
 )
 
 from .. import events as ev
+from ..builtin import builtin_containing, is_builtin
 from ._dock import DockWidget, hbox
 from ._instances import InstanceSettings
+from ._models import CURRENT, ModelChoice
 from ._runner import Runner
 from ._slices import (
     INSTANCES,
@@ -145,6 +149,7 @@ class PredictWidget(DockWidget):
         super().__init__(napari_viewer)
         self.model: Any = None
         self.model_folder: Path | None = None
+        self.model_name = ""  # how the model was chosen: builtin:NAME, a folder, "" (trained)
         self.kept: KeptPrediction | None = None
         self._init_ui()
         self._connect()
@@ -155,12 +160,11 @@ class PredictWidget(DockWidget):
 
     # ------------------------------------------------------------------ building
     def _init_ui(self) -> None:
-        self.model_label = QLabel("no model yet: train one, or load a model folder")
+        self.model_label = QLabel(
+            "no model yet: train one, choose a built-in model or load a model folder"
+        )
         self.model_label.setWordWrap(True)
-        self.model_path = QLineEdit()
-        self.model_path.setPlaceholderText("model folder")
-        self.load_btn = QPushButton("Load")
-        self.browse = QPushButton("…")
+        self.models = ModelChoice(current="current model (trained or loaded)")
         self.image = QComboBox()
         self.want_labels = QCheckBox("class labels")
         self.want_labels.setChecked(True)
@@ -184,8 +188,8 @@ class PredictWidget(DockWidget):
         form.addRow("image", self.image)
         form.addRow("device", self.device)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.models)
         layout.addWidget(self.model_label)
-        layout.addLayout(hbox(self.model_path, self.browse, self.load_btn))
         layout.addLayout(form)
         layout.addLayout(hbox(self.want_labels, self.want_instances, self.want_probs))
         layout.addWidget(self.in_view)
@@ -196,8 +200,7 @@ class PredictWidget(DockWidget):
         layout.addStretch(1)
 
     def _connect(self) -> None:
-        self.load_btn.clicked.connect(lambda: self.load(self.model_path.text()))
-        self.browse.clicked.connect(self._browse)
+        self.models.chosen.connect(self._chosen)
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.correct_btn.clicked.connect(self.editable_copy)
@@ -210,14 +213,24 @@ class PredictWidget(DockWidget):
 
     # ------------------------------------------------------------------ model
     def _session_model(self, model: Any) -> None:
+        self.models.select(CURRENT)
         self.set_model(model, self.session.model_path)
 
-    def set_model(self, model: Any, path: Path | None) -> None:
-        """Predict with ``model`` (saved in the folder ``path``, None when it has none)."""
+    def _chosen(self, ref: str) -> None:
+        """An entry of the model list was picked (or a folder loaded)."""
+        if ref != CURRENT:
+            self.load(ref)
+        elif self.session.model is not None:
+            self.set_model(self.session.model, self.session.model_path)
+
+    def set_model(self, model: Any, path: Path | None, name: str = "") -> None:
+        """Predict with ``model`` (saved in the folder ``path``, None when it has none;
+        ``name``: how the user chose it, e.g. ``builtin:nuclei``)."""
         self.model = model
         self.model_folder = Path(path) if path is not None else None
+        self.model_name = name
         c = model.config
-        where = f" from {path}" if path else ""
+        where = f" {name}" if is_builtin(name) else f" from {path}" if path else ""
         self.model_label.setText(
             f"model{where}: {c.model.spatial_dims}D, {c.labels.kind} labels, classes "
             f"{', '.join(c.labels.class_names)}"
@@ -229,26 +242,34 @@ class PredictWidget(DockWidget):
         self.instances_box.setVisible(instances)
         if instances:
             self.instances_box.show_model(c, self.model_folder)
+            if self._read_only():
+                self.instances_box.save_btn.setEnabled(False)
+                self.instances_box.save_btn.setToolTip(
+                    f"{self._read_only()} is read-only: these values apply to this widget's "
+                    "predictions; train from it (start from) to keep your own"
+                )
         if self.kept is not None and self.kept.network is not model.network:
             self.kept = None  # probabilities of another network
 
-    def load(self, folder: str) -> bool:
+    def load(self, ref: str) -> bool:
+        """Load ``builtin:NAME`` or a model folder and predict with it."""
         from ..store import load_model
 
+        where = ref if is_builtin(ref) else Path(ref).expanduser()
         try:
-            model = load_model(Path(folder).expanduser())
+            model = load_model(where)
         except (ValueError, OSError) as exc:
             show_warning(f"napari-unet: {exc}")
             self.status.setText(f"could not load the model: {exc}")
             return False
-        self.set_model(model, Path(folder))
+        self.models.select(ref)
+        self.set_model(model, model.path, name=str(ref))
+        self.status.setText(f"loaded {ref}")
         return True
 
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "model folder")
-        if folder:
-            self.model_path.setText(folder)
-            self.load(folder)
+    def _read_only(self) -> str | None:
+        """``builtin:NAME`` when the model's folder is a built-in model's, else None."""
+        return builtin_containing(self.model_folder) if self.model_folder is not None else None
 
     def _refresh(self, *_: Any) -> None:
         refill_layer_choices(self.image, self.viewer, Image)
@@ -416,6 +437,15 @@ class PredictWidget(DockWidget):
             self.status.setText(text)
             show_warning(f"napari-unet: {text}")
             return False
+        if self._read_only():
+            text = (
+                f"{self._read_only()} is a built-in model, read-only: the values apply to this "
+                "widget's predictions only; to keep your own, train a model from it "
+                "(Train: start from) into another folder"
+            )
+            self.status.setText(text)
+            show_warning(f"napari-unet: {text}")
+            return False
         settings = self.instances_box.settings()
         try:
             save_postprocess(folder, settings)
@@ -483,7 +513,8 @@ class PredictWidget(DockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
-        self.instances_box.save_btn.setEnabled(not running and self.model_folder is not None)
+        can_save = self.model_folder is not None and not self._read_only()
+        self.instances_box.save_btn.setEnabled(not running and can_save)
 
     def _release(self) -> None:
         self.recompute_timer.stop()

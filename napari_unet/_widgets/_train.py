@@ -2,6 +2,8 @@
 
 Start / Pause / Resume / Stop; a live plot of loss and validation IoU; a live
 preview layer with the current model's prediction on the slice in view.
+"Start from" trains a new model from scratch, from a built-in model or from a model
+folder (``train_iter(init=...)``: the architecture is that model's).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import events as ev
+from ..builtin import BUILTIN_MODELS, PREFIX, refuse_write
 from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
 from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
@@ -49,6 +52,7 @@ from ._slices import (
 log = logging.getLogger(__name__)
 
 PREVIEW_LAYER = "U-Net preview"
+FOLDER = "folder…"  # the "a model folder…" entry of "start from"
 AUTOSAVE_SECONDS = 60
 """How often the labels of the training pairs are saved when they changed."""
 
@@ -84,6 +88,16 @@ class TrainWidget(DockWidget):
         self.dims = QComboBox()
         self.dims.addItem("2D (stacks slice by slice)", 2)
         self.dims.addItem("3D (volumes)", 3)
+        self.start_from = QComboBox()
+        self.start_from.addItem("scratch", None)
+        for name, description in BUILTIN_MODELS.items():
+            self.start_from.addItem(f"built-in {name}", PREFIX + name)
+            self.start_from.setItemData(self.start_from.count() - 1, description, Qt.ToolTipRole)
+        self.start_from.addItem("a model folder…", FOLDER)
+        self.start_from.setToolTip(
+            "a new model from these weights (the last layer is new when the classes differ); "
+            "its width and depth are used"
+        )
         self.width_box = _spin(0, 512, 0, "auto")
         self.patch_box = _spin(0, 4096, 0, "auto")
         self.batch_box = _spin(0, 1024, 0, "auto")
@@ -118,6 +132,7 @@ class TrainWidget(DockWidget):
         form.addRow("labels kind", self.kind)
         form.addRow("network", self.dims)
         form.addRow("recipe", self.recipe)
+        form.addRow("start from", self.start_from)
         form.addRow("width", self.width_box)
         form.addRow("patch", self.patch_box)
         form.addRow("batch size", self.batch_box)
@@ -142,6 +157,7 @@ class TrainWidget(DockWidget):
         self.add_pair_btn.clicked.connect(lambda: self.add_pair())
         self.remove_pair_btn.clicked.connect(self._remove_pair)
         self.browse.clicked.connect(self._browse)
+        self.start_from.currentIndexChanged.connect(self._start_from_changed)
         self.restore_btn.clicked.connect(self.restore_labels)
         self.start_btn.clicked.connect(self.start)
         self.pause_btn.clicked.connect(self.toggle_pause)
@@ -224,6 +240,37 @@ class TrainWidget(DockWidget):
         if folder:
             self.folder.setText(folder)
 
+    def init(self) -> str | None:
+        """The model training starts from: ``builtin:NAME``, a folder, or None (scratch)."""
+        data = self.start_from.currentData()
+        return data if isinstance(data, str) and data != FOLDER else None
+
+    def _start_from_changed(self, _: int = 0) -> None:
+        """ "a model folder…" asks for the folder; a start model sets the width (auto)."""
+        if self.start_from.currentData() == FOLDER:
+            folder = QFileDialog.getExistingDirectory(self, "model to start from")
+            if not folder:
+                self.start_from.setCurrentIndex(0)
+                return
+            self.set_start_from(folder)
+            return
+        from_model = self.init() is not None
+        if from_model:
+            self.width_box.setValue(0)  # the architecture is the start model's
+        self.width_box.setEnabled(not from_model)
+
+    def set_start_from(self, ref: str | None) -> None:
+        """Choose what training starts from: None (scratch), ``builtin:NAME`` or a folder."""
+        index = self.start_from.findData(ref)
+        if index < 0:
+            self.start_from.insertItem(
+                self.start_from.count() - 1, f"folder: {Path(ref).name}", ref
+            )
+            index = self.start_from.count() - 2
+            self.start_from.setItemData(index, ref, Qt.ToolTipRole)
+        self.start_from.setCurrentIndex(index)
+        self._start_from_changed()
+
     # ------------------------------------------------------------------ run
     def _gather(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         pairs = self.selected_pairs()
@@ -256,6 +303,21 @@ class TrainWidget(DockWidget):
             return
         folder = Path(self.folder.text()).expanduser()
         resume = self.resume.isChecked()
+        init = self.init()
+        try:
+            refuse_write(folder, "train into")
+        except ValueError as exc:
+            show_warning(f"napari-unet: {exc}")
+            self.status.setText(str(exc))
+            return
+        if init is not None and resume:
+            text = (
+                f"'start from {init}' makes a new model; 'continue training' continues the "
+                f"model in {folder}: untick one of them"
+            )
+            show_warning(f"napari-unet: {text}")
+            self.status.setText(text)
+            return
         if (folder / CONFIG_FILE).exists() and not resume:
             show_warning(
                 f"{folder} already holds a model: tick 'continue training' or choose another folder"
@@ -264,7 +326,12 @@ class TrainWidget(DockWidget):
         if not self.autosave_labels("train start", snapshot=True):
             return
         model = None
-        if not resume and self.session.model is not None and self.session.model_path == folder:
+        if (
+            not resume
+            and init is None
+            and self.session.model is not None
+            and self.session.model_path == folder
+        ):
             model = self.session.model
         steps = self.budget.value() if self.budget_kind.currentText() == "steps" else None
         seconds = self.budget.value() if steps is None else None
@@ -290,6 +357,7 @@ class TrainWidget(DockWidget):
             out=folder,
             resume=resume,
             model=model,
+            init=init,
             control=self.control,
             replace_worse=self.replace_worse.isChecked(),
             names=Names(
@@ -359,8 +427,12 @@ class TrainWidget(DockWidget):
             self._start_step = event.start_step
             self.device_label.setText(f"using {event.device}")
             s = event.settings
+            start = f"starting from {event.init}; " if event.init else ""
+            if event.init:
+                show_info(f"napari-unet: starting from {event.init}")
             self.status.setText(
-                f"training: width {s['width']}, patch {s['patch']}, batch {s['batch_size']}; "
+                f"{start}training: width {s['width']}, patch {s['patch']}, "
+                f"batch {s['batch_size']}; "
                 f"{event.n_train} training / {event.n_val} validation images"
                 + (f"; validation on {event.validation}" if event.validation else "")
             )
@@ -426,6 +498,7 @@ class TrainWidget(DockWidget):
             self._set_state("idle", f"{done}; {self._calibrated}" if self._calibrated else done)
             show_info(f"napari-unet: model saved to {folder}")
         self.resume.setChecked(True)
+        self.set_start_from(None)  # the next Train continues this model
 
     # ------------------------------------------------------------------ annotations
 
@@ -505,6 +578,7 @@ class TrainWidget(DockWidget):
         for w in (
             self.kind,
             self.recipe,
+            self.start_from,
             self.width_box,
             self.patch_box,
             self.batch_box,
@@ -515,6 +589,8 @@ class TrainWidget(DockWidget):
             self.resume,
         ):
             w.setEnabled(not running)
+        if self.init() is not None:
+            self.width_box.setEnabled(False)  # the start model's width
         if message is not None:
             self.status.setText(message)
 
