@@ -182,11 +182,12 @@ class InitModel:
 
     def start(self, network: torch.nn.Module, spec: ModelSpec) -> ModelSpec:
         """Copy the weights into ``network`` (the new model of ``spec``); returns ``spec``
-        with the parent's instance post-processing when both give instances (a start
-        for the calibration at the end of training)."""
+        with the parent's instance thresholds when both give instances (a start for the
+        calibration at the end of training; the object size is left to the new data's)."""
         self.transfer = transfer_weights(network, self.model, spec.labels, self.ref)
         if spec.labels.instances and self.model.config.labels.instances:
-            spec = dataclasses.replace(spec, postprocess=self.model.config.postprocess)
+            thresholds = dataclasses.replace(self.model.config.postprocess, object_size=None)
+            spec = dataclasses.replace(spec, postprocess=thresholds)
         return spec
 
     def provenance(self) -> dict[str, Any]:
