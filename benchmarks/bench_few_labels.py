@@ -4,13 +4,15 @@ From the dense labels of ../shared/data/dsb2018-nuclei it picks M training image
 (``--images``, default 3) from a pool that excludes the test images, keeps K objects
 per image (``--objects``, default 2, chosen at random) and paints S background strokes
 (``--strokes``, default 3; 5 px wide, a quarter of the image long, only on background at
-least 3 px from every object; see ``_splits.few_labels``).  Then it trains three ways
+least 3 px from every object; see ``_splits.few_labels``).  Then it trains each of ``--ways``
 on the same images with the same budget and seed:
 
 - ``sparse-instances``: those labels (0 unlabeled, 1 background strokes, 2.. objects);
 - ``instances-partial``: ``--labels-kind instances`` with only the K objects, everything
   else 0, so every unlabeled nucleus is taught as background (the only way before);
 - ``instances-dense``: the same M images fully labeled (the upper bound),
+- ``sparse-instances-init`` (with ``--ways``): the sparse-instances labels, training
+  started from ``--init`` (default ``builtin:nuclei``),
 
 predicts the test images with ``predict --instances`` (the post-processing each model
 chose for itself) and scores the mean AP@0.5 (``napari-unet evaluate``), the pooled
@@ -56,7 +58,9 @@ WAYS = {
     "sparse-instances": ("sparse-instances", "K objects + background strokes, rest unlabeled"),
     "instances-partial": ("instances", "K objects, rest background"),
     "instances-dense": ("instances", "every object of the M images"),
+    "sparse-instances-init": ("sparse-instances", "as sparse-instances, starting from --init"),
 }
+DEFAULT_WAYS = ("sparse-instances", "instances-partial", "instances-dense")
 
 
 def pick_images(src: Path, pool: list[str], m: int, k: int, rng: np.random.Generator) -> list:
@@ -84,7 +88,7 @@ def write_training_sets(
     for way in ("sparse-instances", "instances-partial"):
         link(src, stems, work / way, labels=False)
         (work / way / "labels").mkdir()
-    labeled = {way: {"objects": 0, "pixels": 0, "total": 0} for way in WAYS}
+    labeled = {way: {"objects": 0, "pixels": 0, "total": 0} for way in DEFAULT_WAYS}
     for stem, dense in chosen:
         sparse = few_labels(dense, args.objects, args.strokes, rng)
         partial = np.where(sparse >= 2, sparse - 1, 0).astype(np.uint16)
@@ -110,17 +114,21 @@ def run_once(src: Path, pool: list[str], test: Path, run: int, work: Path, args)
     chosen = pick_images(src, pool, args.images, args.objects, rng)
     labeled = write_training_sets(src, chosen, work, args, rng)
     rows = []
-    for way, (kind, _) in WAYS.items():
+    for way in args.ways:
+        kind, _ = WAYS[way]
+        data = way.removesuffix("-init")
         model = work / f"model-{way}"
-        row = {"run": run, "way": way, "images": [stem for stem, _ in chosen], **labeled[way]}
+        row = {"run": run, "way": way, "images": [stem for stem, _ in chosen], **labeled[data]}
+        init = ["--init", args.init] if way.endswith("-init") else []
         row |= train(
-            work / way,
+            work / data,
             model,
             kind,
             args.time_budget,
             args.device,
             seed=run,
-            extra=shlex.split(args.extra),
+            extra=[*shlex.split(args.extra), *init],
+            steps=args.steps,
         )
         row |= predict_and_score(model, test, work / f"pred-{way}", args.device)
         print_row(row)
@@ -145,6 +153,11 @@ def main() -> None:
     p.add_argument("--strokes", type=int, default=3, help="S: background strokes per image")
     p.add_argument("--test-split", choices=SPLITS, default="random")
     p.add_argument("--time-budget", type=float, default=120)
+    p.add_argument(
+        "--steps", type=int, help="train this many steps instead (comparisons on a busy machine)"
+    )
+    p.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(DEFAULT_WAYS))
+    p.add_argument("--init", default="builtin:nuclei", help="the model the *-init ways start from")
     p.add_argument("--runs", type=int, default=1, help="draws (seed = run index)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--extra", default="", help='more train flags, e.g. --extra="--width 16"')
@@ -158,6 +171,7 @@ def main() -> None:
         if args.tiny:
             args.data = str(write_tiny(work / "data"))
             args.images, args.time_budget, args.runs = 2, 1, 1
+        budget = f"{args.steps} steps" if args.steps else f"{args.time_budget:g} s"
         src = Path(args.data)
         if not (src / "images").is_dir():
             sys.exit(f"needs images/ and labels/ under {src}")
@@ -168,7 +182,7 @@ def main() -> None:
         print(
             f"# {args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s) "
             f"from {len(pool)}; test: split {args.test_split}, {len(test)} images; "
-            f"budget {args.time_budget:g} s per model, train flags: {args.extra or '-'}"
+            f"{budget} per model, train flags: {args.extra or '-'}; init {args.init}"
         )
         print(
             "| run | way | objects | labeled % | steps | post-processing (seed / fg / min) "
@@ -182,7 +196,8 @@ def main() -> None:
     print("| way | labels | runs | AP@0.5 | pooled AP@0.5 |")
     print("|---" * 5 + "|")
     means = {}
-    for way, (_, what) in WAYS.items():
+    for way in args.ways:
+        what = WAYS[way][1]
         mine = [r for r in rows if r["way"] == way]
         means[way] = mean_std([r["ap50"] for r in mine])
         pooled = mean_std([r["pooled_ap50"] for r in mine])
@@ -192,7 +207,7 @@ def main() -> None:
     print(
         f"summary: mean AP@0.5 on {len(test)} test images (split {args.test_split}), "
         f"{args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s), "
-        f"{args.time_budget:g} s, {args.device}, {args.runs} run(s): "
+        f"{budget}, {args.device}, {args.runs} run(s): "
         + "; ".join(f"{way} {m.split()[0]}" for way, m in means.items())
     )
 

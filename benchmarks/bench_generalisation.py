@@ -121,12 +121,12 @@ def main() -> None:
     p.add_argument("--keep", help="work in this folder and keep it")
     p.add_argument("--tiny", action="store_true", help="12 synthetic images, 1 s: a quick check")
     args = p.parse_args()
-    budget = f"{args.steps} steps" if args.steps else f"{args.time_budget:g} s"
     with tempfile.TemporaryDirectory(prefix="nu-gen-") as tmp:
         work = Path(args.keep or tmp)
         if args.tiny:
             args.data = str(write_tiny(work / "data"))
             args.splits, args.time_budget, args.runs = ["random", "large"], 1, 1
+        budget = f"{args.steps} steps" if args.steps else f"{args.time_budget:g} s"
         src = Path(args.data)
         if not (src / "images").is_dir():
             sys.exit(f"needs images/ and labels/ under {src}")
