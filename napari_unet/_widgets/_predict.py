@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -446,7 +446,9 @@ class PredictWidget(DockWidget):
             self.status.setText(text)
             show_warning(f"napari-unet: {text}")
             return False
-        settings = self.instances_box.settings()
+        # the panel shows thresholds and minimum size; the calibrated object size stays
+        object_size = self.model.config.postprocess.object_size
+        settings = replace(self.instances_box.settings(), object_size=object_size)
         try:
             save_postprocess(folder, settings)
         except (ValueError, OSError) as exc:

@@ -140,10 +140,12 @@ def test_save_to_model_writes_the_folder_and_the_session_model(
     box.seed.setValue(0.6)
     box.fg.setValue(0.45)
     box.min_size.setValue(33)
-    wanted = PostprocessConfig(0.6, 0.45, 33)
+    size = model.config.postprocess.object_size  # calibrated: kept by Save to model
+    assert size is not None
+    wanted = PostprocessConfig(0.6, 0.45, 33, object_size=size)
     click(qtbot, box.save_btn)
     saved = json.loads((folder / "config.json").read_text())["postprocess"]
-    assert saved == {"seed_threshold": 0.6, "fg_threshold": 0.45, "min_size": 33}
+    assert saved == dict(seed_threshold=0.6, fg_threshold=0.45, min_size=33, object_size=size)
     assert load_model(folder).config.postprocess == wanted
     session = _session.session_for(viewer)
     assert session.model.config.postprocess == wanted  # Batch and later predictions use them
