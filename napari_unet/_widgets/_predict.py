@@ -66,6 +66,7 @@ class Predicted:
 
     outputs: dict[str, np.ndarray]
     probs: np.ndarray | None = None
+    zoom: float = 1.0  # the image was predicted zoomed by this (napari_unet.zoom)
 
 
 def predict_layers_iter(
@@ -81,21 +82,28 @@ def predict_layers_iter(
     """Compute generator for the widget: yields tiles, returns the outputs asked for.
 
     The outputs are those of :func:`napari_unet.postprocess.outputs_from_probs`;
-    ``postprocess`` replaces the model's instance settings for this prediction.
+    ``postprocess`` replaces the model's instance settings for this prediction.  The
+    image is zoomed when its objects are much larger or smaller than the model's
+    (:func:`napari_unet.inference.predict_zoomed_iter`).
     """
-    from ..inference import predict_proba_iter
+    from ..inference import at_zoom, predict_zoomed_iter
     from ..postprocess import outputs_from_probs
 
-    probs = yield from predict_proba_iter(model, data, device=device)
+    if postprocess is not None:
+        model = model.with_postprocess(
+            seed_threshold=postprocess.seed_threshold,
+            fg_threshold=postprocess.fg_threshold,
+            min_size=postprocess.min_size,
+        )
+    probs, zoom = yield from predict_zoomed_iter(model, data, device=device)
     outputs = outputs_from_probs(
         probs,
-        model.config,
+        at_zoom(model.config, zoom),
         labels=labels,
         instances=instances,
         probabilities=probabilities,
-        postprocess=postprocess,
     )
-    return Predicted(outputs, probs if instances else None)
+    return Predicted(outputs, probs if instances else None, zoom)
 
 
 def instances_iter(probs: np.ndarray, settings: Any, spec: Any) -> Generator[Any, None, Any]:
@@ -117,6 +125,7 @@ class KeptPrediction:
     index: tuple[int, ...]  # the plane predicted ("only the slice in view"), else ()
     placement: dict[str, Any]  # scale and translate of the layer
     settings: Any  # the PostprocessConfig the layer shows now
+    zoom: float = 1.0  # the probabilities were predicted at this zoom
 
 
 def makes_instances(spec: Any) -> bool:
@@ -334,6 +343,11 @@ class PredictWidget(DockWidget):
     ) -> None:
         """Add the layers of a finished prediction; keep its probabilities for instances."""
         added = self._add_layers(source, index, result.outputs)
+        if result.zoom != 1.0:
+            self.status.setText(
+                f"{self.status.text()} (objects {1 / result.zoom:.2g}x the model's size: "
+                f"predicted at zoom {result.zoom:.2g})"
+            )
         self.kept = None
         if result.probs is None or model.network is not self.model.network:
             return  # no instances, or the widget has another model since this run started
@@ -352,6 +366,7 @@ class PredictWidget(DockWidget):
             index=index,
             placement=placement(source, index),
             settings=settings,
+            zoom=result.zoom,
         )
 
     def _add_layers(
@@ -403,7 +418,9 @@ class PredictWidget(DockWidget):
             self.status.setText("the instances layer was removed: Predict again to see instances")
             return
         self.runner = Runner(
-            lambda: instances_iter(kept.probs, settings, kept.spec),
+            lambda: instances_iter(
+                kept.probs, settings.at_zoom(kept.zoom, kept.spec.model.spatial_dims), kept.spec
+            ),
             on_event=lambda _: None,
             on_done=lambda ids: self._show_instances(kept, settings, ids),
             on_finished=self._finished,

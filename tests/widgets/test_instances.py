@@ -302,3 +302,38 @@ def test_painted_background_value_is_the_engines():
     from napari_unet.targets import PAINTED_BACKGROUND
 
     assert BACKGROUND == PAINTED_BACKGROUND
+
+
+def test_predict_zooms_objects_unlike_the_models_and_recomputes_at_that_zoom(
+    make_napari_viewer, qtbot, nuclei, instance_model
+):
+    """A model that learned objects twice as wide as the image's predicts it zoomed 2x
+    (napari_unet.zoom), says so, and recomputes instances from those probabilities with
+    the minimum size in the zoomed image's pixels."""
+    from dataclasses import replace
+
+    from napari_unet.events import drain
+    from napari_unet.inference import predict_zoomed_iter
+
+    model, folder = instance_model
+    pp = model.config.postprocess
+    bigger = replace(model, config=replace(model.config, postprocess=replace(pp, object_size=1e9)))
+    image = nuclei[0][0]
+    _, used = drain(predict_zoomed_iter(bigger, image, device="cpu"))
+    assert used > 1.25  # the tiny model finds enough of the 8 nuclei to choose a zoom
+    viewer, predict = predict_widget(make_napari_viewer, image, bigger, folder)
+    predict.want_instances.setChecked(True)
+    click(qtbot, predict.run_btn)
+    wait_idle(qtbot, predict)
+    assert f"predicted at zoom {used:.2g}" in predict.status.text()
+    np.testing.assert_array_equal(
+        viewer.layers["img instances"].data, nu.predict(bigger, image, instances=True)
+    )
+    assert predict.kept.zoom == used
+    new_min = pp.min_size_for(2) + 30
+    predict.instances_box.min_size.setValue(new_min)
+    changed = PostprocessConfig(pp.seed_threshold, pp.fg_threshold, new_min)
+    wait_recomputed(qtbot, predict, changed)
+    resized = bigger.with_postprocess(min_size=new_min)
+    expected = nu.predict(resized, image, instances=True, zoom=used)
+    np.testing.assert_array_equal(viewer.layers["img instances"].data, expected)
