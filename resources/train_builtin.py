@@ -54,6 +54,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     budget.add_argument("--steps", type=int, metavar="N")
     p.add_argument("--width", type=int, default=16, help="network width (default 16)")
     p.add_argument("--labels-kind", default="instances")
+    p.add_argument(
+        "--exclude-shape",
+        action="append",
+        default=[],
+        metavar="HxW",
+        help="leave out the images of this height x width (a held-out group to report on); "
+        "repeatable",
+    )
     p.add_argument("--work", help="folder for the training run (default: a temporary one)")
     p.add_argument(
         "--max-mb", type=float, default=10.0, help="largest model folder allowed (default 10)"
@@ -64,8 +72,30 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
-def train_command(args: argparse.Namespace, extra: list[str], model_dir: Path) -> list[str]:
+def training_data(args: argparse.Namespace, work: Path) -> Path:
+    """``--data``, or a folder of links to its images and labels without ``--exclude-shape``."""
     data = Path(args.data)
+    if not args.exclude_shape:
+        return data
+    from PIL import Image
+
+    excluded = {tuple(int(n) for n in shape.lower().split("x")) for shape in args.exclude_shape}
+    kept = work / "data"
+    for sub in ("images", "labels"):
+        (kept / sub).mkdir(parents=True, exist_ok=True)
+    for image in sorted((data / "images").iterdir()):
+        with Image.open(image) as im:
+            if (im.height, im.width) in excluded:
+                continue
+        labels = next((data / "labels").glob(f"{image.stem}.*"))
+        os.symlink(image.resolve(), kept / "images" / image.name)
+        os.symlink(labels.resolve(), kept / "labels" / labels.name)
+    return kept
+
+
+def train_command(
+    args: argparse.Namespace, extra: list[str], model_dir: Path, data: Path
+) -> list[str]:
     cmd = [
         "napari-unet", "train",
         "--images", str(data / "images"),
@@ -113,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir.exists():
         print(f"{model_dir} exists already; give another --work folder", file=sys.stderr)
         return 2
-    cmd = train_command(args, extra, model_dir)
+    data = training_data(args, work)
+    cmd = train_command(args, extra, model_dir, data)
     print("running:", shlex.join(cmd), flush=True)
     code = cli_main(cmd[1:])
     if code != 0:
@@ -125,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "resources/train_builtin.py", *argv]),
         "train_command": shlex.join(cmd),
         "data": str(Path(args.data)),
+        "excluded_shapes": args.exclude_shape,
+        "images": len(list((data / "images").iterdir())),
         "weights_dtype": "float16",
         "napari_unet_version": __version__,
         "commit": git_commit(),
