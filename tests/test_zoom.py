@@ -15,7 +15,7 @@ from napari_unet.events import drain
 from napari_unet.inference import predict_proba, predict_zoomed_iter
 from napari_unet.metrics import match_instances
 from napari_unet.training import train
-from napari_unet.zoom import MIN_OBJECTS, ZOOM_RANGE, choose_zoom, zoomed
+from napari_unet.zoom import MIN_OBJECTS, ZOOM_POWER, ZOOM_RANGE, choose_zoom, zoomed
 
 from .conftest import make_nuclei
 
@@ -42,14 +42,15 @@ def squares(n, edge, shape=(200, 200)):
 
 def test_zoom_brings_objects_to_the_model_size():
     probs = squares(10, 10)  # 100 px objects
-    assert choose_zoom(probs, spec(400.0)) == pytest.approx(2.0)  # twice as wide
-    assert choose_zoom(probs, spec(25.0)) == pytest.approx(0.5)
+    # the model's objects twice as wide: zoomed part of the way there
+    assert choose_zoom(probs, spec(400.0)) == pytest.approx(2.0**ZOOM_POWER)
+    assert choose_zoom(probs, spec(25.0)) == pytest.approx(0.5**ZOOM_POWER)
     assert choose_zoom(probs, spec(110.0)) == 1.0  # within the tolerance
     assert choose_zoom(probs, spec(None)) == 1.0  # older models: never
     assert choose_zoom(probs, spec(400.0, spatial_dims=3)) == 1.0
     assert choose_zoom(squares(MIN_OBJECTS - 1, 10), spec(400.0)) == 1.0  # too few to tell
     assert choose_zoom(probs, spec(1e6)) == ZOOM_RANGE[1]
-    assert choose_zoom(probs, spec(1.0)) == ZOOM_RANGE[0]
+    assert choose_zoom(probs, spec(1e-3)) == ZOOM_RANGE[0]
 
 
 def test_zoomed_prediction_returns_the_source_shape():
