@@ -26,6 +26,7 @@ def test_every_benchmark_is_covered():
         "bench_predict.py",
         "bench_time_to_accuracy.py",
         "bench_train.py",
+        "bench_zoom.py",
     ]
 
 
