@@ -20,3 +20,18 @@ def small(widget, steps: int) -> None:
     widget.batch_box.setValue(2)
     widget.budget_kind.setCurrentText("steps")
     widget.budget.setValue(steps)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every napari notification the widgets raise, as (kind, text)."""
+    from napari_unet._widgets import _annotate, _batch, _predict, _runner, _train
+
+    seen: list[tuple[str, str]] = []
+    for module in (_annotate, _batch, _predict, _runner, _train):
+        for kind in ("show_warning", "show_error", "show_info"):
+            if hasattr(module, kind):
+                monkeypatch.setattr(
+                    module, kind, lambda text, kind=kind: seen.append((kind, str(text)))
+                )
+    return seen

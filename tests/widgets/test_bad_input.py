@@ -13,21 +13,6 @@ from .conftest import small
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Every napari notification the widgets raise, as (kind, text)."""
-    from napari_unet._widgets import _batch, _predict, _runner, _train
-
-    seen: list[tuple[str, str]] = []
-    for module in (_batch, _predict, _runner, _train):
-        for kind in ("show_warning", "show_error", "show_info"):
-            if hasattr(module, kind):
-                monkeypatch.setattr(
-                    module, kind, lambda text, kind=kind: seen.append((kind, str(text)))
-                )
-    return seen
-
-
 def wait_done(qtbot, widget):
     assert widget.runner is not None  # the click started a run
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)

@@ -28,21 +28,6 @@ NUCLEI = builtin_path("nuclei")
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """The notifications of the widgets, as (kind, text)."""
-    from napari_unet._widgets import _batch, _predict, _runner, _train
-
-    seen: list[tuple[str, str]] = []
-    for module in (_batch, _predict, _runner, _train):
-        for kind in ("show_warning", "show_error", "show_info"):
-            if hasattr(module, kind):
-                monkeypatch.setattr(
-                    module, kind, lambda text, kind=kind: seen.append((kind, str(text)))
-                )
-    return seen
-
-
-@pytest.fixture
 def untouched():
     """The built-in model's files are the same after the test."""
 

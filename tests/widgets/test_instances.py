@@ -25,21 +25,6 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """The notifications of the Predict, Train and Annotate widgets, as (kind, text)."""
-    from napari_unet._widgets import _annotate, _predict, _runner, _train
-
-    seen: list[tuple[str, str]] = []
-    for module in (_annotate, _predict, _runner, _train):
-        for kind in ("show_warning", "show_error", "show_info"):
-            if hasattr(module, kind):
-                monkeypatch.setattr(
-                    module, kind, lambda text, kind=kind: seen.append((kind, str(text)))
-                )
-    return seen
-
-
-@pytest.fixture
 def instance_model(tiny_model, tmp_path):
     """The tiny instances model, copied into a folder of its own (the tests write into it)."""
     folder = tmp_path / "tiny"
