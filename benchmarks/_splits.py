@@ -216,19 +216,40 @@ def few_labels(
         allowed = ndimage.distance_transform_edt(labels == 0) >= margin
     else:
         allowed = np.ones(labels.shape, bool)
+    out[paint_strokes(allowed, strokes, rng, width, length)] = 1
+    return out
+
+
+def paint_strokes(
+    allowed: np.ndarray,
+    strokes: int,
+    rng: np.random.Generator,
+    width: float = 5,
+    length: int | None = None,
+) -> np.ndarray:
+    """Where ``strokes`` straight brush strokes land inside ``allowed`` (a boolean mask).
+
+    Each stroke is ``width`` pixels wide and ``length`` long (default: a quarter of the
+    longer side), centred on a random pixel of ``allowed`` at a random angle; only its
+    piece through the centre that stays inside ``allowed`` is kept (what a careful user
+    paints along a thin structure or inside a region).
+    """
+    from scipy import ndimage
+
+    painted = np.zeros(allowed.shape, bool)
     centres = np.flatnonzero(allowed)
-    length = length or max(labels.shape) // 4
-    yy, xx = np.indices(labels.shape)
+    length = length or max(allowed.shape) // 4
+    yy, xx = np.indices(allowed.shape)
     for _ in range(strokes if centres.size else 0):
-        cy, cx = np.unravel_index(rng.choice(centres), labels.shape)
+        cy, cx = np.unravel_index(rng.choice(centres), allowed.shape)
         angle = rng.uniform(0, np.pi)
         dy, dx = length * np.sin(angle), length * np.cos(angle)
         ay, ax = cy - dy / 2, cx - dx / 2
         t = np.clip(((yy - ay) * dy + (xx - ax) * dx) / length**2, 0, 1)
         near = (yy - ay - t * dy) ** 2 + (xx - ax - t * dx) ** 2 <= (width / 2) ** 2
         pieces, _ = ndimage.label(near & allowed)
-        out[pieces == pieces[cy, cx]] = 1
-    return out
+        painted |= pieces == pieces[cy, cx]
+    return painted
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -33,3 +33,32 @@ def write_dataset(folder: Path, count: int = 12) -> Path:
         iio.imwrite(folder / "images" / f"synthetic{i:03d}.png", image)
         iio.imwrite(folder / "labels" / f"synthetic{i:03d}.png", labels)
     return folder
+
+
+def membranes(shape=(96, 96), cells=12, seed=0):
+    """An EM-like slice (dark membranes between bright cells) and its 0 / 255 labels."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int32)
+    points = rng.integers(0, shape, size=(cells, 2))
+    seeds[points[:, 0], points[:, 1]] = np.arange(1, cells + 1)
+    _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    regions = seeds[iy, ix]
+    edge = ndimage.morphological_gradient(regions, size=3) > 0
+    labels = np.where(edge, 0, 255).astype(np.uint8)
+    image = np.where(edge, 40.0, 180.0) + rng.normal(0, 10, shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+def write_em(folder: Path, count: int = 30) -> Path:
+    """``folder/images/NN.png`` and ``folder/labels/NN.png`` like isbi2012-em."""
+    import imageio.v3 as iio
+
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, labels = membranes(seed=i)
+        iio.imwrite(folder / "images" / f"{i:02d}.png", image)
+        iio.imwrite(folder / "labels" / f"{i:02d}.png", labels)
+    return folder

@@ -20,6 +20,7 @@ def test_every_benchmark_is_covered():
     assert SCRIPTS == [
         "bench_accuracy.py",
         "bench_few_labels.py",
+        "bench_few_strokes_em.py",
         "bench_generalisation.py",
         "bench_gui.py",
         "bench_large_zarr.py",
@@ -80,6 +81,26 @@ def test_few_labels_keeps_k_objects_and_paints_background_only():
     assert np.array_equal(out, again)  # seeded
     everything = splits_module().few_labels(labels, 10, 0, np.random.default_rng(1))
     assert sorted(np.unique(everything)) == [0, *range(2, 8)]  # K > objects: all, no strokes
+
+
+def test_em_strokes_land_on_their_class_only():
+    """bench_few_strokes_em's labels: membrane strokes on membrane, cell strokes inside cells."""
+    import argparse
+
+    from scipy import ndimage
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import _synthetic
+    import bench_few_strokes_em as em
+
+    _, truth = _synthetic.membranes((96, 96), cells=10, seed=3)
+    args = argparse.Namespace(membrane_strokes=6, cell_strokes=4)
+    out = em.strokes_on(truth, args, np.random.default_rng(0))
+    assert sorted(np.unique(out)) == [0, 1, 2]
+    assert (truth[out == 1] == 0).all()  # membrane strokes stay on membrane
+    assert ndimage.distance_transform_edt(truth > 127)[out == 2].min() >= 2  # inside cells
+    assert np.count_nonzero(out) < 0.3 * out.size  # a few strokes, not the image
+    assert 1 <= ndimage.label(out == 2)[1] <= 4
 
 
 def test_splits_of_the_tiny_data(tmp_path):
