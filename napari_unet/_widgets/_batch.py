@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
@@ -26,7 +25,7 @@ from qtpy.QtWidgets import (
 from .. import events as ev
 from ._dock import DockWidget, hbox
 from ._models import CURRENT, ModelChoice
-from ._runner import Runner
+from ._runner import ChildRunner, Runner
 from ._session import DEFAULT_MODEL_ROOT
 
 
@@ -115,7 +114,7 @@ class BatchWidget(DockWidget):
 
     # ------------------------------------------------------------------ run
     def start(self) -> None:
-        from ..batch import predict_files_iter, predict_items_iter
+        from ..jobs import JOBS
 
         if self.busy:
             return
@@ -130,36 +129,37 @@ class BatchWidget(DockWidget):
         )
         out = Path(self.out.text()).expanduser()
         if self.source.currentIndex() == 0:
-            items = [
-                (ly.name, lambda d=ly.data: np.asarray(d), layer_pixel_sizes(ly, model.config))
-                for ly in self.viewer.layers
-                if isinstance(ly, Image)
-            ]
-            if not items:
+            layers = [ly for ly in self.viewer.layers if isinstance(ly, Image)]
+            if not layers:
                 show_warning("napari-unet: there is no image layer to predict")
                 return
-
-            def factory():
-                return predict_items_iter(model, items, out, **kwargs)
+            job = "batch_items"
+            params = dict(
+                items=[(ly.name, ly.data, layer_pixel_sizes(ly, model.config)) for ly in layers],
+                model=model,
+                out=out,
+                **kwargs,
+            )
         else:
             folder = self.folder.text().strip()
             if not folder:
                 show_warning("napari-unet: choose the input folder")
                 return
-
-            def factory():
-                return predict_files_iter(model, folder, out, **kwargs)
-
-        self.written = []
-        self._items_done = 0
-        self.runner = Runner(
-            factory,
+            job = "batch_files"
+            params = dict(inputs=folder, model=model, out=out, **kwargs)
+        callbacks = dict(
             on_event=self._on_event,
             on_done=self._done,
             on_finished=lambda: self._set_running(False),
             what="napari-unet batch",
             progress=_items_done,
         )
+        self.written = []
+        self._items_done = 0
+        if model.path is not None:  # in a child process, which loads the model from its folder
+            self.runner = ChildRunner(job, params, **callbacks)
+        else:  # a model that has no folder (given from Python) runs here
+            self.runner = Runner(lambda: JOBS[job][0](params, None), **callbacks)
         self.runner.start()
         self._set_running(True)
         self.status.setText("running…")
@@ -181,7 +181,7 @@ class BatchWidget(DockWidget):
             )
 
     def _done(self, written: list[Path]) -> None:
-        self.written = list(written)
+        self.written = [Path(p) for p in written]
         self.status.setText(f"wrote {len(written)} file(s) to {self.out.text()}")
         show_info(f"napari-unet: batch wrote {len(written)} file(s)")
 

@@ -16,7 +16,6 @@ Labels layer that the Train widget can use as training labels.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,11 @@ from qtpy.QtWidgets import (
 
 from .. import events as ev
 from ..builtin import builtin_containing, is_builtin
+from ..jobs import Predicted, instances_iter, predict_layers_iter
 from ._dock import DockWidget, hbox
 from ._instances import InstanceSettings
 from ._models import CURRENT, ModelChoice
-from ._runner import Runner
+from ._runner import ChildRunner, Runner
 from ._slices import (
     INSTANCES,
     SEMANTIC,
@@ -57,61 +57,6 @@ CACHE_LIMIT_BYTES = 2 * 1024**3
 at the next Predict instead of recomputing the layer."""
 RECOMPUTE_DELAY_MS = 300
 """Instances are recomputed this long after the last change of a setting."""
-
-
-@dataclass(frozen=True)
-class Predicted:
-    """What one prediction gives the widget: the outputs asked for (keys "labels",
-    "instances", "probabilities") and, with instances, the probabilities they came from."""
-
-    outputs: dict[str, np.ndarray]
-    probs: np.ndarray | None = None
-    zoom: float = 1.0  # the image was predicted zoomed by this (napari_unet.zoom)
-
-
-def predict_layers_iter(
-    model: Any,
-    data: Any,
-    *,
-    labels: bool,
-    instances: bool,
-    probabilities: bool,
-    device: str,
-    postprocess: Any = None,
-) -> Generator[Any, None, Predicted]:
-    """Compute generator for the widget: yields tiles, returns the outputs asked for.
-
-    The outputs are those of :func:`napari_unet.postprocess.outputs_from_probs`;
-    ``postprocess`` replaces the model's instance settings for this prediction.  The
-    image is zoomed when its objects are much larger or smaller than the model's
-    (:func:`napari_unet.inference.predict_zoomed_iter`).
-    """
-    from ..inference import at_zoom, predict_zoomed_iter
-    from ..postprocess import outputs_from_probs
-
-    if postprocess is not None:
-        model = model.with_postprocess(
-            seed_threshold=postprocess.seed_threshold,
-            fg_threshold=postprocess.fg_threshold,
-            min_size=postprocess.min_size,
-        )
-    probs, zoom = yield from predict_zoomed_iter(model, data, device=device)
-    outputs = outputs_from_probs(
-        probs,
-        at_zoom(model.config, zoom),
-        labels=labels,
-        instances=instances,
-        probabilities=probabilities,
-    )
-    return Predicted(outputs, probs if instances else None, zoom)
-
-
-def instances_iter(probs: np.ndarray, settings: Any, spec: Any) -> Generator[Any, None, Any]:
-    """Compute generator: instance ids from kept probabilities (the network does not run)."""
-    from ..postprocess import instances_with
-
-    yield from ()
-    return instances_with(probs, settings, spec)
 
 
 @dataclass
@@ -311,14 +256,23 @@ class PredictWidget(DockWidget):
             data = np.asarray(data[index]) if index else data
         model, device = self.model, self.device.currentText()
         settings = self.instances_box.settings() if want["instances"] else None
-        self.runner = Runner(
-            lambda: predict_layers_iter(model, data, **want, device=device, postprocess=settings),
+        callbacks = dict(
             on_event=self._on_event,
             on_done=lambda result: self._predicted(model, layer, index, result, settings),
             on_finished=self._finished,
             what=f"napari-unet prediction of {name!r}",
             progress=_tiles_done,
         )
+        if model.path is not None:  # in a child process, which loads the model from its folder
+            params = dict(model=model, data=data, **want, device=device, postprocess=settings)
+            self.runner = ChildRunner("predict_layers", params, **callbacks)
+        else:  # a model that has no folder (given from Python) runs here
+            self.runner = Runner(
+                lambda: predict_layers_iter(
+                    model, data, **want, device=device, postprocess=settings
+                ),
+                **callbacks,
+            )
         self.runner.start()
         self._set_running(True)
         self.status.setText(f"predicting {name}…")

@@ -15,13 +15,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import GeneratorWorker
 from napari.utils import progress as ProgressBar
 from napari.utils.notifications import show_error
 
 from ..events import TileDone, TrainStep
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..child import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class Runner:
         progress: ProgressOf | None = None,
         total: int = 0,
     ) -> None:
-        self.worker = _Worker(_limited, gen_factory)
+        self.worker = self._make_worker(gen_factory)
         self.error: BaseException | None = None
         self._on_event = on_event
         self._on_done = on_done
@@ -116,6 +119,9 @@ class Runner:
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
+
+    def _make_worker(self, gen_factory: Callable[[], Generator]) -> _Worker:
+        return _Worker(_limited, gen_factory)
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
@@ -221,3 +227,69 @@ class Runner:
         bar, self._bar = self._bar, None
         if bar is not None:
             bar.close()
+
+
+class RemoteControl:
+    """:class:`~napari_unet.training.TrainControl`'s interface for a training in a child
+    process: Stop and preview requests travel to it as commands."""
+
+    def __init__(self, child: ChildProcess) -> None:
+        self.child = child
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        """End the training after its current step; the child saves the model folder."""
+        self.stop_requested = True
+        self.child.send("stop")
+
+    def request_preview(self, image: Any, key: Any = None) -> None:
+        self.child.request_preview(image, key)
+
+
+class ChildRunner(Runner):
+    """A :class:`Runner` whose compute runs in a child process (:mod:`napari_unet.child`).
+
+    ``job`` and ``params`` name a function of :data:`napari_unet.jobs.JOBS` and its
+    parameters; the worker thread only writes the inputs, starts the child and
+    reads its events, so napari's interpreter is left alone.  Pause / Resume / quit
+    are commands to the child; a child that dies (killed, crashed) ends the run with
+    an error naming the signal or exit code, like any exception of the job.
+    """
+
+    def __init__(self, job: str, params: dict[str, Any], **kwargs: Any) -> None:
+        from ..child import ChildProcess
+
+        what = kwargs.get("what", "napari-unet")
+        self.child = ChildProcess(job, params, what=what, threads=compute_threads())
+        self.control = RemoteControl(self.child)
+        self._paused = False
+        super().__init__(self.child.events, **kwargs)
+
+    def _make_worker(self, gen_factory: Callable[[], Generator]) -> _Worker:
+        return _Worker(gen_factory)  # torch's threads are the child's
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id once it runs."""
+        return self.child.pid
+
+    def pause(self) -> None:
+        self._paused = self.child.send("pause") or self._paused
+
+    def resume(self) -> None:
+        self.child.send("resume")
+        self._paused = False
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    def quit(self) -> None:
+        """Stop the child (training saves, other jobs are cancelled); killed if it hangs."""
+        self.child.stop()
+
+    def _returned(self, value: Any) -> None:
+        if self.child.cancelled and value is None:
+            self._flush()
+            return  # cancelled: nothing to deliver, as a quit in-process
+        super()._returned(value)

@@ -36,7 +36,7 @@ from ..builtin import BUILTIN_MODELS, PREFIX, refuse_write
 from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
 from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
-from ._runner import Runner
+from ._runner import ChildRunner
 from ._session import new_model_folder
 from ._slices import (
     AXES_KEY,
@@ -292,7 +292,6 @@ class TrainWidget(DockWidget):
     def start(self) -> None:
         """Start training with the widget's settings (the Train button)."""
         from ..inputs import Names
-        from ..training import TrainControl, train_iter
 
         if self.busy:
             return
@@ -335,11 +334,6 @@ class TrainWidget(DockWidget):
             model = self.session.model
         steps = self.budget.value() if self.budget_kind.currentText() == "steps" else None
         seconds = self.budget.value() if steps is None else None
-        self.control = TrainControl()
-        if self.preview.isChecked() and self.dims.currentData() == 2:
-            # created now, not mid-training: adding a layer costs napari a few hundred ms
-            self._preview_layer(self.viewer.layers[self.selected_pairs()[0][0]])
-        self._request_preview()
         first_labels = self.viewer.layers[self.selected_pairs()[0][1]]
         class_names = first_labels.metadata.get(CLASSES_KEY)
         kind = self.kind.currentText()
@@ -358,7 +352,6 @@ class TrainWidget(DockWidget):
             resume=resume,
             model=model,
             init=init,
-            control=self.control,
             replace_worse=self.replace_worse.isChecked(),
             names=Names(
                 [
@@ -378,16 +371,22 @@ class TrainWidget(DockWidget):
                 return None
             return (event.step - self._start_step if steps else int(event.elapsed)), total
 
-        self.runner = Runner(
-            lambda: train_iter(images, labels, **kwargs),
+        self.runner = runner = ChildRunner(
+            "train",
+            dict(images=images, labels=labels, **kwargs),
             on_event=self._on_event,
             on_done=self._on_done,
-            on_error=lambda exc: self._set_state("idle", f"training failed: {exc}"),
+            on_error=self._failed,
             on_finished=self._on_finished,
             what="napari-unet training",
             progress=progress_of,
             total=total,
         )
+        self.control = runner.control  # Stop and previews travel to the child
+        if self.preview.isChecked() and self.dims.currentData() == 2:
+            # created now, not mid-training: adding a layer costs napari a few hundred ms
+            self._preview_layer(self.viewer.layers[self.selected_pairs()[0][0]])
+        self._request_preview()
         self.runner.start()
         self._set_state("running", "preparing the data…")
 
@@ -562,10 +561,20 @@ class TrainWidget(DockWidget):
     def _autosave_tick(self) -> None:
         self.autosave_labels("autosave")
 
+    def _failed(self, exc: BaseException) -> None:
+        """The training raised, or its process died: back to idle, saying what happened."""
+        from ..child import ChildDied
+
+        folder = Path(self.folder.text()).expanduser()
+        text = f"training failed: {exc}"
+        if isinstance(exc, ChildDied) and (folder / CONFIG_FILE).exists():
+            text += f"; the model in {folder} is the one saved last"
+        self._set_state("idle", text)
+
     def _on_finished(self) -> None:
         self.plot.flush()
         if self.runner is not None and self.runner.error is not None:
-            self._set_state("idle", f"training failed: {self.runner.error}")
+            self._failed(self.runner.error)
         elif self.start_btn.isEnabled() is False:
             self._set_state("idle")
 

@@ -35,3 +35,19 @@ def notes(monkeypatch):
                     module, kind, lambda text, kind=kind: seen.append((kind, str(text)))
                 )
     return seen
+
+
+@pytest.fixture
+def in_thread(monkeypatch):
+    """The Train widget trains in a thread of this process instead of a child, so that a
+    test can patch the training code (the child would not see the patch)."""
+    from napari_unet._widgets import _runner, _train
+    from napari_unet.jobs import JOBS
+    from napari_unet.training import TrainControl
+
+    class InThread(_runner.Runner):
+        def __init__(self, job, params, **kwargs):
+            self.control = TrainControl()
+            super().__init__(lambda: JOBS[job][0](params, self.control), **kwargs)
+
+    monkeypatch.setattr(_train, "ChildRunner", InThread)

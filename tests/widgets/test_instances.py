@@ -14,6 +14,7 @@ import pytest
 import napari_unet as nu
 from napari_unet._widgets import AnnotateWidget, PredictWidget, TrainWidget, _session
 from napari_unet._widgets._annotate import BACKGROUND, FIRST_OBJECT
+from napari_unet._widgets._runner import ChildRunner
 from napari_unet._widgets._slices import CLASSES_KEY, KIND_KEY, SPARSE_INSTANCES
 from napari_unet.config import PostprocessConfig
 from napari_unet.store import load_model
@@ -69,8 +70,7 @@ def test_settings_start_as_the_models_and_recompute_without_the_network(
     pp = model.config.postprocess
     own = PostprocessConfig(pp.seed_threshold, pp.fg_threshold, pp.min_size_for(2))
     assert box.settings() == own and not box.modified
-    forward: list[int] = []
-    model.network.register_forward_hook(lambda *_: forward.append(1))
+    networks: list[int] = []  # processes the network ran in (the Predict button: a child)
     recomputes: list[PostprocessConfig] = []
     real_iter = _predict.instances_iter
 
@@ -83,10 +83,10 @@ def test_settings_start_as_the_models_and_recompute_without_the_network(
     predict.want_instances.setChecked(True)
     click(qtbot, predict.run_btn)
     wait_idle(qtbot, predict)
+    networks.append(predict.runner.pid)
     layer = viewer.layers["img instances"]
     before = np.asarray(layer.data).copy()
-    assert before.max() >= 2 and forward  # a few objects, from the network
-    runs = len(forward)
+    assert before.max() >= 2 and networks[0] is not None  # a few objects, from the network
 
     # three edits in a row: one recompute (debounced), with the last values
     sizes = np.bincount(before.ravel())[1:]
@@ -99,7 +99,7 @@ def test_settings_start_as_the_models_and_recompute_without_the_network(
     assert "not saved" in box.note.text() and "not saved" in box.min_size.toolTip()
     wait_recomputed(qtbot, predict, changed)
     assert recomputes == [changed]
-    assert len(forward) == runs  # the network did not run again
+    assert not isinstance(predict.runner, ChildRunner)  # the network did not run again
     assert viewer.layers["img instances"] is layer  # the same layer, updated
     after = np.asarray(layer.data).copy()
     assert 1 <= after.max() < before.max()
@@ -111,7 +111,8 @@ def test_settings_start_as_the_models_and_recompute_without_the_network(
     # a value changed but not saved is what this widget's next prediction uses
     click(qtbot, predict.run_btn)
     wait_idle(qtbot, predict)
-    assert len(forward) > runs
+    networks.append(predict.runner.pid)
+    assert None not in networks and len(set(networks)) == 2  # the network ran again
     np.testing.assert_array_equal(viewer.layers["img instances"].data, expected)
     assert load_model(folder).config.postprocess == pp  # nothing written yet
 

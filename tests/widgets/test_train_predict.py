@@ -142,7 +142,7 @@ def test_correct_and_retrain(viewer_with_data, qtbot):
 
 
 def test_regression_guard_keeps_the_better_model_in_the_widget(
-    viewer_with_data, qtbot, monkeypatch
+    viewer_with_data, qtbot, monkeypatch, in_thread
 ):
     from qtpy.QtCore import Qt
 
