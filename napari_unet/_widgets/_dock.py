@@ -4,7 +4,9 @@ A widget builds its controls in ``_init_ui`` and wires them in ``_connect``; it
 connects to the viewer and the session with :meth:`DockWidget._listen`, so that
 closing the widget disconnects all of it and stops a running worker.  napari's
 dock close button takes the widget out of its dock without closing it: leaving
-the dock counts as closing.
+the dock counts as closing.  Closing the viewer deletes its dock widgets without
+closing them: a deleted widget lets go the same way (its ``destroyed`` signal), so
+a training in a child process is stopped and the child reaped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class DockWidget(QWidget):
         self.runner: Runner | None = None
         self._links: list[tuple[Any, Callable[..., Any]]] = []
         self._docked = False
+        # not a bound method: the Qt side of the widget is gone when this runs
+        self.destroyed.connect(lambda *_: DockWidget._release(self))
 
     @property
     def busy(self) -> bool:
