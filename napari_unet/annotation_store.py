@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,21 @@ def autosave(
     if changed:
         _write_index(folder, index)
     return entry
+
+
+def autosave_all(
+    model_folder: str | Path,
+    items: Sequence[tuple[str, Any, dict[str, Any] | None]],
+    *,
+    reason: str = "autosave",
+    snapshot: bool = False,
+) -> list[Saved]:
+    """:func:`autosave` for each ``(name, labels, meta)`` of ``items`` (the Train widget's
+    label layers; it runs this in a worker thread for the periodic autosave)."""
+    return [
+        autosave(model_folder, name, labels, reason=reason, snapshot=snapshot, meta=meta)
+        for name, labels, meta in items
+    ]
 
 
 def saved(model_folder: str | Path) -> list[Saved]:

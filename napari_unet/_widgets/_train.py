@@ -63,6 +63,7 @@ class TrainWidget(DockWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.control: Any = None
+        self._saving: Any = None  # the background autosave's worker while it runs
         self._used_layers: set[str] = set()
         self._start_step = 0
         self._finished: Any = None
@@ -501,30 +502,43 @@ class TrainWidget(DockWidget):
 
     # ------------------------------------------------------------------ annotations
 
-    def autosave_labels(self, reason: str, snapshot: bool = False) -> bool:
+    def autosave_labels(
+        self, reason: str, snapshot: bool = False, background: bool = False
+    ) -> bool:
         """Save the labels of the training pairs beside the model folder (changed ones).
 
-        Returns False (after telling the user) when they could not be saved.
+        Returns False (after telling the user) when they could not be saved.  With
+        ``background`` (the periodic autosave) the layers are copied here and hashed
+        and written in a worker thread, one save at a time; a failure is a warning.
         """
-        from ..annotation_store import autosave
+        from napari.qt.threading import create_worker
+
+        from ..annotation_store import autosave_all
 
         folder = Path(self.folder.text()).expanduser()
-        try:
-            for _, labels_name in self.selected_pairs():
-                if labels_name not in self.viewer.layers:
-                    continue
-                layer = self.viewer.layers[labels_name]
-                # writes only what changed since the last save (by content hash)
-                autosave(
-                    folder,
-                    labels_name,
-                    layer.data,
-                    reason=reason,
-                    snapshot=snapshot,
-                    meta=unet_metadata(layer),
-                )
-        except (OSError, ValueError) as exc:
+        if background and self._saving is not None:
+            return True  # the previous save still runs: the next tick saves what changed
+        items = [
+            (name, self.viewer.layers[name].data, unet_metadata(self.viewer.layers[name]))
+            for _, name in self.selected_pairs()
+            if name in self.viewer.layers
+        ]
+
+        def failed(exc: BaseException) -> None:
             show_warning(f"napari-unet: could not save the labels beside {folder}: {exc}")
+
+        if background:
+            items = [(name, np.array(data, copy=True), meta) for name, data, meta in items]
+            worker = create_worker(autosave_all, folder, items, reason=reason, _start_thread=False)
+            worker.errored.connect(failed)
+            worker.finished.connect(lambda: setattr(self, "_saving", None))
+            self._saving = worker
+            worker.start()
+            return True
+        try:
+            autosave_all(folder, items, reason=reason, snapshot=snapshot)
+        except (OSError, ValueError) as exc:
+            failed(exc)
             return False
         return True
 
@@ -559,7 +573,7 @@ class TrainWidget(DockWidget):
         self.status.setText(f"restored {entry.file} as the layer '{name}'")
 
     def _autosave_tick(self) -> None:
-        self.autosave_labels("autosave")
+        self.autosave_labels("autosave", background=True)
 
     def _failed(self, exc: BaseException) -> None:
         """The training raised, or its process died: back to idle, saying what happened."""

@@ -343,6 +343,9 @@ def test_labels_are_autosaved_at_train_and_restored(viewer_with_data, qtbot, mon
     painted.data[0, :10, :10] = 99
     painted.refresh()
     train.autosave.timeout.emit()
+    assert train._saving is not None  # hashed and written in a worker thread, ...
+    painted.data[0, 20:30, 20:30] = 77  # ... from a copy taken at the tick
+    qtbot.waitUntil(lambda: train._saving is None, timeout=10_000)
     # ... then the layer is lost (deleted); restore the latest autosave from the widget
     viewer.layers.remove("truth")
     chosen = []
