@@ -16,7 +16,26 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from napari_unet._widgets._slices import INSTANCES, set_labels_kind
+
+def prefer_qt6() -> str | None:
+    """Run on PyQt6 when it is installed and no binding was chosen ($QT_API).
+
+    napari 0.9 deprecates its PyQt5 backend and says so in a toast at start; the
+    widgets work under both.  Must run before anything imports qtpy.  Returns the
+    binding chosen here, or None (left to $QT_API / qtpy).
+    """
+    import importlib.util
+    import os
+
+    if "QT_API" in os.environ or importlib.util.find_spec("PyQt6") is None:
+        return None
+    os.environ["QT_API"] = "pyqt6"
+    return "pyqt6"
+
+
+prefer_qt6()
+
+from napari_unet._widgets._slices import INSTANCES, set_labels_kind  # noqa: E402
 
 PLUGIN = "napari-unet"
 SAMPLE = "dsb2018_nuclei"
