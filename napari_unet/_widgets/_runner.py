@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 THROTTLED = (TrainStep, TileDone)
+BAR_GAP = 0.5  # seconds between two updates of the progress bar (but its first and last)
 
 ProgressOf = Callable[[Any], tuple[int, int] | None]
 """What the progress bar shows after an event: (done, total), or None to leave it."""
@@ -112,6 +113,7 @@ class Runner:
         self._bar: ProgressBar | None = None
         self._min_gap = 1.0 / max_rate
         self._last = 0.0
+        self._bar_shown = 0.0
         self._pending: Any = None
         self._what = what
         self._busy = False
@@ -202,6 +204,10 @@ class Runner:
         bar = self._bar
         if bar is None:
             return
+        now = time.monotonic()
+        if bar.total == total and done < total and now - self._bar_shown < BAR_GAP:
+            return  # an update costs napari 5-20 ms of the event loop: at most 2 a second
+        self._bar_shown = now
         if bar.total != total:  # a new total (e.g. the tiles of the next pass) restarts the count
             bar.total = total
             bar.n = 0

@@ -1,12 +1,15 @@
 """The GUI event loop keeps running while a CPU training runs (a QTimer probe).
 
-The stall figures themselves are measured by benchmarks/bench_gui.py; this test only
-checks that training does not block the loop (it would for its whole duration if it
-ran in the GUI thread), with a bound far above any measured stall."""
+The stall figures themselves are measured by benchmarks/bench_gui.py (longest 40-48 ms,
+p99 25-34 ms on 2 cores); this test only checks that training runs in a child process and
+does not block the loop (it would for its whole duration if it ran in the GUI thread),
+with a bound far above any measured stall."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +51,8 @@ def test_training_does_not_block_the_event_loop(make_napari_viewer, qtbot, tmp_p
     qtbot.mouseClick(train.start_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: len(train.plot.losses) >= 1, timeout=60_000)
     timer.start()
+    pid = train.runner.pid
+    assert pid is not None and pid != os.getpid() and Path(f"/proc/{pid}").exists()
     qtbot.waitUntil(lambda: not train.runner.is_running, timeout=120_000)
     timer.stop()
     assert len(gaps) > 100
@@ -57,4 +62,4 @@ def test_training_does_not_block_the_event_loop(make_napari_viewer, qtbot, tmp_p
         f"event loop during training: longest gap {worst * 1000:.0f} ms, "
         f"p99 {p99 * 1000:.0f} ms over {len(gaps)} ticks"
     )
-    assert worst < 1.0  # training runs 8 s; measured stalls are ~50 ms
+    assert worst < 1.0  # training runs 8 s; measured stalls are under 50 ms
