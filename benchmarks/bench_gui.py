@@ -2,9 +2,12 @@
 
 Opens a napari window with four 256² synthetic nuclei images and their labels,
 docks the Train widget, and runs a 10 ms QTimer probe, side by side in one run:
-with the viewer idle, then ``--runs`` times while the widget trains the default
-network for ``--seconds`` (live loss curve and preview on; the training runs in
-the widget's child process, whose id is printed).  A stall is the time between
+with the viewer idle, then ``--runs`` times from the click on Train until the
+training (the default network, ``--seconds`` of steps, live loss curve and
+preview on) has ended: data preparation, steps, validation and the calibration of
+the post-processing.  Training runs in the widget's child process, whose id is
+printed; ``--reference`` adds one training the way it ran before (a thread of
+napari's process).  A stall is the time between
 two probe ticks (10 ms when nothing blocks the loop).  Needs a display: under
 ``make bench`` it runs inside Xvfb when $DISPLAY is unset.
 
@@ -50,11 +53,31 @@ def probe(app, seconds: float, until=None) -> list[float]:
     return gaps[1:]
 
 
+def in_napari_process() -> None:
+    """From now on the Train widget trains in a thread of napari's process (as before
+    issue 13) instead of a child process."""
+    from napari_unet._widgets import _runner, _train
+    from napari_unet.jobs import JOBS
+    from napari_unet.training import TrainControl
+
+    class InThread(_runner.Runner):
+        def __init__(self, job, params, **kwargs):
+            self.control = TrainControl()
+            super().__init__(lambda: JOBS[job][0](params, self.control), **kwargs)
+
+    _train.ChildRunner = InThread
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--runs", type=int, default=3, help="trainings probed, one after the other")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="then one more training the way before issue 13: a thread of napari's process",
+    )
     p.add_argument("--tiny", action="store_true", help="3 s of training: a quick check")
     args = p.parse_args()
     if args.tiny:
@@ -80,18 +103,14 @@ def main() -> None:
     train.budget.setValue(int(args.seconds) + 5)
     app = QApplication.instance()
     rows = [("idle viewer", probe(app, 3.0))]
-    for run in range(args.runs):
-        train.start_btn.click()
-        t0 = time.perf_counter()
-        while not train.plot.losses and time.perf_counter() - t0 < 120:  # first step done
-            app.processEvents()
-            time.sleep(0.01)
+    for run in range(args.runs + args.reference):
+        if run == args.runs:  # the reference: the same training in a thread of this process
+            in_napari_process()
+        train.start_btn.click()  # probed from the click: data preparation included
+        gaps = probe(app, args.seconds + 120, lambda: not train.busy)
         pid = getattr(train.runner, "pid", None)
         where = f"child process {pid}" if pid not in (None, os.getpid()) else "napari's process"
-        name = f"training on {args.device}, run {run + 1} ({where})"
-        rows.append((name, probe(app, args.seconds, lambda: not train.runner.is_running)))
-        if train.runner.is_running:
-            train.stop()
+        rows.append((f"training on {args.device}, run {run + 1} ({where})", gaps))
         while train.busy:
             app.processEvents()
             time.sleep(0.01)
@@ -110,8 +129,8 @@ def main() -> None:
             f"| {name} | {len(g)} | {g.max():.0f} | {np.percentile(g, 99):.0f} | "
             f"{np.median(g):.0f} |"
         )
-    worst = [np.max(gaps) * 1000 for _, gaps in rows[1:]]
-    p99 = [np.percentile(gaps, 99) * 1000 for _, gaps in rows[1:]]
+    worst = [np.max(gaps) * 1000 for _, gaps in rows[1 : 1 + args.runs]]
+    p99 = [np.percentile(gaps, 99) * 1000 for _, gaps in rows[1 : 1 + args.runs]]
     print(
         f"summary: training stalls the event loop at most "
         f"{' / '.join(f'{w:.0f}' for w in worst)} ms in {len(worst)} run(s) "
