@@ -178,10 +178,28 @@ def _load_model(data: dict[str, Any], device: str) -> Any:
 # --------------------------------------------------------------------------- parent side
 
 
-def exchange_folder() -> Path:
-    """A new private folder for one job's files: in ``/dev/shm`` (memory) when it exists."""
-    shm = Path("/dev/shm")
-    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+SHM = Path("/dev/shm")  # memory, where Linux has it
+SHM_ROOM = 16  # SHM is used when it has this many times the inputs free (+ 256 MB)
+
+
+def nbytes(value: Any) -> int:
+    """Bytes of the arrays in ``value`` (nested lists, tuples, dicts)."""
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes(v) for v in value)
+    size = getattr(value, "nbytes", 0)
+    return int(size) if isinstance(size, (int, np.integer)) else 0
+
+
+def exchange_folder(size: int = 0) -> Path:
+    """A new private folder for one job's files: in ``/dev/shm`` (memory) when it has room
+    for inputs of ``size`` bytes and the results (:data:`SHM_ROOM`), else the temporary
+    folder on disk (a container's ``/dev/shm`` is often 64 MB)."""
+    where = None
+    if SHM.is_dir() and os.access(SHM, os.W_OK):
+        if shutil.disk_usage(SHM).free >= SHM_ROOM * size + (256 << 20):
+            where = SHM
     return Path(tempfile.mkdtemp(prefix="napari-unet-", dir=where))
 
 
@@ -252,7 +270,7 @@ class ChildProcess:
 
     def start(self) -> None:
         """Write the job and its arrays, start the child (``events()`` does this)."""
-        self.folder = exchange_folder()
+        self.folder = exchange_folder(nbytes(self.params))
         spec = {"job": self.job, "params": encode(self.params, self.folder)}
         (self.folder / JOB_FILE).write_text(json.dumps({**spec, "threads": self.threads}))
         self.params = {}  # the child reads the files: drop the references

@@ -224,3 +224,21 @@ def test_stop_cancels_a_prediction_and_kills_a_child_that_hangs(tiny_model, monk
     reader.join(timeout=30)
     assert isinstance(reader.error, ChildDied) and reader.error.returncode == -9
     assert gone(hung.pid)
+
+
+def test_exchange_folder_is_in_memory_only_when_there_is_room(monkeypatch, tmp_path):
+    import shutil
+    import tempfile
+
+    import napari_unet.child as child_module
+
+    assert child_module.nbytes({"a": [np.zeros(10, np.uint8), (np.zeros(3, np.float32),)]}) == 22
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(child_module, "SHM", shm)
+    usage = shutil.disk_usage(shm)
+    free = [1 << 40]
+    monkeypatch.setattr(child_module.shutil, "disk_usage", lambda _: usage._replace(free=free[0]))
+    assert child_module.exchange_folder(1000).parent == shm
+    free[0] = 64 << 20  # a container's 64 MB /dev/shm and a 100 MB image: on disk
+    assert child_module.exchange_folder(100 << 20).parent == Path(tempfile.gettempdir())
