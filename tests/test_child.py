@@ -241,4 +241,6 @@ def test_exchange_folder_is_in_memory_only_when_there_is_room(monkeypatch, tmp_p
     monkeypatch.setattr(child_module.shutil, "disk_usage", lambda _: usage._replace(free=free[0]))
     assert child_module.exchange_folder(1000).parent == shm
     free[0] = 64 << 20  # a container's 64 MB /dev/shm and a 100 MB image: on disk
-    assert child_module.exchange_folder(100 << 20).parent == Path(tempfile.gettempdir())
+    on_disk = child_module.exchange_folder(100 << 20)
+    on_disk.rmdir()
+    assert on_disk.parent == Path(tempfile.gettempdir())
