@@ -63,8 +63,10 @@ def strokes_on(truth: np.ndarray, args: argparse.Namespace, rng: np.random.Gener
     return out
 
 
-def scores(pred_dir: Path, truth_dir: Path) -> dict:
-    """Mean pixel error and mean AP@0.5 of cells (connected components) over the test slices."""
+def scores(pred_dir: Path, truth_dir: Path, cell_value: int) -> dict:
+    """Mean pixel error and mean AP@0.5 of cells (connected components) over the test slices;
+    ``cell_value``: what the predictions write for "cell" (2 for the painted class 2 of
+    ``sparse`` models, 255 for ``semantic`` ones, which write the label image's values)."""
     from skimage.measure import label
 
     from napari_unet.files import read_image
@@ -73,7 +75,7 @@ def scores(pred_dir: Path, truth_dir: Path) -> dict:
     errors, aps = [], []
     for stem in TEST:
         truth = read_image(truth_dir / f"{stem}.png") > 127
-        cell = read_image(pred_dir / f"{stem}.tif") == 2
+        cell = read_image(pred_dir / f"{stem}.tif") == cell_value
         errors.append(float(np.mean(cell != truth)))
         truth_cells, cells = label(truth, connectivity=1), label(cell, connectivity=1)
         aps.append(average_precision(truth_cells, cells, thresholds=(0.5,))[0.5])
@@ -110,7 +112,7 @@ def run_once(em: Path, run: int, work: Path, test: Path, args: argparse.Namespac
         pred = work / f"pred-{way}"
         cli("-q", "predict", str(model), str(test / "images"), "--out", str(pred),
             "--device", args.device)  # fmt: skip
-        row |= scores(pred, test / "labels")
+        row |= scores(pred, test / "labels", 255 if kind == "semantic" else 2)
         print(
             f"| {run} | {way} | {' '.join(stems)} | {100 * row['labeled']:.2f} | {row['steps']} "
             f"| {row['pixel_error']:.4f} | {row['cell_ap50']:.3f} |",
