@@ -49,7 +49,15 @@ from .events import (
 )
 from .guard import RegressionGuard
 from .inference import predict_proba
-from .init import InitModel, default_architecture, init_architecture, load_init
+from .init import (
+    AUTO,
+    InitModel,
+    auto_init,
+    default_architecture,
+    init_architecture,
+    load_init,
+    resolve_init,
+)
 from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
@@ -176,15 +184,24 @@ class TrainingRun:
         names: Names | None,
         clock: Callable[[], float],
         control: TrainControl | None,
-        init: str | Path | None = None,
+        init: str | Path | None = AUTO,
     ) -> TrainingRun:
         if out is not None:
             refuse_write(out, "train into")
         run = cls(cfg, device, out)
         run.clock, run.control = clock, control
         run.report_every = report_every or report_every_for(device)
+        automatic = init == AUTO
+        if automatic:  # builtin:nuclei where it measured better (napari_unet.init)
+            new = not resume and model is None
+            dims = arch.get("spatial_dims") or 2
+            width = defaults_for(device, cfg.recipe, dims).width
+            init = auto_init(labels_kind, arch, width, cfg.recipe) if new else None
+        init = resolve_init(init)
         if init is not None:
             arch = run.load_init(init, resume, model, arch)
+            assert run.init is not None
+            run.init.automatic = automatic
         else:
             arch = default_architecture(arch)
         model = run.load_previous(resume, model)
@@ -208,6 +225,8 @@ class TrainingRun:
             names=names,
             continued=continued,
         )
+        if run.init is not None and not run.init.fits_channels(prepared.in_channels):
+            run.init = None  # an automatic start is for one channel: this data has more
         run.build(prepared, model, arch, tiling)
         run.make_trainer(prepared, precision)
         run.record_session(prepared)
@@ -626,7 +645,7 @@ def train_iter(
     precision: str = "auto",
     report_every: int | None = None,
     names: Names | None = None,
-    init: str | Path | None = None,
+    init: str | Path | None = AUTO,
 ) -> Generator[Any, None, Model]:
     """Train a U-Net; yields progress events and returns the model.
 
@@ -654,7 +673,10 @@ def train_iter(
     model
         Continue training this in-memory model (the human-in-the-loop case).
     init
-        Start a new model from another one: ``"builtin:NAME"`` or a model folder.  Its
+        What a new model starts from: ``"auto"`` (the default: ``builtin:nuclei`` for 2D
+        instance labels on one channel with its network, width 8 and depth 4 as on the
+        CPU, where it measured better; from scratch otherwise), None or ``"scratch"``,
+        or another model: ``"builtin:NAME"`` or a model folder.  Its
         weights are copied where they fit (the last layer is new when the classes
         differ, the first adapted to other input channels; see :mod:`napari_unet.init`);
         optimizer and normalisation start fresh; ``training.json`` records the parent

@@ -229,3 +229,85 @@ def test_cli_init_with_resume_is_refused(folders, parent, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--init" in err and "--resume" in err and "give one of them" in err
     assert (out / "weights.safetensors").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- the default start
+
+
+def test_the_default_start_is_builtin_nuclei_for_2d_instances_on_one_channel(tmp_path):
+    img, lab = make_nuclei(seed=7)
+    out = tmp_path / "m"
+    model, started = _run([img], [lab], labels_kind="instances", out=out)  # init="auto"
+    assert started.init.startswith("builtin:nuclei") and "init scratch" in started.init
+    record = json.loads((out / "training.json").read_text())["sessions"][-1]["init"]
+    assert record["from"] == "builtin:nuclei" and record["automatic"] is True
+    nuclei = load_model("builtin:nuclei").config.model
+    assert model.config.model == nuclei  # its network: width 8, depth 4, 3 classes
+    few = np.where(lab > 0, lab.astype(np.uint16) + 1, 0)  # 0 unlabeled, 1 background, 2.. objects
+    few[:6] = np.where(lab[:6] == 0, 1, few[:6])
+    _, started = _run([img], [few], labels_kind="sparse-instances")
+    assert started.init.startswith("builtin:nuclei")
+
+
+@pytest.mark.parametrize(
+    ("why", "kwargs"),
+    [
+        ("asked for scratch", dict(init="scratch")),
+        ("asked for scratch (None)", dict(init=None)),
+        ("another width", dict(width=4)),
+        ("another depth", dict(depth=3)),
+        ("the paper recipe", dict(recipe="paper")),
+        ("class labels", dict(labels_kind="sparse")),
+        ("two channels", dict(channels=2)),
+    ],
+)
+def test_the_default_start_is_scratch_elsewhere(why, kwargs, tmp_path):
+    img, lab = make_nuclei(seed=7)
+    kind = kwargs.pop("labels_kind", "instances")
+    labels = _sparse(lab) if kind == "sparse" else lab
+    if kwargs.pop("channels", 1) == 2:
+        img = np.stack([img, img], axis=-1)
+    out = tmp_path / "m"
+    _, started = _run([img], [labels], labels_kind=kind, out=out, **kwargs)
+    assert started.init == "", why
+    assert "init" not in json.loads((out / "training.json").read_text())["sessions"][-1], why
+
+
+def test_the_default_start_leaves_resume_and_model_alone(tmp_path):
+    img, lab = make_nuclei(seed=7)
+    out = tmp_path / "m"
+    _run([img], [lab], labels_kind="instances", out=out, init="scratch")
+    model, started = _run([img], [lab], labels_kind="instances", out=out, resume=True)
+    assert started.init == "" and model.history["steps"] == 4  # continued, no error
+    _, started = _run([img], [lab], labels_kind="instances", model=model)
+    assert started.init == ""
+
+
+def test_auto_init_wants_the_builtin_network():
+    from napari_unet.init import auto_init
+
+    cpu = {"width": None, "depth": None, "padding": None, "batch_norm": None, "spatial_dims": None}
+    assert auto_init("instances", cpu, 8, "fast") == "builtin:nuclei"
+    assert auto_init("instances", cpu, 32, "fast") is None  # the GPU default network
+    assert auto_init("instances", {**cpu, "spatial_dims": 3}, 8, "fast") is None
+    assert auto_init("instances", {**cpu, "padding": "valid"}, 8, "fast") is None
+    assert auto_init("semantic", cpu, 8, "fast") is None
+
+
+def test_cli_default_start_says_so_and_scratch_turns_it_off(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    img, lab = make_nuclei(shape=(64, 64), seed=30)
+    iio.imwrite(root / "images" / "n.png", img)
+    tifffile.imwrite(root / "labels" / "n.tif", lab)
+    args = [
+        "train", "--images", str(root / "images"), "--labels", str(root / "labels"),
+        "--labels-kind", "instances", "--steps", "2", "--patch", "32", "--batch-size", "2",
+        "--device", "cpu",
+    ]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "starting from builtin:nuclei" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "b"), "--init", "scratch"]) == 0
+    assert "starting from" not in capsys.readouterr().out
+    assert load_model(tmp_path / "b").config.model.width == 8  # the CPU default, new weights

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 from .. import events as ev
 from ..builtin import BUILTIN_MODELS, PREFIX, refuse_write
 from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
+from ..init import AUTO
 from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
 from ._runner import ChildRunner
@@ -90,6 +91,13 @@ class TrainWidget(DockWidget):
         self.dims.addItem("2D (stacks slice by slice)", 2)
         self.dims.addItem("3D (volumes)", 3)
         self.start_from = QComboBox()
+        self.start_from.addItem("automatic", AUTO)
+        self.start_from.setItemData(
+            0,
+            "built-in nuclei for 2D instance labels on one channel with the default CPU "
+            "network (it measured better there), else scratch",
+            Qt.ToolTipRole,
+        )
         self.start_from.addItem("scratch", None)
         for name, description in BUILTIN_MODELS.items():
             self.start_from.addItem(f"built-in {name}", PREFIX + name)
@@ -242,7 +250,8 @@ class TrainWidget(DockWidget):
             self.folder.setText(folder)
 
     def init(self) -> str | None:
-        """The model training starts from: ``builtin:NAME``, a folder, or None (scratch)."""
+        """What training starts from: ``"auto"``, ``builtin:NAME``, a folder, or None
+        (scratch)."""
         data = self.start_from.currentData()
         return data if isinstance(data, str) and data != FOLDER else None
 
@@ -255,7 +264,7 @@ class TrainWidget(DockWidget):
                 return
             self.set_start_from(folder)
             return
-        from_model = self.init() is not None
+        from_model = self.init() not in (None, AUTO)
         if from_model:
             self.width_box.setValue(0)  # the architecture is the start model's
         self.width_box.setEnabled(not from_model)
@@ -310,7 +319,7 @@ class TrainWidget(DockWidget):
             show_warning(f"napari-unet: {exc}")
             self.status.setText(str(exc))
             return
-        if init is not None and resume:
+        if init not in (None, AUTO) and resume:
             text = (
                 f"'start from {init}' makes a new model; 'continue training' continues the "
                 f"model in {folder}: untick one of them"
@@ -328,7 +337,7 @@ class TrainWidget(DockWidget):
         model = None
         if (
             not resume
-            and init is None
+            and init in (None, AUTO)
             and self.session.model is not None
             and self.session.model_path == folder
         ):
@@ -612,7 +621,7 @@ class TrainWidget(DockWidget):
             self.resume,
         ):
             w.setEnabled(not running)
-        if self.init() is not None:
+        if self.init() not in (None, AUTO):
             self.width_box.setEnabled(False)  # the start model's width
         if message is not None:
             self.status.setText(message)
