@@ -125,6 +125,8 @@ def train(
         device,
         "--seed",
         str(seed),
+        "--init",
+        "scratch",  # builtin:nuclei saw every DSB2018 image; extra's --init overrides
         *extra,
     )
     steps = json.loads((out / "training.json").read_text())["steps"]

@@ -72,6 +72,8 @@ def bench_dsb(tmp: Path, budget: float, device: str, extra: list[str], data: Pat
         str(budget),
         "--device",
         device,
+        "--init",
+        "scratch",  # builtin:nuclei saw these test images (--extra="--init M" overrides)
         *extra,
     )
     t_pred = cli(

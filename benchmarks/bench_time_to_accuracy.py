@@ -82,6 +82,7 @@ def main() -> None:
                 labels_kind="instances",
                 recipe=recipe,
                 time_budget=budget,
+                init=None,  # from scratch: builtin:nuclei saw the test images
                 device=args.device,
             )
             aps = [

@@ -62,6 +62,7 @@ def pipeline_rate(images, labels, dims, width, patch, batch, recipe, device, ste
         patch=patch,
         batch_size=batch,
         steps=warmup + steps,
+        init=None,  # a new network, as every figure before the default start
         device=device,
     )
     t_start = t_end = None
