@@ -187,8 +187,8 @@ def test_train_start_from_a_model_folder(viewer_with_data, qtbot, tiny_model, mo
         _train.QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: answer[0])
     )
     train = TrainWidget(viewer_with_data)
-    pick(train.start_from, _train.FOLDER)  # cancelled dialog: back to scratch
-    assert train.init() is None and train.start_from.currentText() == "scratch"
+    pick(train.start_from, _train.FOLDER)  # cancelled dialog: back to the default
+    assert train.init() == "auto" and train.start_from.currentText() == "automatic"
     answer[0] = str(folder)
     pick(train.start_from, _train.FOLDER)
     assert train.init() == str(folder)
@@ -201,3 +201,26 @@ def test_train_start_from_a_model_folder(viewer_with_data, qtbot, tiny_model, mo
     model = load_model(train.session.model_path)
     assert model.config.model.width == load_model(folder).config.model.width
     assert model.history["sessions"][0]["init"]["from"] == str(folder)
+
+
+def test_train_starts_from_builtin_nuclei_by_default(viewer_with_data, qtbot, notes):
+    """2D instances, the CPU default network: "automatic" starts from builtin:nuclei and
+    says so; "scratch" does not."""
+    train = TrainWidget(viewer_with_data)
+    assert train.start_from.currentText() == "automatic" and train.init() == "auto"
+    small(train, 2)
+    train.width_box.setValue(0)  # the device default: width 8 on the CPU, the built-in's
+    train.kind.setCurrentText("instances")
+    click(qtbot, train.start_btn)
+    wait_idle(qtbot, train)
+    assert any(k == "show_info" and "starting from builtin:nuclei" in t for k, t in notes), notes
+    first = load_model(train.session.model_path)
+    assert first.history["sessions"][0]["init"]["automatic"] is True
+    train.resume.setChecked(False)
+    train.set_start_from(None)  # scratch
+    train.folder.setText(str(Path(_session.DEFAULT_MODEL_ROOT) / "scratch"))
+    notes.clear()
+    click(qtbot, train.start_btn)
+    wait_idle(qtbot, train)
+    assert not any("starting from" in t for _, t in notes)
+    assert "init" not in load_model(train.session.model_path).history["sessions"][0]
