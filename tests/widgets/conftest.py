@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from napari_unet._widgets import _session
+
+from ..conftest import make_nuclei
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +54,13 @@ def in_thread(monkeypatch):
             super().__init__(lambda: JOBS[job][0](params, self.control), **kwargs)
 
     monkeypatch.setattr(_train, "ChildRunner", InThread)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A viewer with a 2-image stack of nuclei ("nuclei") and its instance labels ("truth")."""
+    viewer = make_napari_viewer()
+    pairs = [make_nuclei(seed=s) for s in range(2)]
+    viewer.add_image(np.stack([p[0] for p in pairs]), name="nuclei")
+    viewer.add_labels(np.stack([p[1] for p in pairs]), name="truth")
+    return viewer

@@ -27,15 +27,6 @@ def gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
-@pytest.fixture
-def viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    pairs = [make_nuclei(seed=s) for s in range(2)]
-    viewer.add_image(np.stack([p[0] for p in pairs]), name="nuclei")
-    viewer.add_labels(np.stack([p[1] for p in pairs]), name="truth")
-    return viewer
-
-
 def start_training(qtbot, viewer, folder: Path, steps: int = 100_000) -> TrainWidget:
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train)

@@ -20,21 +20,11 @@ from napari_unet._widgets._slices import INSTANCES, SEMANTIC, SPARSE
 from napari_unet.config import LABELS_KINDS
 from napari_unet.store import load_model
 
-from ..conftest import make_nuclei
 from .conftest import small
 
 pytestmark = pytest.mark.gui
 
 WIDGETS = [AnnotateWidget, TrainWidget, PredictWidget, BatchWidget]
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    pairs = [make_nuclei(seed=s) for s in range(2)]
-    viewer.add_image(np.stack([p[0] for p in pairs]), name="nuclei")
-    viewer.add_labels(np.stack([p[1] for p in pairs]), name="truth")
-    return viewer
 
 
 def viewer_callbacks(viewer, widget) -> list[str]:
