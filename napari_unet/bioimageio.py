@@ -1,0 +1,265 @@
+"""Export a napari-unet model as a bioimage.io model package (spec 0.5) — FIRST VERSION.
+
+Written with ``bioimageio.spec`` (no hand-written YAML).  The package holds the
+weights as ``pytorch_state_dict`` (architecture: ``_bioimageio/unet.py``, which
+imports only torch and ends in a softmax), ``torchscript`` (traced) and ``onnx``
+(legacy exporter, opset 17); the model's percentile normalisation as the
+``scale_range`` pre-processing; class probabilities as the output (channel names
+= class names, a halo on the spatial axes); test tensors from ``image``; a 2:1
+cover (image | predicted classes); a README with a "# Validation" section from
+``training.json``; and napari-unet's ``config.json`` and ``weights.safetensors``
+as attachments.
+
+Status (issue 14, session 5): 2D "same"-padding models only; loading a package
+back, the CLI ``export`` command and the widgets' Export button are not written
+yet.  ``bioimageio.core`` is only needed to test a package (the testing extra).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+UNET_PAPER_DOI = "10.1007/978-3-319-24574-4_28"  # Ronneberger, Fischer & Brox, MICCAI 2015
+DEFAULT_LICENSE = "CC-BY-4.0"
+NAME_PATTERN = re.compile(r"^[\w+\- ()]{5,128}$")
+
+
+def _identifier(text: str, fallback: str) -> str:
+    """A bioimage.io identifier (letters, digits, underscores) made from ``text``."""
+    ident = re.sub(r"\W+", "_", text).strip("_")
+    return ident if ident and not ident[0].isdigit() else fallback
+
+
+def export_bioimageio(
+    model: Any,
+    path: str | Path,
+    image: np.ndarray,
+    *,
+    name: str | None = None,
+    authors: Sequence[str] = ("napari-unet user",),
+    license: str = DEFAULT_LICENSE,
+    description: str | None = None,
+) -> Path:
+    """Write ``model`` (a :class:`~napari_unet.store.Model` with a folder) to the package
+    ``path`` (a new ``.zip``); ``image``: a 2D grey image for the test tensors and cover."""
+    import torch
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as bio
+
+    from ._bioimageio.unet import NapariUNet
+    from .data import percentiles
+    from .model import border
+
+    path = Path(path)
+    if path.exists():
+        raise ValueError(f"--out {path} already exists: choose a new file name")
+    spec = model.config
+    mcfg = spec.model
+    if mcfg.spatial_dims != 2 or mcfg.padding != "same" or mcfg.in_channels != 1:
+        raise ValueError(
+            "export writes 2D, one-channel, 'same'-padding models for now; this model is "
+            f"{mcfg.spatial_dims}D, {mcfg.in_channels} channel(s), padding {mcfg.padding!r}"
+        )
+    if model.path is None:
+        raise ValueError("the model has no folder: save it first (its files go into the package)")
+    name = name or f"napari-unet {Path(model.path).name}"
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"name {name!r}: 5-128 letters, digits, spaces and _+-() (bioimage.io's rule)"
+        )
+    image = np.asarray(image, np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"the test image must be 2D (y, x), got shape {image.shape}")
+    step = 2**mcfg.depth
+    crop = tuple(max(step, s // step * step) for s in image.shape)
+    image = image[: crop[0], : crop[1]]
+
+    fields = {f: getattr(mcfg, f) for f in mcfg.__dataclass_fields__}
+    network = NapariUNet(**fields)
+    network.load_state_dict(model.network.state_dict())
+    network.eval()
+    norm = spec.normalization
+    low, high = percentiles(image, norm)
+    scaled = (image - low) / max(high - low, 1e-6)
+    example = torch.from_numpy(scaled[None, None].astype(np.float32))
+    with torch.no_grad():
+        probs = network(example).numpy()
+
+    work = Path(tempfile.mkdtemp(prefix="napari-unet-export-"))
+    try:
+        np.save(work / "test_input.npy", image[None, None])
+        np.save(work / "test_output.npy", probs)
+        torch.save(network.state_dict(), work / "weights.pt")  # the format asks for it
+        traced = torch.jit.trace(network, example)
+        traced.save(str(work / "weights_torchscript.pt"))
+        axes = {0: "b", 2: "y", 3: "x"}
+        with warnings.catch_warnings():  # the legacy exporter (the new one needs onnxscript)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                network,
+                (example,),
+                str(work / "weights.onnx"),
+                opset_version=17,
+                input_names=["raw"],
+                output_names=["probabilities"],
+                dynamic_axes={"raw": axes, "probabilities": axes},
+                dynamo=False,
+            )
+        shutil.copy(Path(__file__).parent / "_bioimageio" / "unet.py", work / "unet.py")
+        for f in ("config.json", "weights.safetensors"):
+            shutil.copy(Path(model.path) / f, work / f)
+        _cover(image, probs, work / "cover.png")
+        (work / "README.md").write_text(_readme(model, name))
+
+        class_names = [_identifier(c, f"class{i}") for i, c in enumerate(spec.labels.class_names)]
+        halo = min(border(mcfg) or step, 64)
+        smallest = step * -(-(2 * halo + 1) // step)  # an input must be larger than 2 halos
+        torch_version = bio.Version(torch.__version__.split("+")[0])
+        inputs = bio.InputTensorDescr(
+            id=bio.TensorId("raw"),
+            axes=[
+                bio.BatchAxis(),
+                bio.ChannelAxis(channel_names=[bio.Identifier("grey")]),
+                bio.SpaceInputAxis(
+                    id=bio.AxisId("y"), size=bio.ParameterizedSize(min=smallest, step=step)
+                ),
+                bio.SpaceInputAxis(
+                    id=bio.AxisId("x"), size=bio.ParameterizedSize(min=smallest, step=step)
+                ),
+            ],
+            test_tensor=bio.FileDescr(source=work / "test_input.npy"),
+            data=bio.IntervalOrRatioDataDescr(type="float32"),
+            preprocessing=[
+                bio.ScaleRangeDescr(
+                    kwargs=bio.ScaleRangeKwargs(
+                        axes=[bio.AxisId("y"), bio.AxisId("x")],
+                        min_percentile=norm.low,
+                        max_percentile=norm.high,
+                    )
+                )
+            ],
+        )
+        ref = dict(tensor_id=bio.TensorId("raw"))
+        outputs = bio.OutputTensorDescr(
+            id=bio.TensorId("probabilities"),
+            axes=[
+                bio.BatchAxis(),
+                bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in class_names]),
+                bio.SpaceOutputAxisWithHalo(
+                    id=bio.AxisId("y"),
+                    halo=halo,
+                    size=bio.SizeReference(axis_id=bio.AxisId("y"), **ref),
+                ),
+                bio.SpaceOutputAxisWithHalo(
+                    id=bio.AxisId("x"),
+                    halo=halo,
+                    size=bio.SizeReference(axis_id=bio.AxisId("x"), **ref),
+                ),
+            ],
+            test_tensor=bio.FileDescr(source=work / "test_output.npy"),
+            data=bio.IntervalOrRatioDataDescr(type="float32"),
+        )
+        descr = bio.ModelDescr(
+            name=name,
+            description=description
+            or f"U-Net trained with napari-unet on {spec.labels.kind} labels; classes "
+            f"{', '.join(spec.labels.class_names)}; outputs class probabilities",
+            authors=[bio.Author(name=a) for a in authors],
+            cite=[
+                bio.CiteEntry(
+                    text="Ronneberger, Fischer & Brox. U-Net: Convolutional Networks for "
+                    "Biomedical Image Segmentation. MICCAI 2015",
+                    doi=bio.Doi(UNET_PAPER_DOI),
+                )
+            ],
+            license=bio.LicenseId(license),
+            tags=["napari-unet", "unet", "2d", "segmentation", spec.labels.kind],
+            documentation=bio.FileDescr(source=work / "README.md"),
+            covers=[bio.FileDescr(source=work / "cover.png")],
+            attachments=[
+                bio.FileDescr(source=work / "config.json"),
+                bio.FileDescr(source=work / "weights.safetensors"),
+            ],
+            inputs=[inputs],
+            outputs=[outputs],
+            weights=bio.WeightsDescr(
+                pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+                    source=work / "weights.pt",
+                    architecture=bio.ArchitectureFromFileDescr(
+                        source=work / "unet.py",
+                        callable=bio.Identifier("NapariUNet"),
+                        kwargs=fields,
+                    ),
+                    pytorch_version=torch_version,
+                ),
+                torchscript=bio.TorchscriptWeightsDescr(
+                    source=work / "weights_torchscript.pt",
+                    pytorch_version=torch_version,
+                    parent="pytorch_state_dict",
+                ),
+                onnx=bio.OnnxWeightsDescr(
+                    source=work / "weights.onnx", opset_version=17, parent="pytorch_state_dict"
+                ),
+            ),
+        )
+        tmp = path.with_name(path.name + ".part")
+        save_bioimageio_package(descr, output_path=tmp)
+        tmp.replace(path)
+        return path
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cover(image: np.ndarray, probs: np.ndarray, out: Path) -> None:
+    """A 2:1 cover: the image | its predicted classes (grey levels)."""
+    import imageio.v3 as iio
+
+    lo, hi = np.percentile(image, [1, 99.8])
+    grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    classes = probs[0].argmax(0) / max(probs.shape[1] - 1, 1)
+    both = np.concatenate([grey, classes], axis=1)
+    iio.imwrite(out, (both * 255).astype(np.uint8))
+
+
+def _readme(model: Any, name: str) -> str:
+    spec, history = model.config, model.history or {}
+    vals = [v for v in history.get("validation", []) if isinstance(v, dict)]
+    last = vals[-1] if vals else {}
+    sessions = history.get("sessions", [])
+    lines = [
+        f"# {name}",
+        "",
+        f"A {spec.model.spatial_dims}D U-Net (width {spec.model.width}, depth "
+        f"{spec.model.depth}) trained with napari-unet on {spec.labels.kind} labels. Output: "
+        f"softmax class probabilities ({', '.join(spec.labels.class_names)}).",
+        "",
+    ]
+    if spec.labels.instances:
+        pp = spec.postprocess
+        lines += [
+            "Instances: background / interior / boundary probabilities. napari-unet turns them "
+            f"into objects by a seeded watershed: seeds = connected regions of interior "
+            f"probability above {pp.seed_threshold}, grown over the foreground (background "
+            f"probability below {1 - pp.fg_threshold:.2f}), objects under "
+            f"{pp.min_size_for(2)} pixels dropped. `napari-unet predict PACKAGE.zip IMAGES "
+            "--instances` does it for you.",
+            "",
+        ]
+    lines += [
+        "# Validation",
+        "",
+        f"Trained for {history.get('steps', 0)} steps in {len(sessions)} session(s); "
+        f"images: {', '.join(str(s.get('images', '')) for s in sessions) or 'see training.json'}.",
+        f"Last validation: {json.dumps(last) if last else 'none recorded'}.",
+        "",
+    ]
+    return "\n".join(lines)

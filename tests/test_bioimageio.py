@@ -1,0 +1,75 @@
+"""bioimage.io export (issue 14, first version): packages pass `bioimageio test` with
+pytorch_state_dict, torchscript and onnx weights, and carry napari-unet's files."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import napari_unet as nu
+from napari_unet.bioimageio import export_bioimageio
+
+from .conftest import make_nuclei
+
+
+@pytest.fixture(scope="module")
+def semantic_model(tmp_path_factory):
+    pairs = [make_nuclei(seed=s) for s in range(2)]
+    out = tmp_path_factory.mktemp("bio") / "semantic"
+    labels = [(lab > 0).astype(np.uint8) * 255 for _, lab in pairs]
+    nu.train([p[0] for p in pairs], labels, labels_kind="semantic", steps=3, width=4, depth=2,
+             patch=32, batch_size=2, device="cpu", out=out)  # fmt: skip
+    return nu.load_model(out)
+
+
+@pytest.mark.parametrize("which", ["semantic", "instances"])
+def test_exported_package_passes_bioimageio_test(which, semantic_model, tiny_model, tmp_path):
+    from bioimageio.core import test_model
+
+    model = semantic_model if which == "semantic" else tiny_model[0]
+    image = make_nuclei(shape=(96, 96), seed=9)[0]
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image, name=f"napari-unet {which} test")
+    summary = test_model(str(pkg))
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status == "failed"]
+    assert summary.status == "passed", failed
+    with zipfile.ZipFile(pkg) as z:
+        names = set(z.namelist())
+        rdf = z.read("rdf.yaml").decode()
+        readme = z.read("README.md").decode()
+        config = json.loads(z.read("config.json"))
+    assert {"weights.pt", "weights_torchscript.pt", "weights.onnx", "unet.py"} <= names
+    assert {"config.json", "weights.safetensors", "cover.png"} <= names
+    assert "github_user" not in rdf and "scale_range" in rdf and "halo" in rdf
+    assert "# Validation" in readme
+    assert config["model"] == json.loads((model.path / "config.json").read_text())["model"]
+    for c in model.config.labels.class_names:
+        assert c in rdf  # channel names = class names
+
+
+def test_probabilities_in_the_package_match_napari_unet(tiny_model, tmp_path):
+    model = tiny_model[0]
+    image = make_nuclei(shape=(96, 96), seed=9)[0]
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
+    with zipfile.ZipFile(pkg) as z:
+        z.extract("test_output.npy", tmp_path)
+    packaged = np.load(tmp_path / "test_output.npy", allow_pickle=False)[0]
+    here = nu.predict_proba(model, image, device="cpu")
+    np.testing.assert_allclose(packaged, here, atol=1e-3)
+
+
+def test_export_refuses_what_it_cannot_write(tiny_model, tmp_path):
+    model = tiny_model[0]
+    image = make_nuclei(shape=(96, 96), seed=9)[0]
+    taken = tmp_path / "taken.zip"
+    taken.write_bytes(b"mine")
+    with pytest.raises(ValueError, match="already exists"):
+        export_bioimageio(model, taken, image)
+    assert taken.read_bytes() == b"mine"
+    with pytest.raises(ValueError, match="name 'x'"):
+        export_bioimageio(model, tmp_path / "a.zip", image, name="x")
+    with pytest.raises(ValueError, match="2D"):
+        export_bioimageio(model, tmp_path / "b.zip", np.zeros((2, 96, 96)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.zip"]
