@@ -263,3 +263,55 @@ def _readme(model: Any, name: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+PACKAGE_FILES = ("config.json", "weights.safetensors")  # what a package is loaded back from
+
+
+def is_package(path: str | Path) -> bool:
+    """``path`` names a ``.zip`` file (a bioimage.io package, maybe)."""
+    p = Path(path)
+    return p.suffix.lower() == ".zip" and p.is_file()
+
+
+def package_folder(path: str | Path) -> Path:
+    """The napari-unet model folder inside a package that napari-unet exported.
+
+    Only the attachments ``config.json`` and ``weights.safetensors`` are read (never
+    the ``.pt`` weights: nothing is unpickled); they are extracted once into a
+    folder named by the package's sha256 under the temporary folder.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is not a zip file, or a package that napari-unet did not export.
+    """
+    import hashlib
+    import os
+    import zipfile
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a zip file (a bioimage.io package is a .zip)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "napari-unet-packages" / digest
+    if all((folder / f).is_file() for f in PACKAGE_FILES):
+        return folder
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        missing = [f for f in PACKAGE_FILES if f not in names]
+        if missing or "rdf.yaml" not in names:
+            raise ValueError(
+                f"{path}: not a bioimage.io package exported by napari-unet (it has no "
+                f"{' and '.join(missing or ['rdf.yaml'])}); napari-unet loads its own packages "
+                "only, from their config.json and weights.safetensors"
+            )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        part = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=folder.parent))
+        for f in PACKAGE_FILES:
+            (part / f).write_bytes(archive.read(f))
+    try:
+        os.replace(part, folder)
+    except OSError:  # another process extracted it first
+        shutil.rmtree(part, ignore_errors=True)
+    return folder

@@ -804,7 +804,14 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelSpec:
 
 
 def _model_dir(path: str | os.PathLike[str]) -> Path:
+    from .bioimageio import is_package, package_folder
+
     folder = resolve_model_ref(path)  # builtin:NAME -> the package's folder (unknown: listed)
+    if is_package(folder):  # a bioimage.io package napari-unet exported: its attachments
+        try:
+            folder = package_folder(folder)
+        except ValueError as exc:
+            raise ModelFormatError(str(exc)) from None
     if folder.is_file():
         _refuse_pickle_file(folder)
     if not folder.is_dir():

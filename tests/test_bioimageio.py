@@ -73,3 +73,40 @@ def test_export_refuses_what_it_cannot_write(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="2D"):
         export_bioimageio(model, tmp_path / "b.zip", np.zeros((2, 96, 96)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.zip"]
+
+
+def test_a_package_loads_back_from_its_attachments(tiny_model, tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+
+    model = tiny_model[0]
+    image = make_nuclei(shape=(96, 96), seed=9)[0]
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
+    back = nu.load_model(pkg)
+    assert back.config.model == model.config.model
+    np.testing.assert_array_equal(
+        nu.predict(back, image, instances=True), nu.predict(model, image, instances=True)
+    )
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    assert main(["-q", "predict", str(pkg), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--instances"]) == 0  # fmt: skip
+    assert (tmp_path / "o" / "a.tif").is_file()
+
+
+def test_a_zip_not_made_by_napari_unet_is_named(tmp_path, capsys):
+    import zipfile
+
+    from napari_unet.cli import main
+
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("rdf.yaml", "type: model\n")
+        z.writestr("weights.pt", b"\x80\x04not really")
+    with pytest.raises(ValueError, match="not a bioimage.io package exported by napari-unet"):
+        nu.load_model(other)
+    (tmp_path / "in").mkdir()
+    code = main(["predict", str(other), str(tmp_path / "in"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "napari-unet" in err and err.count("\n") == 1, err
