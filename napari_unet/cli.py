@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, help="folder of predicted instance/label images")
     e.add_argument("--truth", required=True, help="folder of ground-truth label images")
     e.add_argument("--out", help="CSV or JSON file (default: evaluation.csv and .json in --pred)")
+    x = sub.add_parser("export", help="write a model as a bioimage.io package (.zip)")
+    x.add_argument("model", help="model folder or builtin:NAME")
+    x.add_argument("--out", required=True, help="the package to write (a new .zip file)")
+    x.add_argument(
+        "--image", help="a 2D image for the test tensors and the cover (default: a sample nuclei)"
+    )
+    x.add_argument("--name", help="the package's name (5-128 letters, digits, spaces, _+-())")
+    x.add_argument(
+        "--author", action="append", help="an author's name (repeat for several; no GitHub ids)"
+    )
+    x.add_argument("--license", default="CC-BY-4.0", help="an SPDX licence id (CC-BY-4.0)")
     return p
 
 
@@ -575,6 +586,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export MODEL --out PKG.zip``: a bioimage.io package (napari_unet.bioimageio)."""
+    from .files import read_image
+    from .safety import check_model_folder
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".zip":
+        raise UsageError(f"--out {out}: a bioimage.io package is a .zip file")
+    if out.exists():
+        raise UsageError(f"--out {out} already exists: choose a new file name")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: {out.parent} is not a writable folder")
+    check_model_folder(args.model)  # before torch: a bad folder is named at once
+    if args.image:
+        image = read_image(args.image)
+    else:
+        sample = sorted((Path(__file__).parent / "_sample_data" / "images").glob("*.png"))[0]
+        image = read_image(sample)
+    from .bioimageio import export_bioimageio
+    from .store import load_model
+
+    model = load_model(args.model)
+    authors = args.author or ["napari-unet user"]
+    path = export_bioimageio(
+        model, out, image, name=args.name, authors=authors, license=args.license
+    )
+    _say(args, f"wrote {path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .files import find_inputs, pair_by_stem, read_image
     from .metrics import evaluate_pair
@@ -638,7 +679,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING, format="napari-unet: %(message)s"
     )
-    commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate}
+    commands = {
+        "train": cmd_train,
+        "predict": cmd_predict,
+        "evaluate": cmd_evaluate,
+        "export": cmd_export,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -110,3 +110,24 @@ def test_a_zip_not_made_by_napari_unet_is_named(tmp_path, capsys):
     code = main(["predict", str(other), str(tmp_path / "in"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "napari-unet" in err and err.count("\n") == 1, err
+
+
+def test_cli_export_builtin_nuclei_and_its_refusals(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    pkg = tmp_path / "nuclei.zip"
+    assert main(["export", "builtin:nuclei", "--out", str(pkg), "--author", "A. Person"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with zipfile.ZipFile(pkg) as z:
+        rdf = z.read("rdf.yaml").decode()
+    assert "A. Person" in rdf and "CC-BY-4.0" in rdf
+    for args, fragment in (
+        (["builtin:nuclei", "--out", str(pkg)], "already exists"),
+        (["builtin:nuclei", "--out", str(tmp_path / "x.tar")], "is a .zip"),
+        ([str(tmp_path / "nothing"), "--out", str(tmp_path / "n.zip")], "does not exist"),
+        (["builtin:nuclei", "--out", str(tmp_path / "no" / "n.zip")], "not a writable folder"),
+    ):
+        code = main(["export", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and err.count("\n") == 1, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.zip"]
