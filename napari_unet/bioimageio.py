@@ -10,9 +10,9 @@ cover (image | predicted classes); a README with a "# Validation" section from
 ``training.json``; and napari-unet's ``config.json`` and ``weights.safetensors``
 as attachments.
 
-Status (issue 14, session 5): 2D "same"-padding models only; loading a package
-back, the CLI ``export`` command and the widgets' Export button are not written
-yet.  ``bioimageio.core`` is only needed to test a package (the testing extra).
+Status (issue 14, session 5): "same"-padding models (2D and 3D, any number of
+channels); ``valid`` models and the widgets' Export button are not written yet.
+``bioimageio.core`` is only needed to test a package (the testing extra).
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ def export_bioimageio(
     from bioimageio.spec.model import v0_5 as bio
 
     from ._bioimageio.unet import NapariUNet
-    from .data import percentiles
     from .model import border
 
     path = Path(path)
@@ -64,10 +63,10 @@ def export_bioimageio(
         raise ValueError(f"--out {path} already exists: choose a new file name")
     spec = model.config
     mcfg = spec.model
-    if mcfg.spatial_dims != 2 or mcfg.padding != "same" or mcfg.in_channels != 1:
+    if mcfg.padding != "same":
         raise ValueError(
-            "export writes 2D, one-channel, 'same'-padding models for now; this model is "
-            f"{mcfg.spatial_dims}D, {mcfg.in_channels} channel(s), padding {mcfg.padding!r}"
+            "export writes 'same'-padding models for now (the default); this model has "
+            f"padding {mcfg.padding!r}"
         )
     if model.path is None:
         raise ValueError("the model has no folder: save it first (its files go into the package)")
@@ -76,32 +75,41 @@ def export_bioimageio(
         raise ValueError(
             f"name {name!r}: 5-128 letters, digits, spaces and _+-() (bioimage.io's rule)"
         )
+    dims, chans = mcfg.spatial_dims, mcfg.in_channels
     image = np.asarray(image, np.float32)
-    if image.ndim != 2:
-        raise ValueError(f"the test image must be 2D (y, x), got shape {image.shape}")
+    want = dims + (chans > 1)
+    if image.ndim != want:
+        layout = ("(c, " if chans > 1 else "(") + ("z, y, x)" if dims == 3 else "y, x)")
+        raise ValueError(f"the test image must be {layout} for this model, got shape {image.shape}")
+    if chans == 1:
+        image = image[None]
+    if image.shape[0] != chans:
+        raise ValueError(f"the test image has {image.shape[0]} channels, the model {chans}")
     step = 2**mcfg.depth
-    crop = tuple(max(step, s // step * step) for s in image.shape)
-    image = image[: crop[0], : crop[1]]
+    crop = tuple(max(step, s // step * step) for s in image.shape[1:])
+    image = image[(slice(None), *(slice(0, c) for c in crop))]
+    if any(have < c for have, c in zip(image.shape[1:], crop, strict=True)):
+        raise ValueError(f"the test image is smaller than {step} pixels along an axis")
 
     fields = {f: getattr(mcfg, f) for f in mcfg.__dataclass_fields__}
     network = NapariUNet(**fields)
     network.load_state_dict(model.network.state_dict())
     network.eval()
     norm = spec.normalization
-    low, high = percentiles(image, norm)
-    scaled = (image - low) / max(high - low, 1e-6)
-    example = torch.from_numpy(scaled[None, None].astype(np.float32))
+    scaled = np.stack([_scaled(c, norm) for c in image])  # per channel, as scale_range does
+    example = torch.from_numpy(scaled[None].astype(np.float32))
     with torch.no_grad():
         probs = network(example).numpy()
 
     work = Path(tempfile.mkdtemp(prefix="napari-unet-export-"))
     try:
-        np.save(work / "test_input.npy", image[None, None])
+        np.save(work / "test_input.npy", image[None])
         np.save(work / "test_output.npy", probs)
         torch.save(network.state_dict(), work / "weights.pt")  # the format asks for it
         traced = torch.jit.trace(network, example)
         traced.save(str(work / "weights_torchscript.pt"))
-        axes = {0: "b", 2: "y", 3: "x"}
+        space = "zyx"[3 - dims :]
+        axes = {0: "b", **{2 + i: a for i, a in enumerate(space)}}
         with warnings.catch_warnings():  # the legacy exporter (the new one needs onnxscript)
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
@@ -114,10 +122,11 @@ def export_bioimageio(
                 dynamic_axes={"raw": axes, "probabilities": axes},
                 dynamo=False,
             )
+        _check_onnx(work / "weights.onnx", scaled[None].astype(np.float32), probs)
         shutil.copy(Path(__file__).parent / "_bioimageio" / "unet.py", work / "unet.py")
         for f in ("config.json", "weights.safetensors"):
             shutil.copy(Path(model.path) / f, work / f)
-        _cover(image, probs, work / "cover.png")
+        _cover(image[0], probs, work / "cover.png")
         (work / "README.md").write_text(_readme(model, name))
 
         class_names = [_identifier(c, f"class{i}") for i, c in enumerate(spec.labels.class_names)]
@@ -128,12 +137,16 @@ def export_bioimageio(
             id=bio.TensorId("raw"),
             axes=[
                 bio.BatchAxis(),
-                bio.ChannelAxis(channel_names=[bio.Identifier("grey")]),
-                bio.SpaceInputAxis(
-                    id=bio.AxisId("y"), size=bio.ParameterizedSize(min=smallest, step=step)
+                bio.ChannelAxis(
+                    channel_names=[
+                        bio.Identifier("grey" if chans == 1 else f"c{i}") for i in range(chans)
+                    ]
                 ),
-                bio.SpaceInputAxis(
-                    id=bio.AxisId("x"), size=bio.ParameterizedSize(min=smallest, step=step)
+                *(
+                    bio.SpaceInputAxis(
+                        id=bio.AxisId(a), size=bio.ParameterizedSize(min=smallest, step=step)
+                    )
+                    for a in space
                 ),
             ],
             test_tensor=bio.FileDescr(source=work / "test_input.npy"),
@@ -141,7 +154,7 @@ def export_bioimageio(
             preprocessing=[
                 bio.ScaleRangeDescr(
                     kwargs=bio.ScaleRangeKwargs(
-                        axes=[bio.AxisId("y"), bio.AxisId("x")],
+                        axes=[bio.AxisId(a) for a in space],
                         min_percentile=norm.low,
                         max_percentile=norm.high,
                     )
@@ -154,15 +167,13 @@ def export_bioimageio(
             axes=[
                 bio.BatchAxis(),
                 bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in class_names]),
-                bio.SpaceOutputAxisWithHalo(
-                    id=bio.AxisId("y"),
-                    halo=halo,
-                    size=bio.SizeReference(axis_id=bio.AxisId("y"), **ref),
-                ),
-                bio.SpaceOutputAxisWithHalo(
-                    id=bio.AxisId("x"),
-                    halo=halo,
-                    size=bio.SizeReference(axis_id=bio.AxisId("x"), **ref),
+                *(
+                    bio.SpaceOutputAxisWithHalo(
+                        id=bio.AxisId(a),
+                        halo=halo,
+                        size=bio.SizeReference(axis_id=bio.AxisId(a), **ref),
+                    )
+                    for a in space
                 ),
             ],
             test_tensor=bio.FileDescr(source=work / "test_output.npy"),
@@ -182,7 +193,7 @@ def export_bioimageio(
                 )
             ],
             license=bio.LicenseId(license),
-            tags=["napari-unet", "unet", "2d", "segmentation", spec.labels.kind],
+            tags=["napari-unet", "unet", f"{dims}d", "segmentation", spec.labels.kind],
             documentation=bio.FileDescr(source=work / "README.md"),
             covers=[bio.FileDescr(source=work / "cover.png")],
             attachments=[
@@ -219,13 +230,37 @@ def export_bioimageio(
         shutil.rmtree(work, ignore_errors=True)
 
 
+ONNX_TOLERANCE = 1e-4  # largest difference of a probability, onnxruntime against torch
+
+
+def _scaled(channel: np.ndarray, norm: Any) -> np.ndarray:
+    """bioimage.io's scale_range on one channel: (x - p_low) / (p_high - p_low + 1e-6)."""
+    low, high = np.percentile(channel, [norm.low, norm.high])
+    return (channel - low) / (high - low + 1e-6)
+
+
+def _check_onnx(path: Path, example: np.ndarray, expected: np.ndarray) -> None:
+    """The ONNX weights give torch's probabilities within :data:`ONNX_TOLERANCE`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: example})[0]
+    worst = float(np.abs(got - expected).max())
+    if worst > ONNX_TOLERANCE:
+        raise ValueError(f"the ONNX export differs from torch by {worst:.2g} (> {ONNX_TOLERANCE})")
+
+
 def _cover(image: np.ndarray, probs: np.ndarray, out: Path) -> None:
-    """A 2:1 cover: the image | its predicted classes (grey levels)."""
+    """A 2:1 cover: the image | its predicted classes (grey levels); 3D: the middle plane."""
     import imageio.v3 as iio
+
+    probs = probs[0]
+    if image.ndim == 3:
+        image, probs = image[image.shape[0] // 2], probs[:, probs.shape[1] // 2]
 
     lo, hi = np.percentile(image, [1, 99.8])
     grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-    classes = probs[0].argmax(0) / max(probs.shape[1] - 1, 1)
+    classes = probs.argmax(0) / max(probs.shape[0] - 1, 1)
     both = np.concatenate([grey, classes], axis=1)
     iio.imwrite(out, (both * 255).astype(np.uint8))
 

@@ -70,7 +70,7 @@ def test_export_refuses_what_it_cannot_write(tiny_model, tmp_path):
     assert taken.read_bytes() == b"mine"
     with pytest.raises(ValueError, match="name 'x'"):
         export_bioimageio(model, tmp_path / "a.zip", image, name="x")
-    with pytest.raises(ValueError, match="2D"):
+    with pytest.raises(ValueError, match=r"must be \(y, x\)"):
         export_bioimageio(model, tmp_path / "b.zip", np.zeros((2, 96, 96)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.zip"]
 
@@ -131,3 +131,24 @@ def test_cli_export_builtin_nuclei_and_its_refusals(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and fragment in err and err.count("\n") == 1, (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.zip"]
+
+
+def test_a_3d_two_channel_model_exports_and_passes(tmp_path):
+    from bioimageio.core import test_model
+
+    rng = np.random.default_rng(0)
+    stack = np.stack([make_nuclei(shape=(32, 32), seed=s)[0] for s in range(8)])
+    labels = np.stack([make_nuclei(shape=(32, 32), seed=s)[1] for s in range(8)])
+    image = np.stack([stack, stack[::-1] + rng.integers(0, 9, stack.shape, dtype=np.uint8)], -1)
+    out = tmp_path / "m3d"
+    nu.train([image], [labels > 0], labels_kind="semantic", spatial_dims=3, steps=2, width=2,
+             depth=1, patch=16, batch_size=1, device="cpu", out=out, init="scratch")  # fmt: skip
+    model = nu.load_model(out)
+    assert model.config.model.spatial_dims == 3 and model.config.model.in_channels == 2
+    test = np.moveaxis(image, -1, 0)  # (c, z, y, x)
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", test, name="napari-unet 3d test")
+    summary = test_model(str(pkg))
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status == "failed"]
+    assert summary.status == "passed", failed
+    with pytest.raises(ValueError, match=r"\(c, z, y, x\)"):
+        export_bioimageio(model, tmp_path / "other.zip", stack)
