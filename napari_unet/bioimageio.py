@@ -300,6 +300,13 @@ def _readme(model: Any, name: str) -> str:
     return "\n".join(lines)
 
 
+def sample_image() -> np.ndarray:
+    """A grey 2D nuclei image shipped with napari-unet (DSB2018, CC0): the default test image."""
+    from .files import read_image
+
+    return read_image(sorted((Path(__file__).parent / "_sample_data" / "images").glob("*.png"))[0])
+
+
 PACKAGE_FILES = ("config.json", "weights.safetensors")  # what a package is loaded back from
 
 

@@ -599,12 +599,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise UsageError(f"--out {out}: {out.parent} is not a writable folder")
     check_model_folder(args.model)  # before torch: a bad folder is named at once
-    if args.image:
-        image = read_image(args.image)
-    else:
-        sample = sorted((Path(__file__).parent / "_sample_data" / "images").glob("*.png"))[0]
-        image = read_image(sample)
-    from .bioimageio import export_bioimageio
+    from .bioimageio import export_bioimageio, sample_image
+
+    image = read_image(args.image) if args.image else sample_image()
     from .store import load_model
 
     model = load_model(args.model)

@@ -99,10 +99,22 @@ def _batch_files(params: dict[str, Any], control: Any) -> Generator[Any, None, A
     )
 
 
+def _export(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
+    """A bioimage.io package of ``model`` (napari_unet.bioimageio); the image of the
+    test tensors defaults to a sample nuclei image."""
+    from .bioimageio import export_bioimageio, sample_image
+
+    yield from ()
+    image = params.pop("image")
+    image = sample_image() if image is None else image
+    return str(export_bioimageio(params.pop("model"), params.pop("path"), image, **params))
+
+
 Factory = Callable[[dict[str, Any], Any], Generator[Any, None, Any]]
 JOBS: dict[str, tuple[Factory, bool]] = {
     "train": (_train, True),
     "predict_layers": (_predict_layers, False),
     "batch_items": (_batch_items, False),
     "batch_files": (_batch_files, False),
+    "export": (_export, False),
 }

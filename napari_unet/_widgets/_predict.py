@@ -27,6 +27,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QLabel,
     QPushButton,
@@ -130,6 +131,11 @@ class PredictWidget(DockWidget):
         self.run_btn = QPushButton("Predict")
         self.cancel_btn = QPushButton("Cancel")
         self.correct_btn = QPushButton("Editable copy of the selected labels")
+        self.export_btn = QPushButton("Export for bioimage.io…")
+        self.export_btn.setToolTip(
+            "write the model as a bioimage.io package (.zip) for Fiji, QuPath, ilastik; "
+            "test tensors from the plane in view of the chosen image"
+        )
         self.instances_box = InstanceSettings()
         self.instances_box.setVisible(False)
         self.recompute_timer = QTimer(self)
@@ -151,6 +157,7 @@ class PredictWidget(DockWidget):
         layout.addLayout(hbox(self.run_btn, self.cancel_btn))
         layout.addWidget(self.status)
         layout.addWidget(self.correct_btn)
+        layout.addWidget(self.export_btn)
         layout.addStretch(1)
 
     def _connect(self) -> None:
@@ -158,6 +165,7 @@ class PredictWidget(DockWidget):
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.correct_btn.clicked.connect(self.editable_copy)
+        self.export_btn.clicked.connect(lambda: self.export_package())
         self.instances_box.changed.connect(self.recompute_timer.start)  # restarts: debounced
         self.instances_box.save_btn.clicked.connect(self.save_postprocess)
         self.recompute_timer.timeout.connect(self.recompute_instances)
@@ -276,6 +284,48 @@ class PredictWidget(DockWidget):
         self.runner.start()
         self._set_running(True)
         self.status.setText(f"predicting {name}…")
+
+    def export_package(self, path: str | None = None) -> None:
+        """The Export button: the chosen model as a bioimage.io package (in a child process)."""
+        if self.busy:
+            return
+        if self.model is None or self.model.path is None:
+            show_warning("napari-unet: choose a model with a folder to export")
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "bioimage.io package", "", "zip (*.zip)")
+            if not path:
+                return
+        target = Path(path)
+        if target.suffix.lower() != ".zip":
+            target = target.with_name(target.name + ".zip")
+        if target.exists():  # nothing the user made is overwritten
+            show_warning(f"napari-unet: {target} already exists: choose a new file name")
+            return
+        image = None
+        name = self.image.currentText()
+        c = self.model.config.model
+        if name in self.viewer.layers and c.spatial_dims == 2 and c.in_channels == 1:
+            layer = self.viewer.layers[name]
+            index = in_view_index(self.viewer, layer)
+            plane = np.asarray(layer.data[index] if index else layer.data)
+            image = plane if plane.ndim == 2 else None
+        params = dict(model=self.model, path=target, image=image)
+        self.runner = ChildRunner(
+            "export",
+            params,
+            on_event=lambda _: None,
+            on_done=lambda written: self._exported(written),
+            on_finished=self._finished,
+            what="napari-unet export",
+        )
+        self.runner.start()
+        self._set_running(True)
+        self.status.setText(f"exporting to {target}…")
+
+    def _exported(self, written: str) -> None:
+        self.status.setText(f"exported the model to {written} (bioimage.io package)")
+        show_info(f"napari-unet: exported {written}")
 
     def cancel(self) -> None:
         if self.runner is not None and self.runner.is_running:
