@@ -17,7 +17,6 @@ channels); ``valid`` models and the widgets' Export button are not written yet.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -267,9 +266,7 @@ def _cover(image: np.ndarray, probs: np.ndarray, out: Path) -> None:
 
 def _readme(model: Any, name: str) -> str:
     spec, history = model.config, model.history or {}
-    vals = [v for v in history.get("validation", []) if isinstance(v, dict)]
-    last = vals[-1] if vals else {}
-    sessions = history.get("sessions", [])
+    sessions = [s for s in history.get("sessions", []) if isinstance(s, dict)]
     lines = [
         f"# {name}",
         "",
@@ -289,14 +286,32 @@ def _readme(model: Any, name: str) -> str:
             "--instances` does it for you.",
             "",
         ]
-    lines += [
-        "# Validation",
-        "",
-        f"Trained for {history.get('steps', 0)} steps in {len(sessions)} session(s); "
-        f"images: {', '.join(str(s.get('images', '')) for s in sessions) or 'see training.json'}.",
-        f"Last validation: {json.dumps(last) if last else 'none recorded'}.",
-        "",
-    ]
+    lines += ["# Validation", ""]
+    for i, session in enumerate(sessions, 1):
+        data = session.get("data") or []
+        what = f"Session {i}: {len(data)} image(s) with {session.get('labels_kind')} labels"
+        what += f" (content hashes in training.json), recipe {session.get('recipe')}"
+        if session.get("validation"):
+            what += f"; validation on {session['validation']}"
+        lines.append(what + ".")
+        search = session.get("postprocess_search") or {}
+        if search:
+            lines.append(
+                f"Instance settings chosen on {search.get('images')} image(s), "
+                f"{search.get('objects')} objects: {search.get('metric')} "
+                f"{search.get('start_ap')} with {search.get('start')} -> "
+                f"{search.get('chosen_ap')} with {search.get('chosen')} (seed, foreground, "
+                "minimum size)."
+            )
+    vals = [v for v in history.get("validation", []) if isinstance(v, list) and len(v) >= 3]
+    if vals:
+        step, loss, iou = vals[-1][:3]
+        lines.append(f"Last validation (step {step}): loss {loss:.4f}, mean IoU {iou:.3f}.")
+    lines.append(f"Trained for {history.get('steps', 0)} steps in all.")
+    built = history.get("built_with")
+    if isinstance(built, dict) and built.get("command"):
+        lines.append(f"Re-trained by: `{built['command']}`.")
+    lines.append("")
     return "\n".join(lines)
 
 

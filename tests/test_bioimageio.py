@@ -43,7 +43,7 @@ def test_exported_package_passes_bioimageio_test(which, semantic_model, tiny_mod
     assert {"weights.pt", "weights_torchscript.pt", "weights.onnx", "unet.py"} <= names
     assert {"config.json", "weights.safetensors", "cover.png"} <= names
     assert "github_user" not in rdf and "scale_range" in rdf and "halo" in rdf
-    assert "# Validation" in readme
+    assert "# Validation" in readme and "image(s) with" in readme and "steps in all" in readme
     assert config["model"] == json.loads((model.path / "config.json").read_text())["model"]
     for c in model.config.labels.class_names:
         assert c in rdf  # channel names = class names
