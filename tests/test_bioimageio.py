@@ -137,8 +137,8 @@ def test_a_3d_two_channel_model_exports_and_passes(tmp_path):
     from bioimageio.core import test_model
 
     rng = np.random.default_rng(0)
-    stack = np.stack([make_nuclei(shape=(32, 32), seed=s)[0] for s in range(8)])
-    labels = np.stack([make_nuclei(shape=(32, 32), seed=s)[1] for s in range(8)])
+    stack = np.stack([make_nuclei(shape=(32, 32), seed=s)[0] for s in range(20)])
+    labels = np.stack([make_nuclei(shape=(32, 32), seed=s)[1] for s in range(20)])
     image = np.stack([stack, stack[::-1] + rng.integers(0, 9, stack.shape, dtype=np.uint8)], -1)
     out = tmp_path / "m3d"
     nu.train([image], [labels > 0], labels_kind="semantic", spatial_dims=3, steps=2, width=2,
@@ -152,3 +152,22 @@ def test_a_3d_two_channel_model_exports_and_passes(tmp_path):
     assert summary.status == "passed", failed
     with pytest.raises(ValueError, match=r"\(c, z, y, x\)"):
         export_bioimageio(model, tmp_path / "other.zip", stack)
+
+
+def test_blockwise_prediction_of_the_package_matches_the_whole_image(tiny_model, tmp_path):
+    """The declared halo is enough context: bioimageio.core's smallest blocks give the
+    whole-image probabilities (within 0.05)."""
+    from bioimageio.core import predict
+    from bioimageio.spec.model.v0_5 import TensorId
+
+    model = tiny_model[0]
+    image = make_nuclei(shape=(192, 192), n=30, seed=11)[0].astype(np.float32)
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
+    x = {TensorId("raw"): image[None, None]}
+    out = TensorId("probabilities")
+    whole = predict(model=str(pkg), inputs=x).members[out].data.values
+    blocks = predict(model=str(pkg), inputs=x, blocksize_parameter=1).members[out].data.values
+    assert whole.shape == blocks.shape == (1, 3, 192, 192)
+    assert float(np.abs(whole - blocks).max()) < 0.05
+    with pytest.raises(ValueError, match="at least 36 pixels"):  # 2 x 16 px halo, x 4
+        export_bioimageio(model, tmp_path / "small.zip", image[:30, :30])
