@@ -1,5 +1,6 @@
 """The model list of the Predict and Batch widgets: the current model, the built-in
-models, folders loaded; and a "Load folder…" button next to it."""
+models, folders and bioimage.io packages loaded; "Load folder…" and "Load package…"
+buttons next to it."""
 
 from __future__ import annotations
 
@@ -36,12 +37,16 @@ class ModelChoice(QWidget):
             self.combo.setItemData(self.combo.count() - 1, description, Qt.ToolTipRole)
         self.load_btn = QPushButton("Load folder…")
         self.load_btn.setToolTip("choose a model folder (config.json, weights.safetensors)")
+        self.package_btn = QPushButton("Load package…")
+        self.package_btn.setToolTip("choose a bioimage.io package (.zip) exported by napari-unet")
         box = QHBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(self.combo, 1)
         box.addWidget(self.load_btn)
+        box.addWidget(self.package_btn)
         self.combo.currentIndexChanged.connect(lambda _: self.chosen.emit(self.ref()))
         self.load_btn.clicked.connect(self.browse)
+        self.package_btn.clicked.connect(self.browse_package)
 
     def ref(self) -> str:
         """The reference of the chosen entry."""
@@ -53,7 +58,8 @@ class ModelChoice(QWidget):
         index = self.combo.findData(ref)
         if index < 0:
             folder = Path(ref)
-            self.combo.addItem(f"folder: {folder.name}", ref)
+            kind = "package" if folder.suffix.lower() == ".zip" else "folder"
+            self.combo.addItem(f"{kind}: {folder.name}", ref)
             index = self.combo.count() - 1
             self.combo.setItemData(index, ref, Qt.ToolTipRole)
         self.combo.blockSignals(True)
@@ -70,3 +76,9 @@ class ModelChoice(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "model folder")
         if folder:
             self.choose(folder)
+
+    def browse_package(self) -> None:
+        """The "Load package…" button: a file dialog for a .zip, then it is chosen."""
+        path, _ = QFileDialog.getOpenFileName(self, "bioimage.io package", "", "zip (*.zip)")
+        if path:
+            self.choose(path)

@@ -46,3 +46,30 @@ def test_export_button_writes_a_package_from_the_plane_in_view(
     qtbot.mouseClick(predict.export_btn, Qt.LeftButton)  # the same name again: refused
     assert any(k == "show_warning" and "already exists" in t for k, t in notes), notes
     assert pkg.read_bytes() == before
+
+
+def test_a_package_loads_in_the_model_list_and_predicts(
+    make_napari_viewer, qtbot, nuclei, tiny_model, tmp_path, monkeypatch
+):
+    import napari_unet as nu
+    from napari_unet._widgets import _models
+    from napari_unet.bioimageio import export_bioimageio
+
+    model = tiny_model[0]
+    image = nuclei[0][0]
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    predict = PredictWidget(viewer)
+    monkeypatch.setattr(
+        _models.QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(pkg), ""))
+    )
+    qtbot.mouseClick(predict.models.package_btn, Qt.LeftButton)
+    assert predict.models.combo.currentText() == "package: pkg.zip"
+    assert predict.model is not None and "loaded" in predict.status.text()
+    predict.want_instances.setChecked(True)
+    qtbot.mouseClick(predict.run_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not predict.busy, timeout=120_000)
+    np.testing.assert_array_equal(
+        viewer.layers["img instances"].data, nu.predict(model, image, instances=True)
+    )
