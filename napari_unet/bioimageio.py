@@ -334,6 +334,15 @@ def sample_image() -> np.ndarray:
     return read_image(sorted((Path(__file__).parent / "_sample_data" / "images").glob("*.png"))[0])
 
 
+PACKAGES_ROOT = Path(tempfile.gettempdir()) / "napari-unet-packages"  # extracted, by sha256
+
+
+def extracted_package(folder: str | Path) -> bool:
+    """``folder`` is (inside) a package's extraction: read-only, like a built-in model."""
+    target = Path(folder).resolve()
+    return target.is_relative_to(PACKAGES_ROOT.resolve())
+
+
 PACKAGE_FILES = ("config.json", "weights.safetensors")  # what a package is loaded back from
 
 
@@ -363,7 +372,7 @@ def package_folder(path: str | Path) -> Path:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a zip file (a bioimage.io package is a .zip)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "napari-unet-packages" / digest
+    folder = PACKAGES_ROOT / digest
     if all((folder / f).is_file() for f in PACKAGE_FILES):
         return folder
     with zipfile.ZipFile(path) as archive:

@@ -230,8 +230,15 @@ class PredictWidget(DockWidget):
         return True
 
     def _read_only(self) -> str | None:
-        """``builtin:NAME`` when the model's folder is a built-in model's, else None."""
-        return builtin_containing(self.model_folder) if self.model_folder is not None else None
+        """``builtin:NAME`` when the model's folder is a built-in model's, the package's
+        name when it was loaded from a bioimage.io package, else None."""
+        from ..bioimageio import extracted_package
+
+        if self.model_folder is None:
+            return None
+        if extracted_package(self.model_folder):
+            return f"the package {Path(self.model_name).name or 'loaded'}"
+        return builtin_containing(self.model_folder)
 
     def _refresh(self, *_: Any) -> None:
         refill_layer_choices(self.image, self.viewer, Image)
@@ -460,9 +467,10 @@ class PredictWidget(DockWidget):
             return False
         if self._read_only():
             text = (
-                f"{self._read_only()} is a built-in model, read-only: the values apply to this "
-                "widget's predictions only; to keep your own, train a model from it "
-                "(Train: start from) into another folder"
+                f"{self._read_only()} is "
+                + ("a built-in model, " if is_builtin(self._read_only()) else "")
+                + "read-only: the values apply to this widget's predictions only; to keep "
+                "your own, train a model from it (Train: start from) into another folder"
             )
             self.status.setText(text)
             show_warning(f"napari-unet: {text}")

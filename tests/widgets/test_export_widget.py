@@ -67,6 +67,8 @@ def test_a_package_loads_in_the_model_list_and_predicts(
     qtbot.mouseClick(predict.models.package_btn, Qt.LeftButton)
     assert predict.models.combo.currentText() == "package: pkg.zip"
     assert predict.model is not None and "loaded" in predict.status.text()
+    assert predict.save_postprocess() is False  # read-only, like a built-in model
+    assert "the package pkg.zip is read-only" in predict.status.text()
     predict.want_instances.setChecked(True)
     qtbot.mouseClick(predict.run_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: not predict.busy, timeout=120_000)
