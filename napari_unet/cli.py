@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="model folder or builtin:NAME")
     x.add_argument("--out", required=True, help="the package to write (a new .zip file)")
     x.add_argument(
-        "--image", help="a 2D image for the test tensors and the cover (default: a sample nuclei)"
+        "--image",
+        help="an image the model takes, for the test tensors and the cover (a stack: its "
+        "middle plane; default for 2D grey models: a sample nuclei image)",
     )
     x.add_argument("--name", help="the package's name (5-128 letters, digits, spaces, _+-())")
     x.add_argument(
@@ -599,12 +601,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise UsageError(f"--out {out}: {out.parent} is not a writable folder")
     check_model_folder(args.model)  # before torch: a bad folder is named at once
-    from .bioimageio import export_bioimageio, sample_image
-
-    image = read_image(args.image) if args.image else sample_image()
+    from .bioimageio import export_bioimageio, one_image, sample_image, takes_sample_image
     from .store import load_model
 
     model = load_model(args.model)
+    if args.image:
+        try:
+            image = one_image(read_image(args.image), model.config)
+        except ValueError as exc:
+            raise UsageError(f"--image {args.image}: {exc}") from None
+    elif takes_sample_image(model.config):
+        image = sample_image()
+    else:
+        m = model.config.model
+        raise UsageError(
+            f"--image: this model takes {m.spatial_dims}D images with {m.in_channels} "
+            "channel(s) and the sample image is 2D grey: give one of your images"
+        )
     authors = args.author or ["napari-unet user"]
     path = export_bioimageio(
         model, out, image, name=args.name, authors=authors, license=args.license

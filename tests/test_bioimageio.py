@@ -1,5 +1,6 @@
-"""bioimage.io export (issue 14, first version): packages pass `bioimageio test` with
-pytorch_state_dict, torchscript and onnx weights, and carry napari-unet's files."""
+"""bioimage.io export (issue 14): packages pass `bioimageio test` with pytorch_state_dict,
+torchscript and onnx weights, predict what napari-unet predicts (also blockwise, also for
+the paper's unpadded `valid` network), carry napari-unet's files and load back."""
 
 from __future__ import annotations
 
@@ -25,11 +26,24 @@ def semantic_model(tmp_path_factory):
     return nu.load_model(out)
 
 
-@pytest.mark.parametrize("which", ["semantic", "instances"])
-def test_exported_package_passes_bioimageio_test(which, semantic_model, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def valid_model(tmp_path_factory):
+    """An instances model with the paper's unpadded ('valid') network."""
+    pairs = [make_nuclei(shape=(96, 96), seed=s) for s in range(2)]
+    out = tmp_path_factory.mktemp("bio") / "valid"
+    nu.train([p[0] for p in pairs], [p[1] for p in pairs], labels_kind="instances", steps=3,
+             width=4, depth=2, padding="valid", patch=48, batch_size=2, device="cpu", out=out,
+             init="scratch")  # fmt: skip
+    return nu.load_model(out)
+
+
+@pytest.mark.parametrize("which", ["semantic", "instances", "valid"])
+def test_exported_package_passes_bioimageio_test(
+    which, semantic_model, tiny_model, valid_model, tmp_path
+):
     from bioimageio.core import test_model
 
-    model = semantic_model if which == "semantic" else tiny_model[0]
+    model = {"semantic": semantic_model, "instances": tiny_model[0], "valid": valid_model}[which]
     image = make_nuclei(shape=(96, 96), seed=9)[0]
     pkg = export_bioimageio(model, tmp_path / "pkg.zip", image, name=f"napari-unet {which} test")
     summary = test_model(str(pkg))
@@ -49,15 +63,44 @@ def test_exported_package_passes_bioimageio_test(which, semantic_model, tiny_mod
         assert c in rdf  # channel names = class names
 
 
-def test_probabilities_in_the_package_match_napari_unet(tiny_model, tmp_path):
-    model = tiny_model[0]
-    image = make_nuclei(shape=(96, 96), seed=9)[0]
+@pytest.mark.parametrize("which", ["instances", "valid"])
+def test_probabilities_in_the_package_match_napari_unet(which, tiny_model, valid_model, tmp_path):
+    """Also for a 'valid' network, whose package mirrors the border as napari-unet does."""
+    model = tiny_model[0] if which == "instances" else valid_model
+    image = make_nuclei(shape=(96, 100), seed=9)[0]
     pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
     with zipfile.ZipFile(pkg) as z:
+        z.extract("test_input.npy", tmp_path)
         z.extract("test_output.npy", tmp_path)
     packaged = np.load(tmp_path / "test_output.npy", allow_pickle=False)[0]
-    here = nu.predict_proba(model, image, device="cpu")
+    tested = np.load(tmp_path / "test_input.npy", allow_pickle=False)[0, 0]
+    assert packaged.shape[1:] == tested.shape  # same size out as in, also for 'valid'
+    here = nu.predict_proba(model, tested, device="cpu")
     np.testing.assert_allclose(packaged, here, atol=1e-3)
+
+
+def test_a_large_test_image_is_cropped_and_the_weights_are_checked(
+    tiny_model, tmp_path, monkeypatch
+):
+    import napari_unet.bioimageio as bioimageio
+
+    model = tiny_model[0]
+    image = make_nuclei(shape=(300, 280), n=40, seed=3)[0]
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
+    with zipfile.ZipFile(pkg) as z:
+        z.extract("test_input.npy", tmp_path)
+    tested = np.load(tmp_path / "test_input.npy", allow_pickle=False)
+    assert tested.shape == (1, 1, 256, 256)  # centred crop, TEST_EDGE
+    np.testing.assert_array_equal(tested[0, 0], image[22:278, 12:268])
+    # exported weights that do not reproduce the network: refused, nothing written
+    monkeypatch.setattr(bioimageio, "TORCHSCRIPT_TOLERANCE", -1.0)
+    with pytest.raises(ValueError, match=r"TorchScript export differs .* shape \(1, 1, 256, 256\)"):
+        export_bioimageio(model, tmp_path / "bad.zip", image)
+    monkeypatch.undo()
+    monkeypatch.setattr(bioimageio, "ONNX_TOLERANCE", -1.0)
+    with pytest.raises(ValueError, match="ONNX export differs"):
+        export_bioimageio(model, tmp_path / "bad.zip", image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg.zip", "test_input.npy"]
 
 
 def test_export_refuses_what_it_cannot_write(tiny_model, tmp_path):
@@ -145,8 +188,11 @@ def test_a_3d_two_channel_model_exports_and_passes(tmp_path):
              depth=1, patch=16, batch_size=1, device="cpu", out=out, init="scratch")  # fmt: skip
     model = nu.load_model(out)
     assert model.config.model.spatial_dims == 3 and model.config.model.in_channels == 2
-    test = np.moveaxis(image, -1, 0)  # (c, z, y, x)
-    pkg = export_bioimageio(model, tmp_path / "pkg.zip", test, name="napari-unet 3d test")
+    pkg = export_bioimageio(model, tmp_path / "pkg.zip", image, name="napari-unet 3d test")
+    with zipfile.ZipFile(pkg) as z:
+        z.extract("test_input.npy", tmp_path)
+    tested = np.load(tmp_path / "test_input.npy", allow_pickle=False)
+    np.testing.assert_array_equal(tested[0], np.moveaxis(image, -1, 0))  # channels first
     summary = test_model(str(pkg))
     failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status == "failed"]
     assert summary.status == "passed", failed
@@ -154,13 +200,48 @@ def test_a_3d_two_channel_model_exports_and_passes(tmp_path):
         export_bioimageio(model, tmp_path / "other.zip", stack)
 
 
-def test_blockwise_prediction_of_the_package_matches_the_whole_image(tiny_model, tmp_path):
+def test_cli_export_needs_an_image_the_model_takes(tmp_path, capsys):
+    """The sample image is 2D grey: a two-channel model asks for --image, and a stack
+    given to a 2D model gives its middle plane."""
+    import tifffile
+
+    from napari_unet.cli import main
+
+    image, labels = make_nuclei(shape=(64, 64), seed=1)
+    two = np.stack([image, image[::-1]], -1)
+    out = tmp_path / "two"
+    nu.train([two], [labels], labels_kind="instances", steps=1, width=2, depth=1, patch=32,
+             batch_size=1, device="cpu", out=out, init="scratch")  # fmt: skip
+    code = main(["export", str(out), "--out", str(tmp_path / "a.zip")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--image: this model takes 2D images with 2 channel(s)" in err, err
+    tifffile.imwrite(tmp_path / "grey.tif", image)
+    code = main(["export", str(out), "--out", str(tmp_path / "a.zip"), "--image",
+                 str(tmp_path / "grey.tif")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "grey.tif" in err and "2 entries" in err, err
+    stack = np.stack([two * 0, two, two * 0])  # (z, y, x, c): the middle plane is `two`
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    assert main(["-q", "export", str(out), "--out", str(tmp_path / "a.zip"), "--image",
+                 str(tmp_path / "stack.tif")]) == 0  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "a.zip") as z:
+        z.extract("test_input.npy", tmp_path)
+    tested = np.load(tmp_path / "test_input.npy", allow_pickle=False)[0]
+    np.testing.assert_array_equal(tested, np.moveaxis(two, -1, 0))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".zip") == ["a.zip"]
+
+
+@pytest.mark.parametrize(("which", "tolerance"), [("instances", 0.05), ("valid", 1e-4)])
+def test_blockwise_prediction_of_the_package_matches_the_whole_image(
+    which, tolerance, tiny_model, valid_model, tmp_path
+):
     """The declared halo is enough context: bioimageio.core's smallest blocks give the
-    whole-image probabilities (within 0.05)."""
+    whole-image probabilities (within 0.05; a 'valid' network's blocks, whose halo is its
+    border, to float rounding)."""
     from bioimageio.core import predict
     from bioimageio.spec.model.v0_5 import TensorId
 
-    model = tiny_model[0]
+    model = tiny_model[0] if which == "instances" else valid_model
     image = make_nuclei(shape=(192, 192), n=30, seed=11)[0].astype(np.float32)
     pkg = export_bioimageio(model, tmp_path / "pkg.zip", image)
     x = {TensorId("raw"): image[None, None]}
@@ -168,6 +249,7 @@ def test_blockwise_prediction_of_the_package_matches_the_whole_image(tiny_model,
     whole = predict(model=str(pkg), inputs=x).members[out].data.values
     blocks = predict(model=str(pkg), inputs=x, blocksize_parameter=1).members[out].data.values
     assert whole.shape == blocks.shape == (1, 3, 192, 192)
-    assert float(np.abs(whole - blocks).max()) < 0.05
-    with pytest.raises(ValueError, match="at least 36 pixels"):  # 2 x 16 px halo, x 4
-        export_bioimageio(model, tmp_path / "small.zip", image[:30, :30])
+    assert float(np.abs(whole - blocks).max()) < tolerance
+    smallest = {"instances": 36, "valid": 44}[which]  # > 2 x halo (16 / 20 px), 4k (+ 4)
+    with pytest.raises(ValueError, match=f"at least {smallest} pixels"):
+        export_bioimageio(model, tmp_path / "small.zip", image[:34, :34])

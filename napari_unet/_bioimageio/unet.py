@@ -2,9 +2,13 @@
 
 The same modules under the same names as :class:`napari_unet.model.UNet` (so its
 ``state_dict`` loads as it is), and a softmax over the classes at the end: the
-package's output is class probabilities.  It imports nothing of napari-unet, so
-that bioimage.io consumers (bioimageio.core, deepImageJ's converters, BiaPy) can
-build it from the package alone.
+package's output is class probabilities.  A ``valid`` network (the paper's,
+unpadded) first mirrors its input by its border on each side, as napari-unet's
+tiling does at image edges, so that its output has the size of its input.
+
+It imports nothing of napari-unet, so that bioimage.io consumers
+(bioimageio.core, deepImageJ's converters, BiaPy) can build it from the package
+alone.
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ def _block(dims: int, cin: int, cout: int, pad: int, batch_norm: bool) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+def valid_border(depth: int) -> int:
+    """Pixels a ``valid`` U-Net of ``depth`` loses on each side (92 at depth 4)."""
+    return 6 * 2**depth - 4
+
+
+def _mirrored(x: torch.Tensor, border: int) -> torch.Tensor:
+    """``x`` with ``border`` pixels mirrored on each side of each spatial axis (numpy's
+    ``symmetric`` padding: the edge pixel repeats)."""
+    for dim in range(2, x.dim()):
+        n = x.shape[dim]
+        first = x.narrow(dim, 0, border).flip([dim])
+        last = x.narrow(dim, n - border, border).flip([dim])
+        x = torch.cat([first, x, last], dim)
+    return x
+
+
 class NapariUNet(nn.Module):
     """U-Net (Ronneberger et al. 2015) returning softmax class probabilities."""
 
@@ -41,6 +61,7 @@ class NapariUNet(nn.Module):
         super().__init__()
         dims = spatial_dims
         pad = 1 if padding == "same" else 0
+        self.border = 0 if padding == "same" else valid_border(depth)
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         up = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
         chans = [width * 2**i for i in range(depth + 1)]
@@ -58,6 +79,8 @@ class NapariUNet(nn.Module):
         self.head = conv(chans[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.border:
+            x = _mirrored(x, self.border)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)

@@ -24,12 +24,13 @@ from qtpy.QtWidgets import (
 
 from .. import events as ev
 from ._dock import DockWidget, hbox
+from ._export import PackageExport
 from ._models import CURRENT, ModelChoice
 from ._runner import ChildRunner, Runner
 from ._session import DEFAULT_MODEL_ROOT
 
 
-class BatchWidget(DockWidget):
+class BatchWidget(PackageExport, DockWidget):
     """Applies the current model to all image layers or to a folder of images."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -71,6 +72,7 @@ class BatchWidget(DockWidget):
         layout.addLayout(hbox(self.instances, self.probabilities))
         layout.addLayout(hbox(self.run_btn, self.cancel_btn))
         layout.addWidget(self.status)
+        layout.addWidget(self._export_button("the selected image layer (or the first one)"))
         layout.addStretch(1)
 
     def _connect(self) -> None:
@@ -111,6 +113,15 @@ class BatchWidget(DockWidget):
                 show_warning(f"napari-unet: {exc}")
                 return None
         return self._loaded[1]
+
+    def _export_model(self) -> Any:
+        return self.model()
+
+    def _export_layer(self) -> Any:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            return active
+        return next((ly for ly in self.viewer.layers if isinstance(ly, Image)), None)
 
     # ------------------------------------------------------------------ run
     def start(self) -> None:
@@ -188,6 +199,7 @@ class BatchWidget(DockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
+        self.export_btn.setEnabled(not running)
 
 
 def _items_done(event: Any) -> tuple[int, int] | None:

@@ -27,7 +27,6 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QLabel,
     QPushButton,
@@ -38,6 +37,7 @@ from .. import events as ev
 from ..builtin import builtin_containing, is_builtin
 from ..jobs import Predicted, instances_iter, predict_layers_iter
 from ._dock import DockWidget, hbox
+from ._export import PackageExport
 from ._instances import InstanceSettings
 from ._models import CURRENT, ModelChoice
 from ._runner import ChildRunner, Runner
@@ -97,7 +97,7 @@ def output_kind(output: str, spec: Any) -> str:
     return SEMANTIC if makes_instances(spec) else spec.labels.kind
 
 
-class PredictWidget(DockWidget):
+class PredictWidget(PackageExport, DockWidget):
     """Dock widget that applies a model to an image layer."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -131,11 +131,6 @@ class PredictWidget(DockWidget):
         self.run_btn = QPushButton("Predict")
         self.cancel_btn = QPushButton("Cancel")
         self.correct_btn = QPushButton("Editable copy of the selected labels")
-        self.export_btn = QPushButton("Export for bioimage.io…")
-        self.export_btn.setToolTip(
-            "write the model as a bioimage.io package (.zip) for Fiji, QuPath, ilastik; "
-            "test tensors from the plane in view of the chosen image"
-        )
         self.instances_box = InstanceSettings()
         self.instances_box.setVisible(False)
         self.recompute_timer = QTimer(self)
@@ -157,7 +152,7 @@ class PredictWidget(DockWidget):
         layout.addLayout(hbox(self.run_btn, self.cancel_btn))
         layout.addWidget(self.status)
         layout.addWidget(self.correct_btn)
-        layout.addWidget(self.export_btn)
+        layout.addWidget(self._export_button("the plane in view of the chosen image"))
         layout.addStretch(1)
 
     def _connect(self) -> None:
@@ -165,7 +160,6 @@ class PredictWidget(DockWidget):
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
         self.correct_btn.clicked.connect(self.editable_copy)
-        self.export_btn.clicked.connect(lambda: self.export_package())
         self.instances_box.changed.connect(self.recompute_timer.start)  # restarts: debounced
         self.instances_box.save_btn.clicked.connect(self.save_postprocess)
         self.recompute_timer.timeout.connect(self.recompute_instances)
@@ -292,47 +286,14 @@ class PredictWidget(DockWidget):
         self._set_running(True)
         self.status.setText(f"predicting {name}…")
 
-    def export_package(self, path: str | None = None) -> None:
-        """The Export button: the chosen model as a bioimage.io package (in a child process)."""
-        if self.busy:
-            return
-        if self.model is None or self.model.path is None:
-            show_warning("napari-unet: choose a model with a folder to export")
-            return
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "bioimage.io package", "", "zip (*.zip)")
-            if not path:
-                return
-        target = Path(path)
-        if target.suffix.lower() != ".zip":
-            target = target.with_name(target.name + ".zip")
-        if target.exists():  # nothing the user made is overwritten
-            show_warning(f"napari-unet: {target} already exists: choose a new file name")
-            return
-        image = None
-        name = self.image.currentText()
-        c = self.model.config.model
-        if name in self.viewer.layers and c.spatial_dims == 2 and c.in_channels == 1:
-            layer = self.viewer.layers[name]
-            index = in_view_index(self.viewer, layer)
-            plane = np.asarray(layer.data[index] if index else layer.data)
-            image = plane if plane.ndim == 2 else None
-        params = dict(model=self.model, path=target, image=image)
-        self.runner = ChildRunner(
-            "export",
-            params,
-            on_event=lambda _: None,
-            on_done=lambda written: self._exported(written),
-            on_finished=self._finished,
-            what="napari-unet export",
-        )
-        self.runner.start()
-        self._set_running(True)
-        self.status.setText(f"exporting to {target}…")
+    def _export_model(self) -> Any:
+        if self.model is None:
+            show_warning("napari-unet: choose a model to export")
+        return self.model
 
-    def _exported(self, written: str) -> None:
-        self.status.setText(f"exported the model to {written} (bioimage.io package)")
-        show_info(f"napari-unet: exported {written}")
+    def _export_layer(self) -> Any:
+        name = self.image.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def cancel(self) -> None:
         if self.runner is not None and self.runner.is_running:
@@ -544,6 +505,7 @@ class PredictWidget(DockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
+        self.export_btn.setEnabled(not running)
         can_save = self.model_folder is not None and not self._read_only()
         self.instances_box.save_btn.setEnabled(not running and can_save)
 

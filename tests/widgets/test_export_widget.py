@@ -1,4 +1,5 @@
-"""The Predict widget's Export button writes a bioimage.io package (in a child process)."""
+"""The Predict and Batch widgets' Export button writes a bioimage.io package (in a child
+process) with test data from an image layer the model takes; a package loads back."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.gui
 def test_export_button_writes_a_package_from_the_plane_in_view(
     make_napari_viewer, qtbot, notes, nuclei, tiny_model, tmp_path, monkeypatch
 ):
-    from napari_unet._widgets import _predict
+    from napari_unet._widgets import _export
 
     model, folder = tiny_model
     viewer = make_napari_viewer()
@@ -28,7 +29,7 @@ def test_export_button_writes_a_package_from_the_plane_in_view(
     viewer.dims.set_current_step(0, 1)  # the second plane is in view
     chosen = [str(tmp_path / "pkg")]  # no suffix: .zip is added
     monkeypatch.setattr(
-        _predict.QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (chosen[0], ""))
+        _export.QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (chosen[0], ""))
     )
     qtbot.mouseClick(predict.export_btn, Qt.LeftButton)
     assert isinstance(predict.runner, ChildRunner)
@@ -75,3 +76,42 @@ def test_a_package_loads_in_the_model_list_and_predicts(
     np.testing.assert_array_equal(
         viewer.layers["img instances"].data, nu.predict(model, image, instances=True)
     )
+
+
+def test_batch_export_takes_a_layer_the_model_takes(
+    make_napari_viewer, qtbot, notes, nuclei, tmp_path, monkeypatch
+):
+    """A two-channel model: a grey layer cannot give its test data (told, nothing written);
+    the selected two-channel layer does, channels first."""
+    import napari_unet as nu
+    from napari_unet._widgets import BatchWidget, _export
+
+    image, labels = nuclei[0][0], nuclei[1][0]
+    two = np.stack([image, image[::-1]], -1)  # (y, x, c)
+    folder = tmp_path / "two"
+    nu.train([two], [labels], labels_kind="instances", steps=1, width=2, depth=1, patch=32,
+             batch_size=1, device="cpu", out=folder, init="scratch")  # fmt: skip
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="grey")
+    batch = BatchWidget(viewer)
+    batch.models.choose(str(folder))
+    target = tmp_path / "two.zip"
+    monkeypatch.setattr(
+        _export.QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(target), ""))
+    )
+    notes.clear()
+    qtbot.mouseClick(batch.export_btn, Qt.LeftButton)
+    assert any(k == "show_warning" and "2D, 2 channel(s)" in t for k, t in notes), notes
+    assert not batch.busy and not target.exists()
+    layer = viewer.add_image(np.moveaxis(two, -1, 0), name="two channels")  # (c, y, x)
+    viewer.layers.selection.active = layer
+    qtbot.mouseClick(batch.export_btn, Qt.LeftButton)
+    assert isinstance(batch.runner, ChildRunner)
+    qtbot.waitUntil(lambda: not batch.busy, timeout=120_000)
+    assert batch.runner.error is None and target.is_file(), batch.status.text()
+    assert "exported the model to" in batch.status.text()
+    with zipfile.ZipFile(target) as z:
+        z.extract("test_input.npy", tmp_path)
+    tested = np.load(tmp_path / "test_input.npy", allow_pickle=False)[0]
+    assert tested.shape[0] == 2
+    np.testing.assert_array_equal(tested, layer.data[:, : tested.shape[1], : tested.shape[2]])
