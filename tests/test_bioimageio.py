@@ -63,6 +63,25 @@ def test_exported_package_passes_bioimageio_test(
         assert c in rdf  # channel names = class names
 
 
+def test_a_package_runs_where_napari_unet_cannot_be_imported(valid_model, tmp_path):
+    """What a consumer has: the package alone (its architecture file imports only torch)."""
+    import subprocess
+    import sys
+
+    image = make_nuclei(shape=(96, 96), seed=9)[0]
+    pkg = export_bioimageio(valid_model, tmp_path / "pkg.zip", image)
+    code = (
+        "import sys; sys.modules['napari_unet'] = None\n"  # any import of it fails
+        "from bioimageio.core import test_model\n"
+        f"summary = test_model({str(pkg)!r}, weight_format='pytorch_state_dict')\n"
+        "print(summary.status)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.strip().splitlines()[-1:] == ["passed"], done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("which", ["instances", "valid"])
 def test_probabilities_in_the_package_match_napari_unet(which, tiny_model, valid_model, tmp_path):
     """Also for a 'valid' network, whose package mirrors the border as napari-unet does."""
