@@ -64,6 +64,7 @@ _positive_float = _number(float, "a number of seconds", lambda v: math.isfinite(
 _positive_int = _number(int, "a whole number", lambda v: v >= 1, ">= 1")
 _non_negative_int = _number(int, "a whole number", lambda v: v >= 0, ">= 0")
 _fraction = _number(float, "a probability", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+_learning_rate = _number(float, "a learning rate", lambda v: 1e-8 <= v <= 10.0, "in [1e-8, 10]")
 _zoom_factor = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v > 0, "> 0")
 
 
@@ -137,6 +138,12 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     t.add_argument("--depth", type=_positive_int, help="resolution levels (default 4)")
     t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
     t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument(
+        "--lr",
+        type=_learning_rate,
+        help="peak learning rate (default per recipe and device: 3e-3 for the fast recipe on "
+        "the CPU)",
+    )
     t.add_argument("--padding", choices=PADDINGS, help="same (default) or valid")
     t.add_argument(
         "--precision",
@@ -307,7 +314,7 @@ def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
 # flags of ``train`` that a recipe file may set too (file key = flag's dest)
 RECIPE_FLAGS = (
     "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
-    "precision", "border_weights", "seed",
+    "precision", "border_weights", "seed", "lr",
 )  # fmt: skip
 
 

@@ -291,3 +291,21 @@ def test_sparse_instances_and_postprocessing_flags(tmp_path, capsys):
     assert tifffile.imread(tmp_path / "none" / "t.tif").max() == 0  # nothing that big
     # the flag is for one run: the model folder keeps its own settings
     assert json.loads((model / "config.json").read_text())["postprocess"]["min_size"] < 1000000
+
+
+def test_train_lr_sets_the_peak_learning_rate(folders, tmp_path, capsys):
+    """--lr scales the whole schedule (warm-up included); a bad value is named."""
+    logs = {}
+    for lr in ("5e-4", "5e-3"):
+        out = tmp_path / f"m{lr}"
+        args = ["-q", "train", "--images", folders / "images", "--labels", folders / "labels",
+                "--out", out, "--labels-kind", "instances", "--steps", "3", "--init", "scratch",
+                "--lr", lr, *TRAIN]  # fmt: skip
+        assert main([str(a) for a in args]) == 0
+        logs[lr] = json.loads((out / "training.json").read_text())["log"]
+    low, high = ([row[2] for row in logs[k]] for k in ("5e-4", "5e-3"))
+    assert max(low) <= 5e-4 and len(low) == len(high)
+    np.testing.assert_allclose(np.array(high) / np.array(low), 10.0, rtol=1e-6)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--images", "x", "--labels", "y", "--out", str(tmp_path / "z"), "--lr", "0"])
+    assert exc.value.code == 2 and "--lr: must be in [1e-8, 10], got 0" in capsys.readouterr().err
