@@ -435,7 +435,13 @@ def _readme(model: Any, name: str, sizes: Sizes) -> str:
             what += f"; validation on {session['validation']}"
         lines.append(what + ".")
         search = session.get("postprocess_search") or {}
-        if search:
+        if search and search.get("chosen_ap") is None:
+            lines.append(
+                f"Instance settings {search.get('chosen')} (seed, foreground, minimum size): "
+                "thresholds kept and minimum size half a small labeled object, nothing held "
+                "out to search them on."
+            )
+        elif search:
             lines.append(
                 f"Instance settings chosen on {search.get('images')} image(s), "
                 f"{search.get('objects')} objects: {search.get('metric')} "

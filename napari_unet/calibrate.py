@@ -5,9 +5,19 @@ model's probabilities into instances depend on the objects: a fixed minimum of
 15 px keeps the debris around 2,000 px cells, thresholds fitted to small nuclei
 split large ones.  When a training ends, :func:`calibrate` searches them to
 maximise AP@0.5 (TP / (TP + FP + FN), matched one-to-one at IoU 0.5) on the
-validation images, or on the labeled objects when none are held out, as
-StarDist's ``optimize_thresholds`` does for its two thresholds.  The minimum
-size is searched as a fraction of the median size of the labeled objects.
+validation data, as StarDist's ``optimize_thresholds`` does for its two
+thresholds.  Validation data is what the loss never saw: held-out images, or
+held-out objects and blocks of (painted) background when there are too few
+images (:func:`napari_unet.data.split_samples`).  A predicted object lying
+mostly on held-out background is a false positive.  Without held-out objects
+nothing is searched: AP on the objects a model was trained on flatters every
+setting (a 4,000 px cell model chose 199 px that way and kept the debris).
+
+The minimum size starts from a prior that needs no prediction: half the size of
+a small labeled object (:data:`MIN_SIZE_PRIOR` times the
+:data:`SMALL_PERCENTILE`-th percentile of the sizes of *all* labeled objects,
+training ones included: sizes do not flatter a model), and is searched as a
+fraction of that size.
 
 The search is a coordinate descent over small grids (each setting in turn,
 twice), starting from the model's current settings; on a tie the current value
@@ -30,7 +40,9 @@ from .targets import PAINTED_BACKGROUND
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_SIZE_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)  # of the median labeled object
+MIN_SIZE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of a small labeled object
+MIN_SIZE_PRIOR = 0.5  # the start: half a small labeled object
+SMALL_PERCENTILE = 5  # "a small labeled object": this percentile of their sizes
 ROUNDS = 2
 
 
@@ -93,36 +105,56 @@ def score(
     return tp / total if total else 1.0
 
 
+def size_prior(sizes: np.ndarray) -> tuple[int, float] | None:
+    """The minimum size a model starts from given its labeled objects' sizes, and the
+    small-object size it is a fraction of (None without objects)."""
+    if not len(sizes):
+        return None
+    small = float(np.percentile(sizes, SMALL_PERCENTILE))
+    return int(round(MIN_SIZE_PRIOR * small)), small
+
+
 def calibrate(
     probs: Sequence[np.ndarray],
     truths: Sequence[Truth],
     spatial_dims: int,
     start: PostprocessConfig | None = None,
+    sizes: np.ndarray | None = None,
 ) -> tuple[PostprocessConfig, dict[str, Any]]:
     """The post-processing with the best AP@0.5 on ``truths``, and the search's record.
 
     Parameters
     ----------
     probs
-        The model's ``(3, *spatial)`` probabilities, one array per image.
+        The model's ``(3, *spatial)`` probabilities, one array per image of ``truths``.
     truths
-        The objects of each image (:func:`truth_from_labels`).
+        The held-out objects of each image (:func:`truth_from_labels`); none: nothing
+        is searched, the start thresholds stay and the minimum size is the prior.
     spatial_dims
         2 or 3, of the model (a 2D model's probabilities are 2D here).
     start
-        Where the search starts, and what a tie keeps (default: today's defaults).
+        Where the search starts, and what a tie keeps (default: today's defaults); its
+        minimum size is replaced by the prior when there are labeled objects.
+    sizes
+        The sizes of every labeled object, training ones included (default: those of
+        ``truths``): the minimum-size prior and the object size prediction zooms to.
 
     Returns
     -------
     settings, record
         The chosen :class:`~napari_unet.config.PostprocessConfig` and a JSON-ready
-        record: the AP of the start and of the choice, every setting tried with its
-        AP, the median object size and the number of images and objects.
+        record: the AP of the start and of the choice (None when nothing was searched),
+        every setting tried with its AP, the object sizes and the number of images and
+        objects scored.
     """
     start = start or PostprocessConfig()
-    sizes = object_sizes(truths)
+    sizes = object_sizes(truths) if sizes is None else np.asarray(sizes)
     median = float(np.median(sizes)) if len(sizes) else 0.0
-    min_sizes = sorted({int(round(f * median)) for f in MIN_SIZE_FRACTIONS})
+    prior = size_prior(sizes)
+    if prior is not None:
+        start = replace(start, min_size=prior[0])
+    scored = object_sizes(truths)
+    min_sizes = sorted({int(round(f * prior[1])) for f in MIN_SIZE_FRACTIONS}) if prior else []
     grids = {
         "seed_threshold": SEED_THRESHOLDS,
         "fg_threshold": FG_THRESHOLDS,
@@ -136,13 +168,15 @@ def calibrate(
             tried[key] = score(probs, truths, settings, spatial_dims)
         return tried[key]
 
-    best, best_ap = start, ap(start)
-    for _ in range(ROUNDS):
-        for name, values in grids.items():
-            for value in values:
-                candidate = replace(best, **{name: value})
-                if ap(candidate) > best_ap + 1e-9:
-                    best, best_ap = candidate, ap(candidate)
+    best, best_ap = start, None
+    if len(scored):
+        best_ap = ap(start)
+        for _ in range(ROUNDS):
+            for name, values in grids.items():
+                for value in values:
+                    candidate = replace(best, **{name: value})
+                    if ap(candidate) > best_ap + 1e-9:
+                        best, best_ap = candidate, ap(candidate)
     if best.min_size is None:  # store the size it was judged with
         best = replace(best, min_size=best.min_size_for(spatial_dims))
     if median > 0:  # what prediction zooms objects to (napari_unet.zoom)
@@ -150,12 +184,15 @@ def calibrate(
     record = {
         "metric": "AP@0.5",
         "start": [start.seed_threshold, start.fg_threshold, start.min_size_for(spatial_dims)],
-        "start_ap": round(tried[next(iter(tried))], 4),
+        "start_ap": round(tried[next(iter(tried))], 4) if tried else None,
         "chosen": [best.seed_threshold, best.fg_threshold, best.min_size],
-        "chosen_ap": round(best_ap, 4),
+        "chosen_ap": round(best_ap, 4) if best_ap is not None else None,
         "median_object_size": median,
+        "min_size_prior": prior[0] if prior else None,
+        "small_object_size": prior[1] if prior else None,
+        "labeled_objects": int(len(sizes)),
         "images": len(truths),
-        "objects": int(len(sizes)),
+        "objects": int(len(scored)),
         "tried": [[*k, round(v, 4)] for k, v in tried.items()],
     }
     return best, record

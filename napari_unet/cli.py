@@ -65,6 +65,7 @@ _positive_int = _number(int, "a whole number", lambda v: v >= 1, ">= 1")
 _non_negative_int = _number(int, "a whole number", lambda v: v >= 0, ">= 0")
 _fraction = _number(float, "a probability", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 _learning_rate = _number(float, "a learning rate", lambda v: 1e-8 <= v <= 10.0, "in [1e-8, 10]")
+_distill_weight = _number(float, "a weight", lambda v: 0.0 <= v <= 100.0, "in [0, 100]")
 _zoom_factor = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v > 0, "> 0")
 
 
@@ -143,6 +144,14 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         type=_learning_rate,
         help="peak learning rate (default per recipe and device: 3e-3 for the fast recipe on "
         "the CPU)",
+    )
+    t.add_argument(
+        "--distill",
+        type=_distill_weight,
+        metavar="WEIGHT",
+        help="when starting from a model with the same classes (--init, or the automatic "
+        "start): weight of its answer on the pixels you did not label, so fine-tuning keeps "
+        "what it knew (default 1; 0 turns it off)",
     )
     t.add_argument("--padding", choices=PADDINGS, help="same (default) or valid")
     t.add_argument(
@@ -314,7 +323,7 @@ def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
 # flags of ``train`` that a recipe file may set too (file key = flag's dest)
 RECIPE_FLAGS = (
     "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
-    "precision", "border_weights", "seed", "lr",
+    "precision", "border_weights", "seed", "lr", "distill",
 )  # fmt: skip
 
 
@@ -416,6 +425,8 @@ class _TrainReport:
     def __call__(self, event: Any) -> None:
         match event:
             case TrainStarted(settings=s):
+                if event.start_note:
+                    self.say(event.start_note)
                 if event.init:
                     self.say(f"starting from {event.init}")
                 self.say(
@@ -428,11 +439,7 @@ class _TrainReport:
             case Validated():
                 self.last_val = f", validation IoU {event.iou:.3f}"
             case Calibrated():
-                self.say(
-                    f"instances: seed threshold {event.seed_threshold:g}, foreground threshold "
-                    f"{event.fg_threshold:g}, minimum size {event.min_size} px, chosen on "
-                    f"{event.measured_on} (AP@0.5 {event.start_ap:.3f} -> {event.ap:.3f})"
-                )
+                self.say(event.describe())
             case TrainStep() if time.monotonic() - self.last_print >= 5:
                 self.last_print = time.monotonic()
                 self.say(

@@ -201,6 +201,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: float = 30.0
+    distill: float = 1.0  # weight of the start model's answer on unlabeled pixels (0: off)
 
     def __post_init__(self) -> None:
         _check_choice("recipe", self.recipe, RECIPES)
@@ -236,6 +237,7 @@ class TrainConfig:
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_float("checkpoint_every", self.checkpoint_every, 0.0, 1e7)
+        _check_float("distill", self.distill, 0.0, 100.0)
 
 
 @dataclass(frozen=True)

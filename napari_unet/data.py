@@ -104,15 +104,21 @@ def split_samples(
     val_fraction: float,
     seed: int,
     block: int = 64,
+    label_images: Sequence[np.ndarray] | None = None,
 ) -> Split:
     """Hold out validation data that training never sees.
 
-    Dense labels (``instances``, ``semantic``) hold out whole images (with at least 5
-    labeled ones; otherwise validation scores fixed crops of the training images).
-    Sparse labels (``sparse``, ``sparse-instances``) hold out whole images when there
-    are enough, else spatial blocks of about ``block`` pixels holding about
-    ``val_fraction`` of the labeled pixels (at least 10 %), whole objects with them,
-    never the last pixels of a class.
+    Whole images are held out when at least 5 are labeled.  With fewer:
+
+    - instance labels (``instances``, ``sparse-instances``, with ``label_images``) hold
+      out whole objects (:data:`HELD_OUT_OBJECTS` of them, at least one, when there are
+      at least :data:`MIN_OBJECTS_FOR_HOLDOUT`) and blocks of about ``block`` pixels of
+      the (painted) background: what calibrates the instance post-processing and counts
+      its false positives;
+    - ``sparse`` labels hold out spatial blocks holding about ``val_fraction`` of the
+      labeled pixels (at least 10 %), never the last pixels of a class;
+    - ``semantic`` labels, and too few objects, hold out nothing: validation then
+      scores the training labels, and says so.
     """
     labeled = [i for i, t in enumerate(targets) if (t != IGNORE).any()]
     train_pos, val_pos = split_indices(len(labeled), val_fraction, seed)
@@ -123,28 +129,129 @@ def split_samples(
             [labeled[i] for i in train_pos], val, whole, whole, f"{len(val)} held-out image(s)"
         )
     same = f"the training labels ({len(labeled)} image(s): too few to hold any out)"
-    if kind not in ("sparse", "sparse-instances") or val_fraction <= 0:
+    if val_fraction <= 0 or kind == "semantic":
         return Split(labeled, labeled, whole, whole, same)
-    held = _held_out_masks(
-        {i: targets[i] for i in labeled}, max(val_fraction, 0.1), seed, block, kind
-    )
-    if not held:
-        return Split(labeled, labeled, whole, whole, same)
+    if kind in INSTANCE_KINDS:
+        if label_images is None:
+            return Split(labeled, labeled, whole, whole, same)
+        held, description = _held_out_objects(
+            {i: targets[i] for i in labeled},
+            {i: np.asarray(label_images[i]) for i in labeled},
+            kind,
+            seed,
+            block,
+        )
+        if not held:
+            return Split(labeled, labeled, whole, whole, f"the training labels ({description})")
+    else:
+        held = _held_out_masks(
+            {i: targets[i] for i in labeled}, max(val_fraction, 0.1), seed, block, kind
+        )
+        if not held:
+            return Split(labeled, labeled, whole, whole, same)
     train_t, val_t = {}, {}
     for i in labeled:
         mask = held.get(i)
         train_t[i] = targets[i] if mask is None else np.where(mask, IGNORE, targets[i])
         if mask is not None:
             val_t[i] = np.where(mask, targets[i], IGNORE)
-    n_val = sum(int((t != IGNORE).sum()) for t in val_t.values())
-    n_all = sum(int((targets[i] != IGNORE).sum()) for i in labeled)
+    if kind not in INSTANCE_KINDS:
+        n_val = sum(int((t != IGNORE).sum()) for t in val_t.values())
+        n_all = sum(int((targets[i] != IGNORE).sum()) for i in labeled)
+        share = 100 * n_val / n_all
+        description = f"held-out blocks of the labels ({share:.0f} % of the labeled pixels)"
     return Split(
         [i for i in labeled if (train_t[i] != IGNORE).any()],
         sorted(val_t),
         train_t,
         val_t,
-        f"held-out blocks of the labels ({100 * n_val / n_all:.0f} % of the labeled pixels)",
+        description,
     )
+
+
+MIN_OBJECTS_FOR_HOLDOUT = 4
+"""Fewer labeled objects than this (on fewer than 5 images): none is held out."""
+HELD_OUT_OBJECTS = 0.2
+"""The share of the labeled objects held out (rounded, at least one)."""
+HELD_OUT_BACKGROUND = 0.2
+"""The share of the (painted) background pixels held out, in blocks."""
+
+
+def instance_ids(labels: np.ndarray, kind: str) -> np.ndarray:
+    """The object ids of an instance label image (``sparse-instances``: above the painted
+    background value)."""
+    ids = np.unique(labels)
+    return ids[ids > (tg.PAINTED_BACKGROUND if kind == "sparse-instances" else 0)]
+
+
+def _held_out_objects(
+    targets: dict[int, np.ndarray],
+    labels: dict[int, np.ndarray],
+    kind: str,
+    seed: int,
+    block: int,
+) -> tuple[dict[int, np.ndarray], str]:
+    """Masks of held-out whole objects and background blocks per sample, and what they are.
+
+    Without enough objects: no masks, and the description says why.
+    """
+    objects = [(i, int(v)) for i in sorted(labels) for v in instance_ids(labels[i], kind)]
+    noun = "outlined objects" if kind == "sparse-instances" else "objects"
+    if len(objects) < MIN_OBJECTS_FOR_HOLDOUT:
+        return {}, (
+            f"{len(objects)} {noun} on {len(labels)} image(s): too few to hold any out, "
+            f"{MIN_OBJECTS_FOR_HOLDOUT} needed"
+        )
+    rng = np.random.default_rng(seed)
+    k = max(1, int(len(objects) * HELD_OUT_OBJECTS + 0.5))
+    chosen = [objects[j] for j in sorted(rng.choice(len(objects), k, replace=False).tolist())]
+    masks: dict[int, np.ndarray] = {}
+    for i, v in chosen:
+        masks[i] = masks.get(i, np.zeros(labels[i].shape, bool)) | (labels[i] == v)
+    painted = _background_value(kind)
+    background = {i: (targets[i] == tg.BACKGROUND) & (labels[i] == painted) for i in targets}
+    bg_masks = _background_blocks(background, HELD_OUT_BACKGROUND, rng, block)
+    for i, m in bg_masks.items():
+        masks[i] = masks.get(i, np.zeros(m.shape, bool)) | m
+    n_bg = sum(int(m.sum()) for m in bg_masks.values())
+    what = "painted background" if kind == "sparse-instances" else "background"
+    held = noun if k > 1 else noun[:-1]
+    description = f"{k} held-out {held} of {len(objects)}" + (
+        f" + {n_bg:,} px of {what}" if n_bg else ""
+    )
+    return masks, description
+
+
+def _background_value(kind: str) -> int:
+    return tg.PAINTED_BACKGROUND if kind == "sparse-instances" else 0
+
+
+def _background_blocks(
+    background: dict[int, np.ndarray], fraction: float, rng: np.random.Generator, block: int
+) -> dict[int, np.ndarray]:
+    """Blocks of background pixels holding about ``fraction`` of them, never all."""
+    blocks = []
+    for i, bg in background.items():
+        for idx in np.ndindex(*[-(-n // block) for n in bg.shape]):
+            sl = tuple(slice(k * block, (k + 1) * block) for k in idx)
+            count = int(bg[sl].sum())
+            if count:
+                blocks.append((i, sl, count))
+    total = sum(c for _, _, c in blocks)
+    masks: dict[int, np.ndarray] = {}
+    if len(blocks) < 2:
+        return masks
+    held = 0
+    for j in rng.permutation(len(blocks)).tolist():
+        i, sl, count = blocks[j]
+        if held + count >= total:
+            continue  # keep some background to train on
+        mask = masks.setdefault(i, np.zeros(background[i].shape, bool))
+        mask[sl] |= background[i][sl]
+        held += count
+        if held >= fraction * total:
+            break
+    return masks
 
 
 def _held_out_masks(

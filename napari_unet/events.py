@@ -25,6 +25,7 @@ class TrainStarted:
     settings: dict[str, Any] = field(default_factory=dict)
     validation: str = ""  # what validation scores are measured on
     init: str = ""  # the model training starts from ("builtin:nuclei (...)"); "" from scratch
+    start_note: str = ""  # why the automatic start was not taken ("builtin:nuclei finds ...")
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,27 @@ class Calibrated:
     seed_threshold: float
     fg_threshold: float
     min_size: int
-    ap: float  # AP@0.5 with these settings
-    start_ap: float  # AP@0.5 with the settings the model had
-    measured_on: str  # e.g. "12 held-out images" or "the labeled objects of 3 images"
+    ap: float | None  # AP@0.5 with these settings on held-out data (None: none held out)
+    start_ap: float | None  # AP@0.5 with the settings it started from
+    measured_on: str  # "12 held-out images", "2 held-out outlined objects of 6 + ..."
+    spatial_dims: int = 2
+
+    def describe(self) -> str:
+        """One line for people (the CLI prints it, the Train widget shows it)."""
+        unit = "px" if self.spatial_dims == 2 else "voxels"
+        settings = (
+            f"instances: seed threshold {self.seed_threshold:g}, foreground threshold "
+            f"{self.fg_threshold:g}, minimum size {self.min_size} {unit}"
+        )
+        if self.ap is None or self.start_ap is None:
+            return (
+                f"{settings} (half a small labeled object; thresholds not searched: validation "
+                f"is on {self.measured_on})"
+            )
+        return (
+            f"{settings}, chosen on {self.measured_on} "
+            f"(AP@0.5 {self.start_ap:.3f} -> {self.ap:.3f})"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,7 @@ class Finished:
     elapsed: float
     path: str | None
     message: str = ""
+    start_model: str | None = None  # the model it started from, when that one did better
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,14 @@ one channel, with the network the built-in model has (the CPU default of the
 ``init=None`` / ``"scratch"``: a GPU default network (width 32) or another width,
 semantic and sparse class labels (ISBI 2012 EM strokes: no better pixel error from
 the nuclei model), several channels, 3D.
+
+Before an automatic start is taken, the start model segments the user's labeled
+images and its objects are matched with the labeled ones (:func:`start_fit`):
+it is the start only when it finds at least :data:`FIT_RECALL` of them (IoU >=
+0.5), else training starts from scratch and says why ("builtin:nuclei finds 1
+of your 6 outlined objects: starting from scratch").  The start model's answer
+on unlabeled pixels is kept by a distillation term while fine-tuning
+(:mod:`napari_unet.trainer`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .config import LabelsConfig, ModelConfig, ModelSpec
 
@@ -60,6 +70,10 @@ SCRATCH = "scratch"
 AUTO_MODEL = "builtin:nuclei"
 AUTO_KINDS = ("instances", "sparse-instances")
 HEAD_PREFIX = "head."
+FIT_RECALL = 0.5
+"""An automatic start is taken when the start model finds this share of the labeled objects."""
+FIT_PIXELS = 4_000_000
+"""At most this many pixels of labeled images are segmented to check the fit."""
 
 
 def default_architecture(given: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +245,7 @@ class InitModel:
     weights_sha256: str  # of the parent's weights.safetensors
     transfer: Transfer | None = field(default=None)
     automatic: bool = False  # chosen by init="auto", not asked for
+    fit: StartFit | None = None  # how it segments the labeled objects (automatic starts)
 
     def fits_channels(self, channels: int) -> bool:
         """Whether an automatic start suits data with ``channels`` input channels (one)."""
@@ -255,6 +270,8 @@ class InitModel:
             "weights_sha256": self.weights_sha256,
             "parent_steps": int(self.model.history.get("steps", 0)),
         }
+        if self.fit is not None:
+            record["fit"] = self.fit.record()
         if self.transfer is not None:
             record.update(
                 copied=self.transfer.copied,
@@ -266,6 +283,8 @@ class InitModel:
     def describe(self) -> str:
         """One line for people: "builtin:nuclei (new last layer: ...)"."""
         notes = list(self.transfer.notes) if self.transfer is not None else []
+        if self.fit is not None:
+            notes.append(self.fit.found_text())
         if self.automatic:
             notes.append("the default for 2D instances on one channel; init scratch to train new")
         return self.ref + (f" ({'; '.join(notes)})" if notes else "")
@@ -292,3 +311,63 @@ def load_init(ref: str | os.PathLike[str]) -> InitModel:
     assert model.path is not None
     digest = sha256_hex(Path(model.path, WEIGHTS_FILE).read_bytes())
     return InitModel(ref=os.fspath(ref), model=model, weights_sha256=digest)
+
+
+@dataclass(frozen=True)
+class StartFit:
+    """How a start model segments the objects the user labeled (:func:`start_fit`)."""
+
+    found: int  # labeled objects matched at IoU >= 0.5
+    objects: int  # labeled objects looked at
+    noun: str  # "outlined objects", "objects"
+
+    @property
+    def fits(self) -> bool:
+        return self.objects > 0 and self.found >= FIT_RECALL * self.objects
+
+    def found_text(self) -> str:
+        """E.g. "finds 1 of your 6 outlined objects"."""
+        return f"finds {self.found} of your {self.objects} {self.noun}"
+
+    def describe(self, ref: str) -> str:
+        """E.g. "builtin:nuclei finds 1 of your 6 outlined objects: starting from scratch"."""
+        what = "starting from it" if self.fits else "starting from scratch"
+        return f"{ref} {self.found_text()}: {what}"
+
+    def record(self) -> dict[str, Any]:
+        return {"found": self.found, "objects": self.objects, "fits": self.fits}
+
+
+def start_fit(model: Model, images: list, label_images: list, kind: str) -> StartFit:
+    """Segment the labeled images with ``model`` and count the labeled objects it finds.
+
+    Parameters
+    ----------
+    model
+        The candidate start model (instances).
+    images
+        Normalised ``(C, *spatial)`` images of the training set (2D samples).
+    label_images
+        Their labels as given (``instances`` or ``sparse-instances``).
+    kind
+        The labels kind.
+
+    Images without labeled objects are skipped; at most :data:`FIT_PIXELS` pixels
+    are segmented (the images with most objects first).
+    """
+    from .calibrate import truth_from_labels
+    from .inference import predict
+    from .metrics import match_instances
+
+    truths = [truth_from_labels(lab, kind) for lab in label_images]
+    counts = [len(np.unique(t.objects)) - 1 for t in truths]
+    found = seen = pixels = 0
+    for i in sorted(range(len(truths)), key=lambda j: -counts[j]):
+        if counts[i] <= 0 or (seen and pixels + truths[i].objects.size > FIT_PIXELS):
+            continue
+        pred = predict(model, images[i], instances=True, axes="CYX", device="cpu")
+        found += match_instances(truths[i].objects, pred, 0.5)["tp"]
+        seen += counts[i]
+        pixels += truths[i].objects.size
+    noun = "outlined objects" if kind == "sparse-instances" else "objects"
+    return StartFit(found=int(found), objects=int(seen), noun=noun)

@@ -35,6 +35,19 @@ def masked_cross_entropy(
     return (per_px * valid).sum() / valid.sum().clamp_min(1.0)
 
 
+def distillation(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """KL divergence from the teacher's class probabilities to the student's, averaged
+    over the unlabeled pixels (``IGNORE``): where the user labeled nothing, the start
+    model's answer is the best guess ("learning without forgetting", Li & Hoiem 2017)."""
+    unlabeled = (target == tg.IGNORE).float()
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_q = F.log_softmax(teacher_logits.float(), dim=1)
+    per_px = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+    return (per_px * unlabeled).sum() / unlabeled.sum().clamp_min(1.0)
+
+
 def confusion(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     pred = logits.argmax(1)
     mask = target != tg.IGNORE
@@ -98,6 +111,7 @@ class Trainer:
         batch_size: int,
         lr: float,
         precision: str = "auto",
+        teacher: torch.nn.Module | None = None,
     ) -> None:
         self.network = network
         self.spec = spec
@@ -123,6 +137,12 @@ class Trainer:
         self.generator.manual_seed(cfg.seed)
         self.out_shape = (patch,) * spec.model.spatial_dims
         self.border = border(spec.model)
+        self.distill = cfg.distill if teacher is not None else 0.0
+        self.teacher = teacher if self.distill > 0 else None
+        if self.teacher is not None:
+            self.teacher.eval().requires_grad_(False)
+            if self.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
 
     def _forward(self, image: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
         network = self.network if network is None else network
@@ -175,6 +195,10 @@ class Trainer:
         target, weight = self._crop_to_output(target, weight)
         logits = self._forward(image)
         loss = masked_cross_entropy(logits, target, weight)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self._forward(image, self.teacher)
+            loss = loss + self.distill * distillation(logits, teacher_logits, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -32,7 +32,7 @@ import torch
 from . import targets as tg
 from .augment import crop_margin
 from .builtin import refuse_write
-from .calibrate import calibrate, truth_from_labels
+from .calibrate import Truth, calibrate, object_sizes, truth_from_labels
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
 from .data import PatchSampler, Prepared, prepare, split_samples
@@ -57,6 +57,7 @@ from .init import (
     init_architecture,
     load_init,
     resolve_init,
+    start_fit,
 )
 from .inputs import Continued, Names
 from .model import UNet, border
@@ -160,6 +161,13 @@ class TrainingRun:
         self.control: TrainControl | None = None
         self.report_every = report_every_for(device)
         self.init: InitModel | None = None  # the model this training starts from
+        self.start_note = ""  # why an automatic start was not taken
+        self.declined: dict[str, Any] | None = None  # its record in training.json
+        self.teacher: torch.nn.Module | None = None  # the start model, for distillation
+        self.teacher_ref = ""
+        self.held_out = False  # validation on data the loss never saw
+        self.start_better: str | None = None  # the start model, when it validated better
+        self.start_message = ""
 
     # ----------------------------------------------------------------- setup phases
 
@@ -227,6 +235,7 @@ class TrainingRun:
         )
         if run.init is not None and not run.init.fits_channels(prepared.in_channels):
             run.init = None  # an automatic start is for one channel: this data has more
+        run.check_start_fit(prepared)
         run.build(prepared, model, arch, tiling)
         run.make_trainer(prepared, precision)
         run.record_session(prepared)
@@ -246,6 +255,38 @@ class TrainingRun:
             )
         self.init = load_init(init)
         return init_architecture(self.init.model.config.model, arch, self.init.ref)
+
+    def check_start_fit(self, prepared: Prepared) -> None:
+        """Phase "fit": an automatic start is kept only when it finds the labeled objects."""
+        init = self.init
+        if init is None or not init.automatic or not prepared.labels.instances:
+            return
+        fit = start_fit(init.model, prepared.images, prepared.label_images, prepared.labels.kind)
+        if fit.objects == 0:
+            return  # nothing to judge it on
+        init.fit = fit
+        if not fit.fits:
+            self.start_note = fit.describe(init.ref)
+            self.declined = {**init.provenance(), "declined": True}
+            self.init = None
+
+    def make_teacher(self) -> torch.nn.Module | None:
+        """The start model's network when its classes are this model's and distillation
+        is on: this session's ``init``, or the one a resumed model started from (by its
+        record in training.json, when its weights are unchanged)."""
+        if self.cfg.distill <= 0:
+            return None
+        init = self.init
+        if init is None:
+            init = _recorded_init(self.history.get("sessions", []))
+        if init is None:
+            return None
+        parent = init.model.config
+        same_classes = parent.labels.class_names == self.spec.labels.class_names
+        if parent.model != self.spec.model or not same_classes:
+            return None  # another input or classes: its answer is not this model's
+        self.teacher_ref = init.ref
+        return copy.deepcopy(init.model.network).to(self.device)
 
     def load_previous(self, resume: bool, model: Model | None) -> Model | None:
         """Phase "resume": the model folder to continue (``resume``) or the model given."""
@@ -301,9 +342,15 @@ class TrainingRun:
             raise ValueError("the labels contain no labeled pixel (everything is 0 / unlabeled)")
         block = max(32, self.patch // 2) if mcfg.spatial_dims == 2 else max(16, self.patch // 2)
         split = self.split = split_samples(
-            prepared.targets, prepared.labels.kind, cfg.val_fraction, cfg.seed, block
+            prepared.targets,
+            prepared.labels.kind,
+            cfg.val_fraction,
+            cfg.seed,
+            block,
+            label_images=prepared.label_images,
         )
         held_out = split.val != split.train or split.val_targets is not split.train_targets
+        self.held_out = held_out
         self.n_train, self.n_val = len(split.train), len(split.val) if held_out else 0
 
         def sampler(idx: list[int], targets: dict[int, np.ndarray], seed: int) -> PatchSampler:
@@ -323,6 +370,7 @@ class TrainingRun:
             val_sampler = sampler(split.val, split.val_targets, cfg.seed + 1)
         n_val_crops = 16 if self.device.type == "cpu" else 64
         val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
+        self.teacher = self.make_teacher()
         self.trainer = Trainer(
             self.network,
             self.spec,
@@ -333,6 +381,7 @@ class TrainingRun:
             cfg.batch_size,
             cfg.lr,
             precision=precision,
+            teacher=self.teacher,
         )
         if self.checkpoint is not None:
             self.trainer.restore(*self.checkpoint)
@@ -350,8 +399,13 @@ class TrainingRun:
                 "validation": self.split.description,
             }
         )
+        session = self.history["sessions"][-1]
         if self.init is not None:
-            self.history["sessions"][-1]["init"] = self.init.provenance()
+            session["init"] = self.init.provenance()
+        elif self.declined is not None:
+            session["init_declined"] = self.declined
+        if self.teacher is not None:
+            session["distill"] = {"from": self.teacher_ref, "weight": self.cfg.distill}
 
     def started(self) -> TrainStarted:
         """Start the clocks; the event that opens the training."""
@@ -368,6 +422,7 @@ class TrainingRun:
             n_val=self.n_val,
             validation=self.split.description,
             init=self.init.describe() if self.init is not None else "",
+            start_note=self.start_note,
             start_step=self.start_step,
             max_steps=cfg.steps,
             time_budget=budget,
@@ -510,26 +565,59 @@ class TrainingRun:
         yield from self.calibrate()
         self.result_path, self.message = None, ""
         self.guard.rescore(self.score_network, self.spec)
+        self.compare_with_start()
         if self.out is not None:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
             self.result_path, self.message = self.guard.judge(self.last_iou)
+        if self.start_better:
+            self.message = " ".join(m for m in (self.message, self.start_message) if m)
+
+    def compare_with_start(self) -> None:
+        """Phase "compare": score the start model (the teacher) on the held-out labels the
+        new model was validated on; record both, and say so when the start did better."""
+        if self.teacher is None:
+            return
+        session = self.history["sessions"][-1]
+        if not self.held_out:
+            session["start_comparison"] = {"start": self.teacher_ref, "compared": False,
+                                           "why": "nothing held out"}  # fmt: skip
+            return
+        start_iou = self.score_network(self.teacher)
+        session["start_comparison"] = {
+            "start": self.teacher_ref,
+            "compared": True,
+            "start_iou": round(start_iou, 5),
+            "new_iou": round(self.last_iou, 5),
+            "measured_on": self.split.description,
+        }
+        if start_iou > self.last_iou:
+            self.start_better = self.teacher_ref
+            self.start_message = (
+                f"the model it started from, {self.teacher_ref}, scores a validation IoU of "
+                f"{start_iou:.3f} on {self.split.description}, the new model {self.last_iou:.3f}: "
+                f"predict with {self.teacher_ref}, or label more and train again"
+            )
+            log.warning(self.start_message)
 
     def calibrate(self) -> Generator[Calibrated, None, None]:
         """Phase "calibrate": the instance post-processing that fits the model's objects,
         chosen on the validation images (or the labeled objects); see :mod:`.calibrate`."""
-        if not self.spec.labels.instances or not self.calibration:
+        if not self.spec.labels.instances or self.calibration is None:
             return
-        images, truths, measured_on = self.calibration
+        cal = self.calibration
         axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
         model = Model(network=self.network, config=self.spec)
         try:
-            probs = [predict_proba(model, image, axes=axes, device=self.device) for image in images]
+            probs = [
+                predict_proba(model, image, axes=axes, device=self.device) for image in cal.images
+            ]
         finally:
             self.network.train()
         settings, record = calibrate(
-            probs, truths, self.spec.model.spatial_dims, self.spec.postprocess
+            probs, cal.truths, self.spec.model.spatial_dims, self.spec.postprocess, cal.sizes
         )
+        measured_on = cal.measured_on
         self.spec = replace(self.spec, postprocess=settings)
         self.history["sessions"][-1]["postprocess_search"] = {**record, "measured_on": measured_on}
         yield Calibrated(
@@ -540,6 +628,7 @@ class TrainingRun:
             ap=record["chosen_ap"],
             start_ap=record["start_ap"],
             measured_on=measured_on,
+            spatial_dims=self.spec.model.spatial_dims,
         )
 
     def flush(self) -> None:
@@ -557,6 +646,7 @@ class TrainingRun:
             elapsed=self.clock() - self.t0,
             path=str(self.result_path) if self.result_path else None,
             message=self.message,
+            start_model=self.start_better,
         )
 
     # ----------------------------------------------------------------- saving
@@ -581,32 +671,66 @@ class TrainingRun:
         return Model(network=self.network, config=self.spec, history=self.history, path=self.out)
 
 
+def _recorded_init(sessions: list[dict[str, Any]]) -> InitModel | None:
+    """The start model of the latest session that had one, when it still loads with the
+    weights it had then (a resumed model keeps the teacher it was started with)."""
+    record = next((s["init"] for s in reversed(sessions) if s.get("init")), None)
+    if record is None:
+        return None
+    try:
+        init = load_init(record["from"])
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        log.warning("the start model of this model is not available for distillation: %s", exc)
+        return None
+    if init.weights_sha256 != record.get("weights_sha256"):
+        log.warning("the start model %s has changed since: no distillation", record["from"])
+        return None
+    return init
+
+
 CALIBRATION_PIXELS = 8_000_000  # at most this many pixels (voxels) are predicted to calibrate
 
 
-def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> tuple | None:
-    """Images and truths that choose the post-processing: the held-out images, else the
-    labeled objects of the training images (at most :data:`CALIBRATION_PIXELS`)."""
+@dataclass(frozen=True)
+class CalibrationSet:
+    """What chooses a model's instance post-processing: held-out images or objects."""
+
+    images: list[np.ndarray]  # (C, *spatial), normalised; empty: nothing held out
+    truths: list[Truth]
+    sizes: np.ndarray  # of every labeled object (the size prior)
+    measured_on: str  # for people: "2 held-out outlined objects of 6 + 31,000 px of ..."
+
+
+def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> CalibrationSet | None:
+    """The held-out images (at most :data:`CALIBRATION_PIXELS`), or the images with held-out
+    objects and background, restricted to those; none when nothing is held out."""
     if not prepared.labels.instances:
         return None
-    whole_images = held_out and split.val_targets is split.train_targets
-    idx = split.val if whole_images else sorted(set(split.train) | set(split.val))
     kind = prepared.labels.kind
-    idx = [i for i in idx if truth_from_labels(prepared.label_images[i], kind).objects.any()]
+    sizes = object_sizes([truth_from_labels(lab, kind) for lab in prepared.label_images])
+    if not held_out:
+        return CalibrationSet([], [], sizes, split.description)
+    whole_images = split.val_targets is split.train_targets
+    truths = {}
+    for i in split.val:
+        truth = truth_from_labels(prepared.label_images[i], kind)
+        if not whole_images:  # only what was held out: objects and background
+            held = split.val_targets[i] != tg.IGNORE
+            labeled = held if truth.labeled is None else held & truth.labeled
+            truth = Truth(objects=np.where(labeled, truth.objects, 0), labeled=labeled)
+        if truth.objects.any() or not whole_images:
+            truths[i] = truth
     chosen, pixels = [], 0
-    for i in np.random.default_rng(0).permutation(idx).tolist() if idx else []:
+    for i in np.random.default_rng(0).permutation(sorted(truths)).tolist() if truths else []:
         size = prepared.label_images[i].size
         if chosen and pixels + size > CALIBRATION_PIXELS:
             continue
         chosen.append(i)
         pixels += size
-    if not chosen:
-        return None
     chosen.sort()
-    truths = [truth_from_labels(prepared.label_images[i], kind) for i in chosen]
     images = [prepared.images[i] for i in chosen]
-    where = "held-out images" if whole_images else "images' labeled objects (training labels)"
-    return images, truths, f"{len(chosen)} {where}"
+    where = f"{len(chosen)} held-out images" if whole_images else split.description
+    return CalibrationSet(images, [truths[i] for i in chosen], sizes, where)
 
 
 def _round_patch(patch: int, mcfg: ModelConfig) -> int:

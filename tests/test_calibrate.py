@@ -31,18 +31,41 @@ def blobs(shape=(120, 160)):
     return probs, truth
 
 
-def test_calibration_drops_debris_the_default_keeps():
+def test_the_size_prior_drops_debris_the_default_keeps():
     probs, truth = blobs()
     default = PostprocessConfig()
     assert score([probs], [Truth(truth)], default, 2) == pytest.approx(6 / 12)  # 6 FP debris
     settings, record = calibrate([probs], [Truth(truth)], 2)
+    # half a small labeled object (cells of 400 px): the 25 px debris goes before any search
+    assert record["min_size_prior"] == 200 and record["start"][2] == 200
+    assert record["start_ap"] == 1.0 == record["chosen_ap"]
     assert score([probs], [Truth(truth)], settings, 2) == 1.0
-    # debris is 25 px, cells 400: the size threshold (or the seed threshold) separates them
-    assert settings.min_size > 25 or settings.seed_threshold > 0.75
-    assert record["start_ap"] == pytest.approx(0.5) and record["chosen_ap"] == 1.0
     assert record["median_object_size"] == 400 and record["objects"] == 6
     assert len(record["tried"]) > 10 and all(len(t) == 4 for t in record["tried"])
     json.dumps(record)  # goes into training.json as it is
+
+
+def test_the_search_drops_debris_when_the_prior_keeps_it():
+    probs, truth = blobs()
+    # the labeled objects include small ones (40 px): the prior (20 px) keeps 25 px debris
+    sizes = np.array([40, 40, 400, 400, 400, 400])
+    settings, record = calibrate([probs], [Truth(truth)], 2, sizes=sizes)
+    assert record["min_size_prior"] == 20 and record["start_ap"] == pytest.approx(0.5)
+    assert record["chosen_ap"] == 1.0 and score([probs], [Truth(truth)], settings, 2) == 1.0
+    assert settings.min_size > 25 or settings.seed_threshold > 0.75
+    assert record["labeled_objects"] == 6 and settings.object_size == 400
+
+
+def test_without_held_out_objects_nothing_is_searched():
+    sizes = np.array([3000, 4000, 4200, 5000])  # four outlined cells, all in the loss
+    start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=15)
+    settings, record = calibrate([], [], 2, start, sizes=sizes)
+    assert record["start_ap"] is None and record["chosen_ap"] is None and not record["tried"]
+    assert (settings.seed_threshold, settings.fg_threshold) == (0.7, 0.5)
+    small = np.percentile(sizes, 5)
+    assert settings.min_size == round(small / 2) and settings.min_size > 1000
+    event = ev.Calibrated(1, 0.7, 0.5, settings.min_size, None, None, "the training labels")
+    assert "not searched" in event.describe() and "AP" not in event.describe()
 
 
 def test_a_tie_keeps_the_starting_settings():
@@ -51,9 +74,22 @@ def test_a_tie_keeps_the_starting_settings():
     probs[0][probs[0] == 0.2] = 1.0
     start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=3)
     settings, record = calibrate([probs], [Truth(truth)], 2, start)
-    assert replace(settings, object_size=None) == start
+    # the thresholds stay; the minimum size is the prior, half the 400 px cells
+    assert replace(settings, object_size=None) == replace(start, min_size=200)
     assert record["chosen_ap"] == record["start_ap"] == 1.0
     assert settings.object_size == 400  # the median labeled object: what prediction zooms to
+
+
+def test_predicted_objects_on_painted_background_are_false_positives():
+    probs, truth = blobs()
+    labels = np.zeros(truth.shape, np.uint16)
+    labels[truth > 0] = truth[truth > 0] + 1
+    t = truth_from_labels(labels, "sparse-instances")
+    settings = PostprocessConfig(min_size=0)
+    assert score([probs], [t], settings, 2) == 1.0  # the debris lies on unlabeled pixels
+    labels[36:48] = 1  # background painted over the first row of debris
+    t = truth_from_labels(labels, "sparse-instances")
+    assert score([probs], [t], settings, 2) == pytest.approx(6 / 9)  # 3 FP on the paint
 
 
 def test_sparse_instances_score_only_where_labeled():
@@ -88,6 +124,7 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
     )
     calibrated = [e for e in events if isinstance(e, ev.Calibrated)]
     assert len(calibrated) == 1 and calibrated[0].ap >= calibrated[0].start_ap
+    assert "chosen on 1 held-out images (AP@0.5" in calibrated[0].describe()
     # 6 images: one held out, the post-processing is chosen on it
     assert calibrated[0].measured_on == "1 held-out images"
     saved = json.loads((out / "config.json").read_text())["postprocess"]

@@ -43,7 +43,8 @@ def test_two_cells_per_image_segment_unseen_images():
     events = []
     few = train(images, sparse, labels_kind="sparse-instances", callback=events.append, **SMALL)
     started = events[0]
-    assert started.validation.startswith("held-out blocks")  # not the strokes it trains on
+    # not the objects it trains on: one of the six outlined cells and some painted background
+    assert started.validation.startswith("1 held-out outlined object of 6 + ")
     assert any(isinstance(e, ev.Calibrated) for e in events)
     # the same objects as dense instance masks: the other cells become background
     dense_few = [np.where(s >= 2, s - 1, 0) for s in sparse]
@@ -55,7 +56,8 @@ def test_two_cells_per_image_segment_unseen_images():
 
 def test_a_few_objects_on_a_few_slices_of_a_volume():
     """3D sparse-instances: objects outlined on two slices, background on a third; the
-    model trains (validation on held-out blocks), calibrates in 3D and predicts instances."""
+    model trains (validation on a held-out object and painted background), calibrates in
+    3D on them and predicts instances."""
     from napari_unet._sample_data import make_synthetic_nuclei_3d
 
     vol, truth = make_synthetic_nuclei_3d()[:2]
@@ -70,8 +72,8 @@ def test_a_few_objects_on_a_few_slices_of_a_volume():
         [vol], [labels], labels_kind="sparse-instances", spatial_dims=3, steps=4, width=2,
         depth=2, patch=16, batch_size=1, device="cpu", callback=events.append,
     )  # fmt: skip
-    assert events[0].validation.startswith("held-out blocks")
+    assert events[0].validation.startswith("1 held-out outlined object of 4 + ")
     calibrated = [e for e in events if isinstance(e, ev.Calibrated)]
-    assert len(calibrated) == 1 and "labeled objects" in calibrated[0].measured_on
+    assert len(calibrated) == 1 and calibrated[0].measured_on == events[0].validation
     out = nu.predict(model, vol, instances=True, device="cpu")
     assert out.shape == vol.shape and out.dtype.kind == "u"

@@ -133,6 +133,12 @@ class TrainWidget(DockWidget):
         self.stop_btn = QPushButton("Stop")
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
+        self.use_start_btn = QPushButton("Use the start model")
+        self.use_start_btn.setToolTip(
+            "the model this training started from validated better: predict with it"
+        )
+        self.use_start_btn.hide()
+        self._start_model: str | None = None
         self.plot = CurvePlot()
         self._lay_out()
 
@@ -160,6 +166,7 @@ class TrainWidget(DockWidget):
         layout.addWidget(self.restore_btn)
         layout.addLayout(hbox(self.start_btn, self.pause_btn, self.stop_btn))
         layout.addWidget(self.status)
+        layout.addWidget(self.use_start_btn)
         layout.addWidget(self.plot)
 
     def _connect(self) -> None:
@@ -171,6 +178,7 @@ class TrainWidget(DockWidget):
         self.start_btn.clicked.connect(self.start)
         self.pause_btn.clicked.connect(self.toggle_pause)
         self.stop_btn.clicked.connect(self.stop)
+        self.use_start_btn.clicked.connect(self.use_start_model)
         self.autosave.timeout.connect(self._autosave_tick)
         self.autosave.start()
         self._listen(self.viewer.layers.events.inserted, self._refresh_choices)
@@ -437,7 +445,10 @@ class TrainWidget(DockWidget):
             self.device_label.setText(f"using {event.device}")
             s = event.settings
             start = f"starting from {event.init}; " if event.init else ""
-            if event.init:
+            if event.start_note:
+                start = f"{event.start_note}; "
+                show_info(f"napari-unet: {event.start_note}")
+            elif event.init:
                 show_info(f"napari-unet: starting from {event.init}")
             self.status.setText(
                 f"{start}training: width {s['width']}, patch {s['patch']}, "
@@ -456,7 +467,7 @@ class TrainWidget(DockWidget):
         elif isinstance(event, ev.Preview):
             self._show_preview(event)
         elif isinstance(event, ev.Calibrated):
-            self._calibrated = calibrated_text(event, self.dims.currentData())
+            self._calibrated = event.describe()
             self.status.setText(self._calibrated)
             show_info(f"napari-unet: {self._calibrated}")
         elif isinstance(event, ev.Finished):
@@ -496,7 +507,17 @@ class TrainWidget(DockWidget):
         folder = Path(self.folder.text()).expanduser()
         steps = model.history.get("steps", 0)
         message = self._finished.message if self._finished is not None else ""
+        self._start_model = self._finished.start_model if self._finished is not None else None
         self._finished = None
+        self.use_start_btn.setText(f"Use {self._start_model}")
+        self.use_start_btn.setVisible(self._start_model is not None)
+        if self._start_model is not None:  # trained, saved, and worse than where it started
+            self.session.set_model(model, folder)
+            self._set_state("idle", message)
+            show_warning(f"napari-unet: {message}")
+            self.resume.setChecked(True)
+            self.set_start_from(None)
+            return
         if message:  # the regression guard kept the previous model: predict with that one
             self.session.set_model(load_model(folder), folder)
             self._set_state("idle", message)
@@ -508,6 +529,24 @@ class TrainWidget(DockWidget):
             show_info(f"napari-unet: model saved to {folder}")
         self.resume.setChecked(True)
         self.set_start_from(None)  # the next Train continues this model
+
+    def use_start_model(self) -> None:
+        """The "Use <start model>" button: the model training started from becomes the
+        viewer's current model (the trained one stays in its folder)."""
+        from ..store import load_model
+
+        ref = self._start_model
+        if ref is None:
+            return
+        try:
+            model = load_model(ref)
+        except (ValueError, OSError) as exc:
+            show_warning(f"napari-unet: {ref} could not be loaded: {exc}")
+            return
+        self.session.set_model(model, model.path)
+        self.use_start_btn.hide()
+        folder = Path(self.folder.text()).expanduser()
+        self._set_state("idle", f"predicting with {ref}; the trained model stays in {folder}")
 
     # ------------------------------------------------------------------ annotations
 
@@ -625,16 +664,6 @@ class TrainWidget(DockWidget):
             self.width_box.setEnabled(False)  # the start model's width
         if message is not None:
             self.status.setText(message)
-
-
-def calibrated_text(event: ev.Calibrated, spatial_dims: int) -> str:
-    """One line on the instance post-processing training chose (the Calibrated event)."""
-    unit = "px" if spatial_dims == 2 else "voxels"
-    return (
-        f"instances: seed {event.seed_threshold:g}, foreground {event.fg_threshold:g}, "
-        f"min size {event.min_size} {unit}, chosen on {event.measured_on} "
-        f"(AP@0.5 {event.start_ap:.2f} -> {event.ap:.2f})"
-    )
 
 
 def _spin(low: int, high: int, value: int, special: str | None = None) -> QSpinBox:
