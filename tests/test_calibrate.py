@@ -13,6 +13,7 @@ from napari_unet import events as ev
 from napari_unet.calibrate import Truth, calibrate, score, truth_from_labels
 from napari_unet.config import ModelSpec, PostprocessConfig
 from napari_unet.store import load_model
+from napari_unet.targets import IGNORE
 from napari_unet.training import train
 
 DATA = Path(__file__).parent / "data"
@@ -172,3 +173,45 @@ def test_a_model_saved_before_calibration_predicts_exactly_as_before():
     assert np.array_equal(instances, tifffile.imread(DATA / "model-2026-11-25.instances.tif"))
     assert np.array_equal(labels, tifffile.imread(DATA / "model-2026-11-25.labels.tif"))
     assert ModelSpec.from_dict(model.config.to_dict()) == model.config
+
+
+def test_calibration_never_scores_objects_that_were_in_the_loss(monkeypatch, nuclei):
+    """A real training on 6 outlined nuclei: calibration sees only what the loss did not."""
+    import napari_unet.training as training
+
+    seen, trained = {}, []
+    real_calibrate, real_sampler = training.calibrate, training.PatchSampler
+
+    def spy(probs, truths, dims, start, sizes):
+        seen.update(truths=truths, sizes=sizes)
+        return real_calibrate(probs, truths, dims, start, sizes)
+
+    class Sampler(real_sampler):
+        def __init__(self, images, targets, *args, **kwargs):
+            trained.append([np.asarray(t) for t in targets])
+            super().__init__(images, targets, *args, **kwargs)
+
+    monkeypatch.setattr(training, "calibrate", spy)
+    monkeypatch.setattr(training, "PatchSampler", Sampler)
+    images, labels = nuclei
+    few = []
+    for lab in labels[:2]:  # three outlined nuclei and a painted band on each
+        out = np.zeros(lab.shape, np.uint16)
+        out[:5] = np.where(lab[:5] == 0, 1, 0)
+        for new, old in enumerate(np.unique(lab[lab > 0])[:3], start=2):
+            out[lab == old] = new
+        few.append(out)
+    events = []
+    train(images[:2], few, labels_kind="sparse-instances", steps=2, width=4, depth=2, patch=32,
+          batch_size=2, device="cpu", init=None, callback=events.append)  # fmt: skip
+    train_targets = trained[0]  # the first sampler is the training one, in image order
+    assert len(seen["sizes"]) == 6  # the prior knows every outlined object
+    scored = 0
+    for i, truth in enumerate(seen["truths"]):
+        for v in np.unique(truth.objects[truth.objects > 0]):
+            assert (train_targets[i][truth.objects == v] == IGNORE).all()  # never in the loss
+            scored += 1
+        assert (train_targets[i][truth.labeled] == IGNORE).all()  # background neither
+    assert scored == 1
+    calibrated = next(e for e in events if isinstance(e, ev.Calibrated))
+    assert calibrated.measured_on.startswith("1 held-out outlined object of 6 + ")

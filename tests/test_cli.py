@@ -309,3 +309,24 @@ def test_train_lr_sets_the_peak_learning_rate(folders, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--images", "x", "--labels", "y", "--out", str(tmp_path / "z"), "--lr", "0"])
     assert exc.value.code == 2 and "--lr: must be in [1e-8, 10], got 0" in capsys.readouterr().err
+
+
+def test_train_distill_sets_the_weight_and_refuses_bad_values(folders, tmp_path, capsys):
+    sessions = {}
+    for weight in ("0", None):
+        out = tmp_path / f"m{weight}"
+        args = ["-q", "train", "--images", folders / "images", "--labels", folders / "labels",
+                "--out", out, "--labels-kind", "instances", "--steps", "2", "--init",
+                "builtin:nuclei", "--patch", "32", "--batch-size", "2", "--device", "cpu",
+                *(["--distill", weight] if weight else [])]  # fmt: skip
+        assert main([str(a) for a in args]) == 0
+        sessions[weight] = json.loads((out / "training.json").read_text())["sessions"][-1]
+        config = json.loads((out / "config.json").read_text())["train"]
+        assert config["distill"] == (0.0 if weight else 1.0)
+    assert "distill" not in sessions["0"]  # weight 0: the start model teaches nothing
+    assert sessions[None]["distill"] == {"from": "builtin:nuclei", "weight": 1.0}
+    for bad in ("-1", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--images", "x", "--labels", "y", "--out", str(tmp_path / "z"),
+                  "--distill", bad])  # fmt: skip
+        assert exc.value.code == 2 and "--distill:" in capsys.readouterr().err

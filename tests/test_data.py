@@ -128,3 +128,71 @@ def test_dense_labels_and_many_images():
     split = split_samples(many, "sparse", 0.1, 0)
     assert len(split.val) == 1 and set(split.train).isdisjoint(split.val)
     assert split.description == "1 held-out image(s)"
+
+
+def _outlined(n_objects, shape=(128, 128), painted=True):
+    """sparse-instances labels: ``n_objects`` squares (ids 2..) and a painted band (1)."""
+    labels = np.zeros(shape, np.uint16)
+    if painted:
+        labels[:12] = 1
+    for k in range(n_objects):
+        y, x = 20 + (k // 4) * 30, 5 + (k % 4) * 30
+        labels[y : y + 20, x : x + 20] = k + 2
+    return labels
+
+
+def test_few_images_hold_out_whole_outlined_objects_and_painted_background():
+    from napari_unet.targets import sparse_instance_targets
+
+    labels = [_outlined(6), _outlined(4)]
+    targets = [sparse_instance_targets(lab) for lab in labels]
+    split = split_samples(targets, "sparse-instances", 0.1, 0, block=32, label_images=labels)
+    assert split.description.startswith("2 held-out outlined objects of 10 + ")
+    assert "px of painted background" in split.description
+    held_objects = 0
+    for i, lab in enumerate(labels):
+        train = split.train_targets[i]
+        val = split.val_targets.get(i, np.full(lab.shape, IGNORE))
+        assert not ((val != IGNORE) & (train != IGNORE)).any()  # nothing in both
+        for v in np.unique(lab[lab > 1]):
+            inside = val[lab == v] != IGNORE
+            assert inside.all() or not inside.any()  # whole objects or none
+            held_objects += int(inside.all())
+            assert inside.all() == (train[lab == v] == IGNORE).all()  # held = not trained
+        held_bg = (val != IGNORE) & (lab == 1)
+        assert ((val != IGNORE) & (lab == 0)).sum() == 0  # unlabeled stays unlabeled
+        assert (train[lab == 1] != IGNORE).any()  # some painted background still trains
+        if held_bg.any():
+            assert (val[held_bg] == 0).all()
+    assert held_objects == 2
+
+
+def test_too_few_objects_hold_nothing_out_and_say_why():
+    from napari_unet.targets import sparse_instance_targets
+
+    labels = [_outlined(3)]
+    targets = [sparse_instance_targets(lab) for lab in labels]
+    split = split_samples(targets, "sparse-instances", 0.1, 0, label_images=labels)
+    assert split.val_targets is split.train_targets
+    assert split.description == (
+        "the training labels (3 outlined objects on 1 image(s): too few to hold any out, 4 needed)"
+    )
+
+
+def test_dense_instances_on_few_images_hold_out_objects_and_background():
+    from napari_unet.targets import instance_targets
+
+    from .conftest import make_nuclei
+
+    labels = [make_nuclei(seed=s)[1] for s in range(2)]  # 16 nuclei on 2 images
+    targets = [instance_targets(lab) for lab in labels]
+    split = split_samples(targets, "instances", 0.1, 0, block=32, label_images=labels)
+    assert split.description.startswith("3 held-out objects of 16 + ")
+    for i, lab in enumerate(labels):
+        val = split.val_targets.get(i)
+        if val is None:
+            continue
+        held = val != IGNORE
+        for v in np.unique(lab[held & (lab > 0)]):
+            assert held[lab == v].all()  # a held-out object is held out whole
+        assert (split.train_targets[i][held] == IGNORE).all()

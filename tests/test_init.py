@@ -311,3 +311,106 @@ def test_cli_default_start_says_so_and_scratch_turns_it_off(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "b"), "--init", "scratch"]) == 0
     assert "starting from" not in capsys.readouterr().out
     assert load_model(tmp_path / "b").config.model.width == 8  # the CPU default, new weights
+
+
+# --------------------------------------------------------------------------- fit and guard
+
+
+def _membranes(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Cells seen through a membrane stain: bright outlines, dark insides."""
+    from skimage.segmentation import find_boundaries
+
+    ring = find_boundaries(labels, mode="inner")
+    noise = np.random.default_rng(seed).normal(0, 10, labels.shape)
+    return (ring * 200 + 20 + noise).clip(0, 255).astype(np.uint8)
+
+
+def test_the_automatic_start_is_taken_only_when_it_finds_the_labeled_objects(tmp_path):
+    img, lab = make_nuclei(seed=7)
+    few = np.where(lab > 0, lab.astype(np.uint16) + 1, 0)
+    few[:6] = np.where(lab[:6] == 0, 1, few[:6])
+    model, started = _run([img], [few], labels_kind="sparse-instances", out=tmp_path / "a")
+    assert started.init.startswith("builtin:nuclei (finds 8 of your 8 outlined objects")
+    assert started.start_note == ""
+    record = json.loads((tmp_path / "a" / "training.json").read_text())["sessions"][-1]
+    assert record["init"]["fit"] == {"found": 8, "objects": 8, "fits": True}
+    # the same cells seen through their membranes: the nuclei model finds none of them
+    model, started = _run([_membranes(lab)], [few], labels_kind="sparse-instances",
+                          out=tmp_path / "b")  # fmt: skip
+    assert started.init == ""
+    assert started.start_note == (
+        "builtin:nuclei finds 0 of your 8 outlined objects: starting from scratch"
+    )
+    record = json.loads((tmp_path / "b" / "training.json").read_text())["sessions"][-1]
+    assert "init" not in record and record["init_declined"]["fit"]["fits"] is False
+    assert "distill" not in record  # no start model, no teacher
+
+
+def test_an_explicit_start_is_not_second_guessed(tmp_path):
+    img, lab = make_nuclei(seed=7)
+    _, started = _run([_membranes(lab)], [lab], labels_kind="instances", init="builtin:nuclei")
+    assert started.init.startswith("builtin:nuclei") and started.start_note == ""
+
+
+def test_cli_says_why_it_starts_from_scratch(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    img, lab = make_nuclei(shape=(64, 64), seed=30)
+    iio.imwrite(root / "images" / "n.png", _membranes(lab))
+    tifffile.imwrite(root / "labels" / "n.tif", lab)
+    args = [
+        "train", "--images", str(root / "images"), "--labels", str(root / "labels"),
+        "--labels-kind", "instances", "--steps", "2", "--patch", "32", "--batch-size", "2",
+        "--device", "cpu", "--out", str(tmp_path / "m"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "builtin:nuclei finds 0 of your" in out and "starting from scratch" in out
+    assert "starting from builtin" not in out
+
+
+def test_the_start_model_is_reported_when_it_validates_better(tmp_path):
+    """Fine-tuning that ruins the model (a huge learning rate): the start model validates
+    better on the held-out objects, Finished says so and names it."""
+    from napari_unet.config import TrainConfig
+    from napari_unet.events import Finished
+
+    pairs = [make_nuclei(seed=s) for s in range(2)]
+    images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    events = []
+    out = tmp_path / "m"
+    drain(
+        train_iter(images, labels, labels_kind="instances", steps=3, patch=32, batch_size=2,
+                   device="cpu", out=out, config=TrainConfig(lr=5.0)),
+        events.append,
+    )  # fmt: skip
+    finished = next(e for e in events if isinstance(e, Finished))
+    assert finished.start_model == "builtin:nuclei"
+    assert "the model it started from, builtin:nuclei, scores a validation IoU of" in (
+        finished.message
+    )
+    record = json.loads((out / "training.json").read_text())["sessions"][-1]
+    comparison = record["start_comparison"]
+    assert comparison["compared"] and comparison["start_iou"] > comparison["new_iou"]
+    assert comparison["measured_on"].startswith("3 held-out objects of 16")
+    assert load_model(out).history["steps"] == 3  # the new model is saved all the same
+
+
+def test_a_start_model_that_did_worse_is_not_mentioned(parent, tmp_path):
+    """A start model trained 2 steps and 60 steps of fine-tuning on its own kind of data."""
+    from napari_unet.events import Finished
+
+    pairs = [make_nuclei(seed=s) for s in range(3)]
+    events = []
+    drain(
+        train_iter([p[0] for p in pairs], [p[1] for p in pairs], labels_kind="instances",
+                   init=str(parent), steps=60, patch=48, batch_size=4, device="cpu",
+                   out=tmp_path / "m"),
+        events.append,
+    )  # fmt: skip
+    finished = next(e for e in events if isinstance(e, Finished))
+    record = json.loads((tmp_path / "m" / "training.json").read_text())["sessions"][-1]
+    comparison = record["start_comparison"]
+    assert comparison["compared"] and comparison["new_iou"] >= comparison["start_iou"]
+    assert finished.start_model is None and "started from" not in finished.message

@@ -1,0 +1,259 @@
+"""Human in the loop, simulated: held-out AP@0.5 per round of corrections, against the
+number of objects the user touched, side by side with dense labels of the same images.
+
+Round 0: ``--images`` images (default 3) of the training pool, ``--objects`` objects outlined
+on each (default 2) and ``--strokes`` background strokes (default 3), as
+``sparse-instances`` (``_splits.few_labels``); a model trains ``--steps`` steps from
+``--init`` (the start model; it must not have seen the test group).  Each later round
+(``--rounds``, default 3) the simulated user takes the current model's prediction on one
+more pool image and fixes its ``--fixes`` worst objects (default 5; :func:`correct`): a
+missed or badly segmented object is outlined, the objects of a merge are outlined, a
+false positive on background is painted as background; nothing else on that image is
+labeled.  Training then continues from the current model (``train(model=...)``, the
+Train widget's "continue") for ``--steps`` more steps on all the labels so far.
+
+Every model is scored on the test group (``--test-split``, at most ``--test-images`` of
+it, the same ones every round): mean AP@0.5 over the images, with the post-processing
+the model chose for itself and the object-size zoom (what ``predict`` does).  Also scored:
+the start model as it is, and a model trained from it with **dense** labels of the same
+images (every object) for the same total number of steps.  ``--runs`` draws (seed = run
+index); prints a table per round, mean ± std over the runs, one summary line, and with
+``--plot FILE.png`` a figure: AP@0.5 against objects touched.
+
+    python benchmarks/bench_hitl.py --init /tmp/nuclei-no-dense-large --test-split large \\
+        --steps 200 --runs 3 --plot docs/images/hitl.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _splits import DSB, GROUPS, cap, few_labels, header, mean_std, split, write_tiny  # noqa: E402
+
+
+def correct(truth: np.ndarray, pred: np.ndarray, fixes: int) -> tuple[np.ndarray, int]:
+    """The ``sparse-instances`` labels a user paints to fix the worst objects of ``pred``.
+
+    Errors, worst first (lowest IoU with the best partner, then largest): each truth
+    object without a partner at IoU >= 0.5 (a miss, part of a merge, or badly cut) is
+    outlined; each predicted object without one that lies mostly on true background (a
+    false positive) is painted background.  Only the first ``fixes`` errors are painted;
+    everything else stays 0 (unlabeled).  Returns the labels and the objects touched.
+    """
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    best_t, best_p = _best_ious(truth, pred)
+    errors = []  # (iou, -size, kind, id)
+    for t, size in zip(*np.unique(truth[truth > 0], return_counts=True), strict=True):
+        if best_t.get(int(t), 0.0) < 0.5:  # a miss, part of a merge, or badly cut
+            errors.append((best_t.get(int(t), 0.0), -int(size), "outline", int(t)))
+    for p, size in zip(*np.unique(pred[pred > 0], return_counts=True), strict=True):
+        on_background = (truth[pred == p] == 0).mean() >= 0.5
+        if best_p.get(int(p), 0.0) < 0.5 and on_background:  # a false positive
+            errors.append((0.0, -int(size), "background", int(p)))
+    errors.sort(key=lambda e: (e[0], e[1]))
+    labels = np.zeros(truth.shape, np.uint16)
+    next_id = 2
+    for _, _, kind, value in errors[:fixes]:
+        if kind == "outline":
+            labels[truth == value] = next_id
+            next_id += 1
+        else:
+            labels[(pred == value) & (truth == 0) & (labels == 0)] = 1
+    return labels, min(fixes, len(errors))
+
+
+def _best_ious(truth: np.ndarray, pred: np.ndarray) -> tuple[dict, dict]:
+    """The best IoU of each truth object and of each predicted object with the other side."""
+    t, p = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    area_t = dict(zip(*np.unique(t, return_counts=True), strict=True))
+    area_p = dict(zip(*np.unique(p, return_counts=True), strict=True))
+    both = (t > 0) & (p > 0)
+    pairs, inter = np.unique(np.stack([t[both], p[both]]), axis=1, return_counts=True)
+    best_t: dict[int, float] = {}
+    best_p: dict[int, float] = {}
+    for (a, b), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
+        iou = n / (area_t[a] + area_p[b] - n)
+        best_t[a] = max(best_t.get(a, 0.0), iou)
+        best_p[b] = max(best_p.get(b, 0.0), iou)
+    return best_t, best_p
+
+
+def score(model, images: list, truths: list) -> float:
+    """Mean AP@0.5 over the test images, as ``predict --instances`` segments them."""
+    import napari_unet as nu
+    from napari_unet.metrics import match_instances
+
+    return float(
+        np.mean(
+            [
+                match_instances(t, nu.predict(model, i, instances=True, device="cpu"), 0.5)["ap"]
+                for i, t in zip(images, truths, strict=True)
+            ]
+        )
+    )
+
+
+def read(src: Path, stems: list[str]) -> tuple[list, list]:
+    from napari_unet.files import read_image
+
+    images = [read_image(src / "images" / f"{s}.png") for s in stems]
+    truths = [read_image(src / "labels" / f"{s}.png") for s in stems]
+    return images, truths
+
+
+def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[dict]:
+    """One draw: round 0, the correction rounds, and the dense-label model."""
+    import napari_unet as nu
+    from napari_unet.config import TrainConfig
+
+    rng = np.random.default_rng(run)
+    stems = [str(s) for s in rng.permutation(pool)[: args.images + args.rounds]]
+    images, truths = read(src, stems)
+    cfg = TrainConfig(seed=run, **({} if args.distill is None else {"distill": args.distill}))
+    steps = dict(steps=args.steps, device="cpu", config=cfg)
+    labels = [few_labels(t, args.objects, args.strokes, rng) for t in truths[: args.images]]
+    touched = sum(int(lab.max()) - 1 for lab in labels)
+    start = nu.load_model(args.init)
+    rows = [{"run": run, "round": "start", "touched": 0, "ap50": score(start, *test)}]
+    print_row(rows[-1])
+    model = nu.train(
+        images[: args.images], labels, labels_kind="sparse-instances", init=args.init, **steps
+    )  # fmt: skip
+    rows.append({"run": run, "round": 0, "touched": touched, "ap50": score(model, *test)})
+    print_row(rows[-1])
+    for r in range(1, args.rounds + 1):
+        k = args.images + r - 1
+        pred = nu.predict(model, images[k], instances=True, device="cpu")
+        fixed, n = correct(truths[k], pred, args.fixes)
+        labels.append(fixed)
+        touched += n
+        model = nu.train(
+            images[: k + 1], labels, labels_kind="sparse-instances", model=model, **steps
+        )  # fmt: skip
+        rows.append({"run": run, "round": r, "touched": touched, "ap50": score(model, *test)})
+        print_row(rows[-1])
+    n = args.images + args.rounds
+    dense = nu.train(
+        images[:n], truths[:n], labels_kind="instances", init=args.init,
+        **{**steps, "steps": args.steps * (args.rounds + 1)},
+    )  # fmt: skip
+    objects = sum(len(np.unique(t[t > 0])) for t in truths[:n])
+    rows.append({"run": run, "round": "dense", "touched": objects, "ap50": score(dense, *test)})
+    print_row(rows[-1])
+    return rows
+
+
+def print_row(row: dict) -> None:
+    print(f"| {row['run']} | {row['round']} | {row['touched']} | {row['ap50']:.3f} |", flush=True)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """AP@0.5 against objects touched: each run's rounds, the mean, start and dense."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    runs = sorted({r["run"] for r in rows})
+    for run in runs:
+        mine = [r for r in rows if r["run"] == run and isinstance(r["round"], int)]
+        ax.plot([r["touched"] for r in mine], [r["ap50"] for r in mine], "o-", color="0.75",
+                lw=1, label="one run" if run == runs[0] else None)  # fmt: skip
+    rounds = sorted({r["round"] for r in rows if isinstance(r["round"], int)})
+    mean_x = [np.mean([r["touched"] for r in rows if r["round"] == k]) for k in rounds]
+    mean_y = [np.mean([r["ap50"] for r in rows if r["round"] == k]) for k in rounds]
+    ax.plot(mean_x, mean_y, "o-", color="C0", lw=2, label="corrections, mean")
+    start = np.mean([r["ap50"] for r in rows if r["round"] == "start"])
+    ax.axhline(start, color="C3", ls="--", label=f"start model, no training ({start:.2f})")
+    dense = [r for r in rows if r["round"] == "dense"]
+    ax.plot([r["touched"] for r in dense], [r["ap50"] for r in dense], "s", color="C2",
+            label="dense labels, same images")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("objects touched by the user (log)")
+    ax.set_ylabel("held-out AP@0.5")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--init", default="builtin:nuclei", help="the start model (not trained on "
+                   "the test group: builtin:nuclei saw all of DSB2018)")  # fmt: skip
+    p.add_argument("--test-split", choices=list(GROUPS), default="large")
+    p.add_argument("--test-images", type=int, default=24, help="at most this many test images")
+    p.add_argument("--images", type=int, default=3, help="round 0: images")
+    p.add_argument("--objects", type=int, default=2, help="round 0: outlined objects per image")
+    p.add_argument("--strokes", type=int, default=3, help="round 0: background strokes per image")
+    p.add_argument("--rounds", type=int, default=3, help="correction rounds after round 0")
+    p.add_argument("--fixes", type=int, default=5, help="objects fixed per correction round")
+    p.add_argument("--steps", type=int, default=200, help="training steps per round")
+    p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
+    p.add_argument("--plot", help="write the figure to this PNG")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nu-hitl-") as tmp:
+        if args.tiny:
+            args.data = str(write_tiny(Path(tmp) / "data"))
+            args.images, args.rounds, args.steps, args.runs, args.test_images = 2, 2, 4, 1, 2
+            args.plot = args.plot or str(Path(tmp) / "hitl.png")
+            start = Path(tmp) / "start"
+            images, truths = read(Path(args.data), [f"synthetic{i:03d}" for i in (14, 15)])
+            import napari_unet as nu
+
+            nu.train(images, truths, labels_kind="instances", steps=4, device="cpu", init=None,
+                     width=8, out=start)  # fmt: skip
+            args.init = str(start)
+        src = Path(args.data)
+        if not (src / "images").is_dir():
+            sys.exit(f"needs images/ and labels/ under {src}")
+        pool, test_stems = split(src, args.test_split)
+        test = read(src, cap(test_stems, args.test_images))
+        print(header("cpu"))
+        print(
+            f"# start {args.init}; test: split {args.test_split}, {len(test[0])} images; round 0: "
+            f"{args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s); "
+            f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
+            f"distill {args.distill if args.distill is not None else 'default'}"
+        )
+        print("| run | round | objects touched | AP@0.5 |")
+        print("|---" * 4 + "|")
+        rows = []
+        for run in range(args.runs):
+            rows += run_once(src, pool, test, run, args)
+        if args.plot:
+            plot(rows, Path(args.plot), f"{args.test_split}: {len(test[0])} test images, "
+                 f"{args.runs} run(s), {args.steps} steps per round")  # fmt: skip
+            print(f"figure: {args.plot}")
+    print()
+    print("| round | objects touched (mean) | AP@0.5 (mean ± std) |")
+    print("|---" * 3 + "|")
+    means = {}
+    for k in ["start", *range(args.rounds + 1), "dense"]:
+        mine = [r for r in rows if r["round"] == k]
+        means[k] = mean_std([r["ap50"] for r in mine])
+        print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print(
+        f"summary: mean AP@0.5 on {len(test[0])} images of {args.test_split}, {args.runs} "
+        "run(s): " + "; ".join(f"{k} {m.split()[0]}" for k, m in means.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
