@@ -224,3 +224,33 @@ def test_train_starts_from_builtin_nuclei_by_default(viewer_with_data, qtbot, no
     wait_idle(qtbot, train)
     assert not any("starting from" in t for _, t in notes)
     assert "init" not in load_model(train.session.model_path).history["sessions"][0]
+
+
+@pytest.mark.usefixtures("untouched")
+def test_use_the_start_model_when_it_validated_better(viewer_with_data, qtbot, notes):
+    """A training from builtin:nuclei runs for real (3 steps: whether it beat the start
+    model depends on the draw); its end is then reported as one whose start model validated
+    better (what a ruined fine-tuning sends): the message is shown and one click makes the
+    start model the viewer's current model."""
+    from napari_unet import events as ev
+
+    train = TrainWidget(viewer_with_data)
+    small(train, 3)
+    pick(train.start_from, "builtin:nuclei")
+    click(qtbot, train.start_btn)
+    wait_idle(qtbot, train)
+    trained, folder = train.session.model, train.session.model_path
+    message = "the model it started from, builtin:nuclei, scores a validation IoU of 0.800"
+    train._on_event(ev.Finished(3, "steps", 1.0, str(folder), message, "builtin:nuclei"))
+    train._on_done(trained)
+    assert not train.use_start_btn.isHidden()
+    assert train.use_start_btn.text() == "Use builtin:nuclei"
+    assert message in train.status.text() and ("show_warning", f"napari-unet: {message}") in notes
+    assert train.session.model is trained  # the new model stays current until the click
+    click(qtbot, train.use_start_btn)
+    assert train.session.model.path == NUCLEI and train.session.model is not trained
+    assert train.use_start_btn.isHidden()
+    assert f"predicting with builtin:nuclei; the trained model stays in {folder}" in (
+        train.status.text()
+    )
+    assert load_model(folder).history["steps"] == 3  # nothing of the trained model is lost
