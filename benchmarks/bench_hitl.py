@@ -209,7 +209,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nu-hitl-") as tmp:
         if args.tiny:
             args.data = str(write_tiny(Path(tmp) / "data"))
-            args.images, args.rounds, args.steps, args.runs, args.test_images = 2, 2, 4, 1, 2
+            args.images, args.rounds, args.steps, args.runs, args.test_images = 2, 1, 2, 1, 1
             args.plot = args.plot or str(Path(tmp) / "hitl.png")
             start = Path(tmp) / "start"
             images, truths = read(Path(args.data), [f"synthetic{i:03d}" for i in (14, 15)])

@@ -23,8 +23,10 @@ def test_every_benchmark_is_covered():
         "bench_few_strokes_em.py",
         "bench_generalisation.py",
         "bench_gui.py",
+        "bench_hitl.py",
         "bench_large_zarr.py",
         "bench_predict.py",
+        "bench_start_fit.py",
         "bench_time_to_accuracy.py",
         "bench_train.py",
         "bench_zoom.py",
@@ -124,3 +126,29 @@ def test_pooled_ap_recovers_the_counts():
     result = splits_module().pooled(rows)
     assert result["tp"] == 3 and result["pooled_ap50"] == 0.5 and result["ap50"] == 0.75
     assert result["count_ratio"] == 0.8
+
+
+def test_the_simulated_user_fixes_the_k_worst_objects_only():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_hitl import correct
+
+    truth = np.zeros((64, 64), np.uint16)
+    truth[2:12, 2:12] = 1  # found
+    truth[20:30, 2:12] = 2  # missed (small)
+    truth[40:60, 2:22] = 3  # missed (large)
+    truth[2:12, 30:40] = 4  # merged with 5 ...
+    truth[2:12, 40:50] = 5
+    pred = np.zeros_like(truth)
+    pred[2:12, 2:12] = 7
+    pred[2:13, 30:50] = 8  # ... into one object (IoU 0.45 with each)
+    pred[48:60, 48:60] = 9  # a false positive on background
+    labels, touched = correct(truth, pred, fixes=10)
+    assert touched == 5  # misses 2 and 3, merged 4 and 5, the false positive
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4, 5}
+    assert (labels[48:60, 48:60] == 1).all()  # painted background
+    assert (labels[2:12, 2:12] == 0).all()  # the right object is left alone
+    for t in (2, 3, 4, 5):  # each outlined whole with its own id
+        assert len(np.unique(labels[truth == t])) == 1 and labels[truth == t][0] >= 2
+    labels, touched = correct(truth, pred, fixes=2)
+    # the worst two: no overlap at all, the largest first (miss 3, then the false positive)
+    assert touched == 2 and np.count_nonzero(labels) == (truth == 3).sum() + 144

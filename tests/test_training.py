@@ -188,7 +188,9 @@ def test_stack_labeled_on_a_few_slices(nuclei):
     lab[1] = labels[1]  # only slice 1 is labeled; the others must not count as background
     events = []
     train(stack, lab, labels_kind="instances", steps=1, callback=events.append, **SMALL)
-    assert (events[0].n_train, events[0].n_val) == (1, 0)
+    # one labeled slice: it trains, and some of its objects and background validate
+    assert (events[0].n_train, events[0].n_val) == (1, 1)
+    assert " held-out objects of " in events[0].validation
     # sparse strokes on 2 of 8 slices: both train, none is held out
     big = np.concatenate([stack, stack])
     strokes = np.zeros(big.shape, np.uint8)
