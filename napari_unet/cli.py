@@ -151,7 +151,7 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         metavar="WEIGHT",
         help="when starting from a model with the same classes (--init, or the automatic "
         "start): weight of its answer on the pixels you did not label, so fine-tuning keeps "
-        "what it knew (default 1; 0 turns it off)",
+        "what it knew (default 5; 0 turns it off)",
     )
     t.add_argument("--padding", choices=PADDINGS, help="same (default) or valid")
     t.add_argument(

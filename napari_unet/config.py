@@ -201,7 +201,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: float = 30.0
-    distill: float = 1.0  # weight of the start model's answer on unlabeled pixels (0: off)
+    distill: float = 5.0  # weight of the start model's answer on unlabeled pixels (0: off)
 
     def __post_init__(self) -> None:
         _check_choice("recipe", self.recipe, RECIPES)

@@ -323,9 +323,9 @@ def test_train_distill_sets_the_weight_and_refuses_bad_values(folders, tmp_path,
         assert main([str(a) for a in args]) == 0
         sessions[weight] = json.loads((out / "training.json").read_text())["sessions"][-1]
         config = json.loads((out / "config.json").read_text())["train"]
-        assert config["distill"] == (0.0 if weight else 1.0)
+        assert config["distill"] == (0.0 if weight else 5.0)
     assert "distill" not in sessions["0"]  # weight 0: the start model teaches nothing
-    assert sessions[None]["distill"] == {"from": "builtin:nuclei", "weight": 1.0}
+    assert sessions[None]["distill"] == {"from": "builtin:nuclei", "weight": 5.0}
     for bad in ("-1", "x"):
         with pytest.raises(SystemExit) as exc:
             main(["train", "--images", "x", "--labels", "y", "--out", str(tmp_path / "z"),
