@@ -108,7 +108,9 @@ def split_samples(
 ) -> Split:
     """Hold out validation data that training never sees.
 
-    Whole images are held out when at least 5 are labeled.  With fewer:
+    Whole images are held out when at least 5 are labeled, except for outlined objects
+    (``sparse-instances`` with ``label_images``): an image holding a user's few
+    corrections would teach nothing, so they always hold out objects.  With fewer:
 
     - instance labels (``instances``, ``sparse-instances``, with ``label_images``) hold
       out whole objects (:data:`HELD_OUT_OBJECTS` of them, at least one, when there are
@@ -123,7 +125,8 @@ def split_samples(
     labeled = [i for i, t in enumerate(targets) if (t != IGNORE).any()]
     train_pos, val_pos = split_indices(len(labeled), val_fraction, seed)
     whole = {i: targets[i] for i in labeled}
-    if val_pos:
+    outlined = kind == "sparse-instances" and label_images is not None
+    if val_pos and not outlined:
         val = [labeled[i] for i in val_pos]
         return Split(
             [labeled[i] for i in train_pos], val, whole, whole, f"{len(val)} held-out image(s)"

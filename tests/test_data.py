@@ -196,3 +196,14 @@ def test_dense_instances_on_few_images_hold_out_objects_and_background():
         for v in np.unique(lab[held & (lab > 0)]):
             assert held[lab == v].all()  # a held-out object is held out whole
         assert (split.train_targets[i][held] == IGNORE).all()
+
+
+def test_outlined_objects_on_many_images_still_hold_out_objects_not_images():
+    """Five images of a few corrections each: every image keeps training."""
+    from napari_unet.targets import sparse_instance_targets
+
+    labels = [_outlined(2) for _ in range(5)]
+    targets = [sparse_instance_targets(lab) for lab in labels]
+    split = split_samples(targets, "sparse-instances", 0.1, 0, block=32, label_images=labels)
+    assert split.description.startswith("2 held-out outlined objects of 10 + ")
+    assert split.train == [0, 1, 2, 3, 4]
