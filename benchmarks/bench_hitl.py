@@ -128,6 +128,7 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     )  # fmt: skip
     rows.append({"run": run, "round": 0, "touched": touched, "ap50": score(model, *test)})
     print_row(rows[-1])
+    keep(model, args, f"run-{run}/round-0")
     for r in range(1, args.rounds + 1):
         k = args.images + r - 1
         pred = nu.predict(model, images[k], instances=True, device="cpu")
@@ -139,6 +140,7 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
         )  # fmt: skip
         rows.append({"run": run, "round": r, "touched": touched, "ap50": score(model, *test)})
         print_row(rows[-1])
+        keep(model, args, f"run-{run}/round-{r}")
     n = args.images + args.rounds
     dense = nu.train(
         images[:n], truths[:n], labels_kind="instances", init=args.init,
@@ -148,6 +150,14 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     rows.append({"run": run, "round": "dense", "touched": objects, "ap50": score(dense, *test)})
     print_row(rows[-1])
     return rows
+
+
+def keep(model, args, name: str) -> None:
+    """With ``--keep DIR``: the model of a round in ``DIR/run-R/round-K`` (to look into)."""
+    if args.keep:
+        from napari_unet.store import save_model
+
+        save_model(model, Path(args.keep) / name)
 
 
 def print_row(row: dict) -> None:
@@ -204,6 +214,7 @@ def main() -> None:
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
     p.add_argument("--plot", help="write the figure to this PNG")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--keep", help="save every round's model under this folder")
     p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="nu-hitl-") as tmp:

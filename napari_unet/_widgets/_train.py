@@ -513,7 +513,9 @@ class TrainWidget(DockWidget):
         self.use_start_btn.setVisible(self._start_model is not None)
         if self._start_model is not None:  # trained, saved, and worse than where it started
             self.session.set_model(model, folder)
-            self._set_state("idle", message)
+            self._set_state(
+                "idle", f"finished after {steps} steps; model saved to {folder}; {message}"
+            )
             show_warning(f"napari-unet: {message}")
             self.resume.setChecked(True)
             self.set_start_from(None)

@@ -271,7 +271,7 @@ def test_train_sparse_instances_from_the_widget_then_predict_instances(
     model = train.session.model
     assert model.config.labels.kind == "sparse-instances"
     pp = model.config.postprocess
-    assert f"min size {pp.min_size_for(2)} px" in status
+    assert f"minimum size {pp.min_size_for(2)} px" in status
 
     predict = PredictWidget(viewer)
     assert predict.want_instances.isEnabled() and not predict.instances_box.isHidden()
