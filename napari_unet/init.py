@@ -338,7 +338,9 @@ class StartFit:
         return {"found": self.found, "objects": self.objects, "fits": self.fits}
 
 
-def start_fit(model: Model, images: list, label_images: list, kind: str) -> StartFit:
+def start_fit(
+    model: Model, images: list, label_images: list, kind: str, device: Any = "cpu"
+) -> StartFit:
     """Segment the labeled images with ``model`` and count the labeled objects it finds.
 
     Parameters
@@ -351,6 +353,8 @@ def start_fit(model: Model, images: list, label_images: list, kind: str) -> Star
         Their labels as given (``instances`` or ``sparse-instances``).
     kind
         The labels kind.
+    device
+        Where to run the model (the training's device).
 
     Images without labeled objects are skipped; at most :data:`FIT_PIXELS` pixels
     are segmented (the images with most objects first).
@@ -365,7 +369,7 @@ def start_fit(model: Model, images: list, label_images: list, kind: str) -> Star
     for i in sorted(range(len(truths)), key=lambda j: -counts[j]):
         if counts[i] <= 0 or (seen and pixels + truths[i].objects.size > FIT_PIXELS):
             continue
-        pred = predict(model, images[i], instances=True, axes="CYX", device="cpu")
+        pred = predict(model, images[i], instances=True, axes="CYX", device=device)
         found += match_instances(truths[i].objects, pred, 0.5)["tp"]
         seen += counts[i]
         pixels += truths[i].objects.size

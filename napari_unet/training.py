@@ -261,7 +261,8 @@ class TrainingRun:
         init = self.init
         if init is None or not init.automatic or not prepared.labels.instances:
             return
-        fit = start_fit(init.model, prepared.images, prepared.label_images, prepared.labels.kind)
+        labels = prepared.labels.kind
+        fit = start_fit(init.model, prepared.images, prepared.label_images, labels, self.device)
         if fit.objects == 0:
             return  # nothing to judge it on
         init.fit = fit
