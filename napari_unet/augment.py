@@ -6,7 +6,10 @@ elastic deformation (the U-Net paper: displacements drawn on a coarse grid
 and interpolated smoothly; here 3x3 control points, 10 px standard deviation).
 Images are sampled bilinearly; targets with nearest-neighbour sampling so no
 class value is invented; pixels that come from outside the crop become
-``IGNORE`` in the target and weight 0.
+``IGNORE`` in the target and weight 0.  Then the intensities: optional inversion
+(bright objects on a dark ground become dark on bright, as in brightfield or
+phase contrast), Gaussian blur in the YX plane (out of focus, lower resolution),
+gamma, contrast, brightness and noise, each drawn per sample.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class AugmentConfig:
     brightness: float = 0.1
     gamma: tuple[float, float] = (0.7, 1.5)
     noise: float = 0.03
+    invert: float = 0.0  # probability of inverting a sample's intensities (x -> 1 - x)
+    blur: float = 0.0  # px, largest Gaussian sigma (drawn uniformly from [0, blur])
 
 
 def crop_margin(patch: int, config: AugmentConfig) -> int:
@@ -163,14 +168,41 @@ def center_crop(
     return image[(slice(None), slice(None), *sl)], target[(slice(None), *sl)], w
 
 
+def gaussian_blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each sample of (N, C, *spatial) in its last two axes (YX) with its own
+    ``sigma`` (N,) in pixels (0: unchanged); borders are reflected."""
+    n = image.shape[0]
+    radius = int(math.ceil(3 * float(sigma.max()))) if n else 0
+    if radius == 0:
+        return image
+    x = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+    s = sigma.to(image.dtype).clamp_min(1e-3)[:, None]
+    kernel = torch.exp(-0.5 * (x[None, :] / s) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # sigma ~ 0: a delta
+    height, width = image.shape[-2:]
+    planes = image.reshape(1, -1, height, width)  # every (sample, channel, z) a group
+    groups = planes.shape[1]
+    kernel = kernel.repeat_interleave(groups // n, dim=0)
+    mode = "reflect" if min(height, width) > radius else "replicate"
+    out = F.pad(planes, (radius,) * 4, mode=mode)
+    out = F.conv2d(out, kernel[:, None, :, None], groups=groups)  # along Y
+    out = F.conv2d(out, kernel[:, None, None, :], groups=groups)  # along X
+    return out.reshape(image.shape)
+
+
 def jitter_intensity(
     image: torch.Tensor, config: AugmentConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """Random contrast, brightness, gamma and Gaussian noise per sample."""
+    """Random inversion, blur, gamma, contrast, brightness and Gaussian noise per sample."""
     n = image.shape[0]
     device = image.device
     shape = (n,) + (1,) * (image.ndim - 1)
     out = image
+    if config.invert:
+        flip = torch.rand(n, generator=generator, device=device) < config.invert
+        out = torch.where(flip.view(shape), 1.0 - out, out)
+    if config.blur:
+        out = gaussian_blur(out, _rand(n, 0, config.blur, generator, device))
     if config.gamma != (1.0, 1.0):
         lo, hi = config.gamma
         gamma = torch.exp(_rand(n, math.log(lo), math.log(hi), generator, device)).view(shape)

@@ -198,6 +198,8 @@ class TrainConfig:
     border_weights: bool = False
     augment: bool = True
     augment_scale: tuple[float, float] = (0.8, 1.25)  # zoom range, sampled log-uniformly
+    augment_invert: float = 0.0  # probability of inverting a patch's intensities
+    augment_blur: float = 0.0  # px, largest sigma of a Gaussian blur (0: none)
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: float = 30.0
@@ -233,6 +235,8 @@ class TrainConfig:
             raise ValueError(
                 f"augment_scale must satisfy 0.1 <= low <= 1 <= high <= 10, got [{low}, {high}]"
             )
+        _check_float("augment_invert", self.augment_invert, 0.0, 1.0)
+        _check_float("augment_blur", self.augment_blur, 0.0, 10.0)
         _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
         _check_int("seed", self.seed, 0, MAX_SEED)

@@ -68,7 +68,11 @@ def mean_iou(conf: torch.Tensor) -> float:
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     """The augmentation of a training recipe."""
-    return AugmentConfig(scale=tuple(float(v) for v in cfg.augment_scale))
+    return AugmentConfig(
+        scale=tuple(float(v) for v in cfg.augment_scale),
+        invert=float(cfg.augment_invert),
+        blur=float(cfg.augment_blur),
+    )
 
 
 def lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:

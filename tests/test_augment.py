@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.augment import AugmentConfig, augment_batch, crop_margin
+from napari_unet.augment import (
+    AugmentConfig,
+    augment_batch,
+    crop_margin,
+    gaussian_blur,
+    jitter_intensity,
+)
 from napari_unet.targets import IGNORE
 
 NO_INTENSITY = dict(contrast=(1.0, 1.0), brightness=0.0, gamma=(1.0, 1.0), noise=0.0)
@@ -81,3 +87,41 @@ def test_margin_covers_rotation():
     m = crop_margin(128, cfg)
     # the rotated, zoomed-out patch corners must stay inside the crop
     assert 64 + m >= 64 * np.sqrt(2) * cfg.scale[1]
+
+
+def test_inversion_flips_dark_and_bright():
+    image = torch.zeros(64, 1, 8, 8)
+    image[:, :, 2:6, 2:6] = 1.0  # a bright object on a dark ground
+    cfg = AugmentConfig(invert=0.5, **NO_INTENSITY)
+    out = jitter_intensity(image, cfg, torch.Generator().manual_seed(0))
+    inverted = out[:, 0, 0, 0] == 1.0
+    assert 10 < int(inverted.sum()) < 54  # about half of the samples
+    assert torch.equal(out[inverted], 1.0 - image[inverted])
+    assert torch.equal(out[~inverted], image[~inverted])
+    never = jitter_intensity(image, AugmentConfig(**NO_INTENSITY), torch.Generator())
+    assert torch.equal(never, image)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_blur_smooths_in_plane_and_keeps_the_mean(dims):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 1) + (16,) * dims, generator=g)
+    out = gaussian_blur(image, torch.tensor([0.0, 2.0]))
+    assert out.shape == image.shape
+    assert torch.allclose(out[0], image[0])  # sigma 0: unchanged
+    assert out[1].std() < 0.6 * image[1].std()  # sigma 2: smoothed
+    assert abs(float(out[1].mean() - image[1].mean())) < 0.02
+    if dims == 3:  # z is not blurred: a single bright plane stays a single plane
+        plane = torch.zeros(1, 1, 5, 16, 16)
+        plane[:, :, 2] = 1.0
+        blurred = gaussian_blur(plane, torch.tensor([1.5]))
+        assert torch.all(blurred[:, :, [0, 1, 3, 4]] == 0)
+
+
+def test_the_training_recipe_sets_inversion_and_blur():
+    from napari_unet.config import TrainConfig
+    from napari_unet.trainer import augment_config
+
+    cfg = augment_config(TrainConfig(augment_invert=0.3, augment_blur=1.5, augment_scale=(0.5, 2)))
+    assert (cfg.invert, cfg.blur, cfg.scale) == (0.3, 1.5, (0.5, 2.0))
+    assert augment_config(TrainConfig()).invert == 0.0

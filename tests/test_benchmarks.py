@@ -19,6 +19,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 def test_every_benchmark_is_covered():
     assert SCRIPTS == [
         "bench_accuracy.py",
+        "bench_builtin.py",
         "bench_few_labels.py",
         "bench_few_strokes_em.py",
         "bench_generalisation.py",
