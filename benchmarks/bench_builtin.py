@@ -26,14 +26,25 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _splits import DSB, GROUPS, header, link, mean_std, predict_and_score, train  # noqa: E402
-from _splits import image_shape, write_tiny  # noqa: E402
+from _splits import (  # noqa: E402
+    DSB,
+    GROUPS,
+    header,
+    image_shape,
+    link,
+    mean_std,
+    predict_and_score,
+    train,
+    write_tiny,
+)
 
 
 def parse_candidate(text: str) -> tuple[str, str | None]:
     name, sep, recipe = text.partition("=")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"--candidate wants NAME=RECIPE.json or NAME=, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--candidate wants NAME=RECIPE.json or NAME=, got {text!r}"
+        )
     if recipe and not Path(recipe).is_file():
         raise argparse.ArgumentTypeError(f"--candidate {name}: no recipe file {recipe}")
     return name, recipe or None
@@ -50,8 +61,13 @@ def group_stems(src: Path, holdout: list[str]) -> tuple[list[str], dict[str, lis
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--candidate", type=parse_candidate, action="append", metavar="NAME=RECIPE.json",
-                   help="a recipe to compare, repeatable (default: default=, the CLI's)")  # fmt: skip
+    p.add_argument(
+        "--candidate",
+        type=parse_candidate,
+        action="append",
+        metavar="NAME=RECIPE.json",
+        help="a recipe to compare, repeatable (default: default=, the CLI's)",
+    )
     p.add_argument("--holdout", nargs="+", default=["dense", "large", "hires"], choices=GROUPS)
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--width", type=int, default=8)
@@ -60,8 +76,11 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DSB)
     p.add_argument("--keep", type=Path, help="keep the models and predictions here")
     p.add_argument("--json", type=Path, help="write every number here")
-    p.add_argument("--tiny", action="store_true",
-                   help="synthetic stand-in data and 3 steps: checks that the script runs")  # fmt: skip
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="synthetic stand-in data and 3 steps: checks that the script runs",
+    )
     args = p.parse_args()
     args.candidate = args.candidate or [("default", None)]
     with tempfile.TemporaryDirectory(prefix="bench-builtin-") as tmp:
@@ -76,9 +95,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
     train_dir = link(src, train_stems, work / "train")
     test_dirs = {g: link(src, s, work / f"test-{g}") for g, s in groups.items()}
     print(header(args.device))
-    print(f"# train: {len(train_stems)} images; held out: "
-          + ", ".join(f"{g} {len(s)}" for g, s in groups.items())
-          + f"; {steps} steps, width {args.width}, {args.runs} run(s)", flush=True)  # fmt: skip
+    print(
+        f"# train: {len(train_stems)} images; held out: "
+        + ", ".join(f"{g} {len(s)}" for g, s in groups.items())
+        + f"; {steps} steps, width {args.width}, {args.runs} run(s)",
+        flush=True,
+    )
 
     results: dict[str, dict[str, list[dict]]] = {}
     for name, recipe in args.candidate:
@@ -90,9 +112,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
             for g, test in test_dirs.items():
                 score = predict_and_score(model, test, work / f"pred-{name}-{run}-{g}", args.device)
                 results[name][g].append({**score, "train_s": info["train_s"]})
-                print(f"{name} run {run} {g}: AP@0.5 {score['ap50']:.3f} pooled "
-                      f"{score['pooled_ap50']:.3f} predicted/true {score['count_ratio']:.2f} "
-                      f"(trained {info['train_s']:.0f} s)", flush=True)  # fmt: skip
+                print(
+                    f"{name} run {run} {g}: AP@0.5 {score['ap50']:.3f} pooled "
+                    f"{score['pooled_ap50']:.3f} predicted/true {score['count_ratio']:.2f} "
+                    f"(trained {info['train_s']:.0f} s)",
+                    flush=True,
+                )
 
     print()
     print("| candidate | " + " | ".join(groups) + " | mean |")
@@ -104,11 +129,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
         overall[name] = sum(scores) / len(scores)
         print(f"| {name} | " + " | ".join(cells) + f" | {overall[name]:.3f} |")
     best = max(overall, key=overall.get)
-    print(f"summary: mean AP@0.5 over the held-out groups: "
-          + ", ".join(f"{n} {v:.3f}" for n, v in overall.items()) + f"; best {best}")  # fmt: skip
+    print(
+        "summary: mean AP@0.5 over the held-out groups: "
+        + ", ".join(f"{n} {v:.3f}" for n, v in overall.items())
+        + f"; best {best}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"steps": steps, "width": args.width,
-                                         "results": results}, indent=1))  # fmt: skip
+        args.json.write_text(
+            json.dumps({"steps": steps, "width": args.width, "results": results}, indent=1)
+        )
 
 
 if __name__ == "__main__":
