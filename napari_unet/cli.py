@@ -663,7 +663,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 raise UsageError(f"{name}: label images must be integers, got {arr.dtype}")
         row = {"image": pred_path.name, **evaluate_pair(truth, pred)}
         rows.append(row)
-    keys = ["iou", "dice", "ap50", "ap75"]
+    keys = ["iou", "dice", "ap50", "ap75", "seg"]
     mean = {
         "image": "mean",
         **{k: float(np.mean([r[k] for r in rows])) for k in keys},

@@ -29,7 +29,7 @@ from scipy.optimize import linear_sum_assignment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["average_precision", "dice", "evaluate_pair", "iou", "match_instances"]
+__all__ = ["average_precision", "dice", "evaluate_pair", "iou", "match_instances", "seg_score"]
 
 # Relabel through a lookup table (O(n)) instead of sorting when ids are at most this large.
 _LUT_MAX_ID = 1 << 24
@@ -168,6 +168,7 @@ class _Overlap:
     true_index: np.ndarray  # index into the truth objects (0..n_true-1), one per pair
     pred_index: np.ndarray  # index into the predicted objects (0..n_pred-1), one per pair
     iou: np.ndarray  # float64 IoU of each pair, > 0
+    true_cover: np.ndarray  # float64 share of the truth object inside the predicted one
 
 
 def _relabel(labels: np.ndarray) -> tuple[int, np.ndarray]:
@@ -222,6 +223,7 @@ def _overlap(truth: Any, pred: Any) -> _Overlap:
         true_index=rows - 1,
         pred_index=cols_ - 1,
         iou=inter / union,
+        true_cover=inter / true_area[rows],
     )
 
 
@@ -350,6 +352,30 @@ def average_precision(
     return {t: float(_scores(overlap, t)["ap"]) for t in checked}
 
 
+def _seg(overlap: _Overlap) -> float:
+    covered = overlap.true_cover > 0.5  # at most one predicted object per truth object
+    if overlap.n_true == 0:
+        return 1.0
+    return float(overlap.iou[covered].sum() / overlap.n_true)
+
+
+def seg_score(truth: Any, pred: Any) -> float:
+    """The Cell Tracking Challenge's SEG measure of an instance segmentation.
+
+    For every truth object R, the predicted object S that covers more than half of it
+    (``|R & S| > 0.5 |R|``, at most one can) contributes the Jaccard index
+    ``|R & S| / |R | S|``, and 0 when there is none; SEG is the mean over the truth
+    objects (Ulman et al. 2017, Nature Methods 14:1141).  False positives do not count:
+    report it beside AP@0.5.  1.0 when the truth holds no object.
+
+    Raises
+    ------
+    ValueError
+        As `match_instances`.
+    """
+    return _seg(_overlap(truth, pred))
+
+
 def evaluate_pair(truth: Any, pred: Any) -> dict[str, float | int]:
     """The per-image summary used by ``napari-unet evaluate``.
 
@@ -362,7 +388,8 @@ def evaluate_pair(truth: Any, pred: Any) -> dict[str, float | int]:
     -------
     dict
         ``iou`` and ``dice`` of the binary foreground (``> 0``), ``ap50`` and ``ap75``
-        (AP at IoU 0.5 and 0.75), ``n_true`` and ``n_pred`` (number of objects).
+        (AP at IoU 0.5 and 0.75), ``seg`` (the Cell Tracking Challenge's measure, see
+        `seg_score`), ``n_true`` and ``n_pred`` (number of objects).
         Empty-input conventions as in `iou` and `match_instances`.
 
     Raises
@@ -378,6 +405,7 @@ def evaluate_pair(truth: Any, pred: Any) -> dict[str, float | int]:
         "dice": dice(pred_arr, truth_arr),
         "ap50": float(_scores(overlap, 0.5)["ap"]),
         "ap75": float(_scores(overlap, 0.75)["ap"]),
+        "seg": _seg(overlap),
         "n_true": overlap.n_true,
         "n_pred": overlap.n_pred,
     }

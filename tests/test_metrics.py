@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_unet.metrics import average_precision, dice, evaluate_pair, iou, match_instances
+from napari_unet.metrics import (
+    average_precision,
+    dice,
+    evaluate_pair,
+    iou,
+    match_instances,
+    seg_score,
+)
 
 
 def squares(shape: tuple[int, ...], boxes: dict[int, tuple[slice, ...]]) -> np.ndarray:
@@ -176,7 +183,8 @@ def test_evaluate_pair_keys_and_values() -> None:
     truth = squares((20, 20), {1: np.s_[0:10, 0:10], 2: np.s_[12:20, 12:20]})
     pred = squares((20, 20), {1: np.s_[0:10, 0:10], 5: np.s_[13:20, 12:20]})  # IoU 56/64
     res = evaluate_pair(truth, pred)
-    assert set(res) == {"iou", "dice", "ap50", "ap75", "n_true", "n_pred"}
+    assert set(res) == {"iou", "dice", "ap50", "ap75", "seg", "n_true", "n_pred"}
+    assert res["seg"] == pytest.approx((1 + 56 / 64) / 2)
     assert res["iou"] == pytest.approx(156 / 164)
     assert res["dice"] == pytest.approx(2 * 156 / 320)
     assert res["ap50"] == 1.0
@@ -265,3 +273,17 @@ def test_matching_is_symmetric(seed: int, threshold: float) -> None:
     assert ab["tp"] == ba["tp"]
     assert (ab["fp"], ab["fn"]) == (ba["fn"], ba["fp"])
     assert ab["ap"] == pytest.approx(ba["ap"])
+
+
+def test_seg_score_counts_covering_objects_only() -> None:
+    truth = squares((20, 20), {1: np.s_[0:10, 0:10], 2: np.s_[10:20, 10:20]})
+    # object 1 found as two halves (neither covers more than half): 0; object 2 whole
+    # inside a larger prediction (IoU 100/150); a false positive does not count
+    pred = squares(
+        (20, 20),
+        {3: np.s_[0:10, 0:5], 4: np.s_[0:10, 5:10], 7: np.s_[5:20, 10:20], 9: np.s_[15:20, 0:5]},
+    )
+    assert seg_score(truth, pred) == pytest.approx((0 + 100 / 150) / 2)
+    assert seg_score(truth, truth) == 1.0
+    assert seg_score(np.zeros((4, 4), int), np.ones((4, 4), int)) == 1.0
+    assert seg_score(truth, np.zeros_like(truth)) == 0.0
