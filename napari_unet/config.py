@@ -196,6 +196,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     border_weights: bool = False
+    touch_border: float = 0.0  # touching-border band, a fraction of each object's diameter
     augment: bool = True
     augment_scale: tuple[float, float] = (0.8, 1.25)  # zoom range, sampled log-uniformly
     augment_invert: float = 0.0  # probability of inverting a patch's intensities
@@ -218,6 +219,7 @@ class TrainConfig:
         if self.lr is not None:
             _check_float("lr", self.lr, 1e-8, 10.0)
         _check_bool("border_weights", self.border_weights)
+        _check_float("touch_border", self.touch_border, 0.0, 0.25)
         _check_bool("augment", self.augment)
         if (
             not isinstance(self.augment_scale, tuple)

@@ -495,11 +495,13 @@ def labels_config(
     return LabelsConfig(kind=kind, class_names=names)
 
 
-def _targets(lab: np.ndarray, cfg: LabelsConfig, spatial_dims: int) -> np.ndarray:
+def _targets(
+    lab: np.ndarray, cfg: LabelsConfig, spatial_dims: int, touch: float = 0.0
+) -> np.ndarray:
     if cfg.kind == "instances":
-        tgt = tg.instance_targets(lab, spatial_dims=spatial_dims)
+        tgt = tg.instance_targets(lab, spatial_dims=spatial_dims, touch=touch)
     elif cfg.kind == "sparse-instances":
-        tgt = tg.sparse_instance_targets(lab, spatial_dims=spatial_dims)
+        tgt = tg.sparse_instance_targets(lab, spatial_dims=spatial_dims, touch=touch)
     elif cfg.kind == "semantic":
         tgt, _ = tg.semantic_targets(lab, value_map=cfg.value_map)
     else:
@@ -518,8 +520,12 @@ def prepare(
     border_weights: bool = False,
     names: Names | None = None,
     continued: Continued | None = None,
+    touch: float = 0.0,
 ) -> Prepared:
     """Turn user images and label images into normalised arrays and class targets.
+
+    ``touch``: the touching-border width of instance targets, a fraction of each
+    object's diameter (:func:`napari_unet.targets.instance_targets`).
 
     The data is first checked by :func:`napari_unet.inputs.check_training_data`
     (errors name the pairs as ``names`` says); ``continued`` is the model being
@@ -548,7 +554,7 @@ def prepare(
             {"image": content_hash(img), "labels": content_hash(lab), "shape": list(lab.shape)}
         )
         nimg = normalize(img, norm, channel_axis=0)
-        tgt = _targets(lab, cfg, spatial_dims)
+        tgt = _targets(lab, cfg, spatial_dims, touch)
         w = tg.border_weight_map(lab, spatial_dims=spatial_dims) if border_weights else None
         stack = lab.ndim == spatial_dims + 1  # a stack of 2D slices for a 2D model
         for z in range(lab.shape[0]) if stack else [None]:

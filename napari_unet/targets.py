@@ -47,6 +47,10 @@ IGNORE: int = -1
 SMALL_OBJECT_SIZE: int = 8
 """Objects with at most this many pixels keep all pixels as interior (no boundary)."""
 
+TOUCH_REACH: int = 2
+"""Object pixels with a pixel of another object at most this far (chessboard distance)
+are on a touching border: objects in contact or across a one-pixel gap."""
+
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
 # The border term is w0 * exp(-(d1 + d2)^2 / (2 sigma^2)); beyond d2 > _REACH * sigma it is
@@ -245,17 +249,48 @@ def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse, len(ids) - 1
 
 
-def _instance_image(labels: np.ndarray) -> np.ndarray:
+def _touching(ids: np.ndarray) -> np.ndarray:
+    """Object pixels within :data:`TOUCH_REACH` of a pixel of another object."""
+    size = 2 * TOUCH_REACH + 1
+    top = ndi.maximum_filter(ids, size=size, mode="constant", cval=0)
+    above = int(ids.max()) + 1  # background never counts as "another object"
+    lowest = np.where(ids > 0, ids, above)
+    bottom = ndi.minimum_filter(lowest, size=size, mode="constant", cval=above)
+    return (ids > 0) & ((top > ids) | (bottom < ids))
+
+
+def _touch_band(ids: np.ndarray, n: int, area: np.ndarray, touch: float) -> np.ndarray:
+    """Object pixels closer than ``touch`` x the object's equivalent diameter to where it
+    touches another object (False everywhere for objects whose band is under 2 px)."""
+    dims = ids.ndim
+    if dims == 2:
+        diameter = 2 * np.sqrt(area / np.pi)
+    else:
+        diameter = np.cbrt(6 * area / np.pi)
+    width = np.floor(touch * diameter)
+    width[0] = 0
+    if n < 2 or width.max() < 2:
+        return np.zeros(ids.shape, bool)
+    contact = _touching(ids)
+    if not contact.any():
+        return contact
+    reach = ndi.distance_transform_edt(~contact)
+    return (ids > 0) & (reach < width[ids])
+
+
+def _instance_image(labels: np.ndarray, touch: float = 0.0) -> np.ndarray:
     """Background / interior / boundary classes of one 2D image or 3D volume."""
     foreground = labels > 0
     target = np.zeros(labels.shape, dtype=np.int64)
     if not foreground.any():
         return target
     boundary = find_boundaries(labels, mode="inner", connectivity=1)
-    target[foreground] = INTERIOR
-    target[boundary] = BOUNDARY
     ids, n = _consecutive(labels)
     area = np.bincount(ids.ravel(), minlength=n + 1)
+    if touch > 0:
+        boundary |= _touch_band(ids, n, area, touch)
+    target[foreground] = INTERIOR
+    target[boundary] = BOUNDARY
     interior = np.bincount(ids[foreground & ~boundary], minlength=n + 1)
     small = (area <= SMALL_OBJECT_SIZE) | (interior == 0)
     small[0] = False
@@ -264,7 +299,7 @@ def _instance_image(labels: np.ndarray) -> np.ndarray:
     return target
 
 
-def instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
+def instance_targets(labels: Any, spatial_dims: int = 2, touch: float = 0.0) -> np.ndarray:
     """Dense instance masks -> 3 classes: 0 background, 1 interior, 2 boundary.
 
     Parameters
@@ -275,6 +310,11 @@ def instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
         (``ndim == spatial_dims + 1``, stack axis first).
     spatial_dims : int
         2 or 3: the dimensionality of the model.  With 3, boundaries are 3D.
+    touch : float
+        Where objects touch (or face each other across a one-pixel gap), the boundary
+        widens into each object by ``touch`` x its equivalent diameter (a band at
+        least 2 px wide, else only the one-pixel edge): a separation between large
+        touching objects that a network can learn.  0: the one-pixel edge everywhere.
 
     Returns
     -------
@@ -304,11 +344,11 @@ def instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
         arr = arr.astype(np.uint8)
     stack = _check_spatial_dims(spatial_dims, arr.ndim, "labels")
     if not stack:
-        return _instance_image(arr)
+        return _instance_image(arr, touch)
     target = np.full(arr.shape, IGNORE, dtype=np.int64)
     for i, plane in enumerate(arr):
         if plane.any():
-            target[i] = _instance_image(plane)
+            target[i] = _instance_image(plane, touch)
     return target
 
 
@@ -316,7 +356,7 @@ PAINTED_BACKGROUND: int = 1
 """In ``sparse-instances`` labels: painted background; objects are 2, 3, ..."""
 
 
-def sparse_instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
+def sparse_instance_targets(labels: Any, spatial_dims: int = 2, touch: float = 0.0) -> np.ndarray:
     """A few outlined objects and painted background -> background / interior / boundary.
 
     Parameters
@@ -327,6 +367,11 @@ def sparse_instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
         dimensions or a stack of them (stack axis first).
     spatial_dims : int
         2 or 3, the dimensionality of the model.
+    touch : float
+        Where objects touch (outlined objects only: an unlabeled pixel says nothing), the boundary
+        widens into each object by ``touch`` x its equivalent diameter (a band at
+        least 2 px wide, else only the one-pixel edge): a separation between large
+        touching objects that a network can learn.  0: the one-pixel edge everywhere.
 
     Returns
     -------
@@ -348,21 +393,23 @@ def sparse_instance_targets(labels: Any, spatial_dims: int = 2) -> np.ndarray:
     objects = np.where(arr > PAINTED_BACKGROUND, arr, 0)
     if spatial_dims == 2:
         planes = objects if stack else objects[None]
-        target = np.stack([_instance_image(plane) for plane in planes]).reshape(arr.shape)
+        target = np.stack([_instance_image(p, touch) for p in planes]).reshape(arr.shape)
     elif stack:
         target = np.stack(
-            [_planar_instance_volume(o, a) for o, a in zip(objects, arr, strict=True)]
+            [_planar_instance_volume(o, a, touch) for o, a in zip(objects, arr, strict=True)]
         )
     else:
-        target = _planar_instance_volume(objects, arr)
+        target = _planar_instance_volume(objects, arr, touch)
     target[arr == 0] = IGNORE
     return target
 
 
-def _planar_instance_volume(objects: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _planar_instance_volume(
+    objects: np.ndarray, labels: np.ndarray, touch: float = 0.0
+) -> np.ndarray:
     """3D targets of objects drawn on some z slices: in-plane edges, and z edges only
     against labeled voxels of another value."""
-    target = np.stack([_instance_image(plane) for plane in objects])
+    target = np.stack([_instance_image(plane, touch) for plane in objects])
     inside = objects > 0
     for shift in (1, -1):
         neighbour = np.roll(labels, shift, axis=0)

@@ -232,6 +232,7 @@ class TrainingRun:
             border_weights=cfg.border_weights,
             names=names,
             continued=continued,
+            touch=cfg.touch_border,
         )
         if run.init is not None and not run.init.fits_channels(prepared.in_channels):
             run.init = None  # an automatic start is for one channel: this data has more

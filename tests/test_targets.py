@@ -12,6 +12,7 @@ from napari_unet.targets import (
     classes_to_values,
     instance_targets,
     semantic_targets,
+    sparse_instance_targets,
     sparse_targets,
 )
 
@@ -273,3 +274,56 @@ def test_sparse_instances_in_3d_a_few_slices():
     # a stack of 2D slices: each slice on its own
     stack = sparse_instance_targets(vol, spatial_dims=2)
     assert (stack[1, 3:7, 3:7] == 1).all() and stack[1, 2, 2] == 2
+
+
+# --------------------------------------------------------------------------- touching borders
+
+
+def _touching_squares(size: int = 40, gap: int = 0) -> np.ndarray:
+    labels = np.zeros((size + 20, 2 * size + 20 + gap), np.uint16)
+    labels[10 : 10 + size, 10 : 10 + size] = 1
+    labels[10 : 10 + size, 10 + size + gap : 10 + 2 * size + gap] = 2
+    return labels
+
+
+@pytest.mark.parametrize("gap", [0, 1])
+def test_touching_border_widens_with_the_object(gap) -> None:
+    labels = _touching_squares(40, gap)
+    row = labels.shape[0] // 2
+    thin = instance_targets(labels)
+    wide = instance_targets(labels, touch=0.1)  # 45 px diameter: a 4 px band
+    contact = 10 + 40  # first column of object 2 (without the gap)
+    # a 4 px band beyond the pixels within 2 px of the other object, on both sides
+    assert np.all(wide[row, contact - 4 : contact] == 2) and wide[row, contact - 8] == 1
+    assert np.all(wide[row, contact + gap : contact + gap + 4] == 2)
+    assert wide[row, contact + gap + 7] == 1
+    assert np.all(thin[row, contact - 6 : contact - 1] == 1)
+    # the band is only where the objects touch: the outer edges stay one pixel
+    assert np.all(wide[row, 11:20] == 1) and wide[row, 10] == 2
+    assert np.all(wide[12:20, 25] == 1) and wide[10, 25] == 2
+    # small objects (band under 2 px) keep the one-pixel edge
+    small = _touching_squares(8, gap)
+    np.testing.assert_array_equal(instance_targets(small, touch=0.1), instance_targets(small))
+
+
+def test_touching_border_in_sparse_instances_only_between_outlined_objects() -> None:
+    labels = _touching_squares(40).astype(np.uint8)
+    labels[labels > 0] += 1  # outlined objects 2 and 3
+    labels[:5] = 1  # painted background
+    both = sparse_instance_targets(labels, touch=0.1)
+    row, contact = labels.shape[0] // 2, 50
+    assert np.all(both[row, contact - 5 : contact + 5] == 2)
+    # object 3 left unlabeled: object 2's side toward it is not known to touch anything
+    one = labels.copy()
+    one[one == 3] = 0
+    alone = sparse_instance_targets(one, touch=0.1)
+    assert alone[row, contact - 1] == 2 and np.all(alone[row, contact - 6 : contact - 1] == 1)
+    assert np.all(alone[row, contact:] == IGNORE)
+
+
+def test_touching_border_in_3d() -> None:
+    labels = np.zeros((30, 30, 60), np.uint16)
+    labels[:, :, :30] = 1
+    labels[:, :, 30:] = 2
+    out = instance_targets(labels, spatial_dims=3, touch=0.1)  # 39 px diameter: 3 px
+    assert np.all(out[15, 15, 27:33] == 2) and np.all(out[15, 15, 20:25] == 1)
