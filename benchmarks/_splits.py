@@ -144,7 +144,7 @@ def predict_and_score(
     """``napari-unet predict --instances`` on ``test/images`` (plus ``flags``), then ``evaluate``.
 
     Returns the mean AP@0.5 over the images (``ap50``, what ``evaluate`` reports), the
-    pooled AP@0.5 = sum TP / sum (TP + FP + FN) over all objects (``pooled_ap50``), the
+    mean SEG measure (``seg``), the pooled AP@0.5 = sum TP / sum (TP + FP + FN) over all objects (``pooled_ap50``), the
     object counts and the prediction time.
     """
     t0 = time.perf_counter()
@@ -180,6 +180,7 @@ def pooled(rows: Sequence[dict]) -> dict:
     union = n_true + n_pred - tp
     return {
         "ap50": float(np.mean([r["ap50"] for r in rows])),
+        "seg": float(np.mean([r.get("seg", np.nan) for r in rows])),
         "pooled_ap50": tp / union if union else 1.0,
         "tp": tp,
         "n_true": n_true,

@@ -19,6 +19,9 @@ a small labeled object (:data:`MIN_SIZE_PRIOR` times the
 training ones included: sizes do not flatter a model), and is searched as a
 fraction of that size.
 
+The seeds' waist cut (:func:`napari_unet.postprocess.split_seeds`, for touching
+objects the network did not separate) is searched too, off included.
+
 The search is a coordinate descent over small grids (each setting in turn,
 twice), starting from the model's current settings; on a tie the current value
 stays, so labels that cannot tell two settings apart change nothing.  The
@@ -41,6 +44,7 @@ from .targets import PAINTED_BACKGROUND
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_SIZE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of a small labeled object
+SPLIT_DEPTHS = (0.0, 0.25, 0.5)  # cut seeds at waists this deep (0: never; postprocess.split)
 MIN_SIZE_PRIOR = 0.5  # the start: half a small labeled object
 SMALL_PERCENTILE = 5  # "a small labeled object": this percentile of their sizes
 ROUNDS = 2
@@ -98,6 +102,7 @@ def score(
             fg_threshold=settings.fg_threshold,
             seed_threshold=settings.seed_threshold,
             min_size=settings.min_size_for(dims),
+            split=settings.split,
         )
         m = match_instances(truth.objects, _restrict(pred, truth.labeled), 0.5)
         tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
@@ -159,11 +164,17 @@ def calibrate(
         "seed_threshold": SEED_THRESHOLDS,
         "fg_threshold": FG_THRESHOLDS,
         "min_size": min_sizes or [start.min_size_for(spatial_dims)],
+        "split": SPLIT_DEPTHS,
     }
     tried: dict[tuple, float] = {}
 
     def ap(settings: PostprocessConfig) -> float:
-        key = (settings.seed_threshold, settings.fg_threshold, settings.min_size_for(spatial_dims))
+        key = (
+            settings.seed_threshold,
+            settings.fg_threshold,
+            settings.min_size_for(spatial_dims),
+            settings.split,
+        )
         if key not in tried:
             tried[key] = score(probs, truths, settings, spatial_dims)
         return tried[key]
@@ -186,6 +197,7 @@ def calibrate(
         "start": [start.seed_threshold, start.fg_threshold, start.min_size_for(spatial_dims)],
         "start_ap": round(tried[next(iter(tried))], 4) if tried else None,
         "chosen": [best.seed_threshold, best.fg_threshold, best.min_size],
+        "split": [start.split, best.split],
         "chosen_ap": round(best_ap, 4) if best_ap is not None else None,
         "median_object_size": median,
         "min_size_prior": prior[0] if prior else None,
@@ -193,6 +205,6 @@ def calibrate(
         "labeled_objects": int(len(sizes)),
         "images": len(truths),
         "objects": int(len(scored)),
-        "tried": [[*k, round(v, 4)] for k, v in tried.items()],
+        "tried": [[*k, round(v, 4)] for k, v in tried.items()],  # seed, fg, min size, split
     }
     return best, record

@@ -257,16 +257,20 @@ class PostprocessConfig:
     (:mod:`napari_unet.calibrate`); model folders from before that keep these defaults.
     ``object_size`` is the median size (pixels, voxels) of the objects it was calibrated
     on: prediction zooms a 2D image whose objects are much larger or smaller to that size
-    (:func:`napari_unet.inference.choose_zoom`); None (older models): never.
+    (:func:`napari_unet.inference.choose_zoom`); None (older models): never.  ``split``
+    > 0 cuts seeds shaped like touching blobs at their waists, the waist's depth a
+    fraction of the seed's radius (:func:`napari_unet.postprocess.split_seeds`); 0: never.
     """
 
     seed_threshold: float = 0.8
     fg_threshold: float = 0.6
     min_size: int | None = None
     object_size: float | None = None
+    split: float = 0.0
 
     def __post_init__(self) -> None:
         _check_float("postprocess.seed_threshold", self.seed_threshold, 0.0, 1.0)
+        _check_float("postprocess.split", self.split, 0.0, 0.95)
         _check_float("postprocess.fg_threshold", self.fg_threshold, 0.0, 1.0)
         if self.min_size is not None:
             _check_int("postprocess.min_size", self.min_size, 0, 10**9)

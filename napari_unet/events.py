@@ -61,6 +61,7 @@ class Calibrated:
     start_ap: float | None  # AP@0.5 with the settings it started from
     measured_on: str  # "12 held-out images", "2 held-out outlined objects of 6 + ..."
     spatial_dims: int = 2
+    split: float = 0.0  # waist depth at which seeds are cut (0: never)
 
     def describe(self) -> str:
         """One line for people (the CLI prints it, the Train widget shows it)."""
@@ -69,6 +70,8 @@ class Calibrated:
             f"instances: seed threshold {self.seed_threshold:g}, foreground threshold "
             f"{self.fg_threshold:g}, minimum size {self.min_size} {unit}"
         )
+        if self.split:
+            settings += f", touching seeds cut at waists of {self.split:g} x their radius"
         if self.ap is None or self.start_ap is None:
             return (
                 f"{settings} (half a small labeled object; thresholds not searched: validation "

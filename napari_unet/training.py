@@ -631,6 +631,7 @@ class TrainingRun:
             start_ap=record["start_ap"],
             measured_on=measured_on,
             spatial_dims=self.spec.model.spatial_dims,
+            split=settings.split,
         )
 
     def flush(self) -> None:

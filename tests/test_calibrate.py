@@ -42,7 +42,7 @@ def test_the_size_prior_drops_debris_the_default_keeps():
     assert record["start_ap"] == 1.0 == record["chosen_ap"]
     assert score([probs], [Truth(truth)], settings, 2) == 1.0
     assert record["median_object_size"] == 400 and record["objects"] == 6
-    assert len(record["tried"]) > 10 and all(len(t) == 4 for t in record["tried"])
+    assert len(record["tried"]) > 10 and all(len(t) == 5 for t in record["tried"])
     json.dumps(record)  # goes into training.json as it is
 
 
@@ -135,6 +135,7 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
         "fg_threshold": chosen.fg_threshold,
         "min_size": chosen.min_size,
         "object_size": chosen.object_size,
+        "split": chosen.split,
     }
     search = load_model(out).history["sessions"][-1]["postprocess_search"]
     assert search["chosen"] == [chosen.seed_threshold, chosen.fg_threshold, chosen.min_size]
@@ -215,3 +216,15 @@ def test_calibration_never_scores_objects_that_were_in_the_loss(monkeypatch, nuc
     assert scored == 1
     calibrated = next(e for e in events if isinstance(e, ev.Calibrated))
     assert calibrated.measured_on.startswith("1 held-out outlined object of 6 + ")
+
+
+def test_calibration_turns_the_seed_cut_on_for_touching_objects_only():
+    from .test_postprocess import _touching_disks
+
+    probs, truth = _touching_disks()
+    settings, record = calibrate([probs], [Truth(truth)], 2)
+    assert settings.split > 0 and record["chosen_ap"] == 1.0 > record["start_ap"]
+    assert record["split"] == [0.0, settings.split]
+    apart, _ = blobs()  # separate cells: nothing to cut, the start (off) stays
+    settings, record = calibrate([apart], [Truth(blobs()[1])], 2)
+    assert settings.split == 0.0

@@ -93,3 +93,36 @@ def test_probabilities_pass_through_and_outputs_come_in_order():
     only = outputs_from_probs(probs, spec, labels=False, probabilities=True)
     assert list(only) == ["probabilities"] and only["probabilities"] is probs
     assert outputs_from_probs(probs, spec, labels=False) == {}
+
+
+def _touching_disks(radius=12, overlap=4, shape=(40, 80)):
+    """Probabilities of two touching disks whose border the network marked faintly
+    (interior 0.9 everywhere: every seed threshold merges them), and their truth."""
+    yy, xx = np.indices(shape)
+    cy, left = shape[0] // 2, 10 + radius
+    right = left + 2 * radius - overlap
+    truth = np.zeros(shape, np.uint16)
+    truth[(yy - cy) ** 2 + (xx - left) ** 2 < radius**2] = 1
+    second = ((yy - cy) ** 2 + (xx - right) ** 2 < radius**2) & (truth == 0)
+    truth[second] = 2
+    probs = np.zeros((3, *shape), np.float32)
+    probs[0] = 1.0
+    probs[:, truth > 0] = np.array([0.05, 0.9, 0.05])[:, None]
+    return probs, truth
+
+
+def test_split_seeds_cut_touching_disks_the_plain_seeds_merge():
+    from napari_unet.metrics import match_instances
+    from napari_unet.postprocess import instances_from_probs, split_seeds
+
+    probs, truth = _touching_disks()
+    merged = instances_from_probs(probs)
+    assert merged.max() == 1  # today's post-processing: one object for two
+    cut = instances_from_probs(probs, split=0.25)
+    assert cut.max() == 2 and match_instances(truth, cut)["tp"] == 2
+    # a single round object, and a 2:1 ellipse, are not cut
+    yy, xx = np.indices((60, 60))
+    disk = ((yy - 30) ** 2 + (xx - 30) ** 2 < 15**2).astype(np.int32)
+    ellipse = (((yy - 30) / 10) ** 2 + ((xx - 30) / 22) ** 2 < 1).astype(np.int32)
+    assert split_seeds(disk, 0.25).max() == 1 and split_seeds(ellipse, 0.25).max() == 1
+    assert split_seeds(disk, 0.0) is disk

@@ -4,6 +4,7 @@ foreground threshold and minimum object size, initialised from the model, with a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,9 @@ class InstanceSettings(QGroupBox):
 
     def show_model(self, spec: Any, folder: Path | None) -> None:
         """Fill in the values of the model described by ``spec`` (saved in ``folder``)."""
-        from ..config import PostprocessConfig
-
         dims = spec.model.spatial_dims
         pp = spec.postprocess
-        self._model_settings = PostprocessConfig(
-            seed_threshold=pp.seed_threshold,
-            fg_threshold=pp.fg_threshold,
-            min_size=pp.min_size_for(dims),
-        )
+        self._model_settings = replace(pp, min_size=pp.min_size_for(dims))
         self._folder = folder
         self.min_size.setSuffix(" px" if dims == 2 else " voxels")
         for box, value in (
@@ -119,7 +114,8 @@ class InstanceSettings(QGroupBox):
         from ..config import PostprocessConfig
 
         own = self._model_settings
-        return PostprocessConfig(
+        return replace(
+            own or PostprocessConfig(),
             seed_threshold=shown(self.seed, own.seed_threshold if own else None),
             fg_threshold=shown(self.fg, own.fg_threshold if own else None),
             min_size=self.min_size.value(),

@@ -1,0 +1,158 @@
+"""Touching objects: AP@0.5 and the Cell Tracking Challenge's SEG measure of models
+trained on two fully labeled frames, with the old and new instance targets side by side.
+
+Data sets (``--data``):
+
+- ``synthetic``: large touching cells in DIC-like images (``_synthetic.confluent_cells``,
+  512x512, ~10 cells of ~15,000 px, most touching a neighbour); train frames = seeds
+  0, 1; test = seeds 100-106 (the same on every machine);
+- ``ovule``: the PlantSeg ovule volume of ../shared/data (cells that fill the tissue,
+  membrane stain), its z-slices as 2D frames: train = 2 slices of the half y < 64,
+  test = every 3rd slice of the half y >= 64 (never seen: other cells);
+- ``dense``: DSB2018's crowded-nuclei group (many nuclei in contact): train = 2 images
+  of the group, test = 30 others of it (sha1 order).
+
+Every arm (``--arm NAME=RECIPE.json``; ``NAME=`` for the defaults) trains from scratch
+(``--labels-kind instances`` or, with ``--kind sparse-instances``, 3 outlined objects per
+frame plus background strokes) for ``--steps`` steps with seed = run index, predicts the
+test frames (``predict --instances``, the model's own post-processing) and scores them
+(``evaluate``).  A recipe file holds ``train --config`` settings, e.g.
+``{"touch_border": 0.05}``.  Prints a row per run, mean ± std per arm and a summary line.
+
+    python benchmarks/bench_touching.py --data synthetic --steps 500 --runs 2 \\
+        --arm old= --arm touch05=touch05.json --arm touch10=touch10.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _splits import (  # noqa: E402
+    DSB,
+    few_labels,
+    header,
+    mean_std,
+    predict_and_score,
+    split,
+    train,
+)
+from bench_accuracy import DATA  # noqa: E402
+
+DATASETS = ("synthetic", "ovule", "dense")
+
+
+def parse_arm(text: str) -> tuple[str, str | None]:
+    name, sep, recipe = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--arm wants NAME=RECIPE.json or NAME=, got {text!r}")
+    if recipe and not Path(recipe).is_file():
+        raise argparse.ArgumentTypeError(f"--arm {name}: no recipe file {recipe}")
+    return name, recipe or None
+
+
+def frames(data: str, tiny: bool) -> tuple[list, list]:
+    """(train, test) lists of (image, instance labels)."""
+    from _synthetic import confluent_cells
+
+    if data == "synthetic" or tiny:
+        shape, cells = ((128, 128), 4) if tiny else ((512, 512), 10)
+        test_seeds = range(100, 102) if tiny else range(100, 107)
+        train_pairs = [confluent_cells(shape, cells, seed) for seed in (0, 1)]
+        return train_pairs, [confluent_cells(shape, cells, seed) for seed in test_seeds]
+    if data == "ovule":
+        import tifffile
+
+        root = DATA / "ovule-cells-3d"
+        image, labels = tifffile.imread(root / "image.tif"), tifffile.imread(root / "labels.tif")
+        half = image.shape[1] // 2
+        train_pairs = [(image[z, :half], labels[z, :half]) for z in (10, 20)]
+        test = [(image[z, half:], labels[z, half:]) for z in range(2, image.shape[0] - 2, 3)]
+        return train_pairs, test
+    from napari_unet.files import read_image
+
+    _, group = split(DSB, "dense")
+    group = sorted(group, key=lambda s: hashlib.sha1(s.encode()).hexdigest())
+    pairs = [
+        (read_image(DSB / "images" / f"{s}.png"), read_image(DSB / "labels" / f"{s}.png"))
+        for s in group[:32]
+    ]
+    return pairs[:2], pairs[2:]
+
+
+def write(pairs: list, folder: Path) -> Path:
+    import tifffile
+
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i, (image, labels) in enumerate(pairs):
+        tifffile.imwrite(folder / "images" / f"frame{i:02d}.tif", np.asarray(image))
+        tifffile.imwrite(folder / "labels" / f"frame{i:02d}.tif", np.asarray(labels, np.uint16))
+    return folder
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", choices=DATASETS, default="synthetic")
+    p.add_argument("--arm", type=parse_arm, action="append", metavar="NAME=RECIPE.json",
+                   help="a recipe to compare, repeatable (default: default=)")  # fmt: skip
+    p.add_argument("--kind", choices=("instances", "sparse-instances"), default="instances")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--keep", type=Path, help="keep the models and predictions here")
+    p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--tiny", action="store_true", help="small synthetic frames and 3 steps")
+    args = p.parse_args()
+    args.arm = args.arm or [("default", None)]
+    with tempfile.TemporaryDirectory(prefix="bench-touching-") as tmp:
+        run(args, args.keep or Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    steps = 3 if args.tiny else args.steps
+    train_pairs, test_pairs = frames(args.data, args.tiny)
+    test_dir = write(test_pairs, work / "test")
+    print(header(args.device))
+    print(f"# {args.data}: {len(train_pairs)} training frames ({args.kind}), "
+          f"{len(test_pairs)} test frames; {steps} steps; {args.runs} run(s)")  # fmt: skip
+    results: dict[str, list[dict]] = {}
+    for name, recipe in args.arm:
+        results[name] = []
+        for r in range(args.runs):
+            pairs = train_pairs
+            if args.kind == "sparse-instances":
+                rng = np.random.default_rng(r)
+                pairs = [(img, few_labels(lab, 3, 3, rng)) for img, lab in train_pairs]
+            train_dir = write(pairs, work / f"train-{name}-{r}")
+            model = work / f"model-{name}-{r}"
+            extra = ["--config", recipe] if recipe else []
+            info = train(train_dir, model, args.kind, 0, args.device, r, extra, steps=steps)
+            score = predict_and_score(model, test_dir, work / f"pred-{name}-{r}", args.device)
+            results[name].append({**score, "train_s": info["train_s"]})
+            print(f"{name} run {r}: AP@0.5 {score['ap50']:.3f} SEG {score['seg']:.3f} "
+                  f"predicted/true {score['count_ratio']:.2f} "
+                  f"(post-processing {info['postprocess']})", flush=True)  # fmt: skip
+    print()
+    print("| arm | AP@0.5 | SEG | predicted / true |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, rows in results.items():
+        ratio = np.mean([r["count_ratio"] for r in rows])
+        print(f"| {name} | {mean_std([r['ap50'] for r in rows])} | "
+              f"{mean_std([r['seg'] for r in rows])} | {ratio:.2f} |")  # fmt: skip
+    means = {n: np.mean([r["ap50"] for r in rows]) for n, rows in results.items()}
+    print(f"summary: {args.data}, mean AP@0.5 " + ", ".join(f"{n} {v:.3f}" for n, v in means.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"data": args.data, "kind": args.kind, "steps": steps,
+                                         "results": results}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
