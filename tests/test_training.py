@@ -396,3 +396,25 @@ def test_precision_is_checked():
     assert amp_dtype(torch.device("cuda"), "paper") is None
     with pytest.raises(ValueError, match="precision must be one of.*got 'fp8'"):
         amp_dtype(torch.device("cpu"), "fast", "fp8")
+
+
+def test_a_tiny_model_learns_to_separate_touching_squares():
+    """Touching-border targets: two large squares in contact, a faint line between them."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for k in range(4):
+        lab = np.zeros((64, 96), np.uint16)
+        top, left, side = 8 + 4 * (k % 2), 8 + 2 * k, 36
+        lab[top : top + side, left : left + side] = 1
+        lab[top : top + side, left + side : left + 2 * side] = 2
+        image = np.where(lab > 0, 0.7, 0.2) + rng.normal(0, 0.03, lab.shape)
+        image[top : top + side, left + side - 1 : left + side + 1] = 0.3  # a faint line
+        images.append(image.astype(np.float32))
+        labels.append(lab)
+    config = TrainConfig(touch_border=0.1, steps=300, val_fraction=0.0, seed=0, lr=0.01)
+    model = train(images, labels, labels_kind="instances", config=config, **{**SMALL, "width": 8})
+    probs = nu.predict_proba(model, images[0], device="cpu")
+    line = np.s_[20:36, 8 + 36 - 2 : 8 + 36 + 2]
+    assert probs[2][line].mean() > 0.5  # the border between them is learned as boundary
+    inst = nu.predict(model, images[0], instances=True, device="cpu")
+    assert evaluate_pair(labels[0], inst)["ap50"] == 1.0  # two objects, not one
