@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", type=Path, help="keep the models and predictions here")
     p.add_argument("--json", type=Path, help="write every number here")
-    p.add_argument("--tiny", action="store_true", help="small synthetic frames and 3 steps")
+    p.add_argument("--tiny", action="store_true", help="small synthetic frames, 3 steps, 1 run")
     args = p.parse_args()
     args.arm = args.arm or [("default", None)]
     with tempfile.TemporaryDirectory(prefix="bench-touching-") as tmp:
@@ -118,6 +118,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> None:
     steps = 3 if args.tiny else args.steps
+    if args.tiny:
+        args.runs = 1
     train_pairs, test_pairs = frames(args.data, args.tiny)
     test_dir = write(test_pairs, work / "test")
     print(header(args.device))
@@ -148,7 +150,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
         print(f"| {name} | {mean_std([r['ap50'] for r in rows])} | "
               f"{mean_std([r['seg'] for r in rows])} | {ratio:.2f} |")  # fmt: skip
     means = {n: np.mean([r["ap50"] for r in rows]) for n, rows in results.items()}
-    print(f"summary: {args.data}, mean AP@0.5 " + ", ".join(f"{n} {v:.3f}" for n, v in means.items()))
+    print(
+        f"summary: {args.data}, mean AP@0.5 " + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
+    )
     if args.json:
         args.json.write_text(json.dumps({"data": args.data, "kind": args.kind, "steps": steps,
                                          "results": results}, indent=1))  # fmt: skip

@@ -29,6 +29,7 @@ def test_every_benchmark_is_covered():
         "bench_predict.py",
         "bench_start_fit.py",
         "bench_time_to_accuracy.py",
+        "bench_touching.py",
         "bench_train.py",
         "bench_zoom.py",
     ]
