@@ -144,8 +144,8 @@ def predict_and_score(
     """``napari-unet predict --instances`` on ``test/images`` (plus ``flags``), then ``evaluate``.
 
     Returns the mean AP@0.5 over the images (``ap50``, what ``evaluate`` reports), the
-    mean SEG measure (``seg``), the pooled AP@0.5 = sum TP / sum (TP + FP + FN) over all objects (``pooled_ap50``), the
-    object counts and the prediction time.
+    mean SEG measure (``seg``), the pooled AP@0.5 = sum TP / sum (TP + FP + FN) over all
+    objects (``pooled_ap50``), the object counts and the prediction time.
     """
     t0 = time.perf_counter()
     images = str(test / "images")
