@@ -220,6 +220,13 @@ def _add_predict(q: argparse.ArgumentParser) -> None:
         help="instances: smallest object kept, in pixels (voxels) (default: the model's)",
     )
     q.add_argument(
+        "--split",
+        type=_number(float, "a number", lambda v: 0.0 <= v <= 0.95, "in [0, 0.95]"),
+        metavar="DEPTH",
+        help="instances: cut seeds shaped like touching blobs where their waist is narrower "
+        "by DEPTH x their radius; 0: never (default: the model's, chosen when it was trained)",
+    )
+    q.add_argument(
         "--zoom",
         type=_zoom,
         default="auto",
@@ -552,7 +559,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .store import load_model
 
     postprocess = dict(
-        seed_threshold=args.seed_threshold, fg_threshold=args.fg_threshold, min_size=args.min_size
+        seed_threshold=args.seed_threshold,
+        fg_threshold=args.fg_threshold,
+        min_size=args.min_size,
+        split=args.split,
     )
     model = load_model(args.model, device=args.device).with_postprocess(**postprocess)
     options = dict(

@@ -396,18 +396,19 @@ def predict_iter(
     seed_threshold: float | None = None,
     fg_threshold: float | None = None,
     min_size: int | None = None,
+    split: float | None = None,
     zoom: float | str = "auto",
 ) -> Generator[TileDone | ChunkDone, None, np.ndarray]:
     """Class labels (or instance ids with ``instances=True``); yields tiles.
 
     Instances use the model's post-processing (``model.config.postprocess``, chosen
-    when it was trained); ``seed_threshold``, ``fg_threshold`` and ``min_size``
-    replace its values for this call.  ``zoom``: see :func:`predict_zoomed_iter`.
+    when it was trained); ``seed_threshold``, ``fg_threshold``, ``min_size`` and
+    ``split`` replace its values for this call.  ``zoom``: see :func:`predict_zoomed_iter`.
     """
     if instances:
         require_instances(model.config)  # before, not after, the prediction
     model = model.with_postprocess(
-        seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size
+        seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size, split=split
     )
     probs, used = yield from predict_zoomed_iter(
         model, image, zoom=zoom, axes=axes, device=device, tile=tile, batch_size=batch_size, amp=amp

@@ -53,6 +53,7 @@ def predict_layers_iter(
             seed_threshold=postprocess.seed_threshold,
             fg_threshold=postprocess.fg_threshold,
             min_size=postprocess.min_size,
+            split=postprocess.split,
         )
     probs, zoom = yield from predict_zoomed_iter(model, data, device=device)
     outputs = outputs_from_probs(

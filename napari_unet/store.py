@@ -139,10 +139,13 @@ class Model:
         seed_threshold: float | None = None,
         fg_threshold: float | None = None,
         min_size: int | None = None,
+        split: float | None = None,
     ) -> Model:
         """This model (same network) with the instance post-processing values given
         (not None) in place of its own; for one run, the model folder is unchanged."""
-        given = dict(seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size)
+        given = dict(
+            seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size, split=split
+        )
         changes = {k: v for k, v in given.items() if v is not None}
         if not changes:
             return self

@@ -285,11 +285,19 @@ def test_sparse_instances_and_postprocessing_flags(tmp_path, capsys):
     assert f"validation IoU is measured on {measured_on}" in out
     assert "instances: seed threshold" in out and f"chosen on {measured_on}" in out
     assert json.loads((model / "config.json").read_text())["labels"]["kind"] == "sparse-instances"
-    for flags, pred in (([], "own"), (["--min-size", "1000000"], "none")):
+    flag_runs = (([], "own"), (["--min-size", "1000000"], "none"), (["--split", "0.5"], "cut"))
+    for flags, pred in flag_runs:
         code = main(["-q", "predict", str(model), str(tmp_path / "t"), "--out",
                      str(tmp_path / pred), "--instances", "--device", "cpu", *flags])  # fmt: skip
         assert code == 0
     assert tifffile.imread(tmp_path / "none" / "t.tif").max() == 0  # nothing that big
+    # cutting seeds at their waists never merges: at least as many objects
+    own, cut = (tifffile.imread(tmp_path / d / "t.tif") for d in ("own", "cut"))
+    assert len(np.unique(cut)) >= len(np.unique(own))
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(model), str(tmp_path / "t"), "--out", str(tmp_path / "x"),
+              "--split", "2"])  # fmt: skip
+    assert exc.value.code == 2 and "--split: must be in [0, 0.95], got 2" in capsys.readouterr().err
     # the flag is for one run: the model folder keeps its own settings
     assert json.loads((model / "config.json").read_text())["postprocess"]["min_size"] < 1000000
 
