@@ -16,8 +16,10 @@ Every arm (``--arm NAME=RECIPE.json``; ``NAME=`` for the defaults) trains from s
 (``--labels-kind instances`` or, with ``--kind sparse-instances``, 3 outlined objects per
 frame plus background strokes) for ``--steps`` steps with seed = run index, predicts the
 test frames (``predict --instances``, the model's own post-processing) and scores them
-(``evaluate``).  A recipe file holds ``train --config`` settings, e.g.
-``{"touch_border": 0.05}``.  Prints a row per run, mean ± std per arm and a summary line.
+(``evaluate``), once as the model chose and once with the seeds never cut at their
+waists (``--split 0``: the post-processing before issue 26).  A recipe file holds
+``train --config`` settings, e.g. ``{"touch_border": 0.05}``.  Prints a row per run,
+mean ± std per arm and a summary line.
 
     python benchmarks/bench_touching.py --data synthetic --steps 500 --runs 2 \\
         --arm old= --arm touch05=touch05.json --arm touch10=touch10.json
@@ -138,17 +140,24 @@ def run(args: argparse.Namespace, work: Path) -> None:
             extra = ["--config", recipe] if recipe else []
             info = train(train_dir, model, args.kind, 0, args.device, r, extra, steps=steps)
             score = predict_and_score(model, test_dir, work / f"pred-{name}-{r}", args.device)
-            results[name].append({**score, "train_s": info["train_s"]})
+            plain = predict_and_score(
+                model, test_dir, work / f"plain-{name}-{r}", args.device, ("--split", "0")
+            )
+            split = json.loads((model / "config.json").read_text())["postprocess"].get("split")
+            results[name].append({**score, "no_cut": plain, "train_s": info["train_s"]})
             print(f"{name} run {r}: AP@0.5 {score['ap50']:.3f} SEG {score['seg']:.3f} "
-                  f"predicted/true {score['count_ratio']:.2f} "
-                  f"(post-processing {info['postprocess']})", flush=True)  # fmt: skip
+                  f"predicted/true {score['count_ratio']:.2f} (post-processing "
+                  f"{info['postprocess']}, split {split}); seeds never cut: AP@0.5 "
+                  f"{plain['ap50']:.3f} SEG {plain['seg']:.3f}", flush=True)  # fmt: skip
     print()
-    print("| arm | AP@0.5 | SEG | predicted / true |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| arm | AP@0.5 | SEG | predicted / true | AP@0.5, seeds never cut | SEG, never cut |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rows in results.items():
         ratio = np.mean([r["count_ratio"] for r in rows])
         print(f"| {name} | {mean_std([r['ap50'] for r in rows])} | "
-              f"{mean_std([r['seg'] for r in rows])} | {ratio:.2f} |")  # fmt: skip
+              f"{mean_std([r['seg'] for r in rows])} | {ratio:.2f} | "
+              f"{mean_std([r['no_cut']['ap50'] for r in rows])} | "
+              f"{mean_std([r['no_cut']['seg'] for r in rows])} |")  # fmt: skip
     means = {n: np.mean([r["ap50"] for r in rows]) for n, rows in results.items()}
     print(
         f"summary: {args.data}, mean AP@0.5 " + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
