@@ -420,7 +420,14 @@ def _readme(model: Any, name: str, sizes: Sizes) -> str:
         lines += [
             "Instances: background / interior / boundary probabilities. napari-unet turns them "
             f"into objects by a seeded watershed: seeds = connected regions of interior "
-            f"probability above {pp.seed_threshold}, grown over the foreground (background "
+            f"probability above {pp.seed_threshold}"
+            + (
+                f", each cut at its waists where they are narrower by {pp.split:g} x its "
+                "largest inscribed radius (the watershed of its distance map)"
+                if pp.split
+                else ""
+            )
+            + ", grown over the foreground (background "
             f"probability below {1 - pp.fg_threshold:.2f}), objects under "
             f"{pp.min_size_for(2)} pixels dropped. `napari-unet predict PACKAGE.zip IMAGES "
             "--instances` does it for you.",
