@@ -368,10 +368,13 @@ def sparse_instance_targets(labels: Any, spatial_dims: int = 2, touch: float = 0
     spatial_dims : int
         2 or 3, the dimensionality of the model.
     touch : float
-        Where objects touch (outlined objects only: an unlabeled pixel says nothing), the boundary
+        Where outlined objects touch each other, the boundary
         widens into each object by ``touch`` x its equivalent diameter (a band at
         least 2 px wide, else only the one-pixel edge): a separation between large
-        touching objects that a network can learn.  0: the one-pixel edge everywhere.
+        touching objects that a network can learn.  Where an outlined object meets
+        unlabeled pixels, whether a neighbour touches it is not known: its edge pixel
+        stays boundary and the band's width inside it is :data:`IGNORE`.  0: the
+        one-pixel edge everywhere, nothing ignored.
 
     Returns
     -------
@@ -400,8 +403,31 @@ def sparse_instance_targets(labels: Any, spatial_dims: int = 2, touch: float = 0
         )
     else:
         target = _planar_instance_volume(objects, arr, touch)
+    if touch > 0:
+        planes = arr.reshape(-1, *arr.shape[-2:])
+        flat = target.reshape(planes.shape)  # a view: updated in place
+        for plane, out in zip(planes, flat, strict=True):
+            unknown = _near_unlabeled(plane, touch)
+            out[unknown & (out == INTERIOR)] = IGNORE
     target[arr == 0] = IGNORE
     return target
+
+
+def _near_unlabeled(labels: np.ndarray, touch: float) -> np.ndarray:
+    """Pixels of outlined objects (one 2D plane of ``sparse-instances`` labels) within
+    their touching-border width of an unlabeled pixel: whether a neighbour touches them
+    there is not known, so neither interior nor border is taught."""
+    objects = np.where(labels > PAINTED_BACKGROUND, labels, 0)
+    unlabeled = labels == 0
+    if not objects.any() or not unlabeled.any():
+        return np.zeros(labels.shape, bool)
+    ids, n = _consecutive(objects)
+    area = np.bincount(ids.ravel(), minlength=n + 1)
+    width = np.floor(touch * 2 * np.sqrt(area / np.pi))
+    width[0] = 0
+    if width.max() < 2:
+        return np.zeros(labels.shape, bool)
+    return (ids > 0) & (ndi.distance_transform_edt(~unlabeled) <= width[ids])
 
 
 def _planar_instance_volume(
