@@ -196,7 +196,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     border_weights: bool = False
-    touch_border: float = 0.0  # touching-border band, a fraction of each object's diameter
+    touch_border: float = 0.1  # touching-border band, a fraction of each object's diameter
     augment: bool = True
     augment_scale: tuple[float, float] = (0.8, 1.25)  # zoom range, sampled log-uniformly
     augment_invert: float = 0.0  # probability of inverting a patch's intensities

@@ -662,6 +662,7 @@ def test_config_json_strictness(saved: tuple[Model, Path]) -> None:
         ("train", "augment", "yes", "augment must be true or false, got 'yes'"),
         ("train", "augment_invert", 1.5, "augment_invert must be in [0.0, 1.0], got 1.5"),
         ("train", "augment_blur", "2", "augment_blur must be a number, got '2'"),
+        ("train", "touch_border", 0.5, "touch_border must be in [0.0, 0.25], got 0.5"),
         ("train", "seed", 2**64, "seed must be in [0, 4294967295]"),
         ("train", "steps", 10**12, "steps must be in [1, 1000000000]"),
         ("tiling", "overlap", float("nan"), "tiling.overlap must be in"),
