@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_settings_start_as_the_models_and_recompute_without_the_network(
     box = predict.instances_box
     assert not box.isHidden()  # an instance model: the controls are there
     pp = model.config.postprocess
-    own = PostprocessConfig(pp.seed_threshold, pp.fg_threshold, pp.min_size_for(2))
+    own = replace(pp, min_size=pp.min_size_for(2))  # object size and waist cut kept
     assert box.settings() == own and not box.modified
     networks: list[int] = []  # processes the network ran in (the Predict button: a child)
     recomputes: list[PostprocessConfig] = []
@@ -94,7 +95,7 @@ def test_settings_start_as_the_models_and_recompute_without_the_network(
     box.seed.setValue(0.5)
     box.seed.setValue(pp.seed_threshold)
     box.min_size.setValue(new_min)
-    changed = PostprocessConfig(pp.seed_threshold, pp.fg_threshold, new_min)
+    changed = replace(own, min_size=new_min)
     assert box.settings() == changed and box.modified
     assert "not saved" in box.note.text() and "not saved" in box.min_size.toolTip()
     wait_recomputed(qtbot, predict, changed)
@@ -128,10 +129,13 @@ def test_save_to_model_writes_the_folder_and_the_session_model(
     box.min_size.setValue(33)
     size = model.config.postprocess.object_size  # calibrated: kept by Save to model
     assert size is not None
-    wanted = PostprocessConfig(0.6, 0.45, 33, object_size=size)
+    own = model.config.postprocess
+    wanted = PostprocessConfig(0.6, 0.45, 33, object_size=size, split=own.split)
     click(qtbot, box.save_btn)
     saved = json.loads((folder / "config.json").read_text())["postprocess"]
-    assert saved == dict(seed_threshold=0.6, fg_threshold=0.45, min_size=33, object_size=size)
+    assert saved == dict(
+        seed_threshold=0.6, fg_threshold=0.45, min_size=33, object_size=size, split=own.split
+    )
     assert load_model(folder).config.postprocess == wanted
     session = _session.session_for(viewer)
     assert session.model.config.postprocess == wanted  # Batch and later predictions use them
@@ -296,8 +300,6 @@ def test_predict_zooms_objects_unlike_the_models_and_recomputes_at_that_zoom(
     """A model that learned objects twice as wide as the image's predicts it zoomed 2x
     (napari_unet.zoom), says so, and recomputes instances from those probabilities with
     the minimum size in the zoomed image's pixels."""
-    from dataclasses import replace
-
     from napari_unet.events import drain
     from napari_unet.inference import predict_zoomed_iter
 
@@ -318,7 +320,7 @@ def test_predict_zooms_objects_unlike_the_models_and_recomputes_at_that_zoom(
     assert predict.kept.zoom == used
     new_min = pp.min_size_for(2) + 30
     predict.instances_box.min_size.setValue(new_min)
-    changed = PostprocessConfig(pp.seed_threshold, pp.fg_threshold, new_min)
+    changed = replace(bigger.config.postprocess, min_size=new_min)
     wait_recomputed(qtbot, predict, changed)
     resized = bigger.with_postprocess(min_size=new_min)
     expected = nu.predict(resized, image, instances=True, zoom=used)
