@@ -49,12 +49,7 @@ def predict_layers_iter(
     from .postprocess import outputs_from_probs
 
     if postprocess is not None:
-        model = model.with_postprocess(
-            seed_threshold=postprocess.seed_threshold,
-            fg_threshold=postprocess.fg_threshold,
-            min_size=postprocess.min_size,
-            split=postprocess.split,
-        )
+        model = model.with_postprocess(postprocess)
     probs, zoom = yield from predict_zoomed_iter(model, data, device=device)
     outputs = outputs_from_probs(
         probs,

@@ -134,22 +134,17 @@ class Model:
         return torch.device("cpu")
 
     def with_postprocess(
-        self,
-        *,
-        seed_threshold: float | None = None,
-        fg_threshold: float | None = None,
-        min_size: int | None = None,
-        split: float | None = None,
+        self, settings: PostprocessConfig | None = None, **changes: float | int | None
     ) -> Model:
-        """This model (same network) with the instance post-processing values given
-        (not None) in place of its own; for one run, the model folder is unchanged."""
-        given = dict(
-            seed_threshold=seed_threshold, fg_threshold=fg_threshold, min_size=min_size, split=split
-        )
-        changes = {k: v for k, v in given.items() if v is not None}
-        if not changes:
+        """This model (same network) with other instance post-processing, for one run
+        (the model folder is unchanged): ``settings`` in place of its own, or its own
+        with the fields named in ``changes`` that are not None (``seed_threshold=0.7``)."""
+        settings = settings or self.config.postprocess
+        given = {k: v for k, v in changes.items() if v is not None}
+        if given:
+            settings = dataclasses.replace(settings, **given)
+        if settings == self.config.postprocess:
             return self
-        settings = dataclasses.replace(self.config.postprocess, **changes)
         return dataclasses.replace(
             self, config=dataclasses.replace(self.config, postprocess=settings)
         )

@@ -228,3 +228,17 @@ def test_calibration_turns_the_seed_cut_on_for_touching_objects_only():
     apart, _ = blobs()  # separate cells: nothing to cut, the start (off) stays
     settings, record = calibrate([apart], [Truth(blobs()[1])], 2)
     assert settings.split == 0.0
+
+
+def test_with_postprocess_takes_a_whole_config_or_single_fields(tiny_model):
+    model, _ = tiny_model
+    own = model.config.postprocess
+    assert model.with_postprocess() is model and model.with_postprocess(own) is model
+    one = model.with_postprocess(seed_threshold=0.55, min_size=None)  # None: keep the model's
+    assert one.config.postprocess == replace(own, seed_threshold=0.55)
+    assert one.network is model.network and model.config.postprocess == own  # a copy
+    whole = PostprocessConfig(0.6, 0.4, 7, object_size=own.object_size, split=0.25)
+    assert model.with_postprocess(whole).config.postprocess == whole
+    assert model.with_postprocess(whole, min_size=9).config.postprocess.min_size == 9
+    with pytest.raises(TypeError, match="seed"):
+        model.with_postprocess(seed=0.5)

@@ -446,11 +446,7 @@ class PredictWidget(PackageExport, DockWidget):
             self.status.setText(text)
             show_error(f"napari-unet: {text}")
             return False
-        model = self.model.with_postprocess(
-            seed_threshold=settings.seed_threshold,
-            fg_threshold=settings.fg_threshold,
-            min_size=settings.min_size,
-        )
+        model = self.model.with_postprocess(settings)
         session = self.session
         if session.model is not None and session.model.network is self.model.network:
             session.set_model(model, session.model_path)  # Train, Batch and this widget
