@@ -1,4 +1,4 @@
-"""Importing the package must stay light: no torch, no Qt, no napari (style.md, convention 4)."""
+"""Importing the package must stay light: no torch, no Qt, no napari (docs/architecture.md)."""
 
 from __future__ import annotations
 
