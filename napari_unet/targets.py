@@ -413,7 +413,7 @@ def sparse_instance_targets(labels: Any, spatial_dims: int = 2, touch: float = 0
         flat = target.reshape(planes.shape)  # a view: updated in place
         for plane, out in zip(planes, flat, strict=True):
             unknown = _near_unlabeled(plane, touch)
-            out[unknown & (out == INTERIOR)] = IGNORE
+            out[unknown & (out == INTERIOR)] = BOUNDARY  # EXPERIMENT
     target[arr == 0] = IGNORE
     return target
 
