@@ -306,20 +306,18 @@ def test_touching_border_widens_with_the_object(gap) -> None:
     np.testing.assert_array_equal(instance_targets(small, touch=0.1), instance_targets(small))
 
 
-def test_touching_border_in_sparse_instances_only_between_outlined_objects() -> None:
+def test_touching_border_in_sparse_instances_not_against_painted_background() -> None:
     labels = _touching_squares(40).astype(np.uint8)
     labels[labels > 0] += 1  # outlined objects 2 and 3
     labels[:10] = 1  # painted background, right up to the objects' top edge
     both = sparse_instance_targets(labels, touch=0.1)
     row, contact = labels.shape[0] // 2, 50
     assert np.all(both[row, contact - 5 : contact + 5] == 2)
-    # object 3 left unlabeled: object 2's side toward it is not known to touch anything
+    # object 3 left unlabeled: a neighbour may touch object 2 there, the band is drawn
     one = labels.copy()
     one[one == 3] = 0
     alone = sparse_instance_targets(one, touch=0.1)
-    assert alone[row, contact - 1] == 2  # its edge is still its edge
-    # within the band's width of the unlabeled side nothing is taught; deeper in, interior
-    assert np.all(alone[row, contact - 4 : contact - 1] == IGNORE) and alone[row, 30] == 1
+    assert np.all(alone[row, contact - 4 : contact] == 2) and alone[row, 30] == 1
     assert np.all(alone[row, contact:] == IGNORE)
     # against painted background the edge is known: one pixel, interior right behind it
     assert alone[8, 30] == 0 and alone[10, 30] == 2 and alone[11, 30] == 1
