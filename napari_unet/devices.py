@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # of a training (see trainer.amp_dtype)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # of a training (see recipes.Recipe.autocast)
 
 
 def parse_device(device: str) -> tuple[str, int | None]:

@@ -59,6 +59,7 @@ from .config import LabelsConfig, ModelConfig, ModelSpec
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .recipes import Recipe
     from .store import Model
 
 ARCHITECTURE = ("spatial_dims", "width", "depth", "padding", "batch_norm")
@@ -85,7 +86,7 @@ def default_architecture(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def auto_init(
-    labels_kind: str, given: dict[str, Any], default_width: int, recipe: str
+    labels_kind: str, given: dict[str, Any], default_width: int, recipe: Recipe
 ) -> str | None:
     """What ``init="auto"`` starts from: :data:`AUTO_MODEL` or None (scratch).
 
@@ -99,14 +100,14 @@ def auto_init(
     default_width
         The width a new network gets on this device with this recipe.
     recipe
-        The training recipe ("fast", "paper").
+        The training recipe; only one that may start from the built-in model does.
 
     The number of input channels is only known once the data is read: a training
     that finds several drops the automatic start (:meth:`InitModel.fits_channels`).
     """
     from .safety import check_model_folder
 
-    if labels_kind not in AUTO_KINDS or recipe != "fast":
+    if labels_kind not in AUTO_KINDS or not recipe.auto_start:
         return None
     parent = check_model_folder(AUTO_MODEL).model
     wanted = {**default_architecture(given)}

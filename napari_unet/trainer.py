@@ -1,6 +1,8 @@
-"""One optimisation step and one validation: the losses, the metrics and :class:`Trainer`.
+"""One optimisation step and one validation: the metrics and :class:`Trainer`.
 
-:mod:`napari_unet.training` runs the loop around them (budgets, events, saving).
+The recipe (:class:`napari_unet.recipes.Recipe`) gives the optimizer, the autocast dtype
+and the loss; :mod:`napari_unet.training` runs the loop around them (budgets, events,
+saving).
 ``Trainer.train_step`` returns the loss as a tensor on the device: reading it
 (``float``) waits for the device, so the loop reads it only when it reports.
 """
@@ -8,44 +10,19 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
-import torch.nn.functional as F
 
 from . import targets as tg
 from .augment import AugmentConfig, augment_batch, center_crop
 from .config import ModelSpec, TrainConfig
 from .data import PatchSampler
-from .devices import PRECISIONS, autocast_dtype
 from .events import Adjusted
+from .losses import masked_cross_entropy
 from .model import UNet, border
+from .recipes import get_recipe
 
 log = logging.getLogger(__name__)
-
-
-def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing)."""
-    per_px = F.cross_entropy(logits.float(), target, ignore_index=tg.IGNORE, reduction="none")
-    valid = (target != tg.IGNORE).float()
-    if weight is not None:
-        valid = valid * weight
-    return (per_px * valid).sum() / valid.sum().clamp_min(1.0)
-
-
-def distillation(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
-    """KL divergence from the teacher's class probabilities to the student's, averaged
-    over the unlabeled pixels (``IGNORE``): where the user labeled nothing, the start
-    model's answer is the best guess ("learning without forgetting", Li & Hoiem 2017)."""
-    unlabeled = (target == tg.IGNORE).float()
-    log_p = F.log_softmax(logits.float(), dim=1)
-    log_q = F.log_softmax(teacher_logits.float(), dim=1)
-    per_px = (log_q.exp() * (log_q - log_p)).sum(dim=1)
-    return (per_px * unlabeled).sum() / unlabeled.sum().clamp_min(1.0)
 
 
 def confusion(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
@@ -75,32 +52,6 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     )
 
 
-def lr_factor(progress: float, step: int, warmup_steps: int, final: float = 0.02) -> float:
-    """Linear warm-up (over ``warmup_steps`` or the first 3 % of the budget, whichever
-    ends first), then cosine decay to ``final`` times the base rate."""
-    warm = min(1.0, max((step + 1) / max(1, warmup_steps), progress / 0.03))
-    progress = min(max(progress, 0.0), 1.0)
-    return warm * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def amp_dtype(device: torch.device, recipe: str, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype of a training (None = float32).
-
-    ``"auto"``: bf16 (or fp16 where bf16 is missing) on CUDA with the ``fast`` recipe,
-    float32 elsewhere.  ``"bf16"`` / ``"fp16"`` force mixed precision on any device
-    (the CPU runs both under ``torch.autocast``), ``"fp32"`` turns it off.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return autocast_dtype(device) if recipe == "fast" else None
-
-
 class Trainer:
     """The loop's state: network, optimiser, samplers; ``train_step`` / ``validate``."""
 
@@ -126,15 +77,12 @@ class Trainer:
         self.batch_size = batch_size
         self.lr = lr
         cfg = spec.train
-        self.amp_dtype = amp_dtype(device, cfg.recipe, precision)
+        self.recipe = get_recipe(cfg.recipe)
+        self.amp_dtype = self.recipe.autocast(device, precision)
         self.channels_last = spec.model.spatial_dims == 2
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
-        params = network.parameters()
-        if cfg.recipe == "paper":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.99)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        self.optimizer = self.recipe.make_optimizer(network.parameters(), lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.augment = augment_config(cfg) if cfg.augment else None
         self.generator = torch.Generator(device=device)
@@ -198,11 +146,11 @@ class Trainer:
             image, target, weight = center_crop(image, target, weight, in_shape)
         target, weight = self._crop_to_output(target, weight)
         logits = self._forward(image)
-        loss = masked_cross_entropy(logits, target, weight)
+        teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self._forward(image, self.teacher)
-            loss = loss + self.distill * distillation(logits, teacher_logits, target)
+        loss = self.recipe.loss(logits, target, weight, teacher_logits, self.distill)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

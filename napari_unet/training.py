@@ -62,35 +62,13 @@ from .init import (
 from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
+from .recipes import get_recipe
 from .store import Model, load_model, save_model
-from .trainer import Trainer, augment_config, lr_factor
+from .trainer import Trainer, augment_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET = 300.0
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Model size and recipe settings picked for a device (measured, see docs)."""
-
-    width: int
-    patch: int
-    batch_size: int
-    lr: float
-
-
-def defaults_for(device: torch.device, recipe: str, spatial_dims: int = 2) -> Defaults:
-    """Defaults that train a good model in minutes on a laptop CPU, seconds on a GPU."""
-    if recipe == "paper":
-        return Defaults(width=64 if device.type == "cuda" else 16, patch=256, batch_size=1, lr=1e-3)
-    if device.type == "cpu":
-        if spatial_dims == 3:
-            return Defaults(width=8, patch=48, batch_size=2, lr=3e-3)
-        return Defaults(width=8, patch=128, batch_size=8, lr=3e-3)
-    if spatial_dims == 3:
-        return Defaults(width=16, patch=96, batch_size=4, lr=2e-3)
-    return Defaults(width=32, patch=256, batch_size=16, lr=2e-3)
 
 
 @dataclass
@@ -203,8 +181,8 @@ class TrainingRun:
         if automatic:  # builtin:nuclei where it measured better (napari_unet.init)
             new = not resume and model is None
             dims = arch.get("spatial_dims") or 2
-            width = defaults_for(device, cfg.recipe, dims).width
-            init = auto_init(labels_kind, arch, width, cfg.recipe) if new else None
+            width = get_recipe(cfg.recipe).defaults(device.type, dims).width
+            init = auto_init(labels_kind, arch, width, get_recipe(cfg.recipe)) if new else None
         init = resolve_init(init)
         if init is not None:
             arch = run.load_init(init, resume, model, arch)
@@ -306,7 +284,7 @@ class TrainingRun:
         self, prepared: Prepared, model: Model | None, arch: dict[str, Any], tiling: Any
     ) -> None:
         """Phase "build": the settings for the device, the spec and the network."""
-        d = defaults_for(self.device, self.cfg.recipe, arch["spatial_dims"])
+        d = get_recipe(self.cfg.recipe).defaults(self.device.type, arch["spatial_dims"])
         cfg = self.cfg = replace(
             self.cfg,
             patch=self.cfg.patch or d.patch,
@@ -414,7 +392,6 @@ class TrainingRun:
         cfg, mcfg = self.cfg, self.spec.model
         self.elapsed_before = float(self.history.get("elapsed", 0.0))
         self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.clock()
-        self.warmup = 50 if cfg.recipe == "fast" else 1
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -469,9 +446,8 @@ class TrainingRun:
         this returns False: the turn ends without previews, validation or checkpoint.
         """
         cfg = self.cfg
-        self.lr = cfg.lr
-        if cfg.recipe == "fast":
-            self.lr = cfg.lr * lr_factor(self.progress(self.now), self.step_count, self.warmup)
+        recipe = get_recipe(cfg.recipe)
+        self.lr = recipe.lr_at(cfg.lr, self.progress(self.now), self.step_count)
         try:
             result = self.trainer.train_step(self.lr)
         except torch.cuda.OutOfMemoryError:
@@ -819,7 +795,7 @@ def train_iter(
         ``replace_worse=True`` keeps the new model in ``out`` anyway.
     precision
         ``"auto"`` (bf16/fp16 autocast on CUDA with the fast recipe, else float32),
-        ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`~napari_unet.trainer.amp_dtype`).
+        ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :meth:`~napari_unet.recipes.Recipe.autocast`).
     names
         How errors name the images, the labels and the model (file paths in the CLI,
         layer names in the widgets; ``image 0`` / ``labels 0`` by default).

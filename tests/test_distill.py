@@ -10,8 +10,8 @@ import torch
 
 import napari_unet as nu
 from napari_unet.config import TrainConfig
+from napari_unet.losses import distillation
 from napari_unet.targets import IGNORE
-from napari_unet.trainer import distillation
 
 from .conftest import make_nuclei
 

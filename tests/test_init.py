@@ -285,13 +285,15 @@ def test_the_default_start_leaves_resume_and_model_alone(tmp_path):
 
 def test_auto_init_wants_the_builtin_network():
     from napari_unet.init import auto_init
+    from napari_unet.recipes import FAST, PAPER
 
     cpu = {"width": None, "depth": None, "padding": None, "batch_norm": None, "spatial_dims": None}
-    assert auto_init("instances", cpu, 8, "fast") == "builtin:nuclei"
-    assert auto_init("instances", cpu, 32, "fast") is None  # the GPU default network
-    assert auto_init("instances", {**cpu, "spatial_dims": 3}, 8, "fast") is None
-    assert auto_init("instances", {**cpu, "padding": "valid"}, 8, "fast") is None
-    assert auto_init("semantic", cpu, 8, "fast") is None
+    assert auto_init("instances", cpu, 8, FAST) == "builtin:nuclei"
+    assert auto_init("instances", cpu, 32, FAST) is None  # the GPU default network
+    assert auto_init("instances", {**cpu, "spatial_dims": 3}, 8, FAST) is None
+    assert auto_init("instances", {**cpu, "padding": "valid"}, 8, FAST) is None
+    assert auto_init("semantic", cpu, 8, FAST) is None
+    assert auto_init("instances", cpu, 8, PAPER) is None  # SGD batch 1 never starts from it
 
 
 def test_cli_default_start_says_so_and_scratch_turns_it_off(tmp_path, capsys):

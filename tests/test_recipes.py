@@ -8,9 +8,8 @@ import torch
 
 from napari_unet.cli import main
 from napari_unet.config import TrainConfig
-from napari_unet.recipes import KEYS, read_recipe, train_arguments
+from napari_unet.recipes import KEYS, get_recipe, read_recipe, train_arguments
 from napari_unet.store import load_model
-from napari_unet.training import defaults_for
 
 RECIPES = Path(__file__).parents[1] / "resources" / "recipes"
 
@@ -20,7 +19,7 @@ def test_shipped_recipes_are_the_defaults(name):
     """Each file says what training does on that device without it: they cannot drift."""
     settings = read_recipe(RECIPES / f"{name}.json")
     recipe, where = name.split("-")
-    d = defaults_for(torch.device("cpu" if where == "cpu" else "cuda"), recipe)
+    d = get_recipe(recipe).defaults("cpu" if where == "cpu" else "cuda")
     assert settings["recipe"] == recipe
     assert (settings["width"], settings["patch"], settings["batch_size"], settings["lr"]) == (
         d.width,
@@ -123,3 +122,26 @@ def nuclei_files(tmp_path_factory):
         tifffile.imwrite(root / "i" / f"n{i}.tif", img)
         tifffile.imwrite(root / "l" / f"n{i}.tif", lab)
     return root / "i", root / "l"
+
+
+def test_a_recipe_is_one_object_the_training_asks():
+    """Optimizer, learning rate over the schedule and loss come from the recipe."""
+    from napari_unet.recipes import FAST, PAPER, lr_factor
+
+    with pytest.raises(ValueError, match="recipe must be one of fast, paper, got 'slow'"):
+        get_recipe("slow")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(FAST.make_optimizer(params, 1e-3, 1e-4), torch.optim.AdamW)
+    sgd = PAPER.make_optimizer(params, 1e-3, 1e-4)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.99
+    assert PAPER.lr_at(1e-3, 0.5, 10) == 1e-3  # constant
+    assert FAST.lr_at(1e-3, 0.5, 100) == pytest.approx(1e-3 * lr_factor(0.5, 100, 50))
+    assert FAST.lr_at(1e-3, 0.0, 0) < FAST.lr_at(1e-3, 0.01, 49)  # warming up
+    assert FAST.lr_at(1e-3, 1.0, 5000) == pytest.approx(2e-5)  # decayed to 2 %
+    logits, target = torch.zeros(1, 3, 4, 4), torch.full((1, 4, 4), -1)
+    target[0, 0] = 1  # one labeled row
+    teacher = torch.randn(1, 3, 4, 4)
+    plain = FAST.loss(logits, target)
+    assert float(plain) == pytest.approx(float(torch.log(torch.tensor(3.0))))
+    assert float(FAST.loss(logits, target, teacher_logits=teacher, distill=0.0)) == float(plain)
+    assert float(FAST.loss(logits, target, teacher_logits=teacher, distill=5.0)) > float(plain)

@@ -389,13 +389,13 @@ def test_mixed_precision_branch_runs_on_the_cpu(nuclei, tmp_path, monkeypatch, p
 
 
 def test_precision_is_checked():
-    from napari_unet.trainer import amp_dtype
+    from napari_unet.recipes import FAST, PAPER
 
-    assert amp_dtype(torch.device("cpu"), "fast") is None  # auto: float32 on the CPU
-    assert amp_dtype(torch.device("cpu"), "fast", "bf16") == torch.bfloat16
-    assert amp_dtype(torch.device("cuda"), "paper") is None
+    assert FAST.autocast(torch.device("cpu")) is None  # auto: float32 on the CPU
+    assert FAST.autocast(torch.device("cpu"), "bf16") == torch.bfloat16
+    assert PAPER.autocast(torch.device("cuda")) is None
     with pytest.raises(ValueError, match="precision must be one of.*got 'fp8'"):
-        amp_dtype(torch.device("cpu"), "fast", "fp8")
+        FAST.autocast(torch.device("cpu"), "fp8")
 
 
 def test_a_tiny_model_learns_to_separate_touching_squares():

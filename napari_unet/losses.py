@@ -1,0 +1,33 @@
+"""The training losses: cross-entropy on labeled pixels, and the start model's answer on
+the others (distillation).  :class:`napari_unet.recipes.Recipe.loss` combines them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .targets import IGNORE
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing)."""
+    per_px = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="none")
+    valid = (target != IGNORE).float()
+    if weight is not None:
+        valid = valid * weight
+    return (per_px * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def distillation(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """KL divergence from the teacher's class probabilities to the student's, averaged
+    over the unlabeled pixels (``IGNORE``): where the user labeled nothing, the start
+    model's answer is the best guess ("learning without forgetting", Li & Hoiem 2017)."""
+    unlabeled = (target == IGNORE).float()
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_q = F.log_softmax(teacher_logits.float(), dim=1)
+    per_px = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+    return (per_px * unlabeled).sum() / unlabeled.sum().clamp_min(1.0)
