@@ -78,13 +78,13 @@ def test_out_of_memory_at_the_smallest_patch_is_a_clear_error(nuclei, monkeypatc
 
 
 def test_nan_loss_stops_without_saving_a_broken_model(nuclei, tmp_path, monkeypatch):
-    import napari_unet.trainer as trainer
+    import napari_unet.losses as losses
 
     images, labels = nuclei
     out = tmp_path / "m"
     train(images, labels, labels_kind="instances", steps=2, out=out, **SMALL)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    real = trainer.masked_cross_entropy
+    real = losses.masked_cross_entropy
     calls = {"n": 0}
 
     def loss(*args, **kwargs):  # the fourth step's loss is NaN (as a diverging run's would be)
@@ -92,7 +92,7 @@ def test_nan_loss_stops_without_saving_a_broken_model(nuclei, tmp_path, monkeypa
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 4 else value
 
-    monkeypatch.setattr(trainer, "masked_cross_entropy", loss)
+    monkeypatch.setattr(losses, "masked_cross_entropy", loss)  # what Recipe.loss calls
     with pytest.raises(FloatingPointError, match="loss became nan at step 6.*not saved"):
         train(images, labels, labels_kind="instances", steps=50, out=out, resume=True, **SMALL)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
