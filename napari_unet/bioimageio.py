@@ -9,7 +9,7 @@ normalisation as the ``scale_range`` pre-processing; class probabilities as the
 output (channel names = class names); test tensors from ``image``; a 2:1 cover
 (image | predicted classes); a README with a "# Validation" section from
 ``training.json``; and napari-unet's ``config.json`` and ``weights.safetensors``
-as attachments, from which :func:`package_folder` loads the model back.
+as attachments, from which :func:`napari_unet.packages.package_folder` loads the model back.
 
 Sizes and tiling: the output has the input's size.  A ``same`` model's output
 declares a halo (:func:`default_halo`, measured against whole-image prediction)
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .packages import PACKAGE_FILES
+
 UNET_PAPER_DOI = "10.1007/978-3-319-24574-4_28"  # Ronneberger, Fischer & Brox, MICCAI 2015
 DEFAULT_LICENSE = "CC-BY-4.0"
 HALO_PER_LEVEL = 4
@@ -42,7 +44,6 @@ NAME_PATTERN = re.compile(r"^[\w+\- ()]{5,128}$")
 TEST_EDGE = {2: 256, 3: 64}  # test tensors are cropped to this edge (or the smallest input)
 ONNX_TOLERANCE = 1e-4  # largest difference of a probability, onnxruntime against torch
 TORCHSCRIPT_TOLERANCE = 1e-5
-PACKAGE_FILES = ("config.json", "weights.safetensors")  # what a package is loaded back from
 
 
 def _identifier(text: str, fallback: str) -> str:
@@ -495,61 +496,3 @@ def sample_image() -> np.ndarray:
     from .files import read_image
 
     return read_image(sorted((Path(__file__).parent / "_sample_data" / "images").glob("*.png"))[0])
-
-
-PACKAGES_ROOT = Path(tempfile.gettempdir()) / "napari-unet-packages"  # extracted, by sha256
-
-
-def extracted_package(folder: str | Path) -> bool:
-    """``folder`` is (inside) a package's extraction: read-only, like a built-in model."""
-    target = Path(folder).resolve()
-    return target.is_relative_to(PACKAGES_ROOT.resolve())
-
-
-def is_package(path: str | Path) -> bool:
-    """``path`` names a ``.zip`` file (a bioimage.io package, maybe)."""
-    p = Path(path)
-    return p.suffix.lower() == ".zip" and p.is_file()
-
-
-def package_folder(path: str | Path) -> Path:
-    """The napari-unet model folder inside a package that napari-unet exported.
-
-    Only the attachments ``config.json`` and ``weights.safetensors`` are read (never
-    the ``.pt`` weights: nothing is unpickled); they are extracted once into a
-    folder named by the package's sha256 under the temporary folder.
-
-    Raises
-    ------
-    ValueError
-        When ``path`` is not a zip file, or a package that napari-unet did not export.
-    """
-    import hashlib
-    import os
-    import zipfile
-
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a zip file (a bioimage.io package is a .zip)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    folder = PACKAGES_ROOT / digest
-    if all((folder / f).is_file() for f in PACKAGE_FILES):
-        return folder
-    with zipfile.ZipFile(path) as archive:
-        names = set(archive.namelist())
-        missing = [f for f in PACKAGE_FILES if f not in names]
-        if missing or "rdf.yaml" not in names:
-            raise ValueError(
-                f"{path}: not a bioimage.io package exported by napari-unet (it has no "
-                f"{' and '.join(missing or ['rdf.yaml'])}); napari-unet loads its own packages "
-                "only, from their config.json and weights.safetensors"
-            )
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        part = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=folder.parent))
-        for f in PACKAGE_FILES:
-            (part / f).write_bytes(archive.read(f))
-    try:
-        os.replace(part, folder)
-    except OSError:  # another process extracted it first
-        shutil.rmtree(part, ignore_errors=True)
-    return folder

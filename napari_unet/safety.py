@@ -50,6 +50,7 @@ from typing import Any
 
 from .builtin import resolve_model_ref
 from .config import CONFIG_FILE, ModelSpec, show_value
+from .packages import is_package, package_folder
 
 WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "training.json"
@@ -804,8 +805,6 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelSpec:
 
 
 def _model_dir(path: str | os.PathLike[str]) -> Path:
-    from .bioimageio import is_package, package_folder
-
     folder = resolve_model_ref(path)  # builtin:NAME -> the package's folder (unknown: listed)
     if is_package(folder):  # a bioimage.io package napari-unet exported: its attachments
         try:

@@ -226,7 +226,7 @@ class PredictWidget(PackageExport, DockWidget):
     def _read_only(self) -> str | None:
         """``builtin:NAME`` when the model's folder is a built-in model's, the package's
         name when it was loaded from a bioimage.io package, else None."""
-        from ..bioimageio import extracted_package
+        from ..packages import extracted_package
 
         if self.model_folder is None:
             return None
