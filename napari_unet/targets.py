@@ -265,16 +265,20 @@ def _touching(ids: np.ndarray) -> np.ndarray:
     return (ids > 0) & ((top > ids) | (bottom < ids))
 
 
+def _band_widths(area: np.ndarray, touch: float, dims: int) -> np.ndarray:
+    """Per object id, its touching-border width in pixels: ``touch`` x its equivalent
+    diameter (a disk's in 2D, a ball's in 3D), 0 where under :data:`MIN_BAND`."""
+    diameter = 2 * np.sqrt(area / np.pi) if dims == 2 else np.cbrt(6 * area / np.pi)
+    width = np.floor(touch * diameter)
+    width[width < MIN_BAND] = 0
+    width[0] = 0  # background
+    return width
+
+
 def _touch_band(ids: np.ndarray, n: int, area: np.ndarray, touch: float) -> np.ndarray:
     """Object pixels closer than ``touch`` x the object's equivalent diameter to where it
     touches another object (none for objects whose band is under :data:`MIN_BAND`)."""
-    dims = ids.ndim
-    if dims == 2:
-        diameter = 2 * np.sqrt(area / np.pi)
-    else:
-        diameter = np.cbrt(6 * area / np.pi)
-    width = np.floor(touch * diameter)
-    width[width < MIN_BAND] = 0
+    width = _band_widths(area, touch, ids.ndim)
     if n < 2 or not width.any():
         return np.zeros(ids.shape, bool)
     contact = _touching(ids)
@@ -428,9 +432,7 @@ def _near_unlabeled(labels: np.ndarray, touch: float) -> np.ndarray:
     if not objects.any() or not unlabeled.any():
         return np.zeros(labels.shape, bool)
     ids, n = _consecutive(objects)
-    area = np.bincount(ids.ravel(), minlength=n + 1)
-    width = np.floor(touch * 2 * np.sqrt(area / np.pi))
-    width[width < MIN_BAND] = 0
+    width = _band_widths(np.bincount(ids.ravel(), minlength=n + 1), touch, 2)
     if not width.any():
         return np.zeros(labels.shape, bool)
     return (ids > 0) & (ndi.distance_transform_edt(~unlabeled) <= width[ids])
