@@ -100,6 +100,20 @@ def write(pairs: list, folder: Path) -> Path:
     return folder
 
 
+def started_from(model: Path) -> str:
+    """The start model training.json records, or "scratch" (and why an automatic start
+    was declined)."""
+    session = json.loads((model / "training.json").read_text())["sessions"][-1]
+    if "init" in session:
+        return session["init"]["from"]
+    declined = session.get("init_declined")
+    if not declined:
+        return "scratch"
+    fit = declined.get("fit", {})
+    found = f"found {fit.get('found')} of {fit.get('objects')}"
+    return f"scratch ({declined['from']} declined: {found})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=DATASETS, default="synthetic")
@@ -107,6 +121,14 @@ def main() -> None:
                    help="a recipe to compare, repeatable (default: default=)")  # fmt: skip
     p.add_argument("--kind", choices=("instances", "sparse-instances"), default="instances")
     p.add_argument("--steps", type=int, default=500)
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="S",
+        help="train S seconds instead of --steps (as a user does: the CLI default)",
+    )
+    p.add_argument("--init", default="scratch",
+                   help="train --init (default scratch; 'auto' is the CLI default)")  # fmt: skip
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", type=Path, help="keep the models and predictions here")
@@ -126,7 +148,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     test_dir = write(test_pairs, work / "test")
     print(header(args.device))
     print(f"# {args.data}: {len(train_pairs)} training frames ({args.kind}), "
-          f"{len(test_pairs)} test frames; {steps} steps; {args.runs} run(s)")  # fmt: skip
+          f"{len(test_pairs)} test frames; "
+          f"{f'{args.time_budget:g} s' if args.time_budget else f'{steps} steps'}, "
+          f"--init {args.init}; {args.runs} run(s)")  # fmt: skip
     results: dict[str, list[dict]] = {}
     for name, recipe in args.arm:
         results[name] = []
@@ -137,15 +161,25 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 pairs = [(img, few_labels(lab, 3, 3, rng)) for img, lab in train_pairs]
             train_dir = write(pairs, work / f"train-{name}-{r}")
             model = work / f"model-{name}-{r}"
-            extra = ["--config", recipe] if recipe else []
-            info = train(train_dir, model, args.kind, 0, args.device, r, extra, steps=steps)
+            extra = ["--init", args.init, *(["--config", recipe] if recipe else [])]
+            info = train(
+                train_dir,
+                model,
+                args.kind,
+                args.time_budget or 0,
+                args.device,
+                r,
+                extra,
+                steps=None if args.time_budget and not args.tiny else steps,
+            )
             score = predict_and_score(model, test_dir, work / f"pred-{name}-{r}", args.device)
             plain = predict_and_score(
                 model, test_dir, work / f"plain-{name}-{r}", args.device, ("--split", "0")
             )
             split = json.loads((model / "config.json").read_text())["postprocess"].get("split")
             results[name].append({**score, "no_cut": plain, "train_s": info["train_s"]})
-            print(f"{name} run {r}: AP@0.5 {score['ap50']:.3f} SEG {score['seg']:.3f} "
+            print(f"{name} run {r}: {info['steps']} steps, start {started_from(model)}; "
+                  f"AP@0.5 {score['ap50']:.3f} SEG {score['seg']:.3f} "
                   f"predicted/true {score['count_ratio']:.2f} (post-processing "
                   f"{info['postprocess']}, split {split}); seeds never cut: AP@0.5 "
                   f"{plain['ap50']:.3f} SEG {plain['seg']:.3f}", flush=True)  # fmt: skip
