@@ -130,6 +130,7 @@ def main() -> None:
     p.add_argument("--init", default="scratch",
                    help="train --init (default scratch; 'auto' is the CLI default)")  # fmt: skip
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0, help="runs use seeds from this one on")
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", type=Path, help="keep the models and predictions here")
     p.add_argument("--json", type=Path, help="write every number here")
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     results: dict[str, list[dict]] = {}
     for name, recipe in args.arm:
         results[name] = []
-        for r in range(args.runs):
+        for r in range(args.first_seed, args.first_seed + args.runs):
             pairs = train_pairs
             if args.kind == "sparse-instances":
                 rng = np.random.default_rng(r)

@@ -261,63 +261,10 @@ def _describe(
     description: str | None,
 ) -> Any:
     """The package's ``ModelDescr`` over the files in ``work``."""
-    import torch
     from bioimageio.spec.model import v0_5 as bio
 
     spec = model.config
-    mcfg, norm = spec.model, spec.normalization
-    chans = mcfg.in_channels
-    raw = bio.TensorId("raw")
-    inputs = bio.InputTensorDescr(
-        id=raw,
-        axes=[
-            bio.BatchAxis(),
-            bio.ChannelAxis(
-                channel_names=[
-                    bio.Identifier("grey" if chans == 1 else f"c{i}") for i in range(chans)
-                ]
-            ),
-            *(
-                bio.SpaceInputAxis(
-                    id=bio.AxisId(a),
-                    size=bio.ParameterizedSize(min=sizes.smallest, step=sizes.step),
-                )
-                for a in sizes.space
-            ),
-        ],
-        test_tensor=bio.FileDescr(source=work / "test_input.npy"),
-        data=bio.IntervalOrRatioDataDescr(type="float32"),
-        preprocessing=[
-            bio.ScaleRangeDescr(
-                kwargs=bio.ScaleRangeKwargs(
-                    axes=[bio.AxisId(a) for a in sizes.space],
-                    min_percentile=norm.low,
-                    max_percentile=norm.high,
-                )
-            )
-        ],
-    )
-
-    class_names = [_identifier(c, f"class{i}") for i, c in enumerate(spec.labels.class_names)]
-    outputs = bio.OutputTensorDescr(
-        id=bio.TensorId("probabilities"),
-        axes=[
-            bio.BatchAxis(),
-            bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in class_names]),
-            *(
-                bio.SpaceOutputAxisWithHalo(
-                    id=bio.AxisId(a),
-                    halo=sizes.halo,
-                    size=bio.SizeReference(tensor_id=raw, axis_id=bio.AxisId(a)),
-                )
-                for a in sizes.space
-            ),
-        ],
-        test_tensor=bio.FileDescr(source=work / "test_output.npy"),
-        data=bio.IntervalOrRatioDataDescr(type="float32"),
-    )
-    torch_version = bio.Version(torch.__version__.split("+")[0])
-    fields = {f: getattr(mcfg, f) for f in mcfg.__dataclass_fields__}
+    mcfg = spec.model
     return bio.ModelDescr(
         name=name,
         description=description
@@ -336,24 +283,90 @@ def _describe(
         documentation=bio.FileDescr(source=work / "README.md"),
         covers=[bio.FileDescr(source=work / "cover.png")],
         attachments=[bio.FileDescr(source=work / f) for f in PACKAGE_FILES],
-        inputs=[inputs],
-        outputs=[outputs],
-        weights=bio.WeightsDescr(
-            pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
-                source=work / "weights.pt",
-                architecture=bio.ArchitectureFromFileDescr(
-                    source=work / "unet.py", callable=bio.Identifier("NapariUNet"), kwargs=fields
-                ),
-                pytorch_version=torch_version,
+        inputs=[_input_descr(work, spec, sizes)],
+        outputs=[_output_descr(work, spec, sizes)],
+        weights=_weights_descr(work, mcfg),
+    )
+
+
+INPUT_ID = "raw"
+
+
+def _input_descr(work: Path, spec: Any, sizes: Sizes) -> Any:
+    """The input tensor: batch, channels, the spatial axes (any size from ``sizes.smallest``
+    in steps of ``sizes.step``), and the model's percentile normalisation as scale_range."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    chans, norm = spec.model.in_channels, spec.normalization
+    names = [bio.Identifier("grey" if chans == 1 else f"c{i}") for i in range(chans)]
+    space = [
+        bio.SpaceInputAxis(
+            id=bio.AxisId(a), size=bio.ParameterizedSize(min=sizes.smallest, step=sizes.step)
+        )
+        for a in sizes.space
+    ]
+    scale_range = bio.ScaleRangeKwargs(
+        axes=[bio.AxisId(a) for a in sizes.space],
+        min_percentile=norm.low,
+        max_percentile=norm.high,
+    )
+    return bio.InputTensorDescr(
+        id=bio.TensorId(INPUT_ID),
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=names), *space],
+        test_tensor=bio.FileDescr(source=work / "test_input.npy"),
+        data=bio.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[bio.ScaleRangeDescr(kwargs=scale_range)],
+    )
+
+
+def _output_descr(work: Path, spec: Any, sizes: Sizes) -> Any:
+    """The output tensor: one probability channel per class, the input's size, a halo."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    names = [_identifier(c, f"class{i}") for i, c in enumerate(spec.labels.class_names)]
+    space = [
+        bio.SpaceOutputAxisWithHalo(
+            id=bio.AxisId(a),
+            halo=sizes.halo,
+            size=bio.SizeReference(tensor_id=bio.TensorId(INPUT_ID), axis_id=bio.AxisId(a)),
+        )
+        for a in sizes.space
+    ]
+    return bio.OutputTensorDescr(
+        id=bio.TensorId("probabilities"),
+        axes=[
+            bio.BatchAxis(),
+            bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in names]),
+            *space,
+        ],
+        test_tensor=bio.FileDescr(source=work / "test_output.npy"),
+        data=bio.IntervalOrRatioDataDescr(type="float32"),
+    )
+
+
+def _weights_descr(work: Path, mcfg: Any) -> Any:
+    """Three weight formats: the state dict with the architecture's source (the parent),
+    TorchScript and ONNX converted from it."""
+    import torch
+    from bioimageio.spec.model import v0_5 as bio
+
+    torch_version = bio.Version(torch.__version__.split("+")[0])
+    fields = {f: getattr(mcfg, f) for f in mcfg.__dataclass_fields__}
+    return bio.WeightsDescr(
+        pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+            source=work / "weights.pt",
+            architecture=bio.ArchitectureFromFileDescr(
+                source=work / "unet.py", callable=bio.Identifier("NapariUNet"), kwargs=fields
             ),
-            torchscript=bio.TorchscriptWeightsDescr(
-                source=work / "weights_torchscript.pt",
-                pytorch_version=torch_version,
-                parent="pytorch_state_dict",
-            ),
-            onnx=bio.OnnxWeightsDescr(
-                source=work / "weights.onnx", opset_version=17, parent="pytorch_state_dict"
-            ),
+            pytorch_version=torch_version,
+        ),
+        torchscript=bio.TorchscriptWeightsDescr(
+            source=work / "weights_torchscript.pt",
+            pytorch_version=torch_version,
+            parent="pytorch_state_dict",
+        ),
+        onnx=bio.OnnxWeightsDescr(
+            source=work / "weights.onnx", opset_version=17, parent="pytorch_state_dict"
         ),
     )
 
@@ -474,11 +487,9 @@ def one_image(data: Any, spec: Any, index: Sequence[int] | None = None) -> np.nd
     (axes guessed as :func:`napari_unet.inference.guess_axes` does): channels first, and
     of the stack axes (time, and planes for a 2D model) position ``index`` (default:
     the middle)."""
-    from .inference import _Layout, _numeric, guess_axes
+    from .inference import in_model_order
 
-    data = _numeric(data, None, spec)
-    layout = _Layout.of(guess_axes(data.shape, spec), spec.model.spatial_dims)
-    arr = layout.to_model(data)
+    arr, layout = in_model_order(data, spec)
     lead = arr.shape[: len(layout.stack)]
     at = tuple(index) if index is not None else tuple(n // 2 for n in lead)
     if len(at) != len(lead) or any(not 0 <= i < n for i, n in zip(at, lead, strict=True)):

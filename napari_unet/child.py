@@ -79,12 +79,14 @@ class ChildDied(Exception):
 
 
 def _types() -> dict[str, type]:
-    from .config import PostprocessConfig
+    from .config import PostprocessConfig, TileConfig, TrainConfig
     from .inputs import Names
     from .jobs import Predicted
+    from .request import TrainRequest
 
     classes = [obj for obj in vars(ev).values() if dataclasses.is_dataclass(obj)]
-    return {cls.__name__: cls for cls in [*classes, PostprocessConfig, Names, Predicted]}
+    more = [PostprocessConfig, Names, Predicted, TrainRequest, TrainConfig, TileConfig]
+    return {cls.__name__: cls for cls in [*classes, *more]}
 
 
 TYPES: dict[str, type] = {}

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from .events import (
     TrainStep,
     Validated,
 )
-from .init import AUTO, SCRATCH
 
 log = logging.getLogger("napari_unet")
 
@@ -247,43 +247,6 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, flush=True)
 
 
-def _check_output_folder(path: Path, flag: str) -> None:
-    """Refuse, before any work starts, an output folder that cannot be created or written.
-
-    ``path`` may be an existing folder or not exist yet; its nearest existing ancestor
-    must be a folder this process may write to.  (Run as root, ``os.access`` says yes
-    to every folder: a path below a regular file is what fails for every user.)
-    """
-    from .builtin import refuse_write
-
-    refuse_write(path, f"write {flag} into")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path} is a file, not a folder")
-    ancestor = path
-    while not ancestor.exists() and ancestor.parent != ancestor:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"{flag} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: the folder {ancestor} is not writable")
-
-
-def _check_device(device: str) -> None:
-    """``--device`` must name a device present here (checked before any work starts).
-
-    Spelling is checked without torch; torch is imported only to ask whether a
-    cuda or mps device is there.
-    """
-    from .devices import parse_device, resolve_device
-
-    try:
-        kind, _ = parse_device(device)
-        if kind in ("cuda", "mps"):
-            resolve_device(device)
-    except ValueError as exc:
-        raise UsageError(f"--device {device}: {exc}") from None
-
-
 def _read_pairs(args: argparse.Namespace, kind: str, spec: Any = None) -> tuple[list, list, Any]:
     """Read the training pairs and check them with the engine's checks (errors name the
     files); returns images, labels and the names used (for the training's own errors).
@@ -356,69 +319,30 @@ def _labels_kind(args: argparse.Namespace) -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import CONFIG_FILE
+    from .request import TrainRequest
 
-    out = Path(args.out)
-    _check_output_folder(out, "--out")
-    if (out / CONFIG_FILE).exists() and not args.resume:
-        raise UsageError(
-            f"--out {out} already holds a model; pass --resume to continue training it, "
-            f"or choose another folder"
-        )
-    if args.resume and not (out / CONFIG_FILE).exists():
-        raise UsageError(f"--resume: {out} holds no model to resume ({CONFIG_FILE} missing)")
-    settings = _train_settings(args)
-    if args.init not in (AUTO, SCRATCH):
-        _check_init(args, settings)
-    spec = None
-    kind = _labels_kind(args) or "sparse"
-    if args.resume:
-        from .safety import read_config
-
-        spec = read_config(out)
-        if args.labels_kind and args.labels_kind != spec.labels.kind:
-            raise UsageError(
-                f"--labels-kind {args.labels_kind}: the model in {out} was trained on "
-                f"{spec.labels.kind} labels"
-            )
-        kind = spec.labels.kind
+    request = TrainRequest.from_keywords(
+        labels_kind=_labels_kind(args),
+        device=args.device,
+        out=args.out,
+        resume=args.resume,
+        init=args.init,
+        replace_worse=args.replace_worse,
+        refuse_existing=True,
+        where="cli",
+        **_train_settings(args),
+    )
+    spec = request.check()  # before any data is read
+    kind = spec.labels.kind if spec is not None else request.labels_kind or "sparse"
     images, labels, names = _read_pairs(args, kind, spec)
-    _check_device(args.device)  # after the data checks: those need no torch, so fail fast
-    from .training import train_iter
+    from .training import train_request_iter
 
     _say(args, f"training on {len(images)} image(s) with {kind} labels")
-    gen = train_iter(
-        images,
-        labels,
-        labels_kind=kind,
-        device=args.device,
-        out=out,
-        resume=args.resume,
-        replace_worse=args.replace_worse,
-        names=names,
-        init=args.init,
-        **settings,
-    )
-    report = _TrainReport(args, out)
+    gen = train_request_iter(images, labels, replace(request, labels_kind=kind, names=names))
+    report = _TrainReport(args, request.out_path)
     for event in _drive(gen):
         report(event)
     return 0
-
-
-def _check_init(args: argparse.Namespace, settings: dict[str, Any]) -> None:
-    """``--init MODEL`` before any work: not with --resume, the model folder's checks
-    (unknown built-in names listed), the architecture flags against the model's."""
-    from .init import ARCHITECTURE, init_architecture
-    from .safety import check_model_folder
-
-    if args.resume:
-        raise UsageError(
-            f"--init {args.init} starts a new model; --resume continues the model in --out "
-            f"{args.out}: give one of them"
-        )
-    spec = check_model_folder(args.init)
-    given = {key: settings.get(key) for key in ARCHITECTURE}
-    init_architecture(spec.model, given, args.init)
 
 
 class _TrainReport:
@@ -431,16 +355,12 @@ class _TrainReport:
 
     def __call__(self, event: Any) -> None:
         match event:
-            case TrainStarted(settings=s):
+            case TrainStarted():
                 if event.start_note:
                     self.say(event.start_note)
                 if event.init:
                     self.say(f"starting from {event.init}")
-                self.say(
-                    f"device {event.device}; recipe {s['recipe']}, width {s['width']}, "
-                    f"depth {s['depth']}, patch {s['patch']}, batch {s['batch_size']}, "
-                    f"lr {s['lr']:g}; {event.n_train} train / {event.n_val} validation images"
-                )
+                self.say(f"device {event.device}; {event.describe()}")
                 if event.validation:
                     self.say(f"validation IoU is measured on {event.validation}")
             case Validated():
@@ -449,10 +369,7 @@ class _TrainReport:
                 self.say(event.describe())
             case TrainStep() if time.monotonic() - self.last_print >= 5:
                 self.last_print = time.monotonic()
-                self.say(
-                    f"step {event.step}  loss {event.loss:.4f}  {event.images_per_s:.1f} "
-                    f"patches/s  {event.elapsed:.0f} s{self.last_val}"
-                )
+                self.say(f"{event.describe()}{self.last_val}")
             case Finished():
                 self.say(
                     f"finished after {event.step} steps ({event.reason}){self.last_val}; "
@@ -527,9 +444,11 @@ def _check_predict_args(args: argparse.Namespace) -> None:
     """What ``predict`` can refuse before importing torch: --out, --axes, the inputs,
     --device's spelling, the model folder's safety checks and config, --instances."""
     from .files import find_inputs
+    from .request import check_device, check_output_folder
     from .safety import check_model_folder
 
-    _check_output_folder(Path(args.out), "--out")
+    out = Path(args.out)
+    check_output_folder(out, f"--out {out}", "write --out into")
     if args.axes is not None:
         axes = args.axes.upper()
         if not axes or set(axes) - set("TZCYX") or len(set(axes)) != len(axes):
@@ -538,7 +457,7 @@ def _check_predict_args(args: argparse.Namespace) -> None:
                 "(e.g. YX, ZYX, CYX, TZYX)"
             )
     find_inputs(args.inputs, "input")
-    _check_device(args.device)
+    check_device(args.device, f"--device {args.device}")
     if args.format == "zarr" and args.zoom not in ("auto", 1.0):
         raise UsageError(
             f"--zoom {args.zoom:g}: zarr outputs are predicted block by block at scale 1 "

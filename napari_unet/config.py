@@ -23,6 +23,7 @@ PADDINGS = ("same", "valid")
 MAX_CLASS_NAME = 200
 MAX_LIST = 4096
 MAX_SEED = 2**32 - 1
+DEFAULT_TIME_BUDGET = 300.0  # seconds a training runs when given no step or time budget
 MAX_STEPS = 10**9
 INT64 = (-(2**63), 2**63 - 1)
 

@@ -27,6 +27,15 @@ class TrainStarted:
     init: str = ""  # the model training starts from ("builtin:nuclei (...)"); "" from scratch
     start_note: str = ""  # why the automatic start was not taken ("builtin:nuclei finds ...")
 
+    def describe(self) -> str:
+        """The settings in one line for people (the CLI prints it, the Train widget shows it)."""
+        s = self.settings
+        return (
+            f"recipe {s.get('recipe')}, width {s.get('width')}, depth {s.get('depth')}, "
+            f"patch {s.get('patch')}, batch {s.get('batch_size')}, lr {s.get('lr', 0):g}; "
+            f"{self.n_train} training / {self.n_val} validation images"
+        )
+
 
 @dataclass(frozen=True)
 class TrainStep:
@@ -37,6 +46,13 @@ class TrainStep:
     lr: float
     images_per_s: float
     elapsed: float
+
+    def describe(self) -> str:
+        """One progress line (the CLI prints one every few seconds, the widget each step)."""
+        return (
+            f"step {self.step}  loss {self.loss:.4f}  {self.images_per_s:.1f} patches/s  "
+            f"{self.elapsed:.0f} s"
+        )
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def _intensity_range(arr: Any, spec: ModelSpec) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """How an image's axes map to the model's order ``(stack..., C, spatial...)``.
 
     ``stack`` are the image's non-channel, non-spatial axes (T, and Z for a 2D
@@ -182,7 +182,7 @@ class _Layout:
     spatial: tuple[str, ...]
 
     @classmethod
-    def of(cls, axes: str, dims: int) -> _Layout:
+    def of(cls, axes: str, dims: int) -> Layout:
         """The layout of checked ``axes`` for a ``dims``-D model."""
         spatial = ("Y", "X") if dims == 2 else ("Z", "Y", "X")
         missing = [a for a in spatial if a not in axes]
@@ -212,6 +212,22 @@ class _Layout:
         return np.transpose(probs, [0] + [1 + now.index(a) for a in self.axes if a != "C"])
 
 
+def in_model_order(image: Any, spec: ModelSpec, axes: str | None = None) -> tuple[Any, Layout]:
+    """``image`` checked and in the model's order ``(stack..., C, spatial...)``, not
+    loaded (numpy, or dask for a lazy array), and its :class:`Layout`.
+
+    ``axes`` names the image's axes (e.g. ``"TZYX"``); None guesses them
+    (:func:`guess_axes`).  Raises a ValueError naming what does not fit the model.
+    """
+    image = _numeric(image, axes, spec)
+    shape = tuple(int(s) for s in image.shape)
+    axes = _check_axes(axes, len(shape), spec) if axes else guess_axes(shape, spec)
+    layout = Layout.of(axes, spec.model.spatial_dims)
+    arr = layout.to_model(_lazy(image))
+    _check_model_order(arr, layout, spec)
+    return arr, layout
+
+
 def _numeric(image: Any, axes: str | None, spec: ModelSpec) -> Any:
     """``image`` as an array-like with a numeric dtype; grey stored as RGB(A) made grey."""
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
@@ -223,7 +239,7 @@ def _numeric(image: Any, axes: str | None, spec: ModelSpec) -> Any:
     return image
 
 
-def _check_model_order(arr: Any, layout: _Layout, spec: ModelSpec) -> None:
+def _check_model_order(arr: Any, layout: Layout, spec: ModelSpec) -> None:
     n_chan = arr.shape[len(layout.stack)]
     if n_chan != spec.model.in_channels:
         raise ValueError(
@@ -355,16 +371,11 @@ def predict_proba_iter(
     """
     spec = model.config
     dims = spec.model.spatial_dims
-    image = _numeric(image, axes, spec)
-    shape = tuple(int(s) for s in image.shape)
-    axes = _check_axes(axes, len(shape), spec) if axes else guess_axes(shape, spec)
-    layout = _Layout.of(axes, dims)
-    arr = layout.to_model(_lazy(image))
-    _check_model_order(arr, layout, spec)
+    arr, layout = in_model_order(image, spec, axes)
     if sink is not None and not layout.streamable:
         raise ValueError(
             f"streaming prediction needs the stack axes before {''.join(layout.spatial)}, "
-            f"got axes {axes}"
+            f"got axes {layout.axes}"
         )
     n_stack = len(layout.stack)
     transform = _normaliser(arr, n_stack, spec)

@@ -70,10 +70,10 @@ def instances_iter(probs: np.ndarray, settings: Any, spec: Any) -> Generator[Any
 
 
 def _train(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
-    from .training import train_iter
+    from .training import train_request_iter
 
     images, labels = params.pop("images"), params.pop("labels")
-    return train_iter(images, labels, control=control, **params)
+    return train_request_iter(images, labels, params.pop("request"), control=control, **params)
 
 
 def _predict_layers(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:

@@ -31,10 +31,15 @@ import torch
 
 from . import targets as tg
 from .augment import crop_margin
-from .builtin import refuse_write
 from .calibrate import Truth, calibrate, object_sizes, truth_from_labels
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig, ModelSpec, NormConfig, TileConfig, TrainConfig
+from .config import (
+    ModelConfig,
+    ModelSpec,
+    NormConfig,
+    TileConfig,
+    TrainConfig,
+)
 from .data import PatchSampler, Prepared, prepare, split_samples
 from .devices import describe_device, resolve_device
 from .events import (
@@ -63,12 +68,11 @@ from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
 from .recipes import get_recipe
+from .request import TrainRequest
 from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TIME_BUDGET = 300.0
 
 
 @dataclass
@@ -95,15 +99,6 @@ class TrainControl:
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def resolve_config(config: TrainConfig | None, **overrides: Any) -> TrainConfig:
-    """``config`` (or the defaults) with the keyword arguments that are not None applied;
-    without a step or time budget, training runs :data:`DEFAULT_TIME_BUDGET` seconds."""
-    cfg = replace(config or TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.steps is None and cfg.time_budget is None:
-        cfg = replace(cfg, time_budget=DEFAULT_TIME_BUDGET)
-    return cfg
 
 
 def report_every_for(device: torch.device) -> int:
@@ -154,43 +149,34 @@ class TrainingRun:
         cls,
         images: Any,
         labels: Any,
+        request: TrainRequest,
         *,
-        cfg: TrainConfig,
-        device: torch.device,
-        out: Path | None,
-        resume: bool,
         model: Model | None,
-        arch: dict[str, Any],
-        labels_kind: str,
-        class_names: Sequence[str] | None,
-        tiling: TileConfig | None,
-        replace_worse: bool,
-        precision: str,
-        report_every: int | None,
-        names: Names | None,
         clock: Callable[[], float],
         control: TrainControl | None,
-        init: str | Path | None = AUTO,
     ) -> TrainingRun:
-        if out is not None:
-            refuse_write(out, "train into")
-        run = cls(cfg, device, out)
+        """Every setup phase for a checked ``request`` (:meth:`TrainRequest.check`)."""
+        device = resolve_device(request.device)
+        run = cls(request.config, device, request.out_path)
         run.clock, run.control = clock, control
-        run.report_every = report_every or report_every_for(device)
+        run.report_every = request.report_every or report_every_for(device)
+        arch, init = request.architecture, request.init
+        labels_kind = request.labels_kind or "sparse"
+        class_names = request.class_names
         automatic = init == AUTO
         if automatic:  # builtin:nuclei where it measured better (napari_unet.init)
-            new = not resume and model is None
-            dims = arch.get("spatial_dims") or 2
-            width = get_recipe(cfg.recipe).defaults(device.type, dims).width
-            init = auto_init(labels_kind, arch, width, get_recipe(cfg.recipe)) if new else None
+            new = not request.resume and model is None
+            recipe = get_recipe(request.config.recipe)
+            width = recipe.defaults(device.type, arch.get("spatial_dims") or 2).width
+            init = auto_init(labels_kind, arch, width, recipe) if new else None
         init = resolve_init(init)
         if init is not None:
-            arch = run.load_init(init, resume, model, arch)
-            assert run.init is not None
+            run.init = load_init(init)
+            arch = init_architecture(run.init.model.config.model, arch, run.init.ref)
             run.init.automatic = automatic
         else:
             arch = default_architecture(arch)
-        model = run.load_previous(resume, model)
+        model = run.load_previous(request.resume, model)
         continued = None
         if model is not None:
             spec = model.config
@@ -207,33 +193,20 @@ class TrainingRun:
             class_names=class_names,
             value_map=continued.value_map if continued is not None else None,
             norm=model.config.normalization if model is not None else None,
-            border_weights=cfg.border_weights,
-            names=names,
+            border_weights=request.config.border_weights,
+            names=request.names,
             continued=continued,
-            touch=cfg.touch_border,
+            touch=request.config.touch_border,
         )
         if run.init is not None and not run.init.fits_channels(prepared.in_channels):
             run.init = None  # an automatic start is for one channel: this data has more
         run.check_start_fit(prepared)
-        run.build(prepared, model, arch, tiling)
-        run.make_trainer(prepared, precision)
+        run.build(prepared, model, arch, request.tiling)
+        run.make_trainer(prepared, request.precision)
         run.record_session(prepared)
-        run.guard = RegressionGuard(out, replace_worse)
+        run.guard = RegressionGuard(run.out, request.replace_worse)
         run.guard.snapshot()
         return run
-
-    def load_init(
-        self, init: str | Path, resume: bool, model: Model | None, arch: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Phase "init": the model to start from (``init=``); returns its architecture."""
-        if resume or model is not None:
-            what = "resume=True (continue the model in out)" if resume else "model="
-            raise ValueError(
-                f"init={init} starts a new model from another one; it cannot be combined "
-                f"with {what}"
-            )
-        self.init = load_init(init)
-        return init_architecture(self.init.model.config.model, arch, self.init.ref)
 
     def check_start_fit(self, prepared: Prepared) -> None:
         """Phase "fit": an automatic start is kept only when it finds the labeled objects."""
@@ -724,7 +697,7 @@ def train_iter(
     images: Sequence[np.ndarray] | np.ndarray,
     labels: Sequence[np.ndarray] | np.ndarray,
     *,
-    labels_kind: str = "sparse",
+    labels_kind: str | None = None,
     class_names: Sequence[str] | None = None,
     config: TrainConfig | None = None,
     steps: int | None = None,
@@ -760,7 +733,9 @@ def train_iter(
         2D slices (slices without labels are ignored).
     labels_kind
         ``"sparse"`` (0 = unlabeled, 1..K = classes), ``"semantic"`` (every
-        value a class) or ``"instances"`` (object ids, 0 = background).
+        value a class), ``"instances"`` (object ids, 0 = background) or
+        ``"sparse-instances"``; None: ``"sparse"`` for a new model, the kind of the
+        model continued (another kind given with ``resume`` is refused).
     config
         A :class:`TrainConfig`; the keyword arguments ``steps``,
         ``time_budget``, ``recipe``, ``patch`` and ``batch_size`` override it.
@@ -804,30 +779,50 @@ def train_iter(
         mean loss since the previous one.  Reading the loss waits for the device, so the
         default is every step on the CPU and every 10 steps on an accelerator.
     """
-    budget = dict(steps=steps, time_budget=time_budget, recipe=recipe, patch=patch)
-    arch = dict(
-        spatial_dims=spatial_dims, width=width, depth=depth, padding=padding, batch_norm=batch_norm
-    )
-    run = TrainingRun.setup(
-        images,
-        labels,
-        cfg=resolve_config(config, batch_size=batch_size, **budget),
-        device=resolve_device(device),
-        out=Path(out) if out is not None else None,
-        arch=arch,
-        resume=resume,
-        model=model,
+    request = TrainRequest.from_keywords(
+        config,
         labels_kind=labels_kind,
         class_names=class_names,
-        tiling=tiling,
+        steps=steps,
+        time_budget=time_budget,
+        recipe=recipe,
+        patch=patch,
+        batch_size=batch_size,
+        spatial_dims=spatial_dims,
+        width=width,
+        depth=depth,
+        padding=padding,
+        batch_norm=batch_norm,
+        device=device,
+        out=out,
+        resume=resume,
+        init=init,
         replace_worse=replace_worse,
         precision=precision,
+        tiling=tiling,
         report_every=report_every,
         names=names,
-        clock=clock,
-        control=control,
-        init=init,
     )
+    return (
+        yield from train_request_iter(
+            images, labels, request, model=model, clock=clock, control=control
+        )
+    )
+
+
+def train_request_iter(
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    request: TrainRequest,
+    *,
+    model: Model | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    control: TrainControl | None = None,
+) -> Generator[Any, None, Model]:
+    """:func:`train_iter` for a :class:`~napari_unet.request.TrainRequest` (what the CLI,
+    the Train widget and the child-process job build): checks it, then trains."""
+    request.check(continues_model=model is not None)
+    run = TrainingRun.setup(images, labels, request, model=model, clock=clock, control=control)
     yield run.started()
     try:
         while (reason := run.stop_reason()) is None:

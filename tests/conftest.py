@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+SMALL = dict(width=4, depth=2, patch=32, batch_size=2, device="cpu")
+"""The smallest network and batch that train in a test: a few CPU steps take a second."""
+
 
 def make_nuclei(shape=(96, 96), n=8, radius=(6, 10), seed=0, noise=0.08):
     """A fluorescence-like image of bright disks and its instance labels."""

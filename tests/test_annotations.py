@@ -8,7 +8,7 @@ from napari_unet import events as ev
 from napari_unet.store import WEIGHTS_FILE, content_hash, load_model
 from napari_unet.training import train
 
-SMALL = dict(width=4, depth=2, patch=32, batch_size=2, device="cpu")
+from .conftest import SMALL
 
 
 def test_autosave_restore_and_snapshots_by_hash(tmp_path, nuclei):

@@ -24,16 +24,16 @@ from napari_unet.child import (
 )
 from napari_unet.config import PostprocessConfig
 from napari_unet.jobs import Predicted, predict_layers_iter
+from napari_unet.request import TrainRequest
 from napari_unet.store import load_model
 
 from .conftest import make_nuclei
 
 
-def train_params(out: Path, steps: int = 100_000) -> dict:
+def train_params(out: Path, steps: int = 100_000, resume: bool = False) -> dict:
+    """The training job's parameters, as the Train widget sends them."""
     image, labels = make_nuclei()
-    return dict(
-        images=[image],
-        labels=[labels],
+    request = TrainRequest.from_keywords(
         labels_kind="instances",
         steps=steps,
         width=4,
@@ -41,7 +41,9 @@ def train_params(out: Path, steps: int = 100_000) -> dict:
         batch_size=2,
         device="cpu",
         out=out,
+        resume=resume,
     )
+    return dict(images=[image], labels=[labels], request=request)
 
 
 class Consumer:
@@ -153,7 +155,7 @@ def test_killed_child_is_named_and_the_saved_model_stays(tmp_path):
     out = tmp_path / "m"
     first = ChildProcess("train", train_params(out, steps=3), "t", 1)
     assert ev.drain(first.events()).history["steps"] == 3
-    child = ChildProcess("train", {**train_params(out), "resume": True}, "napari-unet training", 1)
+    child = ChildProcess("train", train_params(out, resume=True), "napari-unet training", 1)
     reader = Consumer(child)
     reader.first(ev.TrainStep)
     os.kill(child.pid, signal.SIGKILL)

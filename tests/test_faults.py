@@ -12,7 +12,9 @@ from napari_unet.store import WEIGHTS_FILE, load_model
 from napari_unet.trainer import Trainer
 from napari_unet.training import train
 
-SMALL = dict(width=4, depth=2, patch=32, batch_size=8, device="cpu")
+from .conftest import SMALL as TINY_NET
+
+SMALL = {**TINY_NET, "batch_size": 8}
 
 
 def inject_oom(monkeypatch, at_calls):

@@ -14,9 +14,7 @@ from napari_unet.metrics import evaluate_pair
 from napari_unet.store import load_model
 from napari_unet.training import train, train_iter
 
-from .conftest import make_nuclei
-
-SMALL = dict(width=4, depth=2, patch=32, batch_size=2, device="cpu")
+from .conftest import SMALL, make_nuclei
 
 
 def fake_clock(step=1.0):

@@ -9,6 +9,7 @@ folder (``train_iter(init=...)``: the architecture is that model's).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ from qtpy.QtWidgets import (
 )
 
 from .. import events as ev
-from ..builtin import BUILTIN_MODELS, PREFIX, refuse_write
+from ..builtin import BUILTIN_MODELS, PREFIX
 from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
 from ..init import AUTO
+from ..request import TrainRequest
 from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
 from ._runner import ChildRunner
@@ -307,70 +309,33 @@ class TrainWidget(DockWidget):
         self._used_layers = {n for pair in pairs for n in pair}
         return images, labels
 
-    def start(self) -> None:
-        """Start training with the widget's settings (the Train button)."""
+    def request(self) -> TrainRequest:
+        """The training the widget's settings ask for (not checked yet)."""
         from ..inputs import Names
 
-        if self.busy:
-            return
-        try:
-            images, labels = self._gather()
-        except ValueError as exc:
-            show_warning(str(exc))
-            return
         folder = Path(self.folder.text()).expanduser()
         resume = self.resume.isChecked()
-        init = self.init()
-        try:
-            refuse_write(folder, "train into")
-        except ValueError as exc:
-            show_warning(f"napari-unet: {exc}")
-            self.status.setText(str(exc))
-            return
-        if init not in (None, AUTO) and resume:
-            text = (
-                f"'start from {init}' makes a new model; 'continue training' continues the "
-                f"model in {folder}: untick one of them"
-            )
-            show_warning(f"napari-unet: {text}")
-            self.status.setText(text)
-            return
-        if (folder / CONFIG_FILE).exists() and not resume:
-            show_warning(
-                f"{folder} already holds a model: tick 'continue training' or choose another folder"
-            )
-            return
-        if not self.autosave_labels("train start", snapshot=True):
-            return
-        model = None
-        if (
-            not resume
-            and init in (None, AUTO)
-            and self.session.model is not None
-            and self.session.model_path == folder
-        ):
-            model = self.session.model
         steps = self.budget.value() if self.budget_kind.currentText() == "steps" else None
-        seconds = self.budget.value() if steps is None else None
         first_labels = self.viewer.layers[self.selected_pairs()[0][1]]
         class_names = first_labels.metadata.get(CLASSES_KEY)
         kind = self.kind.currentText()
-        kwargs = dict(
-            labels_kind=kind,
-            class_names=class_names if kind == SPARSE and model is None and not resume else None,
+        return TrainRequest.from_keywords(
+            labels_kind=None if resume else kind,  # continuing: the model's own kind
+            class_names=class_names if kind == SPARSE and not resume else None,
             recipe=self.recipe.currentText(),
             spatial_dims=self.dims.currentData(),
             steps=steps,
-            time_budget=seconds,
+            time_budget=self.budget.value() if steps is None else None,
             width=self.width_box.value() or None,
             patch=self.patch_box.value() or None,
             batch_size=self.batch_box.value() or None,
             device=self.device.currentText(),
             out=folder,
             resume=resume,
-            model=model,
-            init=init,
+            init=self.init(),
             replace_worse=self.replace_worse.isChecked(),
+            refuse_existing=True,
+            where="widget",
             names=Names(
                 [
                     (f"image layer {i!r}", f"labels layer {lab!r}")
@@ -380,9 +345,36 @@ class TrainWidget(DockWidget):
                 model=f"the model in {folder}",
             ),
         )
+
+    def _continued(self, request: TrainRequest) -> Any:
+        """The session's model (a :class:`~napari_unet.store.Model`) when a new training
+        continues it: same folder, not saved there; else None."""
+        session = self.session
+        if request.resume or request.starts_from_model or session.model is None:
+            return None
+        return session.model if session.model_path == request.out_path else None
+
+    def start(self) -> None:
+        """Start training with the widget's settings (the Train button)."""
+        if self.busy:
+            return
+        try:
+            images, labels = self._gather()
+            request = self.request()
+            model = self._continued(request)
+            request.check(continues_model=model is not None)
+        except ValueError as exc:
+            show_warning(f"napari-unet: {exc}")
+            self.status.setText(str(exc))
+            return
+        if not self.autosave_labels("train start", snapshot=True):
+            return
+        if model is not None:
+            request = replace(request, class_names=None)  # the model's classes
         self.plot.reset()
         self._calibrated = ""
-        total = steps or int(seconds or 0)
+        steps = request.config.steps
+        total = steps or int(request.config.time_budget or 0)
 
         def progress_of(event: Any) -> tuple[int, int] | None:
             if not isinstance(event, ev.TrainStep):
@@ -391,7 +383,7 @@ class TrainWidget(DockWidget):
 
         self.runner = runner = ChildRunner(
             "train",
-            dict(images=images, labels=labels, **kwargs),
+            dict(images=images, labels=labels, request=request, model=model),
             on_event=self._on_event,
             on_done=self._on_done,
             on_error=self._failed,
@@ -443,25 +435,17 @@ class TrainWidget(DockWidget):
         if isinstance(event, ev.TrainStarted):
             self._start_step = event.start_step
             self.device_label.setText(f"using {event.device}")
-            s = event.settings
             start = f"starting from {event.init}; " if event.init else ""
             if event.start_note:
                 start = f"{event.start_note}; "
                 show_info(f"napari-unet: {event.start_note}")
             elif event.init:
                 show_info(f"napari-unet: starting from {event.init}")
-            self.status.setText(
-                f"{start}training: width {s['width']}, patch {s['patch']}, "
-                f"batch {s['batch_size']}; "
-                f"{event.n_train} training / {event.n_val} validation images"
-                + (f"; validation on {event.validation}" if event.validation else "")
-            )
+            validation = f"; validation on {event.validation}" if event.validation else ""
+            self.status.setText(f"{start}training: {event.describe()}{validation}")
         elif isinstance(event, ev.TrainStep):
             self.plot.add_loss(event.step, event.loss)
-            self.status.setText(
-                f"step {event.step}  loss {event.loss:.4f}  "
-                f"{event.images_per_s:.0f} patches/s  {event.elapsed:.0f} s"
-            )
+            self.status.setText(event.describe())
         elif isinstance(event, ev.Validated):
             self.plot.add_iou(event.step, event.iou)
         elif isinstance(event, ev.Preview):
