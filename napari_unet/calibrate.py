@@ -17,7 +17,9 @@ The minimum size starts from a prior that needs no prediction: half the size of
 a small labeled object (:data:`MIN_SIZE_PRIOR` times the
 :data:`SMALL_PERCENTILE`-th percentile of the sizes of *all* labeled objects,
 training ones included: sizes do not flatter a model), and is searched as a
-fraction of that size.
+fraction of that size, never below a quarter: with few held-out objects, one of
+them cut by the image's edge made "no minimum" win, and the model then kept every
+fragment (8 objects per cell on large touching cells, docs/benchmarks.md).
 
 The seeds' waist cut (:func:`napari_unet.postprocess.split_seeds`, for touching
 objects the network did not separate) is searched too, off included.
@@ -43,7 +45,7 @@ from .targets import PAINTED_BACKGROUND
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_SIZE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of a small labeled object
+MIN_SIZE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of a small labeled object (never 0: debris)
 SPLIT_DEPTHS = (0.0, 0.25, 0.5)  # cut seeds at waists this deep (0: never; postprocess.split)
 MIN_SIZE_PRIOR = 0.5  # the start: half a small labeled object
 SMALL_PERCENTILE = 5  # "a small labeled object": this percentile of their sizes

@@ -57,6 +57,17 @@ def test_the_search_drops_debris_when_the_prior_keeps_it():
     assert record["labeled_objects"] == 6 and settings.object_size == 400
 
 
+def test_the_minimum_size_never_drops_below_a_quarter_of_a_small_object():
+    probs, truth = blobs()
+    # a held-out cell cut by the image's edge (9 px; the cells are 400): only "no minimum
+    # size" would find it, and on real images that setting keeps every fragment
+    probs[:, 40:49, 150:151] = np.array([0.0, 0.95, 0.05])[:, None, None]
+    truth[40:49, 150:151] = 7
+    settings, record = calibrate([probs], [Truth(truth)], 2, sizes=np.full(6, 400))
+    assert min(t[2] for t in record["tried"]) == 100 == record["small_object_size"] / 4
+    assert settings.min_size >= 100
+
+
 def test_without_held_out_objects_nothing_is_searched():
     sizes = np.array([3000, 4000, 4200, 5000])  # four outlined cells, all in the loss
     start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=15)
