@@ -32,7 +32,8 @@ probabilities are computed once; each setting costs one watershed per image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -127,6 +128,8 @@ def calibrate(
     spatial_dims: int,
     start: PostprocessConfig | None = None,
     sizes: np.ndarray | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[PostprocessConfig, dict[str, Any]]:
     """The post-processing with the best AP@0.5 on ``truths``, and the search's record.
 
@@ -145,6 +148,9 @@ def calibrate(
     sizes
         The sizes of every labeled object, training ones included (default: those of
         ``truths``): the minimum-size prior and the object size prediction zooms to.
+    deadline
+        A value of ``clock`` after which no other setting is tried (the best so far is
+        kept; the record says ``"stopped": "time"``); None: the whole search.
 
     Returns
     -------
@@ -181,15 +187,22 @@ def calibrate(
             tried[key] = score(probs, truths, settings, spatial_dims)
         return tried[key]
 
-    best, best_ap = start, None
+    best, best_ap, stopped = start, None, None
     if len(scored):
         best_ap = ap(start)
-        for _ in range(ROUNDS):
-            for name, values in grids.items():
-                for value in values:
-                    candidate = replace(best, **{name: value})
-                    if ap(candidate) > best_ap + 1e-9:
-                        best, best_ap = candidate, ap(candidate)
+        candidates = (
+            (name, value)
+            for _ in range(ROUNDS)
+            for name, values in grids.items()
+            for value in values
+        )
+        for name, value in candidates:
+            if deadline is not None and clock() > deadline:
+                stopped = "time"
+                break
+            candidate = replace(best, **{name: value})
+            if ap(candidate) > best_ap + 1e-9:
+                best, best_ap = candidate, ap(candidate)
     if best.min_size is None:  # store the size it was judged with
         best = replace(best, min_size=best.min_size_for(spatial_dims))
     if median > 0:  # what prediction zooms objects to (napari_unet.zoom)
@@ -209,4 +222,6 @@ def calibrate(
         "objects": int(len(scored)),
         "tried": [[*k, round(v, 4)] for k, v in tried.items()],  # seed, fg, min size, split
     }
+    if stopped:
+        record["stopped"] = stopped
     return best, record

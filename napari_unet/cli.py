@@ -338,7 +338,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train_request_iter
 
     _say(args, f"training on {len(images)} image(s) with {kind} labels")
-    gen = train_request_iter(images, labels, replace(request, labels_kind=kind, names=names))
+    request = replace(request, labels_kind=kind, names=names)
+    gen = train_request_iter(images, labels, request, began=getattr(args, "began", None))
     report = _TrainReport(args, request.out_path)
     for event in _drive(gen):
         report(event)
@@ -377,6 +378,8 @@ class _TrainReport:
                 )
                 if event.message:
                     self.say(event.message)
+                if event.phases:
+                    self.say(event.describe_time())
 
     def say(self, text: str) -> None:
         _say(self.args, text)
@@ -627,8 +630,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    began = time.perf_counter()  # train --time-budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.began = began
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING, format="napari-unet: %(message)s"
     )

@@ -119,6 +119,14 @@ class Finished:
     path: str | None
     message: str = ""
     start_model: str | None = None  # the model it started from, when that one did better
+    phases: dict[str, float] = field(default_factory=dict)  # seconds by phase (prepare, ...)
+
+    def describe_time(self) -> str:
+        """Where the wall time went, in one line ("" when not measured)."""
+        if not self.phases:
+            return ""
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items() if v >= 0.05)
+        return f"time: {parts} ({sum(self.phases.values()):.1f} s in all)"
 
 
 @dataclass(frozen=True)

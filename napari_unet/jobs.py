@@ -70,10 +70,18 @@ def instances_iter(probs: np.ndarray, settings: Any, spec: Any) -> Generator[Any
 
 
 def _train(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
+    """Training; ``began_at`` (seconds since the epoch: when the user asked for it, in
+    the parent) is where its time budget starts."""
+    import time
+
     from .training import train_request_iter
 
     images, labels = params.pop("images"), params.pop("labels")
-    return train_request_iter(images, labels, params.pop("request"), control=control, **params)
+    waited = max(0.0, time.time() - params.pop("began_at", time.time()))
+    began = time.perf_counter() - waited
+    return train_request_iter(
+        images, labels, params.pop("request"), control=control, began=began, **params
+    )
 
 
 def _predict_layers(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:

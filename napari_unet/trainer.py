@@ -10,6 +10,7 @@ saving).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -195,6 +196,12 @@ class Trainer:
             new,
             f"{where} at batch 1: patch halved from {old} to {new}, training goes on",
         )
+
+    @property
+    def val_pixels(self) -> int:
+        """Pixels (voxels) the network reads in one validation."""
+        in_shape = tuple(s + 2 * self.border for s in self.out_shape)
+        return sum(int(batch[0].shape[0]) for batch in self.val_batches) * math.prod(in_shape)
 
     @torch.no_grad()
     def validate(self, network: torch.nn.Module | None = None) -> dict[str, float]:

@@ -16,6 +16,7 @@ cross-entropy, float32, constant learning rate (Ronneberger et al. 2015).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -73,6 +74,14 @@ from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
 
 log = logging.getLogger(__name__)
+
+PHASES = ("prepare", "train", "validate", "preview", "calibrate", "save")
+"""Where a training's wall time goes (training.json, :attr:`Finished.phases`)."""
+SEARCH_SHARE = 0.1
+"""Of a time budget, what the instance settings' search may take at most (at least 1 s)."""
+PREDICT_PER_VALIDATION = 2.0
+"""Predicting a pixel for calibration (tiles, overlap, normalisation) costs about this
+many times what validating one costs."""
 
 
 @dataclass
@@ -141,6 +150,10 @@ class TrainingRun:
         self.held_out = False  # validation on data the loss never saw
         self.start_better: str | None = None  # the start model, when it validated better
         self.start_message = ""
+        self.began = 0.0  # the clock when the training was asked for: the budget counts from it
+        self.phases = dict.fromkeys(PHASES, 0.0)  # seconds, by phase
+        self.val_seconds = 0.0  # the last validation took this long
+        self.save_seconds = 0.0  # and the last save
 
     # ----------------------------------------------------------------- setup phases
 
@@ -154,11 +167,14 @@ class TrainingRun:
         model: Model | None,
         clock: Callable[[], float],
         control: TrainControl | None,
+        began: float | None = None,
     ) -> TrainingRun:
-        """Every setup phase for a checked ``request`` (:meth:`TrainRequest.check`)."""
+        """Every setup phase for a checked ``request`` (:meth:`TrainRequest.check`);
+        ``began``: the clock's value the time budget counts from (default: now)."""
         device = resolve_device(request.device)
         run = cls(request.config, device, request.out_path)
         run.clock, run.control = clock, control
+        run.began = clock() if began is None else began
         run.report_every = request.report_every or report_every_for(device)
         arch, init = request.architecture, request.init
         labels_kind = request.labels_kind or "sparse"
@@ -365,6 +381,7 @@ class TrainingRun:
         cfg, mcfg = self.cfg, self.spec.model
         self.elapsed_before = float(self.history.get("elapsed", 0.0))
         self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.clock()
+        self.phases["prepare"] = self.t0 - self.began
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -400,13 +417,44 @@ class TrainingRun:
         if self.cfg.steps:
             p = max(p, self.step_count / self.cfg.steps)
         if self.cfg.time_budget:
-            p = max(p, (now - self.t0) / self.cfg.time_budget)
+            p = max(p, (now - self.t0) / max(self.deadline() - self.t0, 1e-6))
         return p
+
+    def deadline(self) -> float:
+        """When the steps must end for the model to be validated, calibrated and saved
+        within the time budget, counted from :attr:`began` (preparing the data included)."""
+        assert self.cfg.time_budget is not None
+        return self.began + self.cfg.time_budget - self.reserve()
+
+    def reserve(self) -> float:
+        """Seconds the phase "finish" is expected to take, from what was measured so far:
+        final validation (and the start and previous models' scores), calibration, save."""
+        validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
+        reserve = validations * self.val_seconds + self.save_seconds
+        cal = self.calibration if self.spec.labels.instances else None
+        if cal is not None and cal.truths:
+            pixels = sum(int(np.prod(image.shape[1:])) for image in cal.images)
+            per_pixel = self.val_seconds / max(self.trainer.val_pixels, 1)
+            reserve += PREDICT_PER_VALIDATION * per_pixel * pixels + self.search_seconds()
+        return reserve
+
+    def search_seconds(self) -> float:
+        """At most this long for the instance settings' search."""
+        return max(1.0, SEARCH_SHARE * (self.cfg.time_budget or 0.0))
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Generator[None, None, None]:
+        """Adds the time of the ``with`` block to :attr:`phases` [``phase``]."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.phases[phase] += self.clock() - start
 
     def stop_reason(self) -> str | None:
         """ "steps" or "time" when the budget is spent, "cancelled" on request, else None."""
         self.now = self.clock()
-        if self.progress(self.now) >= 1.0:
+        if self.progress(self.now) >= 1.0 and self.step_count > 0:  # one step at least
             return "steps" if self.cfg.steps and self.step_count >= self.cfg.steps else "time"
         if self.control is not None and self.control.stop_requested:
             return "cancelled"
@@ -466,7 +514,8 @@ class TrainingRun:
             return
         key, image = control.preview_key, control.preview_image
         try:
-            probs = _preview(self.network, self.spec, image, self.device)
+            with self.timed("preview"):
+                probs = _preview(self.network, self.spec, image, self.device)
         except ValueError as exc:  # a preview never stops the training, nor skips its phases
             log.warning("no live preview: %s", exc)
             control.preview_image = None
@@ -481,8 +530,11 @@ class TrainingRun:
 
     def validate(self) -> Validated:
         """Phase "validate": score the fixed validation crops and record it in the history."""
-        v = self.trainer.validate()
+        start = self.clock()
+        with self.timed("validate"):
+            v = self.trainer.validate()
         self.last_val = self.clock()
+        self.val_seconds = self.last_val - start
         self.last_iou = v["iou"]
         self.history["validation"].append(
             [self.global_step, round(v["loss"], 5), round(v["iou"], 5)]
@@ -494,7 +546,8 @@ class TrainingRun:
     def score_network(self, network: torch.nn.Module) -> float:
         """Validation IoU of another network of the same architecture on this run's crops."""
         network.to(self.device)
-        return self.trainer.validate(network=network)["iou"]
+        with self.timed("validate"):
+            return self.trainer.validate(network=network)["iou"]
 
     def validate_if_due(self) -> Generator[Validated, None, None]:
         due_time = self.val_every and self.now - self.last_val >= self.val_every
@@ -559,15 +612,27 @@ class TrainingRun:
         cal = self.calibration
         axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
         model = Model(network=self.network, config=self.spec)
-        try:
-            probs = [
-                predict_proba(model, image, axes=axes, device=self.device) for image in cal.images
-            ]
-        finally:
-            self.network.train()
-        settings, record = calibrate(
-            probs, cal.truths, self.spec.model.spatial_dims, self.spec.postprocess, cal.sizes
-        )
+        with self.timed("calibrate"):
+            try:
+                probs = [
+                    predict_proba(model, image, axes=axes, device=self.device)
+                    for image in cal.images
+                ]
+            finally:
+                self.network.train()
+            deadline = None
+            if self.cfg.time_budget:  # the search ends in time for the save
+                end = self.began + self.cfg.time_budget - self.save_seconds
+                deadline = max(end, self.clock() + self.search_seconds() / 4)
+            settings, record = calibrate(
+                probs,
+                cal.truths,
+                self.spec.model.spatial_dims,
+                self.spec.postprocess,
+                cal.sizes,
+                deadline=deadline,
+                clock=self.clock,
+            )
         measured_on = cal.measured_on
         self.spec = replace(self.spec, postprocess=settings)
         self.history["sessions"][-1]["postprocess_search"] = {**record, "measured_on": measured_on}
@@ -592,6 +657,11 @@ class TrainingRun:
         self.history["steps"] = self.global_step
         self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
         self.network.eval()
+        total = self.clock() - self.began
+        others = sum(v for k, v in self.phases.items() if k != "train")
+        self.phases["train"] = max(0.0, total - others)
+        phases = {k: round(v, 2) for k, v in self.phases.items()}
+        self.history["sessions"][-1]["phases"] = {**phases, "total": round(total, 2)}
         return Finished(
             step=self.global_step,
             reason=reason,
@@ -599,6 +669,7 @@ class TrainingRun:
             path=str(self.result_path) if self.result_path else None,
             message=self.message,
             start_model=self.start_better,
+            phases=phases,
         )
 
     # ----------------------------------------------------------------- saving
@@ -606,13 +677,15 @@ class TrainingRun:
     def save(self) -> None:
         """The model folder and its resume state, each file written atomically."""
         assert self.out is not None
-        self.history["steps"] = self.global_step
-        self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
-        save_model(self.model(), self.out)
-        state = {"step": self.global_step, "elapsed": self.history["elapsed"]}
-        save_checkpoint(
-            self.out, self.trainer.optimizer.state_dict(), {**state, **self.trainer.resume_state()}
-        )
+        start = self.clock()
+        with self.timed("save"):
+            self.history["steps"] = self.global_step
+            self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
+            save_model(self.model(), self.out)
+            state = {"step": self.global_step, "elapsed": self.history["elapsed"]}
+            optimizer = self.trainer.optimizer.state_dict()
+            save_checkpoint(self.out, optimizer, {**state, **self.trainer.resume_state()})
+        self.save_seconds = self.clock() - start
 
     def on_cancel(self) -> None:
         """Closed between steps (a cancelled worker): keep what was learned."""
@@ -818,11 +891,20 @@ def train_request_iter(
     model: Model | None = None,
     clock: Callable[[], float] = time.perf_counter,
     control: TrainControl | None = None,
+    began: float | None = None,
 ) -> Generator[Any, None, Model]:
     """:func:`train_iter` for a :class:`~napari_unet.request.TrainRequest` (what the CLI,
-    the Train widget and the child-process job build): checks it, then trains."""
+    the Train widget and the child-process job build): checks it, then trains.
+
+    A time budget is wall time from ``began`` (a value of ``clock``; default: now) to
+    the saved, calibrated model: the steps end early enough for the final validation,
+    the calibration and the save (measured as they go) to fit in it.
+    """
+    began = clock() if began is None else began
     request.check(continues_model=model is not None)
-    run = TrainingRun.setup(images, labels, request, model=model, clock=clock, control=control)
+    run = TrainingRun.setup(
+        images, labels, request, model=model, clock=clock, control=control, began=began
+    )
     yield run.started()
     try:
         while (reason := run.stop_reason()) is None:

@@ -68,6 +68,16 @@ def test_the_minimum_size_never_drops_below_a_quarter_of_a_small_object():
     assert settings.min_size >= 100
 
 
+def test_the_search_stops_at_its_deadline_with_the_best_so_far():
+    probs, truth = blobs()
+    whole, record = calibrate([probs], [Truth(truth)], 2)
+    assert "stopped" not in record and len(record["tried"]) > 10
+    ticks = iter(range(100))
+    settings, record = calibrate([probs], [Truth(truth)], 2, deadline=3, clock=lambda: next(ticks))
+    assert record["stopped"] == "time" and 1 < len(record["tried"]) <= 4
+    assert record["chosen_ap"] >= record["start_ap"]
+
+
 def test_without_held_out_objects_nothing_is_searched():
     sizes = np.array([3000, 4000, 4200, 5000])  # four outlined cells, all in the loss
     start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=15)

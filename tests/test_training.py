@@ -1,6 +1,7 @@
 """Tiny CPU trainings: train -> save -> load -> predict, events, cancel, resume."""
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ import napari_unet as nu
 from napari_unet import events as ev
 from napari_unet.checkpoint import load_checkpoint
 from napari_unet.config import TrainConfig
+from napari_unet.events import drain
 from napari_unet.metrics import evaluate_pair
+from napari_unet.request import TrainRequest
 from napari_unet.store import load_model
-from napari_unet.training import train, train_iter
+from napari_unet.training import PHASES, TrainingRun, train, train_iter, train_request_iter
 
 from .conftest import SMALL, make_nuclei
 
@@ -75,6 +78,40 @@ def test_time_budget_stops_and_lr_decays(nuclei):
     assert 1 <= len(steps) < 12
     assert steps[-1].lr < max(e.lr for e in steps)
     assert model.history["steps"] == len(steps)
+
+
+def test_the_time_budget_counts_every_phase_from_the_request(nuclei, tmp_path):
+    images, labels = nuclei
+    out = tmp_path / "m"
+    request = TrainRequest.from_keywords(labels_kind="instances", time_budget=4, out=out, **SMALL)
+    began = time.perf_counter() - 100  # asked for 100 s ago: the budget is long spent
+    events = []
+    model = drain(train_request_iter(images[:2], labels[:2], request, began=began), events.append)
+    finished = events[-1]
+    assert finished.reason == "time" and model.history["steps"] == 1  # one step at least
+    phases = model.history["sessions"][-1]["phases"]
+    assert set(phases) == {*PHASES, "total"} and phases["prepare"] >= 100
+    assert sum(phases[k] for k in PHASES) == pytest.approx(phases["total"], abs=0.05)
+    assert phases["validate"] > 0 and phases["calibrate"] > 0 and phases["save"] > 0
+    assert finished.phases == {k: phases[k] for k in PHASES}
+    assert finished.describe_time().startswith("time: prepare 1")
+
+
+def test_the_steps_end_early_enough_for_the_finish(nuclei):
+    images, labels = nuclei
+    request = TrainRequest.from_keywords(labels_kind="instances", time_budget=60, **SMALL)
+    run = TrainingRun.setup(images[:2], labels[:2], request, model=None, clock=lambda: 0.0,
+                            control=None, began=-5.0)  # fmt: skip
+    run.started()
+    assert run.phases["prepare"] == 5.0
+    run.val_seconds, run.save_seconds = 0.0, 0.0
+    search = run.reserve()  # nothing measured yet: the search's share only
+    assert search == pytest.approx(0.1 * 60)
+    run.val_seconds, run.save_seconds = 2.0, 1.0
+    # final validation, save, and predicting the calibration images (from the validation's speed)
+    assert run.reserve() > search + 3.0
+    assert run.deadline() == pytest.approx(-5.0 + 60 - run.reserve())
+    assert run.progress(run.deadline()) == pytest.approx(1.0)
 
 
 def test_cancel_leaves_loadable_model(nuclei, tmp_path):

@@ -9,6 +9,7 @@ folder (``train_iter(init=...)``: the architecture is that model's).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -383,7 +384,7 @@ class TrainWidget(DockWidget):
 
         self.runner = runner = ChildRunner(
             "train",
-            dict(images=images, labels=labels, request=request, model=model),
+            dict(images=images, labels=labels, request=request, model=model, began_at=time.time()),
             on_event=self._on_event,
             on_done=self._on_done,
             on_error=self._failed,
@@ -492,6 +493,7 @@ class TrainWidget(DockWidget):
         steps = model.history.get("steps", 0)
         message = self._finished.message if self._finished is not None else ""
         self._start_model = self._finished.start_model if self._finished is not None else None
+        self.status.setToolTip(self._finished.describe_time() if self._finished else "")
         self._finished = None
         self.use_start_btn.setText(f"Use {self._start_model}")
         self.use_start_btn.setVisible(self._start_model is not None)
