@@ -105,6 +105,7 @@ def bench_dsb(tmp: Path, budget: float, device: str, extra: list[str], data: Pat
         "train_s": t_train,
         "predict_s": t_pred,
         "steps": hist["steps"],
+        "phases": hist["sessions"][-1].get("phases"),  # where the train command's time went
         **result["mean"],
     }
 
@@ -217,6 +218,10 @@ def main() -> None:
             f"steps {dsb['steps']}  train {dsb['train_s']:.0f} s  "
             f"predict {dsb['predict_s']:.0f} s  | reference plain U-Net {ref}"
         )
+        if dsb["phases"]:
+            print(
+                "train phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in dsb["phases"].items())
+            )
         summary += [f"dsb_ap50={dsb['ap50']:.3f}", f"reference_quoted={ref}"]
         if args.reference:
             r = bench_reference(tmp, args.time_budget, args.device)

@@ -89,6 +89,15 @@ def frames(data: str, tiny: bool) -> tuple[list, list]:
     return pairs[:2], pairs[2:]
 
 
+def rescaled(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple:
+    """The frame resized by ``scale`` (image: linear; labels: nearest)."""
+    from skimage.transform import rescale
+
+    small = rescale(image.astype(np.float32), scale, order=1, anti_aliasing=scale < 1)
+    ids = rescale(labels, scale, order=0, preserve_range=True, anti_aliasing=False)
+    return small.astype(np.float32), ids.astype(labels.dtype)
+
+
 def write(pairs: list, folder: Path) -> Path:
     import tifffile
 
@@ -131,6 +140,9 @@ def main() -> None:
                    help="train --init (default scratch; 'auto' is the CLI default)")  # fmt: skip
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--first-seed", type=int, default=0, help="runs use seeds from this one on")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize every frame by this before training and testing (do large "
+                   "objects train better smaller?)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", type=Path, help="keep the models and predictions here")
     p.add_argument("--json", type=Path, help="write every number here")
@@ -146,6 +158,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     if args.tiny:
         args.runs = 1
     train_pairs, test_pairs = frames(args.data, args.tiny)
+    if args.scale != 1.0:
+        train_pairs = [rescaled(image, labels, args.scale) for image, labels in train_pairs]
+        test_pairs = [rescaled(image, labels, args.scale) for image, labels in test_pairs]
     test_dir = write(test_pairs, work / "test")
     print(header(args.device))
     print(f"# {args.data}: {len(train_pairs)} training frames ({args.kind}), "

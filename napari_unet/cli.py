@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,8 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         "--time-budget",
         type=_positive_float,
         metavar="SECONDS",
-        help="train for this long (default 300 s when --steps is not given)",
+        help="wall time from launch to the saved, calibrated model: reading the images, "
+        "training, validating and calibrating fit in it (default 300 s when --steps is not given)",
     )
     budget.add_argument("--steps", type=_positive_int, metavar="N")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
@@ -262,13 +264,17 @@ def _read_pairs(args: argparse.Namespace, kind: str, spec: Any = None) -> tuple[
         labels=f"--labels {' '.join(args.labels)}",
         model=f"the model in {args.out}",
     )
-    images, labels = [], []
-    for img_path, lab_path in pairs:
+
+    def read(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
+        img_path, lab_path = pair
         img, lab = read_image(img_path), _as_integer_labels(read_image(lab_path), lab_path)
         if lab.ndim == 2 and img.shape[:2] == lab.shape:
             img = grey_if_rgb(img, str(img_path))
-        images.append(img)
-        labels.append(lab)
+        return img, lab
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # decoders drop the GIL
+        read_pairs = list(pool.map(read, pairs))
+    images, labels = [img for img, _ in read_pairs], [lab for _, lab in read_pairs]
     continued = None
     if spec is not None:
         labels_cfg = spec.labels

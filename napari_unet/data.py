@@ -11,7 +11,9 @@ of an image still fill most batches and rare classes are not starved.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -548,14 +550,21 @@ def prepare(
         in_channels=channels[0],
         provenance=[],
     )
-    for img, lab in zip(imgs, labs, strict=True):
+
+    def one(pair: tuple[np.ndarray, np.ndarray]) -> tuple:
+        img, lab = pair
         img = _channel_first(img, lab.shape)
-        out.provenance.append(
-            {"image": content_hash(img), "labels": content_hash(lab), "shape": list(lab.shape)}
-        )
-        nimg = normalize(img, norm, channel_axis=0)
-        tgt = _targets(lab, cfg, spatial_dims, touch)
+        hashes = {"image": content_hash(img), "labels": content_hash(lab), "shape": list(lab.shape)}
         w = tg.border_weight_map(lab, spatial_dims=spatial_dims) if border_weights else None
+        tgt = _targets(lab, cfg, spatial_dims, touch)
+        return hashes, normalize(img, norm, channel_axis=0), tgt, w
+
+    # numpy, scipy and scikit-image release the GIL in most of this: one thread per core
+    workers = min(len(imgs), os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(one, zip(imgs, labs, strict=True)))
+    for lab, (hashes, nimg, tgt, w) in zip(labs, done, strict=True):
+        out.provenance.append(hashes)
         stack = lab.ndim == spatial_dims + 1  # a stack of 2D slices for a 2D model
         for z in range(lab.shape[0]) if stack else [None]:
             at = (slice(None), z) if stack else (slice(None),)

@@ -116,6 +116,11 @@ class TrainWidget(DockWidget):
         self.budget_kind = QComboBox()
         self.budget_kind.addItems(["seconds", "steps"])
         self.budget = _spin(1, 10_000_000, 120)
+        self.budget_kind.setToolTip(
+            "seconds: wall time from Train to the saved, calibrated model (preparing the "
+            "data, validating and calibrating included; the status's tooltip says where "
+            "it went); steps: optimisation steps"
+        )
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
         self.device_label = QLabel("")

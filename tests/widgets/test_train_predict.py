@@ -41,6 +41,7 @@ def test_train_then_predict(viewer_with_data, qtbot):
     assert not train.start_btn.isEnabled() and train.stop_btn.isEnabled()
     wait_idle(qtbot, train)
     assert "finished after 15 steps" in train.status.text()
+    assert train.status.toolTip().startswith("time: prepare")  # where the time went
     assert train.device_label.text().startswith("using cpu")
     assert len(train.plot.losses) >= 1 and train.plot.ious
     xs, ys = train.plot.loss_curve.getData()
