@@ -204,9 +204,9 @@ def test_calibration_never_scores_objects_that_were_in_the_loss(monkeypatch, nuc
     seen, trained = {}, []
     real_calibrate, real_sampler = training.calibrate, training.PatchSampler
 
-    def spy(probs, truths, dims, start, sizes):
+    def spy(probs, truths, dims, start, sizes, **kwargs):
         seen.update(truths=truths, sizes=sizes)
-        return real_calibrate(probs, truths, dims, start, sizes)
+        return real_calibrate(probs, truths, dims, start, sizes, **kwargs)
 
     class Sampler(real_sampler):
         def __init__(self, images, targets, *args, **kwargs):
