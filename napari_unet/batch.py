@@ -38,6 +38,7 @@ from .inference import (
     Block,
     at_zoom,
     check_zoom,
+    for_many_images,
     guess_axes,
     predict_proba_iter,
     predict_zoomed_iter,
@@ -508,6 +509,7 @@ def predict_items_iter(
     )
     planned = _plan_items(items)
     folder = _check_out(out)
+    model = for_many_images(model)
     summary = _Summary(folder / SUMMARY)
     remove_leftovers(folder, [it.name for it in planned], options.ext)
     written: list[Path] = []

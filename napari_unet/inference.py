@@ -342,6 +342,13 @@ def _predict_stack(
     return out
 
 
+def for_many_images(model: Model) -> Model:
+    """``model`` with its network copied and fused for inference once
+    (:func:`~napari_unet.model.fused_for_inference`): predicting many images with it
+    skips the copy each prediction makes (25 ms per image for the CPU network)."""
+    return replace(model, network=fused_for_inference(model.network))
+
+
 def predict_proba_iter(
     model: Model,
     image: Any,

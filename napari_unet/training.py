@@ -54,7 +54,7 @@ from .events import (
     drain,
 )
 from .guard import RegressionGuard
-from .inference import predict_proba
+from .inference import for_many_images, predict_proba
 from .init import (
     AUTO,
     InitModel,
@@ -611,7 +611,7 @@ class TrainingRun:
             return
         cal = self.calibration
         axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
-        model = Model(network=self.network, config=self.spec)
+        model = for_many_images(Model(network=self.network, config=self.spec))
         with self.timed("calibrate"):
             try:
                 probs = [

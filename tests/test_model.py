@@ -84,3 +84,29 @@ def test_fused_network_predicts_the_same_and_leaves_the_original_alone(dims):
         expected = net.eval()(x)
         got = fused(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_fused_network_is_fused_once_and_predicts_the_same():
+    import numpy as np
+
+    import napari_unet as nu
+    from napari_unet.config import LabelsConfig, ModelConfig, ModelSpec
+    from napari_unet.inference import for_many_images
+    from napari_unet.model import UNet, fused_for_inference
+    from napari_unet.store import Model
+
+    torch.manual_seed(0)
+    classes = len(LabelsConfig().class_names)
+    net = UNet.from_config(ModelConfig(width=4, depth=2, num_classes=classes))
+    fused = fused_for_inference(net)
+    assert fused is not net and fused_for_inference(fused) is fused  # no second copy
+    assert net.training and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    model = Model(network=net, config=ModelSpec(model=net.config))
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    once = for_many_images(model)
+    assert once.network is not net and once.config == model.config
+    np.testing.assert_allclose(
+        nu.predict_proba(once, image, device="cpu"),
+        nu.predict_proba(model, image, device="cpu"),
+        atol=1e-5,
+    )
