@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(t: argparse.ArgumentParser) -> None:
+    """``train``'s flags: the data, the budget and the device, then the rest."""
     t.add_argument("--images", required=True, nargs="+", help="folder, glob or files")
     t.add_argument("--labels", required=True, nargs="+", help="folder, glob or files")
     t.add_argument("--out", required=True, help="model folder to write")
@@ -133,6 +134,12 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     )
     budget.add_argument("--steps", type=_positive_int, metavar="N")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    _add_network_flags(t)
+    _add_start_flags(t)
+
+
+def _add_network_flags(t: argparse.ArgumentParser) -> None:
+    """``train``'s flags for the network and its optimisation."""
     t.add_argument(
         "--width",
         type=_positive_int,
@@ -167,6 +174,11 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         const=True,
         help="the paper's border weight map (instances labels only)",
     )
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+
+
+def _add_start_flags(t: argparse.ArgumentParser) -> None:
+    """``train``'s flags for what the model starts from and what it may replace."""
     t.add_argument(
         "--resume",
         action="store_true",
@@ -188,7 +200,6 @@ def _add_train(t: argparse.ArgumentParser) -> None:
         help="with --resume: keep the new model even if its validation IoU is lower (the "
         "previous one is always kept in <out>.previous)",
     )
-    t.add_argument("--seed", type=int, help="random seed (default 0)")
 
 
 def _add_predict(q: argparse.ArgumentParser) -> None:

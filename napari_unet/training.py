@@ -382,6 +382,11 @@ class TrainingRun:
         self.elapsed_before = float(self.history.get("elapsed", 0.0))
         self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.clock()
         self.phases["prepare"] = self.t0 - self.began
+        cal = self.calibration if self.spec.labels.instances else None  # what reserve() needs
+        self.calibration_pixels = (
+            sum(int(np.prod(image.shape[1:])) for image in cal.images) if cal and cal.truths else 0
+        )
+        self.validation_pixels = self.trainer.val_pixels
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -431,11 +436,10 @@ class TrainingRun:
         final validation (and the start and previous models' scores), calibration, save."""
         validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
         reserve = validations * self.val_seconds + self.save_seconds
-        cal = self.calibration if self.spec.labels.instances else None
-        if cal is not None and cal.truths:
-            pixels = sum(int(np.prod(image.shape[1:])) for image in cal.images)
-            per_pixel = self.val_seconds / max(self.trainer.val_pixels, 1)
-            reserve += PREDICT_PER_VALIDATION * per_pixel * pixels + self.search_seconds()
+        if self.calibration_pixels:
+            per_pixel = self.val_seconds / max(self.validation_pixels, 1)
+            reserve += PREDICT_PER_VALIDATION * per_pixel * self.calibration_pixels
+            reserve += self.search_seconds()
         return reserve
 
     def search_seconds(self) -> float:
