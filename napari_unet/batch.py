@@ -330,7 +330,8 @@ class _Options:
         zoom = check_zoom(options.zoom)
         if options.fmt == "zarr" and zoom not in ("auto", 1.0):
             raise ValueError(
-                f"zoom {options.zoom}: zarr outputs are predicted block by block at scale 1 "
+                f"zoom {options.zoom}: zarr outputs are predicted block by block at the "
+                "model's scale "
                 "(use tif outputs to zoom)"
             )
         return replace(options, zoom=zoom)
@@ -376,8 +377,9 @@ def _predict_zarr(
     use = (options.axes or guess_axes(tuple(image.shape), model.config)).upper()
     kept = "".join(a for a in use if a != "C")
     shape = tuple(int(n) for a, n in zip(use, image.shape, strict=True) if a != "C")
+    scale = model.config.normalization.scale  # the blocks are resized by it
     sink = ZarrSink(
-        model,
+        replace(model, config=at_zoom(model.config, scale)),
         target,
         prob_target if options.probabilities else None,
         shape,
@@ -393,7 +395,7 @@ def _predict_zarr(
     except (GeneratorExit, ValueError, OSError, MemoryError):
         sink.abort()  # cancelled or failed: nothing half-written stays behind
         raise
-    return shape, {**sink.stats.row(), "zoom": "1"}, written
+    return shape, {**sink.stats.row(), "zoom": f"{scale:.3g}"}, written
 
 
 def _predict_tif(

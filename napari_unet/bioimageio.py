@@ -269,7 +269,12 @@ def _describe(
         name=name,
         description=description
         or f"U-Net trained with napari-unet on {spec.labels.kind} labels; classes "
-        f"{', '.join(spec.labels.class_names)}; outputs class probabilities",
+        f"{', '.join(spec.labels.class_names)}; outputs class probabilities"
+        + (
+            f"; inputs resized by {spec.normalization.scale:g} first (see the README)"
+            if spec.normalization.scale != 1.0
+            else ""
+        ),
         authors=[bio.Author(name=a) for a in authors],
         cite=[
             bio.CiteEntry(
@@ -429,6 +434,14 @@ def _readme(model: Any, name: str, sizes: Sizes) -> str:
         ),
         "",
     ]
+    scale = spec.normalization.scale
+    if scale != 1.0:
+        lines += [
+            f"Scale: the network was trained on images resized by {scale:g} (its objects "
+            f"brought to about the same width): resize each input by {scale:g} before the "
+            "network and its outputs back to the input's size (`napari-unet predict` does).",
+            "",
+        ]
     if spec.labels.instances:
         pp = spec.postprocess
         lines += [

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import LABELS_KINDS, PADDINGS, RECIPES
+from .config import LABELS_KINDS, MAX_SCALE, MIN_SCALE, OBJECT_WIDTH, PADDINGS, RECIPES
 from .devices import PRECISIONS
 from .events import (
     Calibrated,
@@ -67,6 +67,9 @@ _non_negative_int = _number(int, "a whole number", lambda v: v >= 0, ">= 0")
 _fraction = _number(float, "a probability", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 _learning_rate = _number(float, "a learning rate", lambda v: 1e-8 <= v <= 10.0, "in [1e-8, 10]")
 _distill_weight = _number(float, "a weight", lambda v: 0.0 <= v <= 100.0, "in [0, 100]")
+_train_scale = _number(
+    float, "a factor", lambda v: MIN_SCALE <= v <= MAX_SCALE, f"in [{MIN_SCALE}, {MAX_SCALE}]"
+)
 _zoom_factor = _number(float, "'auto' or a number", lambda v: math.isfinite(v) and v > 0, "> 0")
 
 
@@ -147,6 +150,14 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--depth", type=_positive_int, help="resolution levels (default 4)")
     t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
+    t.add_argument(
+        "--scale",
+        type=_train_scale,
+        metavar="FACTOR",
+        help="resize the images by FACTOR to train; prediction resizes by it too (default: "
+        f"objects wider than {OBJECT_WIDTH:g} px, by the median outlined one, are shrunk to "
+        "that width; others kept as they are)",
+    )
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument(
         "--lr",
@@ -244,9 +255,10 @@ def _add_predict(q: argparse.ArgumentParser) -> None:
         type=_zoom,
         default="auto",
         metavar="auto|FACTOR",
-        help="resize 2D images by FACTOR before the network (outputs keep the input's size); "
-        "auto (default): when an instance model finds objects much larger or smaller than "
-        "those it was trained on, it predicts again zoomed to their size (tif outputs)",
+        help="resize 2D images by FACTOR times the model's own scale (the one it was trained "
+        "at) before the network (outputs keep the input's size); auto (default): at the "
+        "model's scale, and when an instance model finds objects much larger or smaller than "
+        "those it was trained on, again zoomed to their size (tif outputs)",
     )
     q.add_argument(
         "--scheduler",
@@ -310,7 +322,7 @@ def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
 # flags of ``train`` that a recipe file may set too (file key = flag's dest)
 RECIPE_FLAGS = (
     "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
-    "precision", "border_weights", "seed", "lr", "distill",
+    "precision", "border_weights", "seed", "lr", "distill", "scale",
 )  # fmt: skip
 
 
@@ -480,7 +492,8 @@ def _check_predict_args(args: argparse.Namespace) -> None:
     check_device(args.device, f"--device {args.device}")
     if args.format == "zarr" and args.zoom not in ("auto", 1.0):
         raise UsageError(
-            f"--zoom {args.zoom:g}: zarr outputs are predicted block by block at scale 1 "
+            f"--zoom {args.zoom:g}: zarr outputs are predicted block by block at the model's "
+            "scale "
             "(use --format tif to zoom)"
         )
     spec = check_model_folder(args.model)

@@ -26,6 +26,11 @@ MAX_SEED = 2**32 - 1
 DEFAULT_TIME_BUDGET = 300.0  # seconds a training runs when given no step or time budget
 MAX_STEPS = 10**9
 INT64 = (-(2**63), 2**63 - 1)
+MIN_SCALE, MAX_SCALE = 0.05, 4.0  # the factors a training may resize its images by
+OBJECT_WIDTH = 48.0
+"""Training shrinks images whose labeled objects are wider than this (pixels, the median
+equivalent diameter) to bring them to it; narrower objects are trained on as they are
+(:func:`napari_unet.zoom.training_scale`)."""
 
 
 def show_value(value: Any, limit: int = 60) -> str:
@@ -96,14 +101,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class NormConfig:
-    """Per-image percentile normalisation: (x - p_low) / (p_high - p_low)."""
+    """How an image is brought to what the network learned: per-image percentile
+    normalisation, (x - p_low) / (p_high - p_low), and ``scale``, the factor the image
+    was resized by for training (objects brought to about the same width,
+    :func:`napari_unet.zoom.training_scale`), which prediction resizes by too
+    (:func:`napari_unet.inference.predict_proba_iter`; 1: as the image is)."""
 
     low: float = 1.0
     high: float = 99.8
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_float("normalization.low", self.low, 0.0, 100.0)
         _check_float("normalization.high", self.high, 0.0, 100.0)
+        _check_float("normalization.scale", self.scale, MIN_SCALE, MAX_SCALE)
         if self.low >= self.high:
             raise ValueError(
                 f"normalization.low must be < normalization.high, got {self.low} >= {self.high}"
@@ -206,6 +217,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: float = 30.0
     distill: float = 5.0  # weight of the start model's answer on unlabeled pixels (0: off)
+    scale: float | None = None  # images resized by this to train (None: from the objects' width)
 
     def __post_init__(self) -> None:
         _check_choice("recipe", self.recipe, RECIPES)
@@ -245,6 +257,8 @@ class TrainConfig:
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_float("checkpoint_every", self.checkpoint_every, 0.0, 1e7)
         _check_float("distill", self.distill, 0.0, 100.0)
+        if self.scale is not None:
+            _check_float("scale", self.scale, MIN_SCALE, MAX_SCALE)
 
 
 @dataclass(frozen=True)
@@ -309,6 +323,10 @@ class ModelSpec:
             raise ValueError(
                 f"model.num_classes ({self.model.num_classes}) differs from the number of "
                 f"class names ({len(self.labels.class_names)})"
+            )
+        if self.model.spatial_dims == 3 and self.normalization.scale != 1.0:
+            raise ValueError(
+                f"normalization.scale must be 1 for a 3D model, got {self.normalization.scale}"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ of an image still fill most batches and rare classes are not starved.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
+from skimage.transform import resize
 
 from . import targets as tg
 from .config import INSTANCE_KINDS, LabelsConfig, NormConfig
 from .inputs import Continued, Names, check_training_data
 from .store import content_hash
 from .targets import IGNORE
+from .zoom import training_scale
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +463,8 @@ class Prepared:
     labels: LabelsConfig
     in_channels: int
     provenance: list[dict[str, Any]]
-    label_images: list[np.ndarray] = field(default_factory=list)  # per sample, as given
+    label_images: list[np.ndarray] = field(default_factory=list)  # per sample, at ``scale``
+    scale: float = 1.0  # the images and labels were resized by it
 
 
 def _as_list(x: Any) -> list[Any]:
@@ -497,6 +502,32 @@ def labels_config(
     return LabelsConfig(kind=kind, class_names=names)
 
 
+def resized_pair(
+    image: np.ndarray, labels: np.ndarray, scale: float, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised ``(C, *spatial)`` image and its labels resized by ``scale`` in their
+    last two axes: the image linearly (anti-aliased when shrinking, as prediction does),
+    the labels by nearest neighbour.  Shrinking sparse labels keeps thin strokes: a pixel
+    that comes out unlabeled takes the largest label within ``1 / scale`` pixels of it."""
+    if scale == 1.0:
+        return image, labels
+    new = tuple(max(1, round(n * scale)) for n in labels.shape[-2:])
+    img = resize(
+        image, (*image.shape[:-2], *new), order=1, anti_aliasing=scale < 1, preserve_range=True
+    ).astype(np.float32)
+
+    def nearest(array: np.ndarray) -> np.ndarray:
+        out = resize(array, (*array.shape[:-2], *new), order=0, preserve_range=True)
+        return out.astype(array.dtype)
+
+    lab = nearest(labels)
+    if kind in ("sparse", "sparse-instances") and scale < 1:
+        k = math.ceil(1 / scale)
+        grown = nearest(ndi.maximum_filter(labels, size=(1,) * (labels.ndim - 2) + (k, k)))
+        lab = np.where(lab == 0, grown, lab)
+    return img, lab
+
+
 def _targets(
     lab: np.ndarray, cfg: LabelsConfig, spatial_dims: int, touch: float = 0.0
 ) -> np.ndarray:
@@ -523,11 +554,15 @@ def prepare(
     names: Names | None = None,
     continued: Continued | None = None,
     touch: float = 0.0,
+    scale: float | None = 1.0,
 ) -> Prepared:
     """Turn user images and label images into normalised arrays and class targets.
 
     ``touch``: the touching-border width of instance targets, a fraction of each
-    object's diameter (:func:`napari_unet.targets.instance_targets`).
+    object's diameter (:func:`napari_unet.targets.instance_targets`).  ``scale``:
+    images and labels are resized by it (:func:`resized_pair`) before the targets are
+    drawn; None: chosen from the labeled objects' width
+    (:func:`napari_unet.zoom.training_scale`).  ``Prepared.scale`` says which.
 
     The data is first checked by :func:`napari_unet.inputs.check_training_data`
     (errors name the pairs as ``names`` says); ``continued`` is the model being
@@ -542,6 +577,8 @@ def prepare(
         imgs, labs, labels_kind, spatial_dims, names, class_names, continued
     )
     cfg = labels_config(labs, labels_kind, class_names, value_map)
+    if scale is None:
+        scale = training_scale(labs, labels_kind, spatial_dims)
     out = Prepared(
         images=[],
         targets=[],
@@ -555,15 +592,17 @@ def prepare(
         img, lab = pair
         img = _channel_first(img, lab.shape)
         hashes = {"image": content_hash(img), "labels": content_hash(lab), "shape": list(lab.shape)}
+        nimg, lab = resized_pair(normalize(img, norm, channel_axis=0), lab, scale, labels_kind)
         w = tg.border_weight_map(lab, spatial_dims=spatial_dims) if border_weights else None
         tgt = _targets(lab, cfg, spatial_dims, touch)
-        return hashes, normalize(img, norm, channel_axis=0), tgt, w
+        return hashes, nimg, tgt, w, lab
 
     # numpy, scipy and scikit-image release the GIL in most of this: one thread per core
     workers = min(len(imgs), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(one, zip(imgs, labs, strict=True)))
-    for lab, (hashes, nimg, tgt, w) in zip(labs, done, strict=True):
+    out.scale = scale
+    for hashes, nimg, tgt, w, lab in done:
         out.provenance.append(hashes)
         stack = lab.ndim == spatial_dims + 1  # a stack of 2D slices for a 2D model
         for z in range(lab.shape[0]) if stack else [None]:

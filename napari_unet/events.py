@@ -30,9 +30,11 @@ class TrainStarted:
     def describe(self) -> str:
         """The settings in one line for people (the CLI prints it, the Train widget shows it)."""
         s = self.settings
+        scale = s.get("scale", 1.0)
+        resized = f", images resized to {scale:g}x (prediction does the same)" if scale != 1 else ""
         return (
             f"recipe {s.get('recipe')}, width {s.get('width')}, depth {s.get('depth')}, "
-            f"patch {s.get('patch')}, batch {s.get('batch_size')}, lr {s.get('lr', 0):g}; "
+            f"patch {s.get('patch')}, batch {s.get('batch_size')}, lr {s.get('lr', 0):g}{resized}; "
             f"{self.n_train} training / {self.n_val} validation images"
         )
 

@@ -308,6 +308,7 @@ def _stream_blocks(
     n_stack: int,
     edge: int,
     sink: Callable[[Block, np.ndarray], None],
+    halo: int = HALO,
 ) -> Generator[TileDone | ChunkDone, None, None]:
     """Predict ``arr`` (model order) block by block into ``sink``; keep nothing."""
     spatial = arr.shape[n_stack + 1 :]
@@ -315,7 +316,7 @@ def _stream_blocks(
     blocks = [
         Block(idx, window, core)
         for idx in items
-        for window, core in plan_blocks(spatial, edge, HALO)
+        for window, core in plan_blocks(spatial, edge, halo)
     ]
     for n, b in enumerate(blocks, 1):
         src = arr[b.stack] if b.stack else arr
@@ -360,7 +361,7 @@ def predict_proba_iter(
     amp: bool = True,
     sink: Callable[[Block, np.ndarray], None] | None = None,
     block: int | None = None,
-    zoom: float = 1.0,
+    zoom: float | None = None,
 ) -> Generator[TileDone | ChunkDone, None, np.ndarray | None]:
     """Class probabilities ``(num_classes, *image shape without C)``; yields tiles.
 
@@ -373,8 +374,9 @@ def predict_proba_iter(
     size, so planes and stacks larger than memory stream to disk.  Intensity
     normalisation still uses the whole array's percentiles.
 
-    ``zoom`` (2D models, not with ``sink``): each slice is resized by it before the
-    network and its probabilities are resized back (:func:`napari_unet.zoom.zoomed`).
+    ``zoom`` (2D models): each slice (each block, with ``sink``) is resized by it before
+    the network and its probabilities are resized back (:func:`napari_unet.zoom.zoomed`);
+    None: by the scale the model was trained at (``normalization.scale``, 1 for most).
     """
     spec = model.config
     dims = spec.model.spatial_dims
@@ -387,15 +389,15 @@ def predict_proba_iter(
     n_stack = len(layout.stack)
     transform = _normaliser(arr, n_stack, spec)
     predict = _tile_predictor(model, transform, device, tile, batch_size, amp)
+    zoom = spec.normalization.scale if zoom is None else zoom
     if zoom != 1.0:
-        if sink is not None or dims != 2 or not zoom > 0:
-            raise ValueError(
-                f"zoom {zoom:g}: only whole-image prediction of a 2D model can be zoomed"
-            )
+        if dims != 2 or not zoom > 0:
+            raise ValueError(f"zoom {zoom:g}: only a 2D model's predictions can be zoomed")
         predict = zoomed(predict, zoom, dims)
     if sink is not None:
         edge = block or (BLOCK_2D if dims == 2 else BLOCK_3D)
-        yield from _stream_blocks(predict, arr, n_stack, edge, sink)
+        halo = math.ceil(HALO / min(zoom, 1.0))  # HALO pixels of the network's input
+        yield from _stream_blocks(predict, arr, n_stack, edge, sink, halo)
         return None
     out = yield from _predict_stack(predict, arr, n_stack, spec.model.num_classes)
     return layout.to_image(out)
@@ -455,20 +457,24 @@ def predict_zoomed_iter(
 ) -> Generator[TileDone | ChunkDone, None, tuple[np.ndarray, float]]:
     """Probabilities (as :func:`predict_proba_iter`) and the zoom they were predicted at.
 
-    ``zoom="auto"``: predicted at scale 1; when the model knows the size of its
-    objects and the objects found are much larger or smaller
+    The zoom is that of the image as given: the model's scale
+    (``normalization.scale``: its training images were resized by it; 1 for most)
+    times ``zoom``.  ``zoom="auto"``: predicted at the model's scale; when the model
+    knows the size of its objects and the objects found are much larger or smaller
     (:func:`napari_unet.zoom.choose_zoom`), predicted again at the zoom that brings
-    them to it.  A number: predicted once at that zoom (1: as the image is).
+    them to it.  A number: predicted once at that zoom of the model's scale (1: at
+    the model's scale).
     """
     zoom = check_zoom(zoom)
+    base = model.config.normalization.scale
     if zoom != "auto":
-        probs = yield from predict_proba_iter(model, image, zoom=zoom, **kwargs)
-        return probs, zoom
-    probs = yield from predict_proba_iter(model, image, **kwargs)
-    chosen = choose_zoom(probs, model.config)
-    if chosen != 1.0:
+        probs = yield from predict_proba_iter(model, image, zoom=base * zoom, **kwargs)
+        return probs, base * zoom
+    probs = yield from predict_proba_iter(model, image, zoom=base, **kwargs)
+    chosen = choose_zoom(probs, model.config, at=base)
+    if chosen != base:
         log.info(
-            "objects %.2fx the model's width: predicting again at zoom %.2f", 1 / chosen, chosen
+            "objects %.2fx the model's width: predicting again at zoom %.2f", base / chosen, chosen
         )
         probs = yield from predict_proba_iter(model, image, zoom=chosen, **kwargs)
     return probs, chosen

@@ -201,6 +201,15 @@ class TrainingRun:
             continued = Continued(
                 spec.model.in_channels, spec.labels.class_names, spec.labels.value_map
             )
+        scale = request.config.scale
+        if model is not None:
+            kept = model.config.normalization.scale
+            if scale is not None and scale != kept:
+                raise ValueError(
+                    f"scale {scale:g}: the model continued was trained on images resized by "
+                    f"{kept:g}, and a model keeps its scale (leave the scale out)"
+                )
+            scale = kept
         prepared = prepare(
             images,
             labels,
@@ -213,6 +222,7 @@ class TrainingRun:
             names=request.names,
             continued=continued,
             touch=request.config.touch_border,
+            scale=scale,
         )
         if run.init is not None and not run.init.fits_channels(prepared.in_channels):
             run.init = None  # an automatic start is for one channel: this data has more
@@ -292,7 +302,7 @@ class TrainingRun:
             self.spec = ModelSpec(
                 model=mcfg,
                 labels=prepared.labels,
-                normalization=NormConfig(),
+                normalization=NormConfig(scale=prepared.scale),
                 tiling=tiling or TileConfig(),
                 train=cfg,
             )
@@ -366,6 +376,7 @@ class TrainingRun:
                 "data": prepared.provenance,
                 "labels_kind": prepared.labels.kind,
                 "validation": self.split.description,
+                "scale": prepared.scale,
             }
         )
         session = self.history["sessions"][-1]
@@ -407,6 +418,7 @@ class TrainingRun:
                 "patch": self.patch,
                 "batch_size": cfg.batch_size,
                 "lr": cfg.lr,
+                "scale": self.spec.normalization.scale,
             },
         )
 
@@ -619,8 +631,8 @@ class TrainingRun:
         with self.timed("calibrate"):
             try:
                 probs = [
-                    predict_proba(model, image, axes=axes, device=self.device)
-                    for image in cal.images
+                    predict_proba(model, image, axes=axes, device=self.device, zoom=1.0)
+                    for image in cal.images  # already at the model's scale
                 ]
             finally:
                 self.network.train()

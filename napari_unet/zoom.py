@@ -13,6 +13,14 @@ to that size (:data:`ZOOM_POWER`), and the probabilities are resized back
 (:func:`zoomed`).  Only 2D models (stacks slice by slice); 3D volumes are predicted as
 they are.
 
+Training does the same at the other end (:func:`training_scale`): images whose labeled
+objects are wider than :data:`OBJECT_WIDTH` are shrunk to bring them to it before the
+targets are drawn, the factor is recorded in the model (``normalization.scale``) and
+every prediction resizes by it first.  A patch then holds whole objects with their
+neighbours, and each step sees more of them: on large touching cells (~140 px wide)
+500 steps at half the size gave AP@0.5 0.68-0.78 where the full size gave 0.37-0.46
+(docs/benchmarks.md, issue 26).
+
 Part of the way, because the whole way loses what small images need: on DSB2018
 nuclei held out by image size (``benchmarks/bench_generalisation.py``, the ``large``
 and ``dense`` groups), shrinking 360x360 images of big nuclei to the model's median
@@ -24,13 +32,14 @@ gained at either zoom (docs/benchmarks.md, issue 11).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from skimage.transform import resize
 
-from .config import ModelSpec
+from .config import MIN_SCALE, OBJECT_WIDTH, ModelSpec
 from .postprocess import outputs_from_probs
 
 ZOOM_TOLERANCE = 1.25
@@ -40,38 +49,71 @@ ZOOM_POWER = 0.5
 """The zoom is (model's object width / found width) ** ZOOM_POWER: 1 all the way, 0.5
 half the way in log scale (chosen on the held-out size groups, see above)."""
 ZOOM_RANGE = (0.25, 3.0)
-"""The smallest and largest zoom :func:`choose_zoom` returns."""
+"""The smallest and largest zoom :func:`choose_zoom` applies on top of the model's scale."""
 MIN_OBJECTS = 5
 """Fewer objects found at scale 1 than this: no zoom (their size says little)."""
 MAX_ZOOMED_PIXELS = 64_000_000
 """A zoomed slice has at most this many pixels (the zoom is lowered to fit)."""
 
 
-def choose_zoom(probs: np.ndarray, spec: ModelSpec) -> float:
-    """The zoom that brings the objects found in ``probs`` (at scale 1) to the model's size.
+def objects_width(labels: Sequence[np.ndarray], kind: str, spatial_dims: int) -> float | None:
+    """The median equivalent diameter (pixels) of the objects in ``labels``: every id of
+    ``instances`` labels, the outlined objects (ids above 1) of ``sparse-instances``;
+    None for other kinds, or when there are none."""
+    if kind not in ("instances", "sparse-instances"):
+        return None
+    first = 2 if kind == "sparse-instances" else 1
+    sizes = []
+    for lab in labels:
+        counts = np.bincount(np.asarray(lab).ravel().astype(np.int64, copy=False))[first:]
+        sizes.append(counts[counts > 0])
+    every = np.concatenate(sizes) if sizes else np.zeros(0)
+    if not len(every):
+        return None
+    size = float(np.median(every))
+    if spatial_dims == 3:
+        return (6 * size / math.pi) ** (1 / 3)
+    return math.sqrt(4 * size / math.pi)
 
-    1.0 unless the model is a 2D instance model that knows its object size and at
+
+def training_scale(labels: Sequence[np.ndarray], kind: str, spatial_dims: int) -> float:
+    """The factor a training resizes its images by: :data:`OBJECT_WIDTH` over the labeled
+    objects' median width when they are wider (two significant digits), else 1.  2D
+    models only (3D volumes are trained as they are)."""
+    width = objects_width(labels, kind, spatial_dims)
+    if spatial_dims != 2 or width is None or width <= OBJECT_WIDTH:
+        return 1.0
+    return max(MIN_SCALE, float(f"{OBJECT_WIDTH / width:.2g}"))
+
+
+def choose_zoom(probs: np.ndarray, spec: ModelSpec, at: float = 1.0) -> float:
+    """The zoom that brings the objects found in ``probs`` (predicted at zoom ``at``, the
+    model's scale by default) to the model's size.
+
+    ``at`` unless the model is a 2D instance model that knows its object size and at
     least :data:`MIN_OBJECTS` objects were found whose median width differs from
-    it by more than :data:`ZOOM_TOLERANCE`; then the width ratio
-    ``sqrt(model size / found size)`` to the power :data:`ZOOM_POWER`, within
-    :data:`ZOOM_RANGE`, lowered so that a zoomed slice stays under
-    :data:`MAX_ZOOMED_PIXELS`.
+    it by more than :data:`ZOOM_TOLERANCE`; then ``at`` times the width ratio
+    ``sqrt(model size / found size)`` to the power :data:`ZOOM_POWER` (the ratio within
+    :data:`ZOOM_RANGE`), lowered so that a zoomed slice stays under
+    :data:`MAX_ZOOMED_PIXELS`.  Sizes are the network's pixels: those of the image
+    as given times ``at`` squared.
     """
     size = spec.postprocess.object_size
     if not spec.labels.instances or not size or spec.model.spatial_dims != 2:
-        return 1.0
-    found = outputs_from_probs(probs, spec, labels=False, instances=True)["instances"]
+        return at
+    settings = replace(spec, postprocess=spec.postprocess.at_zoom(at, 2))
+    found = outputs_from_probs(probs, settings, labels=False, instances=True)["instances"]
     counts = np.bincount(found.ravel())[1:]
     counts = counts[counts > 0]
     if len(counts) < MIN_OBJECTS:
-        return 1.0
-    ratio = math.sqrt(size / float(np.median(counts)))
+        return at
+    ratio = math.sqrt(size / (float(np.median(counts)) * at * at))
     if 1 / ZOOM_TOLERANCE <= ratio <= ZOOM_TOLERANCE:
-        return 1.0
-    zoom = ratio**ZOOM_POWER
+        return at
+    zoom = at * min(max(ratio**ZOOM_POWER, ZOOM_RANGE[0]), ZOOM_RANGE[1])
     plane = int(np.prod(probs.shape[-2:]))
     largest = math.sqrt(MAX_ZOOMED_PIXELS / max(plane, 1))
-    return float(min(max(zoom, ZOOM_RANGE[0]), ZOOM_RANGE[1], largest))
+    return float(min(zoom, largest))
 
 
 def zoomed(
