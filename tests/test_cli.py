@@ -339,3 +339,19 @@ def test_train_distill_sets_the_weight_and_refuses_bad_values(folders, tmp_path,
             main(["train", "--images", "x", "--labels", "y", "--out", str(tmp_path / "z"),
                   "--distill", bad])  # fmt: skip
         assert exc.value.code == 2 and "--distill:" in capsys.readouterr().err
+
+
+def test_train_scale_flag_is_recorded_and_checked(folders, tmp_path, capsys):
+    """--scale resizes the images to train, says so, and the model keeps it."""
+    out = tmp_path / "scaled"
+    args = ["train", "--images", folders / "images", "--labels", folders / "labels",
+            "--out", out, "--labels-kind", "instances", "--steps", "2", "--init", "scratch",
+            "--scale", "0.5", *TRAIN]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    assert "images resized to 0.5x (prediction does the same)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["normalization"]["scale"] == 0.5
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args[: -len(TRAIN) - 2]] + ["--scale", "0"])
+    assert (
+        exc.value.code == 2 and "--scale: must be in [0.05, 4.0], got 0" in capsys.readouterr().err
+    )
