@@ -10,7 +10,11 @@ Data sets (``--data``):
   membrane stain), its z-slices as 2D frames: train = 2 slices of the half y < 64,
   test = every 3rd slice of the half y >= 64 (never seen: other cells);
 - ``dense``: DSB2018's crowded-nuclei group (many nuclei in contact): train = 2 images
-  of the group, test = 30 others of it (sha1 order).
+  of the group, test = 30 others of it (sha1 order);
+- ``large``: DSB2018's group of large images (large nuclei among them), the same way;
+- ``wide``: the DSB2018 images whose nuclei are wider than ``OBJECT_WIDTH`` (48 px, by
+  the median one; 50 images, most of them 360x360), the same way: those a training
+  shrinks (``napari_unet.zoom.training_scale``).
 
 Every arm (``--arm NAME=RECIPE.json``; ``NAME=`` for the defaults) trains from scratch
 (``--labels-kind instances`` or, with ``--kind sparse-instances``, 3 outlined objects per
@@ -48,7 +52,7 @@ from _splits import (  # noqa: E402
 )
 from bench_accuracy import DATA  # noqa: E402
 
-DATASETS = ("synthetic", "ovule", "dense")
+DATASETS = ("synthetic", "ovule", "dense", "large", "wide")
 
 
 def parse_arm(text: str) -> tuple[str, str | None]:
@@ -63,6 +67,9 @@ def parse_arm(text: str) -> tuple[str, str | None]:
 def frames(data: str, tiny: bool) -> tuple[list, list]:
     """(train, test) lists of (image, instance labels)."""
     from _synthetic import confluent_cells
+
+    from napari_unet.config import OBJECT_WIDTH
+    from napari_unet.zoom import objects_width
 
     if data == "synthetic" or tiny:
         shape, cells = ((128, 128), 4) if tiny else ((512, 512), 10)
@@ -80,12 +87,19 @@ def frames(data: str, tiny: bool) -> tuple[list, list]:
         return train_pairs, test
     from napari_unet.files import read_image
 
-    _, group = split(DSB, "dense")
+    if data == "wide":
+        group = [p.stem for p in (DSB / "labels").glob("*.png")]
+    else:
+        _, group = split(DSB, data)
     group = sorted(group, key=lambda s: hashlib.sha1(s.encode()).hexdigest())
-    pairs = [
-        (read_image(DSB / "images" / f"{s}.png"), read_image(DSB / "labels" / f"{s}.png"))
-        for s in group[:32]
-    ]
+    pairs = []
+    for s in group:
+        labels = read_image(DSB / "labels" / f"{s}.png")
+        if data == "wide" and objects_width([labels], "instances", 2) <= OBJECT_WIDTH:
+            continue
+        pairs.append((read_image(DSB / "images" / f"{s}.png"), labels))
+        if len(pairs) == 32:
+            break
     return pairs[:2], pairs[2:]
 
 

@@ -315,9 +315,10 @@ class PredictWidget(PackageExport, DockWidget):
     ) -> None:
         """Add the layers of a finished prediction; keep its probabilities for instances."""
         added = self._add_layers(source, index, result.outputs)
-        if result.zoom != 1.0:
+        scale = model.config.normalization.scale  # the model's own: not news
+        if result.zoom != scale:
             self.status.setText(
-                f"{self.status.text()} (objects {1 / result.zoom:.2g}x the model's size: "
+                f"{self.status.text()} (objects {scale / result.zoom:.2g}x the model's size: "
                 f"predicted at zoom {result.zoom:.2g})"
             )
         self.kept = None
