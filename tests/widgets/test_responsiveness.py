@@ -55,7 +55,8 @@ def test_training_does_not_block_the_event_loop(make_napari_viewer, qtbot, tmp_p
     assert pid is not None and pid != os.getpid() and Path(f"/proc/{pid}").exists()
     qtbot.waitUntil(lambda: not train.runner.is_running, timeout=120_000)
     timer.stop()
-    assert len(gaps) > 100
+    # the probe watched for seconds of training (ticks slow down when the machine is busy)
+    assert len(gaps) > 20 and sum(gaps) > 2.0
     worst = max(gaps)
     p99 = float(np.percentile(gaps, 99))
     print(
