@@ -48,15 +48,15 @@ def test_training_does_not_block_the_event_loop(make_napari_viewer, qtbot, tmp_p
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
+    timer.start()  # from the click on: starting the child and preparing must not block either
     qtbot.mouseClick(train.start_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: len(train.plot.losses) >= 1, timeout=60_000)
-    timer.start()
     pid = train.runner.pid
     assert pid is not None and pid != os.getpid() and Path(f"/proc/{pid}").exists()
     qtbot.waitUntil(lambda: not train.runner.is_running, timeout=120_000)
     timer.stop()
-    # the probe watched for seconds of training (ticks slow down when the machine is busy)
-    assert len(gaps) > 20 and sum(gaps) > 2.0
+    # the probe watched the whole run, seconds (ticks slow down when the machine is busy)
+    assert len(gaps) > 20 and sum(gaps) > 4.0
     worst = max(gaps)
     p99 = float(np.percentile(gaps, 99))
     print(
