@@ -123,10 +123,12 @@ def placements(
     region: Sequence[slice] | None = None,
     *,
     at: Sequence[int] = (),
+    first: int | None = None,
 ) -> list[Placement]:
-    """Accept every proposal in ``region`` ("accept all in view"): one new id each, in the
-    order of their ids; a proposal whose pixels are all labeled already is left out."""
-    next_id = next_free_id(labels, kind)
+    """Accept every proposal in ``region`` ("accept all in view"): one new id each from
+    ``first`` (default: the next free id of ``labels``), in the order of their ids; a
+    proposal whose pixels are all labeled already is left out."""
+    next_id = next_free_id(labels, kind) if first is None else first
     out = []
     for proposal in proposals_in(proposals, region):
         one = placement(labels, proposals, proposal, kind, at=at, value=next_id)

@@ -3,7 +3,8 @@
 Three ways to label from scratch: sparse strokes of named classes, a few outlined
 objects with some painted background (``sparse-instances``: 0 = unlabeled, 1 =
 background, 2, 3, ... = one id per object; "next object" or the N key picks a new
-id), or dense instance masks.
+id), or dense instance masks.  Below, "label with the model's help": a model's objects
+as proposals accepted with a click (:mod:`._proposals`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._dock import DockWidget, hbox
+from ._proposals import Proposals
 from ._slices import (
     AXES_KEY,
     INSTANCES,
@@ -78,7 +80,7 @@ def sparse_instances_status(label: int) -> str:
     )
 
 
-class AnnotateWidget(DockWidget):
+class AnnotateWidget(Proposals, DockWidget):
     """Creates a Labels layer aligned with an image layer, with class names and labels kind."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -121,6 +123,7 @@ class AnnotateWidget(DockWidget):
         layout.addWidget(self.create_btn)
         layout.addWidget(self.next_btn)
         layout.addWidget(self.hint)
+        layout.addWidget(self._proposals_box())
         layout.addStretch(1)
 
     def _connect(self) -> None:
@@ -174,6 +177,7 @@ class AnnotateWidget(DockWidget):
 
     def _refresh(self, *_: Any) -> None:
         refill_layer_choices(self.image, self.viewer, Image)
+        self._refresh_targets()
 
     def _guess_axes(self, name: str) -> None:
         if name in self.viewer.layers:
@@ -233,6 +237,7 @@ class AnnotateWidget(DockWidget):
         layer.metadata[AXES_KEY] = axes
         layer.mode = "paint"
         self.viewer.layers.selection.active = layer
+        self.proposal_target.setCurrentText(labels_name)
         self._start_painting(layer, kind, names)
         show_info(f"napari-unet: created {labels_name!r}")
         return layer

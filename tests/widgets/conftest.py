@@ -28,10 +28,18 @@ def small(widget, steps: int) -> None:
 @pytest.fixture
 def notes(monkeypatch):
     """Every napari notification the widgets raise, as (kind, text)."""
-    from napari_unet._widgets import _annotate, _batch, _export, _predict, _runner, _train
+    from napari_unet._widgets import (
+        _annotate,
+        _batch,
+        _export,
+        _predict,
+        _proposals,
+        _runner,
+        _train,
+    )
 
     seen: list[tuple[str, str]] = []
-    for module in (_annotate, _batch, _export, _predict, _runner, _train):
+    for module in (_annotate, _batch, _export, _predict, _proposals, _runner, _train):
         for kind in ("show_warning", "show_error", "show_info"):
             if hasattr(module, kind):
                 monkeypatch.setattr(
