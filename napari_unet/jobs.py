@@ -69,6 +69,16 @@ def instances_iter(probs: np.ndarray, settings: Any, spec: Any) -> Generator[Any
     return instances_with(probs, settings, spec)
 
 
+def uncertainty_iter(model: Any, data: Any, *, device: str) -> Generator[Any, None, np.ndarray]:
+    """Compute generator: the model's uncertainty on ``data`` (every plane), the normalised
+    entropy of its class probabilities (:func:`napari_unet.proposals.uncertainty`)."""
+    from .inference import predict_zoomed_iter
+    from .proposals import uncertainty
+
+    probs, _ = yield from predict_zoomed_iter(model, data, device=device)
+    return uncertainty(probs)
+
+
 def _train(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
     """Training; ``began_at`` (seconds since the epoch: when the user asked for it, in
     the parent) is where its time budget starts."""
@@ -86,6 +96,10 @@ def _train(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
 
 def _predict_layers(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
     return predict_layers_iter(params.pop("model"), params.pop("data"), **params)
+
+
+def _uncertainty(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
+    return uncertainty_iter(params.pop("model"), params.pop("data"), **params)
 
 
 def _batch_items(params: dict[str, Any], control: Any) -> Generator[Any, None, Any]:
@@ -118,6 +132,7 @@ Factory = Callable[[dict[str, Any], Any], Generator[Any, None, Any]]
 JOBS: dict[str, tuple[Factory, bool]] = {
     "train": (_train, True),
     "predict_layers": (_predict_layers, False),
+    "uncertainty": (_uncertainty, False),
     "batch_items": (_batch_items, False),
     "batch_files": (_batch_files, False),
     "export": (_export, False),

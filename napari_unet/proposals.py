@@ -27,6 +27,9 @@ from scipy import ndimage as ndi
 
 from .targets import PAINTED_BACKGROUND
 
+REGION_SIZE = 128
+"""The side of the window :func:`next_region` looks for, in pixels (the Annotate widget's)."""
+
 KINDS = ("instances", "sparse-instances")
 """The labels kinds that take proposals (one id per object)."""
 

@@ -22,8 +22,8 @@ from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QPushButton, QVBoxLayou
 
 from .. import events as ev
 from ..builtin import is_builtin
-from ..jobs import Predicted, predict_layers_iter
-from ..proposals import next_free_id, placement, placements
+from ..jobs import Predicted, predict_layers_iter, uncertainty_iter
+from ..proposals import REGION_SIZE, next_free_id, next_region, placement, placements
 from ._dock import hbox
 from ._models import CURRENT, ModelChoice
 from ._predict import expanded, makes_instances
@@ -39,8 +39,16 @@ HINT = (
 )
 
 
+REGION_LAYER = "label next"
+MODEL_KEY = "napari-unet uncertainty of"  # an uncertainty layer's metadata: the model
+
+
 def proposals_name(labels_name: str) -> str:
     return f"{labels_name} proposals"
+
+
+def uncertainty_name(labels_name: str) -> str:
+    return f"{labels_name} uncertainty"
 
 
 class Proposals:
@@ -59,6 +67,11 @@ class Proposals:
             "as proposals over the labels"
         )
         self.accept_all_btn = QPushButton("Accept all in view")
+        self.next_region_btn = QPushButton("Where to label next")
+        self.next_region_btn.setToolTip(
+            "the model's uncertainty on every plane of the image (a layer), and the view moves "
+            f"to the most uncertain {REGION_SIZE}x{REGION_SIZE} window that holds no label yet"
+        )
         self.proposal_status = QLabel("")
         self.proposal_status.setWordWrap(True)
         box = QGroupBox("Label with the model's help")
@@ -66,9 +79,12 @@ class Proposals:
         layout.addWidget(self.proposal_models)
         layout.addLayout(hbox(QLabel("into"), self.proposal_target))
         layout.addLayout(hbox(self.propose_btn, self.accept_all_btn))
+        layout.addWidget(self.next_region_btn)
         layout.addWidget(self.proposal_status)
         self.propose_btn.clicked.connect(lambda: self.propose())
         self.accept_all_btn.clicked.connect(lambda: self.accept_all_in_view())
+        self.next_region_btn.clicked.connect(lambda: self.label_next())
+        self.region: tuple[slice, ...] | None = None
         return box
 
     def _refresh_targets(self) -> None:
@@ -118,25 +134,25 @@ class Proposals:
             return None
         return layer
 
-    def propose(self) -> None:
-        """The button: the chosen model's objects on the image, as a proposals layer."""
+    def _inputs(self) -> tuple[Labels, Any, Any] | None:
+        """(labels layer, model, image layer) checked, or None after telling the user why not."""
         if self.busy:
-            return
+            return None
         target, model = self._target(), None
         if target is not None:
             model = self._proposal_model()
         if target is None or model is None:
-            return
+            return None
         if not makes_instances(model.config):
             show_warning(
                 f"napari-unet: the model gives {model.config.labels.kind} labels, not objects: "
                 "choose a model trained on instances (e.g. builtin:nuclei)"
             )
-            return
+            return None
         name = self.image.currentText()
         if name not in self.viewer.layers:
             show_warning("napari-unet: choose the image to propose objects on")
-            return
+            return None
         image = self.viewer.layers[name]
         shape = np.shape(target.data)
         if spatial_data(image).shape[-len(shape) :] != shape:
@@ -144,33 +160,124 @@ class Proposals:
                 f"napari-unet: the image {name!r} ({spatial_data(image).shape}) and the labels "
                 f"{target.name!r} ({shape}) are not the same size"
             )
-            return
-        dims = model.config.model.spatial_dims
-        index = in_view_index(self.viewer, target) if len(shape) > dims else ()
-        data = np.asarray(image.data[index] if index else image.data)
-        params = dict(labels=False, instances=True, probabilities=False, device="auto")
+            return None
+        return target, model, image
+
+    def _run(self, job: str, model: Any, data: Any, params: dict, on_done: Any, what: str) -> None:
+        """Run ``job`` of napari_unet.jobs on ``data``: in a child process when the model has
+        a folder, else (a model given from Python) in a thread here."""
         callbacks = dict(
             on_event=lambda event: None,  # the progress bar shows the tiles
-            on_done=lambda result: self._show_proposals(target, index, result),
+            on_done=on_done,
             on_error=lambda exc: self.proposal_status.setText(
-                f"no proposals: {exc} (the labels are untouched)"
+                f"{what} failed: {exc} (the labels are untouched)"
             ),
             progress=lambda e: (e.i, e.n) if isinstance(e, ev.TileDone) else None,
             on_finished=lambda: self._proposing(False),
-            what=f"napari-unet proposals on {name!r}",
+            what=f"napari-unet {what}",
         )
         if model.path is not None:
-            self.runner = ChildRunner(
-                "predict_layers", dict(model=model, data=data, **params), **callbacks
-            )
-        else:  # a model with no folder (given from Python) runs in a thread here
-            self.runner = Runner(lambda: predict_layers_iter(model, data, **params), **callbacks)
-        self.runner.start()
+            self.runner = ChildRunner(job, dict(model=model, data=data, **params), **callbacks)
+        else:
+            compute = {"predict_layers": predict_layers_iter, "uncertainty": uncertainty_iter}[job]
+            self.runner = Runner(lambda: compute(model, data, **params), **callbacks)
+        self.proposal_status.setText(f"{what}…")
         self._proposing(True)
-        self.proposal_status.setText(f"proposing objects on {name}…")
+        self.runner.start()
+
+    def propose(self) -> None:
+        """The button: the chosen model's objects on the image, as a proposals layer."""
+        inputs = self._inputs()
+        if inputs is None:
+            return
+        target, model, image = inputs
+        dims = model.config.model.spatial_dims
+        index = in_view_index(self.viewer, target) if target.ndim > dims else ()
+        data = np.asarray(image.data[index] if index else image.data)
+        params = dict(labels=False, instances=True, probabilities=False, device="auto")
+        on_done = lambda result: self._show_proposals(target, index, result)  # noqa: E731
+        self._run("predict_layers", model, data, params, on_done, f"proposals on {image.name!r}")
+
+    def label_next(self) -> None:
+        """The button: the model's uncertainty on every plane of the image (computed once per
+        model and labels layer), then the view moves to its most uncertain unlabeled window."""
+        inputs = self._inputs()
+        if inputs is None:
+            return
+        target, model, image = inputs
+        name = uncertainty_name(target.name)
+        known = self.viewer.layers[name] if name in self.viewer.layers else None
+        if known is not None and known.metadata.get(MODEL_KEY) == self._model_key(model):
+            self._go_to_next(target, np.asarray(known.data))  # the same model: computed
+            return
+        data = np.asarray(image.data)
+        on_done = lambda result: self._show_uncertainty(target, model, result)  # noqa: E731
+        self._run("uncertainty", model, data, dict(device="auto"), on_done, "uncertainty")
 
     def _proposing(self, running: bool) -> None:
         self.propose_btn.setEnabled(not running)
+        self.next_region_btn.setEnabled(not running)
+
+    def _model_key(self, model: Any) -> str:
+        """Which model an uncertainty layer came from (its folder and steps, or this object)."""
+        steps = model.history.get("steps")
+        return f"{model.path}@{steps}" if model.path is not None else f"id {id(model)}"
+
+    def _show_uncertainty(self, target: Labels, model: Any, uncertain: np.ndarray) -> None:
+        if target not in self.viewer.layers:
+            return
+        name = uncertainty_name(target.name)
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_image(
+            uncertain,
+            name=name,
+            colormap="inferno",
+            blending="additive",
+            opacity=0.5,
+            contrast_limits=(0.0, 1.0),
+            scale=target.scale,
+            translate=target.translate,
+        )
+        layer.metadata[MODEL_KEY] = self._model_key(model)
+        self._go_to_next(target, uncertain)
+
+    def _go_to_next(self, target: Labels, uncertain: np.ndarray) -> tuple[slice, ...] | None:
+        """Centre the view on the most uncertain window with no label; mark it."""
+        labels = np.asarray(target.data)
+        size = (1,) * (labels.ndim - 2) + (REGION_SIZE, REGION_SIZE)
+        region = next_region(uncertain, labels, size)
+        self.region = region
+        if region is None:
+            self.proposal_status.setText(
+                "every region holds labels already: train, then propose objects to check them"
+            )
+            return None
+        lead = [r.start for r in region[:-2]]
+        corner = np.array([r.start for r in region], float)
+        far = np.array([r.stop for r in region], float)
+        scale, translate = np.asarray(target.scale), np.asarray(target.translate)
+        world = (corner + far - 1) / 2 * scale + translate
+        for axis, i in enumerate(lead):
+            self.viewer.dims.set_point(axis, i * scale[axis] + translate[axis])
+        scene = getattr(self.viewer, "scene", self.viewer)  # napari >= 0.9: viewer.scene.camera
+        scene.camera.center = tuple(world[-2:])
+        box = np.array([corner[-2:], [corner[-2], far[-1]], far[-2:], [far[-2], corner[-1]]])
+        box = box * scale[-2:] + translate[-2:]
+        if REGION_LAYER in self.viewer.layers:
+            self.viewer.layers[REGION_LAYER].data = [box]
+        else:
+            self.viewer.add_shapes(
+                [box], shape_type="rectangle", name=REGION_LAYER, edge_color="yellow",
+                face_color="transparent", edge_width=2,
+            )  # fmt: skip
+        self.viewer.layers.selection.active = target
+        at = f"plane {', '.join(map(str, lead))}, " if lead else ""
+        self.proposal_status.setText(
+            f"label next at {at}y {region[-2].start}-{region[-2].stop}, "
+            f"x {region[-1].start}-{region[-1].stop}: the most uncertain window with no label"
+        )
+        return region
 
     def _show_proposals(self, target: Labels, index: tuple[int, ...], result: Predicted) -> None:
         if target not in self.viewer.layers:

@@ -118,3 +118,32 @@ def test_proposals_refuse_labels_that_hold_no_objects_and_survive_a_killed_child
     assert "nuclei labels 2 proposals" not in viewer.layers
     np.testing.assert_array_equal(labels.data, before)
     assert widget.propose_btn.isEnabled()
+
+
+def test_where_to_label_next_goes_to_the_most_uncertain_plane_with_no_label(viewer, qtbot, notes):
+    viewer.dims.set_point(0, 0)
+    widget = annotate(viewer, qtbot)
+    labels = viewer.layers["nuclei labels"]
+    labels.data[0, 40:44, 40:44] = 2  # plane 0 holds a label: every window of it is out
+    qtbot.mouseClick(widget.next_region_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    uncertain = viewer.layers["nuclei labels uncertainty"]
+    assert (
+        uncertain.data.shape == (2, 96, 96)
+        and 0 <= uncertain.data.min() <= uncertain.data.max() <= 1
+    )
+    assert widget.region == (
+        slice(1, 2),
+        slice(0, 96),
+        slice(0, 96),
+    )  # windows of 128 px: the plane
+    assert viewer.dims.point[0] == 1 and "label next at plane 1" in widget.proposal_status.text()
+    assert "label next" in viewer.layers and viewer.layers.selection.active is labels
+    camera = getattr(viewer, "scene", viewer).camera
+    assert tuple(camera.center[-2:]) == (47.5, 47.5)  # the window's centre
+
+    runner = widget.runner
+    labels.data[1, 0, 0] = 1
+    qtbot.mouseClick(widget.next_region_btn, Qt.LeftButton)  # the same model: not computed again
+    assert widget.runner is runner and widget.region is None
+    assert "every region holds labels already" in widget.proposal_status.text()
