@@ -176,6 +176,25 @@ def run_headless(args: argparse.Namespace) -> int:
     _wait(lambda: f"{image.name} instances" in viewer.layers and not predict.busy, 120)
     shot("03-prediction.png")
     shot("demo.png")
+
+    # 4. label with the model's help: proposals from the model just trained, a few accepted
+    # with a click, one rejected as background
+    from napari_unet._widgets._slices import SPARSE_INSTANCES
+
+    annotate = widgets["Annotate"]
+    _show(viewer, "Annotate")
+    viewer.layers[f"{image.name} instances"].visible = False
+    annotate.kind.setCurrentIndex(annotate.kind.findData(SPARSE_INSTANCES))
+    annotate.create_btn.click()
+    annotate.propose_btn.click()
+    _wait(lambda: not annotate.busy, 120)
+    proposals = viewer.layers[f"{annotate.proposal_target.currentText()} proposals"]
+    ids = [int(i) for i in np.unique(np.asarray(proposals.data)) if i]
+    for proposal in ids[:6]:
+        annotate.accept(proposal)
+    if len(ids) > 6:
+        annotate.accept(ids[6], background=True)
+    shot("04-proposals.png")
     from napari.utils.notifications import notification_manager
 
     for record in notification_manager.records:

@@ -13,7 +13,7 @@ start model's architecture, so a CPU user fine-tunes at the CPU default's speed.
 Steps:
 
 1. ``napari-unet train --images DATA/images --labels DATA/labels --labels-kind KIND
-   --width W --out WORK/model [--steps N | --time-budget S] [EXTRA...]`` (the flags
+   --width W --out WORK/model --init scratch [--steps N | --time-budget S] [EXTRA...]`` (the flags
    after ``--`` are passed on as they are, e.g. ``--config FILE.json --device cuda``);
 2. the trained model gets a ``"built_with"`` entry in its ``training.json`` (this
    command, the exact train command, the data folder, the commit) and is saved with
@@ -108,6 +108,7 @@ def train_command(
         "--labels-kind", args.labels_kind,
         "--width", str(args.width),
         "--out", str(model_dir),
+        "--init", "scratch",  # a built-in model starts from nothing, never from the old one
     ]  # fmt: skip
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]

@@ -297,3 +297,22 @@ def test_a_sample_image_and_a_made_up_one_have_the_shapes_predicted(nuclei_model
     image, _ = make_nuclei(shape=(70, 90), seed=3)
     ids = nu.predict(nuclei_model, image.astype(np.float32), instances=True, device="cpu")
     assert ids.shape == (70, 90) and ids.dtype.kind == "u"
+
+
+def test_a_builtin_model_is_trained_from_scratch(tmp_path):
+    """The CLI starts from builtin:nuclei by default (init auto): retraining a built-in model
+    (or a stand-in that must not have seen a held-out group) has to say scratch."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_builtin", REPO / "resources" / "train_builtin.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(labels_kind="instances", width=8, steps=10, time_budget=None)
+    cmd = module.train_command(args, ["--device", "cpu"], tmp_path / "m", tmp_path / "data")
+    from napari_unet.cli import build_parser
+
+    parsed = build_parser().parse_args(cmd[1:])
+    assert parsed.init == "scratch" and parsed.steps == 10 and parsed.device == "cpu"
