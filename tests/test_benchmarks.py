@@ -27,6 +27,7 @@ def test_every_benchmark_is_covered():
         "bench_hitl.py",
         "bench_large_zarr.py",
         "bench_predict.py",
+        "bench_proposals.py",
         "bench_start_fit.py",
         "bench_time_to_accuracy.py",
         "bench_touching.py",
@@ -37,8 +38,8 @@ def test_every_benchmark_is_covered():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_runs_tiny(script, tmp_path):
-    if script == "bench_gui.py" and not os.environ.get("DISPLAY"):
-        pytest.fail("bench_gui.py needs a display: run the suite under xvfb-run (make test does)")
+    if script in ("bench_gui.py", "bench_proposals.py") and not os.environ.get("DISPLAY"):
+        pytest.fail(f"{script} needs a display: run the suite under xvfb-run (make test does)")
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--tiny"],
         capture_output=True,
