@@ -12,6 +12,11 @@ false positive on background is painted as background; nothing else on that imag
 labeled.  Training then continues from the current model (``train(model=...)``, the
 Train widget's "continue") for ``--steps`` more steps on all the labels so far.
 
+With ``--proposals`` (the Annotate widget's proposals, issue 23) the user instead accepts
+every proposal of the current model that is right (IoU >= 0.7 with a true object) with one
+click and fixes the ``--fixes`` worst of the rest, in round 0 (the start model's proposals
+on the first images) and every round; "touched" then counts clicks and fixes.
+
 Every model is scored on the test group (``--test-split``, at most ``--test-images`` of
 it, the same ones every round): mean AP@0.5 over the images, with the post-processing
 the model chose for itself and the object-size zoom (what ``predict`` does).  Also scored:
@@ -38,11 +43,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _splits import DSB, GROUPS, cap, few_labels, header, mean_std, split, write_tiny  # noqa: E402
 
 
-def correct(truth: np.ndarray, pred: np.ndarray, fixes: int) -> tuple[np.ndarray, int]:
+def correct(
+    truth: np.ndarray, pred: np.ndarray, fixes: int, good: float = 0.5
+) -> tuple[np.ndarray, int]:
     """The ``sparse-instances`` labels a user paints to fix the worst objects of ``pred``.
 
     Errors, worst first (lowest IoU with the best partner, then largest): each truth
-    object without a partner at IoU >= 0.5 (a miss, part of a merge, or badly cut) is
+    object without a partner at IoU >= ``good`` (a miss, part of a merge, or badly cut) is
     outlined; each predicted object without one that lies mostly on true background (a
     false positive) is painted background.  Only the first ``fixes`` errors are painted;
     everything else stays 0 (unlabeled).  Returns the labels and the objects touched.
@@ -51,11 +58,11 @@ def correct(truth: np.ndarray, pred: np.ndarray, fixes: int) -> tuple[np.ndarray
     best_t, best_p = _best_ious(truth, pred)
     errors = []  # (iou, -size, kind, id)
     for t, size in zip(*np.unique(truth[truth > 0], return_counts=True), strict=True):
-        if best_t.get(int(t), 0.0) < 0.5:  # a miss, part of a merge, or badly cut
+        if best_t.get(int(t), 0.0) < good:  # a miss, part of a merge, or badly cut
             errors.append((best_t.get(int(t), 0.0), -int(size), "outline", int(t)))
     for p, size in zip(*np.unique(pred[pred > 0], return_counts=True), strict=True):
         on_background = (truth[pred == p] == 0).mean() >= 0.5
-        if best_p.get(int(p), 0.0) < 0.5 and on_background:  # a false positive
+        if best_p.get(int(p), 0.0) < good and on_background:  # a false positive
             errors.append((0.0, -int(size), "background", int(p)))
     errors.sort(key=lambda e: (e[0], e[1]))
     labels = np.zeros(truth.shape, np.uint16)
@@ -67,6 +74,35 @@ def correct(truth: np.ndarray, pred: np.ndarray, fixes: int) -> tuple[np.ndarray
         else:
             labels[(pred == value) & (truth == 0) & (labels == 0)] = 1
     return labels, min(fixes, len(errors))
+
+
+def accept_and_correct(
+    truth: np.ndarray, pred: np.ndarray, fixes: int, good: float = 0.7
+) -> tuple[np.ndarray, int, int]:
+    """The ``sparse-instances`` labels a user makes from the model's proposals ``pred``.
+
+    Every proposal that matches a true object at IoU >= ``good`` is accepted with one click
+    (``napari_unet.proposals.placement``, as the Annotate widget does); of the rest, the
+    ``fixes`` worst errors (a true object with no proposal at IoU >= ``good`` outlined, a
+    false positive painted background; :func:`correct`) are fixed, never over what was
+    accepted.  Returns the labels, the clicks and the objects outlined or painted.
+    """
+    from napari_unet.proposals import placement
+
+    truth, pred = np.asarray(truth), np.asarray(pred).astype(np.int32)
+    _, best_p = _best_ious(truth, pred)
+    labels = np.zeros(truth.shape, np.uint16)
+    clicks = 0
+    for p in sorted(k for k, iou in best_p.items() if iou >= good):
+        one = placement(labels, pred, int(p), "sparse-instances")
+        labels[one.indices] = one.value
+        clicks += 1
+    fixed, n = correct(truth, pred, fixes, good=good)
+    free = labels == 0
+    top = max(int(labels.max()), 1)
+    labels[free & (fixed > 1)] = fixed[free & (fixed > 1)] - 1 + top  # ids after the accepted
+    labels[free & (fixed == 1)] = 1
+    return labels, clicks, n
 
 
 def _best_ious(truth: np.ndarray, pred: np.ndarray) -> tuple[dict, dict]:
@@ -118,9 +154,17 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     images, truths = read(src, stems)
     cfg = TrainConfig(seed=run, **({} if args.distill is None else {"distill": args.distill}))
     steps = dict(steps=args.steps, device="cpu", config=cfg)
-    labels = [few_labels(t, args.objects, args.strokes, rng) for t in truths[: args.images]]
-    touched = sum(int(lab.max()) - 1 for lab in labels)
     start = nu.load_model(args.init)
+    if args.proposals:  # round 0: the start model's proposals, accepted and fixed
+        made = [
+            accept_and_correct(t, nu.predict(start, i, instances=True, device="cpu"), args.fixes)
+            for i, t in zip(images[: args.images], truths[: args.images], strict=True)
+        ]
+        labels = [lab for lab, _, _ in made]
+        touched = sum(clicks + n for _, clicks, n in made)
+    else:
+        labels = [few_labels(t, args.objects, args.strokes, rng) for t in truths[: args.images]]
+        touched = sum(int(lab.max()) - 1 for lab in labels)
     rows = [{"run": run, "round": "start", "touched": 0, "ap50": score(start, *test)}]
     print_row(rows[-1])
     model = nu.train(
@@ -132,7 +176,11 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     for r in range(1, args.rounds + 1):
         k = args.images + r - 1
         pred = nu.predict(model, images[k], instances=True, device="cpu")
-        fixed, n = correct(truths[k], pred, args.fixes)
+        if args.proposals:
+            fixed, clicks, n = accept_and_correct(truths[k], pred, args.fixes)
+            n += clicks
+        else:
+            fixed, n = correct(truths[k], pred, args.fixes)
         labels.append(fixed)
         touched += n
         model = nu.train(
@@ -209,6 +257,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="correction rounds after round 0")
     p.add_argument("--fixes", type=int, default=5, help="objects fixed per correction round")
     p.add_argument("--steps", type=int, default=200, help="training steps per round")
+    p.add_argument(
+        "--proposals",
+        action="store_true",
+        help="the user accepts the model's right proposals (IoU >= 0.7) with a click, then "
+        "fixes --fixes errors per image; 'touched' counts clicks + fixes (round 0 too)",
+    )
     p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
@@ -240,6 +294,7 @@ def main() -> None:
             f"{args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s); "
             f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
             f"distill {args.distill if args.distill is not None else 'default'}"
+            + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
         )
         print("| run | round | objects touched | AP@0.5 |")
         print("|---" * 4 + "|")

@@ -36,12 +36,13 @@ def test_every_benchmark_is_covered():
     ]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", [*SCRIPTS, "bench_hitl.py --proposals"])
 def test_benchmark_runs_tiny(script, tmp_path):
+    script, *flags = script.split()
     if script in ("bench_gui.py", "bench_proposals.py") and not os.environ.get("DISPLAY"):
         pytest.fail(f"{script} needs a display: run the suite under xvfb-run (make test does)")
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--tiny"],
+        [sys.executable, str(BENCHMARKS / script), "--tiny", *flags],
         capture_output=True,
         text=True,
         timeout=600,
@@ -155,3 +156,26 @@ def test_the_simulated_user_fixes_the_k_worst_objects_only():
     labels, touched = correct(truth, pred, fixes=2)
     # the worst two: no overlap at all, the largest first (miss 3, then the false positive)
     assert touched == 2 and np.count_nonzero(labels) == (truth == 3).sum() + 144
+
+
+def test_the_simulated_user_accepts_right_proposals_with_a_click_and_fixes_the_rest():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_hitl import accept_and_correct
+
+    truth = np.zeros((64, 64), np.uint16)
+    truth[2:12, 2:12] = 1  # proposed right (IoU 1)
+    truth[20:30, 2:12] = 2  # proposed a bit small: IoU 0.6, not accepted, outlined
+    truth[40:60, 2:22] = 3  # missed
+    pred = np.zeros_like(truth)
+    pred[2:12, 2:12] = 7
+    pred[20:26, 2:12] = 8
+    pred[48:60, 48:60] = 9  # a false positive on background
+    labels, clicks, fixed = accept_and_correct(truth, pred, fixes=10)
+    assert clicks == 1 and fixed == 3  # object 2 and 3 outlined, the false positive painted
+    assert (labels[2:12, 2:12] == 2).all()  # the accepted proposal, first object id
+    assert len(np.unique(labels[truth == 2])) == 1 and labels[22, 5] >= 3
+    assert len(np.unique(labels[truth == 3])) == 1 and labels[50, 10] >= 3
+    assert labels[22, 5] != labels[50, 10]
+    assert (labels[48:60, 48:60] == 1).all()
+    _, clicks, fixed = accept_and_correct(truth, pred, fixes=1)
+    assert clicks == 1 and fixed == 1
