@@ -192,7 +192,8 @@ class Proposals:
             return
         target, model, image = inputs
         dims = model.config.model.spatial_dims
-        index = in_view_index(self.viewer, target) if target.ndim > dims else ()
+        # the plane (2D model) or volume (3D model) in view: the leading axes' indices
+        index = in_view_index(self.viewer, target)[: max(target.ndim - dims, 0)]
         data = np.asarray(image.data[index] if index else image.data)
         params = dict(labels=False, instances=True, probabilities=False, device="auto")
         on_done = lambda result: self._show_proposals(target, index, result)  # noqa: E731
