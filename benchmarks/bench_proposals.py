@@ -30,6 +30,9 @@ from _synthetic import nuclei  # noqa: E402
 
 @dataclass
 class Click:
+    """What napari's canvas hands a layer's mouse callbacks on a press (also used by
+    tests/widgets/test_proposals.py)."""
+
     position: tuple
     modifiers: list = field(default_factory=list)
     type: str = "mouse_press"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass, field
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,18 +19,8 @@ from napari_unet._widgets._slices import SPARSE_INSTANCES
 
 pytestmark = pytest.mark.gui
 
-
-@dataclass
-class Click:
-    """What napari's canvas hands a layer's mouse callbacks on a press."""
-
-    position: tuple
-    modifiers: list = field(default_factory=list)
-    type: str = "mouse_press"
-    is_dragging: bool = False
-    dims_displayed: list = field(default_factory=lambda: [1, 2])
-    view_direction: None = None
-    handled: bool = False
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bench_proposals import Click  # noqa: E402  (what napari's canvas hands a callback)
 
 
 def annotate(viewer, qtbot, kind: str = SPARSE_INSTANCES) -> AnnotateWidget:
