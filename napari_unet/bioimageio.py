@@ -414,7 +414,6 @@ def _cover(image: np.ndarray, probs: np.ndarray, out: Path) -> None:
 
 def _readme(model: Any, name: str, sizes: Sizes) -> str:
     spec, history = model.config, model.history or {}
-    sessions = [s for s in history.get("sessions", []) if isinstance(s, dict)]
     lines = [
         f"# {name}",
         "",
@@ -460,7 +459,14 @@ def _readme(model: Any, name: str, sizes: Sizes) -> str:
             "--instances` does it for you.",
             "",
         ]
-    lines += ["# Validation", ""]
+    return "\n".join(lines + ["# Validation", "", *_validation_lines(history), ""])
+
+
+def _validation_lines(history: dict) -> list[str]:
+    """The package README's validation part: each session's data and instance settings,
+    the last validation, the steps and how the model can be re-trained."""
+    sessions = [s for s in history.get("sessions", []) if isinstance(s, dict)]
+    lines: list[str] = []
     for i, session in enumerate(sessions, 1):
         data = session.get("data") or []
         what = f"Session {i}: {len(data)} image(s) with {session.get('labels_kind')} labels"
@@ -491,8 +497,7 @@ def _readme(model: Any, name: str, sizes: Sizes) -> str:
     built = history.get("built_with")
     if isinstance(built, dict) and built.get("command"):
         lines.append(f"Re-trained by: `{built['command']}`.")
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def one_image(data: Any, spec: Any, index: Sequence[int] | None = None) -> np.ndarray:

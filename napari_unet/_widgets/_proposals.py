@@ -321,8 +321,9 @@ class Proposals:
         if value:
             self.accept(int(value), background="Shift" in event.modifiers, proposals=layer)
 
-    def _pair(self, proposals: Labels | None) -> tuple[Labels, Labels, tuple[int, ...]] | None:
-        """(proposals layer, its labels layer, the plane's leading indices), or None."""
+    def _pair(self, proposals: Labels | None) -> tuple | None:
+        """(labels layer, the plane's leading indices, labels kind, the plane's labels, its
+        proposals) for the proposals layer (default: the chosen labels layer's), or None."""
         proposals = proposals or self._proposals_layer()
         if proposals is None:
             show_warning("napari-unet: propose objects first")
@@ -331,20 +332,21 @@ class Proposals:
         if name not in self.viewer.layers:
             show_warning(f"napari-unet: the labels layer {name!r} of these proposals is gone")
             return None
-        return proposals, self.viewer.layers[name], tuple(proposals.metadata[INDEX_KEY])
+        target, index = self.viewer.layers[name], tuple(proposals.metadata[INDEX_KEY])
+        plane = np.asarray(target.data[index] if index else target.data)
+        props = np.asarray(proposals.data).reshape(plane.shape)
+        return target, index, labels_kind(target), plane, props
 
     def accept(self, proposal: int, background: bool = False, proposals: Labels | None = None):
         """Accept one proposal (Shift+click: as background); returns its Placement."""
         pair = self._pair(proposals)
         if pair is None:
             return None
-        layer, target, index = pair
-        kind = labels_kind(target)
-        plane = np.asarray(target.data[index] if index else target.data)
+        target, index, kind, plane, props = pair
         try:
             one = placement(
                 plane,
-                np.asarray(layer.data).reshape(plane.shape),
+                props,
                 proposal,
                 kind,
                 background=background,
@@ -369,10 +371,8 @@ class Proposals:
         pair = self._pair(None)
         if pair is None:
             return []
-        layer, target, index = pair
-        kind = labels_kind(target)
-        plane = np.asarray(target.data[index] if index else target.data)
-        props = np.asarray(layer.data).reshape(plane.shape)
+        target, index, kind, plane, props = pair
+        layer = self._proposals_layer()
         corners = np.asarray(layer.corner_pixels)[:, -plane.ndim :]
         region = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(*corners, strict=True))
         if not props[region].size:
