@@ -105,6 +105,77 @@ def accept_and_correct(
     return labels, clicks, n
 
 
+def label_region(
+    truth: np.ndarray,
+    pred: np.ndarray | None,
+    region: tuple[slice, ...],
+    labels: np.ndarray,
+    good: float = 0.7,
+) -> tuple[np.ndarray, int]:
+    """``labels`` after the user labels everything in ``region`` of one image.
+
+    Each true object that reaches into the region is taken whole: accepted with one click
+    when a proposal of ``pred`` matches it at IoU >= ``good`` (``pred`` None: no proposals),
+    else outlined; the true background inside the region is painted background (one
+    stroke).  Pixels labeled already are left as they are.  Returns the new labels and
+    the actions (clicks + outlines + 1 stroke).
+    """
+    truth = np.asarray(truth)
+    labels = np.array(labels, dtype=np.uint16)
+    actions = 0
+    top = max(int(labels.max()) + 1, 2)
+    if pred is not None:
+        pred = np.asarray(pred)
+        area = dict(zip(*np.unique(pred, return_counts=True), strict=True))
+    for t in np.unique(truth[region]):
+        if t == 0:
+            continue
+        mask = truth == t
+        if pred is not None:  # the proposal that matches it best, if it is right
+            ids, inter = np.unique(pred[mask & (pred > 0)], return_counts=True)
+            iou = [n / (area[i] + mask.sum() - n) for i, n in zip(ids, inter, strict=True)]
+            if iou and max(iou) >= good:
+                mask = pred == ids[int(np.argmax(iou))]  # accepted: the proposal's pixels
+        free = mask & (labels == 0)
+        if free.any():
+            labels[free] = top
+            top += 1
+            actions += 1  # a click on a right proposal or an outline: one action each
+    background = np.zeros(truth.shape, bool)
+    background[region] = truth[region] == 0
+    background &= labels == 0
+    if background.any():
+        labels[background] = 1
+        actions += 1
+    return labels, actions
+
+
+def choose_region(
+    how: str, model, images: list, labels: list, rng: np.random.Generator
+) -> tuple[int, tuple[slice, ...]] | None:
+    """Where the user labels next: ``"next"`` the Annotate widget's "where to label next"
+    (the most uncertain label-free window of ``REGION_SIZE`` over all ``images``),
+    ``"random"`` a label-free window of the same size on a random image."""
+    import napari_unet as nu
+    from napari_unet.proposals import REGION_SIZE, next_region, uncertainty
+
+    if how == "random":
+        for i in rng.permutation(len(images)):
+            # a random field's window means: every label-free window equally likely to win
+            noise = rng.random(np.shape(labels[i])).astype(np.float32)
+            region = next_region(noise, labels[i], REGION_SIZE)
+            if region is not None:
+                return int(i), region
+        return None
+    best = None
+    for i, (image, lab) in enumerate(zip(images, labels, strict=True)):
+        uncertain = uncertainty(nu.predict_proba(model, image, device="cpu"))
+        region = next_region(uncertain, lab, REGION_SIZE)
+        if region is not None and (best is None or uncertain[region].mean() > best[0]):
+            best = (float(uncertain[region].mean()), i, region)
+    return None if best is None else best[1:]
+
+
 def _best_ious(truth: np.ndarray, pred: np.ndarray) -> tuple[dict, dict]:
     """The best IoU of each truth object and of each predicted object with the other side."""
     t, p = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
@@ -174,21 +245,17 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     print_row(rows[-1])
     keep(model, args, f"run-{run}/round-0")
     for r in range(1, args.rounds + 1):
-        k = args.images + r - 1
-        pred = nu.predict(model, images[k], instances=True, device="cpu")
-        if args.proposals:
-            fixed, clicks, n = accept_and_correct(truths[k], pred, args.fixes)
-            n += clicks
-        else:
-            fixed, n = correct(truths[k], pred, args.fixes)
-        labels.append(fixed)
-        touched += n
+        touched += next_labels(r, model, images, truths, labels, rng, args)
+        have = [i for i, lab in enumerate(labels) if lab.any()]
         model = nu.train(
-            images[: k + 1], labels, labels_kind="sparse-instances", model=model, **steps
+            [images[i] for i in have], [labels[i] for i in have],
+            labels_kind="sparse-instances", model=model, **steps,
         )  # fmt: skip
         rows.append({"run": run, "round": r, "touched": touched, "ap50": score(model, *test)})
         print_row(rows[-1])
         keep(model, args, f"run-{run}/round-{r}")
+    if args.no_dense:
+        return rows
     n = args.images + args.rounds
     dense = nu.train(
         images[:n], truths[:n], labels_kind="instances", init=args.init,
@@ -198,6 +265,38 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     rows.append({"run": run, "round": "dense", "touched": objects, "ap50": score(dense, *test)})
     print_row(rows[-1])
     return rows
+
+
+def next_labels(r: int, model, images: list, truths: list, labels: list, rng, args) -> int:
+    """Round ``r``'s labels, added to ``labels`` (one array per image); returns the actions.
+
+    Without ``--regions``: the current model's prediction on image ``--images + r - 1``,
+    its worst errors fixed (accepting the right proposals first with ``--proposals``).
+    With it: one window chosen by :func:`choose_region` over all the run's images,
+    labeled whole (:func:`label_region`).
+    """
+    import napari_unet as nu
+
+    if args.regions:
+        labels += [np.zeros(np.shape(t), np.uint16) for t in truths[len(labels) :]]
+        chosen = choose_region(args.regions, model, images, labels, rng)
+        if chosen is None:  # every window holds a label
+            return 0
+        i, region = chosen
+        pred = None
+        if args.proposals:
+            pred = nu.predict(model, images[i], instances=True, device="cpu")
+        labels[i], actions = label_region(truths[i], pred, region, labels[i])
+        return actions
+    k = args.images + r - 1
+    pred = nu.predict(model, images[k], instances=True, device="cpu")
+    if args.proposals:
+        fixed, clicks, actions = accept_and_correct(truths[k], pred, args.fixes)
+        actions += clicks
+    else:
+        fixed, actions = correct(truths[k], pred, args.fixes)
+    labels.append(fixed)
+    return actions
 
 
 def keep(model, args, name: str) -> None:
@@ -232,8 +331,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     start = np.mean([r["ap50"] for r in rows if r["round"] == "start"])
     ax.axhline(start, color="C3", ls="--", label=f"start model, no training ({start:.2f})")
     dense = [r for r in rows if r["round"] == "dense"]
-    ax.plot([r["touched"] for r in dense], [r["ap50"] for r in dense], "s", color="C2",
-            label="dense labels, same images")  # fmt: skip
+    if dense:
+        ax.plot([r["touched"] for r in dense], [r["ap50"] for r in dense], "s", color="C2",
+                label="dense labels, same images")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("objects touched by the user (log)")
     ax.set_ylabel("held-out AP@0.5")
@@ -262,6 +362,16 @@ def main() -> None:
         action="store_true",
         help="the user accepts the model's right proposals (IoU >= 0.7) with a click, then "
         "fixes --fixes errors per image; 'touched' counts clicks + fixes (round 0 too)",
+    )
+    p.add_argument(
+        "--regions",
+        choices=["next", "random"],
+        help="each round the user labels one whole REGION_SIZE window instead of fixing "
+        "errors: the Annotate widget's 'where to label next' (next) or a random label-free "
+        "one (random), over all the run's images",
+    )
+    p.add_argument(
+        "--no-dense", action="store_true", help="skip the dense-label model (the same in every arm)"
     )
     p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
     p.add_argument("--runs", type=int, default=3)
@@ -295,6 +405,7 @@ def main() -> None:
             f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
             f"distill {args.distill if args.distill is not None else 'default'}"
             + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
+            + (f"; one {args.regions} region per round" if args.regions else "")
         )
         print("| run | round | objects touched | AP@0.5 |")
         print("|---" * 4 + "|")
@@ -309,7 +420,7 @@ def main() -> None:
     print("| round | objects touched (mean) | AP@0.5 (mean ± std) |")
     print("|---" * 3 + "|")
     means = {}
-    for k in ["start", *range(args.rounds + 1), "dense"]:
+    for k in ["start", *range(args.rounds + 1), *([] if args.no_dense else ["dense"])]:
         mine = [r for r in rows if r["round"] == k]
         means[k] = mean_std([r["ap50"] for r in mine])
         print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")

@@ -36,7 +36,7 @@ def test_every_benchmark_is_covered():
     ]
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS, "bench_hitl.py --proposals"])
+@pytest.mark.parametrize("script", [*SCRIPTS, "bench_hitl.py --proposals --regions next"])
 def test_benchmark_runs_tiny(script, tmp_path):
     script, *flags = script.split()
     if script in ("bench_gui.py", "bench_proposals.py") and not os.environ.get("DISPLAY"):
@@ -179,3 +179,46 @@ def test_the_simulated_user_accepts_right_proposals_with_a_click_and_fixes_the_r
     assert (labels[48:60, 48:60] == 1).all()
     _, clicks, fixed = accept_and_correct(truth, pred, fixes=1)
     assert clicks == 1 and fixed == 1
+
+
+def test_the_simulated_user_labels_a_whole_region_accepting_right_proposals():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_hitl import label_region
+
+    truth = np.zeros((64, 64), np.uint16)
+    truth[2:12, 2:12] = 1  # inside the region, proposed right
+    truth[20:30, 25:40] = 2  # reaches into the region from outside, not proposed
+    truth[50:60, 50:60] = 3  # outside the region: left alone
+    pred = np.zeros_like(truth)
+    pred[2:12, 2:11] = 5  # IoU 0.9: accepted as it is
+    before = np.zeros_like(truth)
+    before[5, 5] = 2  # painted already: kept
+    region = (slice(0, 32), slice(0, 32))
+    labels, actions = label_region(truth, pred, region, before)
+    assert actions == 3  # one click, one outline, one background stroke
+    assert (
+        labels[5, 5] == 2 and labels[3, 3] >= 3 and labels[3, 11] == 0
+    )  # the proposal's pixels only
+    assert len(np.unique(labels[truth == 2])) == 1 and labels[25, 38] >= 3  # whole, own id
+    assert labels[25, 38] != labels[3, 3]
+    assert (labels[truth == 3] == 0).all() and (labels[40:, :] == 0).all()
+    assert (labels[region][truth[region] == 0] >= 1).all()  # the region's background painted
+    _, actions = label_region(truth, None, region, before)
+    assert actions == 3  # without proposals: two outlines, one stroke
+
+
+def test_a_random_region_holds_no_label_yet():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_hitl import choose_region
+
+    from napari_unet.proposals import REGION_SIZE
+
+    labels = [np.ones((REGION_SIZE, REGION_SIZE), np.uint16), np.zeros((400, 300), np.uint16)]
+    labels[1][:200, :] = 2
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        i, region = choose_region("random", None, [None, None], labels, rng)
+        assert i == 1 and not labels[1][region].any()
+        assert region[0].stop - region[0].start == REGION_SIZE
+    labels[1][:] = 1
+    assert choose_region("random", None, [None, None], labels, rng) is None
