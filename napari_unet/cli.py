@@ -148,6 +148,15 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="features of the first level (default: 8 on the CPU, 32 on a GPU)",
     )
+    t.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        dest="spatial_dims",
+        help="2: a 2D network, stacks are trained and predicted slice by slice (default); "
+        "3: a 3D network on volumes (ZYX), the Train widget's '3D' (default: the start "
+        "model's with --init)",
+    )
     t.add_argument("--depth", type=_positive_int, help="resolution levels (default 4)")
     t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
     t.add_argument(
@@ -272,11 +281,14 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, flush=True)
 
 
-def _read_pairs(args: argparse.Namespace, kind: str, spec: Any = None) -> tuple[list, list, Any]:
+def _read_pairs(
+    args: argparse.Namespace, kind: str, spec: Any = None, spatial_dims: int | None = None
+) -> tuple[list, list, Any]:
     """Read the training pairs and check them with the engine's checks (errors name the
     files); returns images, labels and the names used (for the training's own errors).
 
-    ``spec`` is the :class:`~napari_unet.config.ModelSpec` of the model being resumed.
+    ``spec`` is the :class:`~napari_unet.config.ModelSpec` of the model being resumed;
+    ``spatial_dims`` the network asked for (``--dims``; None: 2, or the resumed model's).
     """
     from .files import find_inputs, grey_if_rgb, pair_by_stem, read_image
     from .inputs import Continued, Names, check_training_data
@@ -302,7 +314,7 @@ def _read_pairs(args: argparse.Namespace, kind: str, spec: Any = None) -> tuple[
     if spec is not None:
         labels_cfg = spec.labels
         continued = Continued(spec.model.in_channels, labels_cfg.class_names, labels_cfg.value_map)
-    spatial = spec.model.spatial_dims if spec is not None else 2
+    spatial = spec.model.spatial_dims if spec is not None else spatial_dims or 2
     check_training_data(images, labels, kind, spatial, names, continued=continued)
     return images, labels, names
 
@@ -322,7 +334,7 @@ def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
 # flags of ``train`` that a recipe file may set too (file key = flag's dest)
 RECIPE_FLAGS = (
     "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
-    "precision", "border_weights", "seed", "lr", "distill", "scale",
+    "precision", "border_weights", "seed", "lr", "distill", "scale", "spatial_dims",
 )  # fmt: skip
 
 
@@ -363,7 +375,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     spec = request.check()  # before any data is read
     kind = spec.labels.kind if spec is not None else request.labels_kind or "sparse"
-    images, labels, names = _read_pairs(args, kind, spec)
+    images, labels, names = _read_pairs(args, kind, spec, request.spatial_dims)
     from .training import train_request_iter
 
     _say(args, f"training on {len(images)} image(s) with {kind} labels")
@@ -517,6 +529,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         split=args.split,
     )
     model = load_model(args.model, device=args.device).with_postprocess(**postprocess)
+    _say(args, _dims_note(model.config.model.spatial_dims))
     options = dict(
         instances=args.instances,
         probabilities=args.probabilities,
@@ -562,6 +575,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"first: {first.name}: {first.reason}"
         )
     return 0
+
+
+def _dims_note(spatial_dims: int) -> str:
+    """What ``predict`` says about the network's dimensionality."""
+    if spatial_dims == 3:
+        return "a 3D model: each stack is predicted as one volume (ZYX)"
+    return "a 2D model: stacks are predicted slice by slice"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -355,3 +355,31 @@ def test_train_scale_flag_is_recorded_and_checked(folders, tmp_path, capsys):
     assert (
         exc.value.code == 2 and "--scale: must be in [0.05, 4.0], got 0" in capsys.readouterr().err
     )
+
+
+def test_dims_3_trains_a_3d_network_and_predicts_volumes(tmp_path, capsys):
+    """--dims 3 trains a 3D network on volumes; predict says how it reads a stack."""
+    from napari_unet._sample_data import make_synthetic_nuclei_3d
+
+    image, labels = make_synthetic_nuclei_3d()
+    for sub in ("images", "labels", "test"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "v.tif", image[:16, :64, :64])
+    tifffile.imwrite(tmp_path / "labels" / "v.tif", labels[:16, :64, :64])
+    tifffile.imwrite(tmp_path / "test" / "w.tif", image[16:, 64:, 64:])
+    out = tmp_path / "m3"
+    args = ["train", "--images", tmp_path / "images", "--labels", tmp_path / "labels",
+            "--out", out, "--labels-kind", "instances", "--steps", "2", "--dims", "3",
+            "--width", "4", "--depth", "2", "--patch", "16", "--batch-size", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["spatial_dims"] == 3
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "test"), "--out", str(tmp_path / "p")]) == 0
+    assert "a 3D model: each stack is predicted as one volume" in capsys.readouterr().out
+    assert tifffile.imread(next((tmp_path / "p").glob("w*.tif"))).shape == (16, 64, 64)
+    args[args.index(out)] = tmp_path / "m3b"  # a 2D start model cannot be a 3D network
+    assert main([str(a) for a in args] + ["--init", "builtin:nuclei"]) == 2
+    err = capsys.readouterr().err
+    assert "spatial_dims 3 was given" in err and "(builtin:nuclei) has spatial_dims 2" in err
+    assert not (tmp_path / "m3b").exists()
