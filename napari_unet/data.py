@@ -125,7 +125,9 @@ def split_samples(
       its false positives;
     - ``sparse`` labels hold out spatial blocks holding about ``val_fraction`` of the
       labeled pixels (at least 10 %), never the last pixels of a class;
-    - ``semantic`` labels, and too few objects, hold out nothing: validation then
+    - a single densely labeled volume (``instances``, ``semantic``) holds out a slab of
+      whole z slices (:data:`HELD_OUT_SLAB`), for validation and calibration;
+    - other ``semantic`` labels, and too few objects, hold out nothing: validation then
       scores the training labels, and says so.
     """
     labeled = [i for i, t in enumerate(targets) if (t != IGNORE).any()]
@@ -138,9 +140,14 @@ def split_samples(
             [labeled[i] for i in train_pos], val, whole, whole, f"{len(val)} held-out image(s)"
         )
     same = f"the training labels ({len(labeled)} image(s): too few to hold any out)"
-    if val_fraction <= 0 or kind == "semantic":
+    slab = None
+    if val_fraction > 0 and len(labeled) == 1 and kind in ("instances", "semantic"):
+        slab = _held_out_slab(targets[labeled[0]], seed)
+    if slab is not None:  # one densely labeled volume: a slab of it
+        held, description = {labeled[0]: slab[0]}, slab[1]
+    elif val_fraction <= 0 or kind == "semantic":
         return Split(labeled, labeled, whole, whole, same)
-    if kind in INSTANCE_KINDS:
+    elif kind in INSTANCE_KINDS:
         if label_images is None:
             return Split(labeled, labeled, whole, whole, same)
         held, description = _held_out_objects(
@@ -164,7 +171,7 @@ def split_samples(
         train_t[i] = targets[i] if mask is None else np.where(mask, IGNORE, targets[i])
         if mask is not None:
             val_t[i] = np.where(mask, targets[i], IGNORE)
-    if kind not in INSTANCE_KINDS:
+    if kind not in INSTANCE_KINDS and slab is None:
         n_val = sum(int((t != IGNORE).sum()) for t in val_t.values())
         n_all = sum(int((targets[i] != IGNORE).sum()) for i in labeled)
         share = 100 * n_val / n_all
@@ -176,6 +183,27 @@ def split_samples(
         val_t,
         description,
     )
+
+
+HELD_OUT_SLAB = 0.2
+"""The share of a single densely labeled volume's slices held out, as one slab."""
+
+
+def _held_out_slab(target: np.ndarray, seed: int) -> tuple[np.ndarray, str] | None:
+    """A slab of whole z slices (:data:`HELD_OUT_SLAB` of them, at the top or the bottom
+    of the volume) holding labels, while labels remain outside it; None for a 2D sample
+    or a volume too thin for both."""
+    if target.ndim != 3 or target.shape[0] < 5:
+        return None
+    depth = target.shape[0]
+    thick = max(1, int(depth * HELD_OUT_SLAB + 0.5))
+    start = 0 if np.random.default_rng(seed).random() < 0.5 else depth - thick
+    mask = np.zeros(target.shape, bool)
+    mask[start : start + thick] = True
+    labeled = target != tg.IGNORE
+    if not (labeled & mask).any() or not (labeled & ~mask).any():
+        return None
+    return mask, f"a held-out slab of the volume (z {start}-{start + thick - 1} of {depth})"
 
 
 MIN_OBJECTS_FOR_HOLDOUT = 4

@@ -207,3 +207,28 @@ def test_outlined_objects_on_many_images_still_hold_out_objects_not_images():
     split = split_samples(targets, "sparse-instances", 0.1, 0, block=32, label_images=labels)
     assert split.description.startswith("2 held-out outlined objects of 10 + ")
     assert split.train == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["instances", "semantic"])
+def test_a_single_dense_volume_holds_out_a_slab(kind):
+    """One densely labeled volume: validation is a slab of whole z slices the loss never sees."""
+    from napari_unet._sample_data import make_synthetic_nuclei_3d
+    from napari_unet.targets import instance_targets
+
+    _, labels = make_synthetic_nuclei_3d()  # (32, 128, 128)
+    target = instance_targets(labels, spatial_dims=3) if kind == "instances" else (labels > 0) * 1
+    split = split_samples([target], kind, 0.1, 0, block=16, label_images=[labels])
+    assert (
+        split.train == split.val == [0] and "held-out slab of the volume (z " in split.description
+    )
+    held = split.val_targets[0] != IGNORE
+    slices = np.flatnonzero(held.any(axis=(1, 2)))
+    assert held[slices].all() and len(slices) == 6  # whole slices: 20 % of 32
+    assert slices[0] == 0 or slices[-1] == 31  # at one end: the rest stays one block
+    assert np.array_equal(np.diff(slices), np.ones(5))
+    assert (split.train_targets[0][held] == IGNORE).all()
+    assert (split.train_targets[0][~held] == target[~held]).all()
+    thin = split_samples([target[:3]], kind, 0.1, 0, label_images=[labels[:3]])  # too thin
+    assert "slab" not in thin.description
+    flat = split_samples([target[0]], kind, 0.1, 0, label_images=[labels[0]])  # 2D: no slab
+    assert "slab" not in flat.description
