@@ -277,13 +277,13 @@ def header(device: str) -> str:
 def write_tiny(folder: Path) -> Path:
     """A synthetic stand-in for DSB2018 (for ``--tiny``), with its size groups.
 
-    ``synthetic014`` .. ``025``: 256x256 except 022-023 (256x320, split ``large``) and
+    ``synthetic014`` .. ``025``: 256x256 except 020-023 (256x320, split ``large``) and
     024 (260x347, split ``dense``); ``synthetic025`` is in the random split's test set.
     """
     import imageio.v3 as iio
     from _synthetic import nuclei
 
-    shapes = {22: (256, 320), 23: (256, 320), 24: (260, 347)}
+    shapes = {20: (256, 320), 21: (256, 320), 22: (256, 320), 23: (256, 320), 24: (260, 347)}
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for i in range(14, 26):

@@ -17,9 +17,11 @@ every proposal of the current model that is right (IoU >= 0.7 with a true object
 click and fixes the ``--fixes`` worst of the rest, in round 0 (the start model's proposals
 on the first images) and every round; "touched" then counts clicks and fixes.
 
-Every model is scored on the test group (``--test-split``, at most ``--test-images`` of
-it, the same ones every round): mean AP@0.5 over the images, with the post-processing
-the model chose for itself and the object-size zoom (what ``predict`` does).  Also scored:
+The images the user labels and the test images are both of one group of images the
+start model never saw (``--test-split``): at most ``--test-images`` of it (the same ones
+every round) are scored, the user labels others of the group.  Every model is scored
+by mean AP@0.5 over the test images, with the post-processing the model chose for
+itself and the object-size zoom (what ``predict`` does).  Also scored:
 the start model as it is, and a model trained from it with **dense** labels of the same
 images (every object) for the same total number of steps.  ``--runs`` draws (seed = run
 index); prints a table per round, mean ± std over the runs, one summary line, and with
@@ -396,8 +398,15 @@ def main() -> None:
         src = Path(args.data)
         if not (src / "images").is_dir():
             sys.exit(f"needs images/ and labels/ under {src}")
-        pool, test_stems = split(src, args.test_split)
-        test = read(src, cap(test_stems, args.test_images))
+        _, group = split(src, args.test_split)  # a group the start model never saw
+        test_stems = cap(group, args.test_images)
+        pool = [s for s in group if s not in test_stems]  # what the user labels: the rest
+        if len(pool) < args.images + args.rounds:
+            sys.exit(
+                f"group {args.test_split} has {len(group)} images: too few for "
+                f"{len(test_stems)} test images and {args.images + args.rounds} to label"
+            )
+        test = read(src, test_stems)
         print(header("cpu"))
         print(
             f"# start {args.init}; test: split {args.test_split}, {len(test[0])} images; round 0: "
