@@ -274,6 +274,11 @@ def _describe(
             f"; inputs resized by {spec.normalization.scale:g} first (see the README)"
             if spec.normalization.scale != 1.0
             else ""
+        )
+        + (
+            f"; volumes resized by {spec.normalization.z_scale:g} along z first (see the README)"
+            if spec.normalization.z_scale != 1.0
+            else ""
         ),
         authors=[bio.Author(name=a) for a in authors],
         cite=[
@@ -439,6 +444,14 @@ def _readme(model: Any, name: str, sizes: Sizes) -> str:
             f"Scale: the network was trained on images resized by {scale:g} (its objects "
             f"brought to about the same width): resize each input by {scale:g} before the "
             "network and its outputs back to the input's size (`napari-unet predict` does).",
+            "",
+        ]
+    z_scale = spec.normalization.z_scale
+    if z_scale != 1.0:
+        lines += [
+            f"Voxel size: the network was trained on volumes resized by {z_scale:g} along z, "
+            "and only z (near-isotropic voxels): resize each input volume along z by "
+            f"{z_scale:g} before the network and its outputs back (`napari-unet predict` does).",
             "",
         ]
     if spec.labels.instances:

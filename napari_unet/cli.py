@@ -157,6 +157,16 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
         "3: a 3D network on volumes (ZYX), the Train widget's '3D' (default: the start "
         "model's with --init)",
     )
+    t.add_argument(
+        "--voxel-size",
+        type=_positive_float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="with --dims 3: the voxel size, one unit (default: read from the images' "
+        "ImageJ/OME-TIFF or OME-Zarr metadata); where z is coarser or finer than y and x, "
+        "volumes are resized along z to near-isotropic voxels to train, and prediction "
+        "does the same",
+    )
     t.add_argument("--depth", type=_positive_int, help="resolution levels (default 4)")
     t.add_argument("--patch", type=_positive_int, help="training patch edge in pixels")
     t.add_argument(
@@ -351,6 +361,37 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     return train_arguments(settings, f"recipe {args.config}" if args.config else "train")
 
 
+def _voxel_size(args: argparse.Namespace, paths: list[Path]) -> tuple[float, ...] | None:
+    """``--voxel-size``, else the voxel size the images' metadata records (all the same
+    shape, or refused); None when they record none.  Says which."""
+    if args.voxel_size:
+        return tuple(args.voxel_size)
+    from .files import pixel_sizes
+
+    found = {}
+    for path in paths:
+        sizes = pixel_sizes(path)
+        if all(ax in sizes for ax in "ZYX"):
+            found[path] = tuple(sizes[ax][0] for ax in "ZYX"), sizes["X"][1] or "units"
+    if not found:
+        if not args.resume:
+            _say(args, "no voxel size in the images' metadata: volumes are trained as they are")
+        return None
+    first, (spacing, unit) = next(iter(found.items()))
+    for path, (other, _) in found.items():
+        if not np.allclose(np.divide(other, other[2]), np.divide(spacing, spacing[2]), rtol=0.05):
+            raise UsageError(
+                f"{path} has voxels of {_zyx(other)} but {first} of {_zyx(spacing)}: "
+                "resample them to one voxel shape, or give --voxel-size Z Y X"
+            )
+    _say(args, f"voxel size {_zyx(spacing)} {unit} (from {first.name}'s metadata)")
+    return spacing
+
+
+def _zyx(spacing: tuple[float, ...]) -> str:
+    return ", ".join(f"{ax} {v:g}" for ax, v in zip("zyx", spacing, strict=True))
+
+
 def _labels_kind(args: argparse.Namespace) -> str | None:
     if args.labels_kind or not args.config:
         return args.labels_kind
@@ -379,7 +420,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train_request_iter
 
     _say(args, f"training on {len(images)} image(s) with {kind} labels")
-    request = replace(request, labels_kind=kind, names=names)
+    dims = spec.model.spatial_dims if spec is not None else request.spatial_dims
+    spacing = _voxel_size(args, [Path(img) for img, _ in names.pairs]) if dims == 3 else None
+    request = replace(request, labels_kind=kind, names=names, spacing=spacing)
     gen = train_request_iter(images, labels, request, began=getattr(args, "began", None))
     report = _TrainReport(args, request.out_path)
     for event in _drive(gen):

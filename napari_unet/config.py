@@ -27,6 +27,9 @@ DEFAULT_TIME_BUDGET = 300.0  # seconds a training runs when given no step or tim
 MAX_STEPS = 10**9
 INT64 = (-(2**63), 2**63 - 1)
 MIN_SCALE, MAX_SCALE = 0.05, 4.0  # the factors a training may resize its images by
+Z_SCALE_RANGE = (0.25, 4.0)
+"""The factors a 3D training may resize its volumes by along z (voxel size ratios beyond
+are clipped: a volume 4x finer in y and x than in z is still resized by 4 only)."""
 OBJECT_WIDTH = 48.0
 """Training shrinks images whose labeled objects are wider than this (pixels, the median
 equivalent diameter) to bring them to it; narrower objects are trained on as they are
@@ -105,16 +108,22 @@ class NormConfig:
     normalisation, (x - p_low) / (p_high - p_low), and ``scale``, the factor the image
     was resized by for training (objects brought to about the same width,
     :func:`napari_unet.zoom.training_scale`), which prediction resizes by too
-    (:func:`napari_unet.inference.predict_proba_iter`; 1: as the image is)."""
+    (:func:`napari_unet.inference.predict_proba_iter`; 1: as the image is).
+
+    ``z_scale`` (3D models): the factor a volume is resized by along z, and only z, to
+    train and to predict (the voxel size in z over that in y and x: near-isotropic
+    voxels, :func:`napari_unet.zoom.z_scale_for`; 1: as the volume is)."""
 
     low: float = 1.0
     high: float = 99.8
     scale: float = 1.0
+    z_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_float("normalization.low", self.low, 0.0, 100.0)
         _check_float("normalization.high", self.high, 0.0, 100.0)
         _check_float("normalization.scale", self.scale, MIN_SCALE, MAX_SCALE)
+        _check_float("normalization.z_scale", self.z_scale, *Z_SCALE_RANGE)
         if self.low >= self.high:
             raise ValueError(
                 f"normalization.low must be < normalization.high, got {self.low} >= {self.high}"
@@ -327,6 +336,10 @@ class ModelSpec:
         if self.model.spatial_dims == 3 and self.normalization.scale != 1.0:
             raise ValueError(
                 f"normalization.scale must be 1 for a 3D model, got {self.normalization.scale}"
+            )
+        if self.model.spatial_dims == 2 and self.normalization.z_scale != 1.0:
+            raise ValueError(
+                f"normalization.z_scale must be 1 for a 2D model, got {self.normalization.z_scale}"
             )
 
     def to_dict(self) -> dict[str, Any]:

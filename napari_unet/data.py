@@ -493,6 +493,7 @@ class Prepared:
     provenance: list[dict[str, Any]]
     label_images: list[np.ndarray] = field(default_factory=list)  # per sample, at ``scale``
     scale: float = 1.0  # the images and labels were resized by it
+    z_scale: float = 1.0  # volumes: resized by it along z (near-isotropic voxels)
 
 
 def _as_list(x: Any) -> list[Any]:
@@ -531,27 +532,34 @@ def labels_config(
 
 
 def resized_pair(
-    image: np.ndarray, labels: np.ndarray, scale: float, kind: str
+    image: np.ndarray, labels: np.ndarray, scale: float | tuple[float, ...], kind: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """A normalised ``(C, *spatial)`` image and its labels resized by ``scale`` in their
-    last two axes: the image linearly (anti-aliased when shrinking, as prediction does),
-    the labels by nearest neighbour.  Shrinking sparse labels keeps thin strokes: a pixel
+    last two axes (or by one factor per last axis, a tuple: ``(z_scale, 1, 1)`` for a
+    volume): the image linearly (anti-aliased when shrinking, as prediction does), the
+    labels by nearest neighbour.  Shrinking sparse labels keeps thin strokes: a pixel
     that comes out unlabeled takes the largest label within ``1 / scale`` pixels of it."""
-    if scale == 1.0:
+    factors = (scale, scale) if np.isscalar(scale) else tuple(scale)
+    if all(f == 1.0 for f in factors):
         return image, labels
-    new = tuple(max(1, round(n * scale)) for n in labels.shape[-2:])
+    n = len(factors)
+    new = tuple(max(1, round(s * f)) for s, f in zip(labels.shape[-n:], factors, strict=True))
     img = resize(
-        image, (*image.shape[:-2], *new), order=1, anti_aliasing=scale < 1, preserve_range=True
+        image,
+        (*image.shape[:-n], *new),
+        order=1,
+        anti_aliasing=min(factors) < 1,
+        preserve_range=True,
     ).astype(np.float32)
 
     def nearest(array: np.ndarray) -> np.ndarray:
-        out = resize(array, (*array.shape[:-2], *new), order=0, preserve_range=True)
+        out = resize(array, (*array.shape[:-n], *new), order=0, preserve_range=True)
         return out.astype(array.dtype)
 
     lab = nearest(labels)
-    if kind in ("sparse", "sparse-instances") and scale < 1:
-        k = math.ceil(1 / scale)
-        grown = nearest(ndi.maximum_filter(labels, size=(1,) * (labels.ndim - 2) + (k, k)))
+    if kind in ("sparse", "sparse-instances") and min(factors) < 1:
+        k = tuple(math.ceil(1 / f) if f < 1 else 1 for f in factors)
+        grown = nearest(ndi.maximum_filter(labels, size=(1,) * (labels.ndim - n) + k))
         lab = np.where(lab == 0, grown, lab)
     return img, lab
 
@@ -583,6 +591,7 @@ def prepare(
     continued: Continued | None = None,
     touch: float = 0.0,
     scale: float | None = 1.0,
+    z_scale: float = 1.0,
 ) -> Prepared:
     """Turn user images and label images into normalised arrays and class targets.
 
@@ -591,6 +600,8 @@ def prepare(
     images and labels are resized by it (:func:`resized_pair`) before the targets are
     drawn; None: chosen from the labeled objects' width
     (:func:`napari_unet.zoom.training_scale`).  ``Prepared.scale`` says which.
+    ``z_scale`` (3D networks): volumes are resized along z by it, and only z
+    (near-isotropic voxels, :func:`napari_unet.zoom.z_scale_for`).
 
     The data is first checked by :func:`napari_unet.inputs.check_training_data`
     (errors name the pairs as ``names`` says); ``continued`` is the model being
@@ -607,6 +618,9 @@ def prepare(
     cfg = labels_config(labs, labels_kind, class_names, value_map)
     if scale is None:
         scale = training_scale(labs, labels_kind, spatial_dims)
+    if spatial_dims == 2 and z_scale != 1.0:
+        raise ValueError(f"z_scale {z_scale:g}: only volumes (a 3D network) are resized along z")
+    factors = (z_scale, 1.0, 1.0) if spatial_dims == 3 else scale
     out = Prepared(
         images=[],
         targets=[],
@@ -620,7 +634,7 @@ def prepare(
         img, lab = pair
         img = _channel_first(img, lab.shape)
         hashes = {"image": content_hash(img), "labels": content_hash(lab), "shape": list(lab.shape)}
-        nimg, lab = resized_pair(normalize(img, norm, channel_axis=0), lab, scale, labels_kind)
+        nimg, lab = resized_pair(normalize(img, norm, channel_axis=0), lab, factors, labels_kind)
         w = tg.border_weight_map(lab, spatial_dims=spatial_dims) if border_weights else None
         tgt = _targets(lab, cfg, spatial_dims, touch)
         return hashes, nimg, tgt, w, lab
@@ -629,7 +643,7 @@ def prepare(
     workers = min(len(imgs), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(one, zip(imgs, labs, strict=True)))
-    out.scale = scale
+    out.scale, out.z_scale = scale, z_scale
     for hashes, nimg, tgt, w, lab in done:
         out.provenance.append(hashes)
         stack = lab.ndim == spatial_dims + 1  # a stack of 2D slices for a 2D model

@@ -32,6 +32,12 @@ class TrainStarted:
         s = self.settings
         scale = s.get("scale", 1.0)
         resized = f", images resized to {scale:g}x (prediction does the same)" if scale != 1 else ""
+        z_scale = s.get("z_scale", 1.0)
+        if z_scale != 1:
+            resized += (
+                f", volumes resized to {z_scale:g}x along z for near-isotropic voxels "
+                "(prediction does the same)"
+            )
         return (
             f"recipe {s.get('recipe')}, width {s.get('width')}, depth {s.get('depth')}, "
             f"patch {s.get('patch')}, batch {s.get('batch_size')}, lr {s.get('lr', 0):g}{resized}; "

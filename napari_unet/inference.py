@@ -362,6 +362,7 @@ def predict_proba_iter(
     sink: Callable[[Block, np.ndarray], None] | None = None,
     block: int | None = None,
     zoom: float | None = None,
+    z_scale: float | None = None,
 ) -> Generator[TileDone | ChunkDone, None, np.ndarray | None]:
     """Class probabilities ``(num_classes, *image shape without C)``; yields tiles.
 
@@ -377,6 +378,8 @@ def predict_proba_iter(
     ``zoom`` (2D models): each slice (each block, with ``sink``) is resized by it before
     the network and its probabilities are resized back (:func:`napari_unet.zoom.zoomed`);
     None: by the scale the model was trained at (``normalization.scale``, 1 for most).
+    ``z_scale`` (3D models): each volume is resized along z by it, and back; None: by
+    the model's (``normalization.z_scale``: near-isotropic voxels; 1 for most).
     """
     spec = model.config
     dims = spec.model.spatial_dims
@@ -390,13 +393,18 @@ def predict_proba_iter(
     transform = _normaliser(arr, n_stack, spec)
     predict = _tile_predictor(model, transform, device, tile, batch_size, amp)
     zoom = spec.normalization.scale if zoom is None else zoom
+    z_scale = spec.normalization.z_scale if z_scale is None else z_scale
     if zoom != 1.0:
         if dims != 2 or not zoom > 0:
             raise ValueError(f"zoom {zoom:g}: only a 2D model's predictions can be zoomed")
         predict = zoomed(predict, zoom, dims)
+    if z_scale != 1.0:
+        if dims != 3 or not z_scale > 0:
+            raise ValueError(f"z_scale {z_scale:g}: only a 3D model's volumes are resized along z")
+        predict = zoomed(predict, (z_scale, 1.0, 1.0), dims)
     if sink is not None:
         edge = block or (BLOCK_2D if dims == 2 else BLOCK_3D)
-        halo = math.ceil(HALO / min(zoom, 1.0))  # HALO pixels of the network's input
+        halo = math.ceil(HALO / min(zoom, z_scale, 1.0))  # HALO pixels of the network's input
         yield from _stream_blocks(predict, arr, n_stack, edge, sink, halo)
         return None
     out = yield from _predict_stack(predict, arr, n_stack, spec.model.num_classes)

@@ -14,7 +14,9 @@ No torch at import; :meth:`TrainRequest.check` imports it only to ask whether a
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ PLACES: dict[str, dict[str, str]] = {
         "model": "model=",
         "device": "device={!r}",
         "labels_kind": "labels_kind={!r}",
+        "spacing": "spacing={!r}",
         "one_of": "give one of them",
     },
     "cli": {
@@ -46,6 +49,7 @@ PLACES: dict[str, dict[str, str]] = {
         "model": "--model",
         "device": "--device {}",
         "labels_kind": "--labels-kind {}",
+        "spacing": "--voxel-size {}",
         "one_of": "give one of them",
     },
     "widget": {
@@ -55,6 +59,7 @@ PLACES: dict[str, dict[str, str]] = {
         "model": "the model of this session",
         "device": "device {}",
         "labels_kind": "labels kind {}",
+        "spacing": "the image layer's scale {}",
         "one_of": "untick one of them",
     },
 }
@@ -77,6 +82,10 @@ class TrainRequest:
         without a step or time budget, training runs ``DEFAULT_TIME_BUDGET`` seconds.
     spatial_dims, width, depth, padding, batch_norm
         The architecture of a new network; None: the default, or the start model's.
+    spacing
+        The voxel size of the volumes (z, y, x, one unit), for a 3D network: volumes are
+        resized along z to near-isotropic voxels to train, and prediction does the same
+        (:func:`napari_unet.zoom.z_scale_for`); None: as they are.  Ignored in 2D.
     device
         ``"auto"``, ``"cpu"``, ``"cuda[:i]"`` or ``"mps"``.
     out
@@ -108,6 +117,7 @@ class TrainRequest:
     depth: int | None = None
     padding: str | None = None
     batch_norm: bool | None = None
+    spacing: tuple[float, float, float] | None = None
     device: Any = "auto"
     out: str | None = None
     resume: bool = False
@@ -129,6 +139,8 @@ class TrainRequest:
             object.__setattr__(self, "init", os.fspath(self.init))
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
+        spacing = check_spacing(self.spacing, self.place("spacing", self.spacing))
+        object.__setattr__(self, "spacing", spacing)
         if self.config.steps is None and self.config.time_budget is None:
             object.__setattr__(
                 self, "config", replace(self.config, time_budget=DEFAULT_TIME_BUDGET)
@@ -277,3 +289,16 @@ def check_device(device: Any, where: str) -> None:
             resolve_device(device)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def check_spacing(spacing: Sequence[float] | None, where: str = "spacing") -> tuple | None:
+    """``spacing`` as three positive floats (z, y, x), or None; a ValueError names ``where``."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{where}: want the voxel size as three positive numbers, z y x")
+    return values

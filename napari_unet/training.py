@@ -72,6 +72,7 @@ from .recipes import get_recipe
 from .request import TrainRequest
 from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
+from .zoom import z_scale_for
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class TrainingRun:
                     f"{kept:g}, and a model keeps its scale (leave the scale out)"
                 )
             scale = kept
+        z_scale = _z_scale(request, arch["spatial_dims"], model)
         prepared = prepare(
             images,
             labels,
@@ -223,6 +225,7 @@ class TrainingRun:
             continued=continued,
             touch=request.config.touch_border,
             scale=scale,
+            z_scale=z_scale,
         )
         if run.init is not None and not run.init.fits_channels(prepared.in_channels):
             run.init = None  # an automatic start is for one channel: this data has more
@@ -302,7 +305,7 @@ class TrainingRun:
             self.spec = ModelSpec(
                 model=mcfg,
                 labels=prepared.labels,
-                normalization=NormConfig(scale=prepared.scale),
+                normalization=NormConfig(scale=prepared.scale, z_scale=prepared.z_scale),
                 tiling=tiling or TileConfig(),
                 train=cfg,
             )
@@ -377,6 +380,7 @@ class TrainingRun:
                 "labels_kind": prepared.labels.kind,
                 "validation": self.split.description,
                 "scale": prepared.scale,
+                **({"z_scale": prepared.z_scale} if prepared.z_scale != 1.0 else {}),
             }
         )
         session = self.history["sessions"][-1]
@@ -419,6 +423,7 @@ class TrainingRun:
                 "batch_size": cfg.batch_size,
                 "lr": cfg.lr,
                 "scale": self.spec.normalization.scale,
+                "z_scale": self.spec.normalization.z_scale,
             },
         )
 
@@ -631,7 +636,9 @@ class TrainingRun:
         with self.timed("calibrate"):
             try:
                 probs = [
-                    predict_proba(model, image, axes=axes, device=self.device, zoom=1.0)
+                    predict_proba(
+                        model, image, axes=axes, device=self.device, zoom=1.0, z_scale=1.0
+                    )
                     for image in cal.images  # already at the model's scale
                 ]
             finally:
@@ -774,6 +781,24 @@ def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> Calibrat
     return CalibrationSet(images, [truths[i] for i in chosen], sizes, where)
 
 
+def _z_scale(request: TrainRequest, spatial_dims: int, model: Model | None) -> float:
+    """The factor a 3D training resizes its volumes by along z: from ``request.spacing``
+    for a new model; a continued model keeps its own (another voxel size is refused)."""
+    if spatial_dims != 3:
+        return 1.0
+    wanted = z_scale_for(request.spacing)
+    if model is None:
+        return wanted
+    kept = model.config.normalization.z_scale
+    if request.spacing is not None and wanted != kept:
+        raise ValueError(
+            f"{request.place('spacing', request.spacing)}: the volumes would be resized by "
+            f"{wanted:g} along z, but the model continued was trained at {kept:g}, and a "
+            "model keeps its voxel size (leave the voxel size out, or give the model's)"
+        )
+    return kept
+
+
 def _round_patch(patch: int, mcfg: ModelConfig) -> int:
     """A ``same`` network needs patches divisible by 2**depth."""
     if mcfg.padding != "same":
@@ -811,6 +836,7 @@ def train_iter(
     report_every: int | None = None,
     names: Names | None = None,
     init: str | Path | None = AUTO,
+    spacing: tuple[float, float, float] | None = None,
 ) -> Generator[Any, None, Model]:
     """Train a U-Net; yields progress events and returns the model.
 
@@ -833,6 +859,10 @@ def train_iter(
         The architecture; None picks the default (``width``: per device, ``depth`` 4,
         ``padding`` "same", ``batch_norm`` True, ``spatial_dims`` 2), or with ``init``
         the initial model's (another value given explicitly is refused).
+    spacing
+        The voxel size (z, y, x) of the volumes of a 3D network: where z is coarser or
+        finer than y and x, volumes are resized along z to near-isotropic voxels to
+        train, and prediction does the same (``normalization.z_scale``); ignored in 2D.
     out
         Model folder to write checkpoints and the final model to.
     resume
@@ -891,6 +921,7 @@ def train_iter(
         tiling=tiling,
         report_every=report_every,
         names=names,
+        spacing=spacing,
     )
     return (
         yield from train_request_iter(

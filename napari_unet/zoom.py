@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from skimage.transform import resize
 
-from .config import MIN_SCALE, OBJECT_WIDTH, ModelSpec
+from .config import MIN_SCALE, OBJECT_WIDTH, Z_SCALE_RANGE, ModelSpec
 from .postprocess import outputs_from_probs
 
 ZOOM_TOLERANCE = 1.25
@@ -86,6 +86,25 @@ def training_scale(labels: Sequence[np.ndarray], kind: str, spatial_dims: int) -
     return max(MIN_SCALE, float(f"{OBJECT_WIDTH / width:.2g}"))
 
 
+ISOTROPIC_WITHIN = 0.15
+"""Voxels whose z size is within this share of their y/x size are taken as isotropic."""
+
+
+def z_scale_for(spacing: Sequence[float] | None) -> float:
+    """The factor a 3D training resizes its volumes by along z from their voxel size
+    ``spacing`` (z, y, x, one unit): z over the mean of y and x, two significant digits,
+    within :data:`~napari_unet.config.Z_SCALE_RANGE`; 1 without a spacing or when the
+    voxels are near isotropic (:data:`ISOTROPIC_WITHIN`)."""
+    if spacing is None:
+        return 1.0
+    z, y, x = (float(v) for v in spacing)
+    ratio = z / ((y + x) / 2)
+    if abs(ratio - 1) <= ISOTROPIC_WITHIN:
+        return 1.0
+    low, high = Z_SCALE_RANGE
+    return float(f"{min(max(ratio, low), high):.2g}")
+
+
 def choose_zoom(probs: np.ndarray, spec: ModelSpec, at: float = 1.0) -> float:
     """The zoom that brings the objects found in ``probs`` (predicted at zoom ``at``, the
     model's scale by default) to the model's size.
@@ -117,21 +136,25 @@ def choose_zoom(probs: np.ndarray, spec: ModelSpec, at: float = 1.0) -> float:
 
 
 def zoomed(
-    predict: Callable[[Any], Generator[Any, None, np.ndarray]], zoom: float, dims: int
+    predict: Callable[[Any], Generator[Any, None, np.ndarray]],
+    zoom: float | Sequence[float],
+    dims: int,
 ) -> Callable[[Any], Generator[Any, None, np.ndarray]]:
     """``predict`` (a ``(C, *spatial) -> (K, *spatial)`` generator) run on the source
-    resized by ``zoom`` (linear, anti-aliased when shrinking), with probabilities
-    resized back to the source's shape (linear: they still sum to 1)."""
+    resized by ``zoom`` (one factor, or one per spatial axis; linear, anti-aliased when
+    shrinking), with probabilities resized back to the source's shape (linear: they
+    still sum to 1)."""
+    factors = (zoom,) * dims if np.isscalar(zoom) else tuple(zoom)
 
     def run(source: Any) -> Generator[Any, None, np.ndarray]:
         src = np.asarray(source.compute() if hasattr(source, "compute") else source)
         shape = src.shape[-dims:]
-        new = tuple(max(1, round(s * zoom)) for s in shape)
+        new = tuple(max(1, round(s * f)) for s, f in zip(shape, factors, strict=True))
         small = resize(
             src.astype(np.float32),
             (*src.shape[:-dims], *new),
             order=1,
-            anti_aliasing=zoom < 1,
+            anti_aliasing=min(factors) < 1,
             preserve_range=True,
         ).astype(np.float32)
         probs = yield from predict(small)

@@ -358,23 +358,31 @@ def test_train_scale_flag_is_recorded_and_checked(folders, tmp_path, capsys):
 
 
 def test_dims_3_trains_a_3d_network_and_predicts_volumes(tmp_path, capsys):
-    """--dims 3 trains a 3D network on volumes; predict says how it reads a stack."""
+    """--dims 3 trains a 3D network on volumes, with the voxel size of an ImageJ TIFF
+    (z 2.2x coarser: resized along z, recorded); predict says how it reads a stack and
+    returns the input's shape."""
     from napari_unet._sample_data import make_synthetic_nuclei_3d
 
     image, labels = make_synthetic_nuclei_3d()
     for sub in ("images", "labels", "test"):
         (tmp_path / sub).mkdir()
-    tifffile.imwrite(tmp_path / "images" / "v.tif", image[:16, :64, :64])
+    imagej = dict(
+        imagej=True, resolution=(1 / 0.13, 1 / 0.13), metadata={"spacing": 0.286, "unit": "um"}
+    )
+    tifffile.imwrite(tmp_path / "images" / "v.tif", image[:16, :64, :64], **imagej)
     tifffile.imwrite(tmp_path / "labels" / "v.tif", labels[:16, :64, :64])
-    tifffile.imwrite(tmp_path / "test" / "w.tif", image[16:, 64:, 64:])
+    tifffile.imwrite(tmp_path / "test" / "w.tif", image[16:, 64:, 64:], **imagej)
     out = tmp_path / "m3"
     args = ["train", "--images", tmp_path / "images", "--labels", tmp_path / "labels",
             "--out", out, "--labels-kind", "instances", "--steps", "2", "--dims", "3",
             "--width", "4", "--depth", "2", "--patch", "16", "--batch-size", "1",
             "--device", "cpu"]  # fmt: skip
     assert main([str(a) for a in args]) == 0
-    assert json.loads((out / "config.json").read_text())["model"]["spatial_dims"] == 3
-    capsys.readouterr()
+    said = capsys.readouterr().out
+    assert "voxel size z 0.286, y 0.13, x 0.13 micrometer (from v.tif's metadata)" in said
+    assert "volumes resized to 2.2x along z for near-isotropic voxels" in said
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["spatial_dims"] == 3 and config["normalization"]["z_scale"] == 2.2
     assert main(["predict", str(out), str(tmp_path / "test"), "--out", str(tmp_path / "p")]) == 0
     assert "a 3D model: each stack is predicted as one volume" in capsys.readouterr().out
     assert tifffile.imread(next((tmp_path / "p").glob("w*.tif"))).shape == (16, 64, 64)

@@ -21,7 +21,12 @@ from napari_unet.config import (
 )
 from napari_unet.data import resized_pair
 from napari_unet.events import TrainStarted, drain
-from napari_unet.inference import predict_proba, predict_proba_iter, predict_zoomed_iter
+from napari_unet.inference import (
+    predict_iter,
+    predict_proba,
+    predict_proba_iter,
+    predict_zoomed_iter,
+)
 from napari_unet.training import train
 from napari_unet.zoom import objects_width, training_scale
 
@@ -181,3 +186,61 @@ def test_packages_say_to_resize_the_inputs(wide_model):
 
 def _sizes(model):
     return Sizes.of(model.config.model)
+
+
+# --- anisotropic voxels: volumes resized along z (normalization.z_scale) ------------------
+
+
+def test_the_z_scale_comes_from_the_voxel_size():
+    from napari_unet.zoom import z_scale_for
+
+    assert z_scale_for((0.28, 0.13, 0.13)) == 2.2  # a confocal stack: z 2.2x coarser
+    assert z_scale_for(None) == z_scale_for((1, 1, 1)) == z_scale_for((0.11, 0.1, 0.1)) == 1.0
+    assert z_scale_for((0.05, 0.1, 0.1)) == 0.5  # z finer than y and x
+    assert z_scale_for((10, 0.1, 0.1)) == 4.0  # clipped to Z_SCALE_RANGE
+    with pytest.raises(ValueError, match=r"spacing=\(1, 0, 1\): want the voxel size as three"):
+        train([np.zeros((8, 16, 16))], [np.zeros((8, 16, 16), np.uint8)], spacing=(1, 0, 1))
+    with pytest.raises(ValueError, match="normalization.z_scale must be 1 for a 2D model"):
+        ModelSpec(model=ModelConfig(), labels=LabelsConfig(), normalization=NormConfig(z_scale=2))
+
+
+def test_resized_pair_resizes_a_volume_along_z_only():
+    volume = np.zeros((1, 6, 20, 20), np.float32)
+    labels = np.zeros((6, 20, 20), np.uint16)
+    labels[2:4, 5:10, 5:10] = 3
+    img, lab = resized_pair(volume, labels, (2.0, 1.0, 1.0), "instances")
+    assert img.shape == (1, 12, 20, 20) and lab.shape == (12, 20, 20)
+    assert set(np.unique(lab)) == {0, 3} and (lab[4:8, 5:10, 5:10] == 3).all()
+
+
+@pytest.fixture(scope="module")
+def anisotropic_model():
+    """A 3D model trained on volumes whose voxels are 2x coarser in z (a few steps)."""
+    from napari_unet._sample_data import make_synthetic_nuclei_3d
+
+    image, labels = make_synthetic_nuclei_3d()
+    events = []
+    model = train(
+        [image[::2, :64, :64]], [labels[::2, :64, :64]], labels_kind="instances", steps=2,
+        spatial_dims=3, width=4, depth=2, patch=16, batch_size=1, device="cpu",
+        spacing=(2.0, 1.0, 1.0), callback=events.append,
+    )  # fmt: skip
+    return model, image[::2, 64:, 64:], events
+
+
+def test_a_3d_training_resizes_along_z_and_prediction_does_the_same(anisotropic_model):
+    model, volume, events = anisotropic_model
+    assert model.config.normalization.z_scale == 2.0
+    assert model.history["sessions"][-1]["z_scale"] == 2.0
+    started = next(e for e in events if isinstance(e, TrainStarted))
+    assert "volumes resized to 2x along z for near-isotropic voxels" in started.describe()
+    probs = predict_proba(model, volume, device="cpu")
+    assert probs.shape == (3, *volume.shape)  # the input's shape, not the resized one
+    assert not np.allclose(probs, predict_proba(model, volume, device="cpu", z_scale=1.0))
+    labels = drain(predict_iter(model, volume, instances=True, device="cpu"))
+    assert labels.shape == volume.shape
+    # a continued model keeps its voxel size; another one is refused, naming it
+    with pytest.raises(ValueError, match=r"spacing=\(1.0, 1.0, 1.0\): the volumes would be"):
+        train([volume], [labels], model=model, steps=1, device="cpu", spacing=(1, 1, 1))
+    readme = _readme(model, "anisotropic", _sizes(model))
+    assert "resize each input volume along z by 2 before the network" in readme

@@ -322,14 +322,18 @@ class TrainWidget(DockWidget):
         folder = Path(self.folder.text()).expanduser()
         resume = self.resume.isChecked()
         steps = self.budget.value() if self.budget_kind.currentText() == "steps" else None
-        first_labels = self.viewer.layers[self.selected_pairs()[0][1]]
+        first_image, first_labels = (self.viewer.layers[n] for n in self.selected_pairs()[0])
         class_names = first_labels.metadata.get(CLASSES_KEY)
         kind = self.kind.currentText()
+        dims = self.dims.currentData()
+        # a 3D network takes the voxel size from the layer's scale (z, y, x)
+        spacing = tuple(float(v) for v in first_image.scale[-3:]) if dims == 3 else None
         return TrainRequest.from_keywords(
             labels_kind=None if resume else kind,  # continuing: the model's own kind
             class_names=class_names if kind == SPARSE and not resume else None,
             recipe=self.recipe.currentText(),
-            spatial_dims=self.dims.currentData(),
+            spatial_dims=dims,
+            spacing=spacing,
             steps=steps,
             time_budget=self.budget.value() if steps is None else None,
             width=self.width_box.value() or None,
