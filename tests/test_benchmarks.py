@@ -18,6 +18,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 
 def test_every_benchmark_is_covered():
     assert SCRIPTS == [
+        "bench_3d.py",
         "bench_accuracy.py",
         "bench_builtin.py",
         "bench_few_labels.py",
