@@ -309,8 +309,8 @@ def test_channels_axes_and_3d_network(make_napari_viewer, qtbot):
     assert train.session.model.config.model.in_channels == 2
 
     vol, vlab = make_synthetic_nuclei_3d(shape=(16, 64, 64), n_nuclei=10)
-    viewer.add_image(vol, name="volume")
-    lab3 = viewer.add_labels(vlab, name="volume truth")
+    viewer.add_image(vol, name="volume", scale=(0.3, 0.15, 0.15))  # z 2x coarser
+    lab3 = viewer.add_labels(vlab, name="volume truth", scale=(0.3, 0.15, 0.15))
     lab3.metadata["napari_unet_kind"] = "instances"
     train3 = TrainWidget(viewer)
     train3.pairs.cellWidget(0, 0).setCurrentText("volume")
@@ -323,6 +323,8 @@ def test_channels_axes_and_3d_network(make_napari_viewer, qtbot):
     wait_idle(qtbot, train3)
     assert train3.runner.error is None
     assert train3.session.model.config.model.spatial_dims == 3
+    # the layer's scale is the voxel size: the model resizes volumes along z
+    assert train3.session.model.config.normalization.z_scale == 2.0
 
 
 def test_labels_are_autosaved_at_train_and_restored(viewer_with_data, qtbot, monkeypatch, tmp_path):
