@@ -755,7 +755,9 @@ def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> Calibrat
     if not prepared.labels.instances:
         return None
     kind = prepared.labels.kind
-    sizes = object_sizes([truth_from_labels(lab, kind) for lab in prepared.label_images])
+    sizes = object_sizes(
+        [truth_from_labels(lab, kind) for lab in prepared.label_images], uncut=True
+    )
     if not held_out:
         return CalibrationSet([], [], sizes, split.description)
     whole_images = split.val_targets is split.train_targets

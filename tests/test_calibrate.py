@@ -68,6 +68,19 @@ def test_the_minimum_size_never_drops_below_a_quarter_of_a_small_object():
     assert settings.min_size >= 100
 
 
+def test_objects_cut_by_the_image_edge_are_not_object_sizes():
+    from napari_unet.calibrate import object_sizes
+
+    probs, truth = blobs()
+    truth[0:4, 100:110] = 9  # a nucleus cut by the top edge: 40 px of a 400 px one
+    settings, record = calibrate([probs], [Truth(truth)], 2)
+    assert record["min_size_prior"] == 200 and record["median_object_size"] == 400
+    assert sorted(object_sizes([Truth(truth)])) == [40] + [400] * 6  # every size, scored
+    edge_only = np.zeros((30, 30), np.uint16)
+    edge_only[0:5, 0:5] = 1
+    assert list(object_sizes([Truth(edge_only)], uncut=True)) == [25]  # none left: all kept
+
+
 def test_the_search_stops_at_its_deadline_with_the_best_so_far():
     probs, truth = blobs()
     whole, record = calibrate([probs], [Truth(truth)], 2)
