@@ -280,7 +280,8 @@ def test_cli_shows_a_progress_bar_on_a_terminal(tiny_model, nuclei, tmp_path, mo
     bar = terminal.getvalue()
     assert "predict: 100%" in bar and "2/2" in bar and "chunk " in bar  # redrawn <= 10/s
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" ->")[0] for line in lines] == ["[1/2] s0", "[2/2] s1"]
+    assert lines[0] == "a 2D model: stacks are predicted slice by slice"
+    assert [line.split(" ->")[0] for line in lines[1:]] == ["[1/2] s0", "[2/2] s1"]
     # not a terminal: the lines only
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert main([*args, "--format", "tif"]) == 0
