@@ -386,7 +386,12 @@ def test_dims_3_trains_a_3d_network_and_predicts_volumes(tmp_path, capsys):
     assert main(["predict", str(out), str(tmp_path / "test"), "--out", str(tmp_path / "p")]) == 0
     assert "a 3D model: each stack is predicted as one volume" in capsys.readouterr().out
     assert tifffile.imread(next((tmp_path / "p").glob("w*.tif"))).shape == (16, 64, 64)
-    args[args.index(out)] = tmp_path / "m3b"  # a 2D start model cannot be a 3D network
+    args[args.index(out)] = tmp_path / "m3b"
+    flat = [str(a) for a in args]
+    flat[flat.index("--dims") + 1] = "2"  # a voxel size for a 2D network: refused
+    assert main([*flat, "--voxel-size", "2", "1", "1"]) == 2
+    assert "--voxel-size is for a 3D network (--dims 3)" in capsys.readouterr().err
+    # a 2D start model cannot be a 3D network
     assert main([str(a) for a in args] + ["--init", "builtin:nuclei"]) == 2
     err = capsys.readouterr().err
     assert "spatial_dims 3 was given" in err and "(builtin:nuclei) has spatial_dims 2" in err
