@@ -255,6 +255,12 @@ def paint_strokes(
     return painted
 
 
+def table_head(*columns: str) -> None:
+    """Print a markdown table's header row and its rule."""
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
+
+
 def mean_std(values: Sequence[float]) -> str:
     """``mean ± std`` (sample std) of several runs, just the mean of one."""
     if len(values) == 1:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _splits import header, mean_std  # noqa: E402
+from _splits import header, mean_std, table_head  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARMS = ("2d", "3d", "3d-voxels")
@@ -134,8 +134,7 @@ def main() -> None:
     print(header("cpu"))
     print(f"# {'steps ' + str(args.steps) if args.steps else f'{args.time_budget:g} s'} per "
           f"training, from scratch, instances, {args.runs} run(s)")  # fmt: skip
-    print("| data | arm | run | AP@0.5 (3D) | SEG (3D) | AP@0.5 per slice | z scale | s |")
-    print("|---" * 8 + "|")
+    table_head("data", "arm", "run", "AP@0.5 (3D)", "SEG (3D)", "AP@0.5 per slice", "z scale", "s")
     rows = {}
     for data in datasets:
         train, test, spacing = volumes(data, args.tiny)
@@ -145,8 +144,7 @@ def main() -> None:
                 run_arm(arm, train, test, spacing, run, args) for run in range(args.runs)
             ]
     print()
-    print("| data | arm | AP@0.5 (3D) | SEG (3D) | AP@0.5 per slice |")
-    print("|---" * 5 + "|")
+    table_head("data", "arm", "AP@0.5 (3D)", "SEG (3D)", "AP@0.5 per slice")
     summary = []
     for (data, arm), mine in rows.items():
         ap = mean_std([r["ap50"] for r in mine]) if mine[0]["ap50"] is not None else "-"
