@@ -301,12 +301,13 @@ class PostprocessConfig:
         if self.object_size is not None:
             _check_float("postprocess.object_size", self.object_size, 0.0, 1e12)
 
-    def at_zoom(self, zoom: float, spatial_dims: int) -> PostprocessConfig:
-        """These settings for probabilities computed on the image zoomed by ``zoom`` and
-        resized back: the minimum size (pixels of the zoomed image) in original pixels."""
-        if zoom == 1.0:
+    def at_zoom(self, zoom: float, spatial_dims: int, z_scale: float = 1.0) -> PostprocessConfig:
+        """These settings for probabilities computed on the image zoomed by ``zoom`` (and a
+        volume by ``z_scale`` along z) and resized back: the minimum size (pixels of the
+        zoomed image) in original pixels."""
+        if zoom == 1.0 and z_scale == 1.0:
             return self
-        size = self.min_size_for(spatial_dims) / zoom**spatial_dims
+        size = self.min_size_for(spatial_dims) / (zoom**spatial_dims * z_scale)
         return replace(self, min_size=int(round(size)))
 
     def min_size_for(self, spatial_dims: int) -> int:

@@ -489,11 +489,13 @@ def predict_zoomed_iter(
 
 
 def at_zoom(spec: ModelSpec, zoom: float) -> ModelSpec:
-    """``spec`` with its post-processing for probabilities predicted at ``zoom``."""
-    if zoom == 1.0:
-        return spec
+    """``spec`` with its post-processing for probabilities predicted at ``zoom`` (and, for
+    a 3D model, at its ``normalization.z_scale``) and resized back to the input."""
     dims = spec.model.spatial_dims
-    return replace(spec, postprocess=spec.postprocess.at_zoom(zoom, dims))
+    z_scale = spec.normalization.z_scale if dims == 3 else 1.0
+    if zoom == 1.0 and z_scale == 1.0:
+        return spec
+    return replace(spec, postprocess=spec.postprocess.at_zoom(zoom, dims, z_scale))
 
 
 def predict(model: Model, image: Any, *, instances: bool = False, **kwargs: Any) -> np.ndarray:

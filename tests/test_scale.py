@@ -22,6 +22,7 @@ from napari_unet.config import (
 from napari_unet.data import resized_pair
 from napari_unet.events import TrainStarted, drain
 from napari_unet.inference import (
+    at_zoom,
     predict_iter,
     predict_proba,
     predict_proba_iter,
@@ -239,6 +240,9 @@ def test_a_3d_training_resizes_along_z_and_prediction_does_the_same(anisotropic_
     assert not np.allclose(probs, predict_proba(model, volume, device="cpu", z_scale=1.0))
     labels = drain(predict_iter(model, volume, instances=True, device="cpu"))
     assert labels.shape == volume.shape
+    # the minimum size was chosen on the resized volumes: half the voxels on the input's grid
+    size = model.config.postprocess.min_size_for(3)
+    assert at_zoom(model.config, 1.0).postprocess.min_size == round(size / 2)
     # a continued model keeps its voxel size; another one is refused, naming it
     with pytest.raises(ValueError, match=r"spacing=\(1.0, 1.0, 1.0\): the volumes would be"):
         train([volume], [labels], model=model, steps=1, device="cpu", spacing=(1, 1, 1))

@@ -392,7 +392,13 @@ class PredictWidget(PackageExport, DockWidget):
             return
         self.runner = Runner(
             lambda: instances_iter(
-                kept.probs, settings.at_zoom(kept.zoom, kept.spec.model.spatial_dims), kept.spec
+                kept.probs,
+                settings.at_zoom(
+                    kept.zoom,
+                    kept.spec.model.spatial_dims,
+                    kept.spec.normalization.z_scale,  # 1 for 2D models
+                ),
+                kept.spec,
             ),
             on_event=lambda _: None,
             on_done=lambda ids: self._show_instances(kept, settings, ids),
