@@ -423,8 +423,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     dims = spec.model.spatial_dims if spec is not None else request.spatial_dims
     if args.voxel_size and dims == 2:
         raise UsageError("--voxel-size is for a 3D network (--dims 3); a 2D one reads slices")
-    spacing = _voxel_size(args, [Path(img) for img, _ in names.pairs]) if dims == 3 else None
-    spacing = spacing or (tuple(args.voxel_size) if args.voxel_size else None)
+    if dims == 3:  # the flag, else the images' metadata
+        spacing = _voxel_size(args, [Path(img) for img, _ in names.pairs])
+    else:  # the network's dimensionality comes from the start model: passed on as given
+        spacing = tuple(args.voxel_size) if args.voxel_size else None
     request = replace(request, labels_kind=kind, names=names, spacing=spacing)
     gen = train_request_iter(images, labels, request, began=getattr(args, "began", None))
     report = _TrainReport(args, request.out_path)

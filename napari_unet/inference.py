@@ -492,7 +492,7 @@ def at_zoom(spec: ModelSpec, zoom: float) -> ModelSpec:
     """``spec`` with its post-processing for probabilities predicted at ``zoom`` (and, for
     a 3D model, at its ``normalization.z_scale``) and resized back to the input."""
     dims = spec.model.spatial_dims
-    z_scale = spec.normalization.z_scale if dims == 3 else 1.0
+    z_scale = spec.normalization.z_scale  # 1 for 2D models
     if zoom == 1.0 and z_scale == 1.0:
         return spec
     return replace(spec, postprocess=spec.postprocess.at_zoom(zoom, dims, z_scale))
