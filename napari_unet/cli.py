@@ -137,6 +137,14 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     )
     budget.add_argument("--steps", type=_positive_int, metavar="N")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    t.add_argument(
+        "--devices",
+        type=_positive_int,
+        metavar="N",
+        help="data-parallel training in N processes on this machine, one per GPU (or N CPU "
+        "processes with --device cpu), started by torch's launcher; --batch-size is the "
+        "global batch. Under torchrun leave it out: the processes are torchrun's",
+    )
     _add_network_flags(t)
     _add_start_flags(t)
 
@@ -414,7 +422,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         where="cli",
         **_train_settings(args),
     )
+    if args.devices is not None:  # what cannot be shared among processes, first
+        from .distributed import check_launch, launch
+
+        kind = check_launch(args.devices, args.device)
     spec = request.check()  # before any data is read
+    if args.devices is not None and args.devices > 1:
+        return launch(_without_devices(args.argv), args.devices, kind)
     kind = spec.labels.kind if spec is not None else request.labels_kind or "sparse"
     images, labels, names = _read_pairs(args, kind, spec, request.spatial_dims)
     from .training import train_request_iter
@@ -433,6 +447,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     for event in _drive(gen):
         report(event)
     return 0
+
+
+def _without_devices(argv: Sequence[str]) -> list[str]:
+    """The command line a worker of ``--devices N`` runs: the same, less ``--devices N``."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--devices":
+            skip = True
+        elif not token.startswith("--devices="):
+            out.append(token)
+    return out
 
 
 class _TrainReport:
@@ -731,6 +758,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.perf_counter()  # train --time-budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    rank = 0
+    if args.command == "train":  # one of the processes of a data-parallel training?
+        from .distributed import launched_at, ranks_from_env
+
+        try:
+            rank = ranks_from_env().rank
+        except ValueError as exc:
+            print(f"napari-unet train: error: {exc}", file=sys.stderr)
+            return 2
+        began = launched_at(began) or began
+        args.quiet = args.quiet or rank > 0  # rank 0 speaks for all
     args.began = began
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING, format="napari-unet: %(message)s"
@@ -747,6 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, FloatingPointError, MemoryError) as exc:
+        if rank > 0 and isinstance(exc, ValueError | OSError):
+            return 2  # the same input on every process: rank 0 says it
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -754,8 +795,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("NAPARI_UNET_DEBUG"):
             raise
         message = " ".join(str(exc).split())[:300] or "no message"
+        where = f" (process {rank})" if rank else ""
         print(
-            f"napari-unet {args.command}: unexpected error: {type(exc).__name__}: {message}\n"
+            f"napari-unet {args.command}{where}: unexpected error: {type(exc).__name__}: "
+            f"{message}\n"
             f"napari-unet: please report it; NAPARI_UNET_DEBUG=1 shows the traceback",
             file=sys.stderr,
         )

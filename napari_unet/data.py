@@ -441,12 +441,21 @@ class PatchSampler:
             )
         return tuple(int(self.rng.integers(s)) for s in item.shape)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """A batch of crops: image (N, C, *crop), target (N, *crop), weight or None."""
+    def sample(
+        self, batch_size: int, part: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A batch of crops: image (N, C, *crop), target (N, *crop), weight or None.
+
+        ``part``: only these crops of the batch are cut (one rank's share of a global
+        batch); the random draws are those of the whole batch, the same on every rank.
+        """
         imgs, tgts, wts = [], [], []
-        for _ in range(batch_size):
+        wanted = range(batch_size)[part] if part is not None else range(batch_size)
+        for i in range(batch_size):
             item = self.items[self.labeled[self.rng.choice(len(self.labeled), p=self.p_image)]]
             centre = self._centre(item)
+            if i not in wanted:
+                continue
             # padded offset is crop//2 + 1, the crop starts crop//2 before the centre
             sl = tuple(slice(c + 1, c + 1 + self.crop) for c in centre)
             imgs.append(item.image[(slice(None), *sl)])

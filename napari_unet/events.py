@@ -38,9 +38,13 @@ class TrainStarted:
                 f", volumes resized to {z_scale:g}x along z for near-isotropic voxels "
                 "(prediction does the same)"
             )
+        processes = s.get("processes", 1)
+        batch = f"{s.get('batch_size')}"
+        if processes > 1:
+            batch += f" ({processes} processes x {s.get('batch_size', 0) // processes})"
         return (
             f"recipe {s.get('recipe')}, width {s.get('width')}, depth {s.get('depth')}, "
-            f"patch {s.get('patch')}, batch {s.get('batch_size')}, lr {s.get('lr', 0):g}{resized}; "
+            f"patch {s.get('patch')}, batch {batch}, lr {s.get('lr', 0):g}{resized}; "
             f"{self.n_train} training / {self.n_val} validation images"
         )
 

@@ -3,25 +3,41 @@ the others (distillation).  :class:`napari_unet.recipes.Recipe.loss` combines th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from .targets import IGNORE
 
+Count = Callable[[torch.Tensor], torch.Tensor]
+"""What a local count of pixels becomes as a loss's divisor: itself on one process, the
+mean over the ranks in a data-parallel training (``distributed.Group.mean_count``)."""
+
+
+def _local(count: torch.Tensor) -> torch.Tensor:
+    return count
+
 
 def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    count: Count = _local,
 ) -> torch.Tensor:
     """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing)."""
     per_px = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="none")
     valid = (target != IGNORE).float()
     if weight is not None:
         valid = valid * weight
-    return (per_px * valid).sum() / valid.sum().clamp_min(1.0)
+    return (per_px * valid).sum() / count(valid.sum()).clamp_min(1.0)
 
 
 def distillation(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    count: Count = _local,
 ) -> torch.Tensor:
     """KL divergence from the teacher's class probabilities to the student's, averaged
     over the unlabeled pixels (``IGNORE``): where the user labeled nothing, the start
@@ -30,4 +46,4 @@ def distillation(
     log_p = F.log_softmax(logits.float(), dim=1)
     log_q = F.log_softmax(teacher_logits.float(), dim=1)
     per_px = (log_q.exp() * (log_q - log_p)).sum(dim=1)
-    return (per_px * unlabeled).sum() / unlabeled.sum().clamp_min(1.0)
+    return (per_px * unlabeled).sum() / count(unlabeled.sum()).clamp_min(1.0)

@@ -117,15 +117,17 @@ class Recipe:
         weight: torch.Tensor | None = None,
         teacher_logits: torch.Tensor | None = None,
         distill: float = 0.0,
+        count: Any = None,
     ) -> torch.Tensor:
         """Cross-entropy on the labeled pixels (times ``weight``, e.g. the border weight
         map), plus ``distill`` x the distillation toward ``teacher_logits`` (the start
-        model's) on the unlabeled ones."""
+        model's) on the unlabeled ones; ``count``: see :data:`napari_unet.losses.Count`."""
         from .losses import distillation, masked_cross_entropy
 
-        loss = masked_cross_entropy(logits, target, weight)
+        counted = {} if count is None else {"count": count}
+        loss = masked_cross_entropy(logits, target, weight, **counted)
         if teacher_logits is not None and distill > 0:
-            loss = loss + distill * distillation(logits, teacher_logits, target)
+            loss = loss + distill * distillation(logits, teacher_logits, target, **counted)
         return loss
 
 

@@ -18,6 +18,7 @@ from . import targets as tg
 from .augment import AugmentConfig, augment_batch, center_crop
 from .config import ModelSpec, TrainConfig
 from .data import PatchSampler
+from .distributed import Group
 from .events import Adjusted
 from .losses import masked_cross_entropy
 from .model import UNet, border
@@ -68,6 +69,7 @@ class Trainer:
         lr: float,
         precision: str = "auto",
         teacher: torch.nn.Module | None = None,
+        group: Group | None = None,
     ) -> None:
         self.network = network
         self.spec = spec
@@ -86,8 +88,10 @@ class Trainer:
         self.optimizer = self.recipe.make_optimizer(network.parameters(), lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.augment = augment_config(cfg) if cfg.augment else None
+        self.group = group
+        rank = group.ranks.rank if group is not None else 0
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(cfg.seed)
+        self.generator.manual_seed(cfg.seed + 1_000_003 * rank)  # augmentation: per rank
         self.out_shape = (patch,) * spec.model.spatial_dims
         self.border = border(spec.model)
         self.distill = cfg.distill if teacher is not None else 0.0
@@ -96,6 +100,8 @@ class Trainer:
             self.teacher.eval().requires_grad_(False)
             if self.channels_last:
                 self.teacher.to(memory_format=torch.channels_last)
+        # what the step runs: the network itself, or its data-parallel wrapper
+        self.step_network = group.wrap(network) if group is not None else network
 
     def _forward(self, image: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
         network = self.network if network is None else network
@@ -137,7 +143,9 @@ class Trainer:
         self.network.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        image, target, weight = self.sampler.sample(self.batch_size)
+        group = self.group
+        part = group.share(self.batch_size) if group is not None else None
+        image, target, weight = self.sampler.sample(self.batch_size, part)
         in_shape = tuple(s + 2 * self.border for s in self.out_shape)
         if self.augment is not None:
             image, target, weight = augment_batch(
@@ -146,17 +154,19 @@ class Trainer:
         else:
             image, target, weight = center_crop(image, target, weight, in_shape)
         target, weight = self._crop_to_output(target, weight)
-        logits = self._forward(image)
+        logits = self._forward(image, self.step_network)
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self._forward(image, self.teacher)
-        loss = self.recipe.loss(logits, target, weight, teacher_logits, self.distill)
+        count = group.mean_count if group is not None else None
+        loss = self.recipe.loss(logits, target, weight, teacher_logits, self.distill, count)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": loss.detach()}
+        loss = loss.detach()
+        return {"loss": group.mean(loss) if group is not None else loss}
 
     def shrink_after_oom(self, step: int) -> Adjusted:
         """Out of device memory in a step: halve the batch, or at batch 1 the patch.

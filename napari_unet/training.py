@@ -43,6 +43,7 @@ from .config import (
 )
 from .data import PatchSampler, Prepared, prepare, split_samples
 from .devices import describe_device, resolve_device
+from .distributed import Group, Ranks, rank_device, ranks_from_env
 from .events import (
     Calibrated,
     CheckpointSaved,
@@ -76,6 +77,8 @@ from .zoom import z_scale_for
 
 log = logging.getLogger(__name__)
 
+STOPS = (None, "steps", "time", "cancelled")
+"""Why a training stops (:meth:`TrainingRun.stop_reason`), by the code ranks agree on."""
 PHASES = ("prepare", "train", "validate", "preview", "calibrate", "save")
 """Where a training's wall time goes (training.json, :attr:`Finished.phases`)."""
 SEARCH_SHARE = 0.1
@@ -153,6 +156,11 @@ class TrainingRun:
         self.start_message = ""
         self.began = 0.0  # the clock when the training was asked for: the budget counts from it
         self.phases = dict.fromkeys(PHASES, 0.0)  # seconds, by phase
+        self.ranks = Ranks()  # one process, or one of a data-parallel training's
+        self.group: Group | None = None
+        self.schedule = 0.0  # the progress the learning rate follows (rank 0's)
+        self.result_path: Path | None = None  # where the model ended (the regression guard)
+        self.message = ""
         self.val_seconds = 0.0  # the last validation took this long
         self.save_seconds = 0.0  # and the last save
 
@@ -172,11 +180,36 @@ class TrainingRun:
     ) -> TrainingRun:
         """Every setup phase for a checked ``request`` (:meth:`TrainRequest.check`);
         ``began``: the clock's value the time budget counts from (default: now)."""
-        device = resolve_device(request.device)
+        ranks = ranks_from_env()
+        if ranks.parallel:  # one of several processes started by torchrun
+            device = resolve_device(rank_device(request.device, ranks))
+        else:
+            device = resolve_device(request.device)
         run = cls(request.config, device, request.out_path)
-        run.clock, run.control = clock, control
-        run.began = clock() if began is None else began
-        run.report_every = request.report_every or report_every_for(device)
+        run.ranks = ranks
+        try:
+            run.group = Group.join(ranks, device) if ranks.parallel else None
+            run.prepare(images, labels, request, model, clock, control, began)
+        except BaseException:
+            run.close()
+            raise
+        return run
+
+    def prepare(
+        self,
+        images: Any,
+        labels: Any,
+        request: TrainRequest,
+        model: Model | None,
+        clock: Callable[[], float],
+        control: TrainControl | None,
+        began: float | None,
+    ) -> None:
+        """The setup phases after the device and the process group."""
+        device = self.device
+        self.clock, self.control = clock, control
+        self.began = clock() if began is None else began
+        self.report_every = request.report_every or report_every_for(device)
         arch, init = request.architecture, request.init
         labels_kind = request.labels_kind or "sparse"
         class_names = request.class_names
@@ -188,12 +221,14 @@ class TrainingRun:
             init = auto_init(labels_kind, arch, width, recipe) if new else None
         init = resolve_init(init)
         if init is not None:
-            run.init = load_init(init)
-            arch = init_architecture(run.init.model.config.model, arch, run.init.ref)
-            run.init.automatic = automatic
+            self.init = load_init(init)
+            arch = init_architecture(self.init.model.config.model, arch, self.init.ref)
+            self.init.automatic = automatic
         else:
             arch = default_architecture(arch)
-        model = run.load_previous(request.resume, model)
+        model = self.load_previous(request.resume, model)
+        if not self.ranks.main:  # rank 0 alone writes the model folder
+            self.out = None
         continued = None
         if model is not None:
             spec = model.config
@@ -227,15 +262,20 @@ class TrainingRun:
             scale=scale,
             z_scale=z_scale,
         )
-        if run.init is not None and not run.init.fits_channels(prepared.in_channels):
-            run.init = None  # an automatic start is for one channel: this data has more
-        run.check_start_fit(prepared)
-        run.build(prepared, model, arch, request.tiling)
-        run.make_trainer(prepared, request.precision)
-        run.record_session(prepared)
-        run.guard = RegressionGuard(run.out, request.replace_worse)
-        run.guard.snapshot()
-        return run
+        if self.init is not None and not self.init.fits_channels(prepared.in_channels):
+            self.init = None  # an automatic start is for one channel: this data has more
+        self.check_start_fit(prepared)
+        self.build(prepared, model, arch, request.tiling)
+        self.make_trainer(prepared, request.precision)
+        self.record_session(prepared)
+        self.guard = RegressionGuard(self.out, request.replace_worse)
+        self.guard.snapshot()
+
+    def close(self) -> None:
+        """Leave the process group (when this training joined it)."""
+        if self.group is not None:
+            self.group.close()
+            self.group = None
 
     def check_start_fit(self, prepared: Prepared) -> None:
         """Phase "fit": an automatic start is kept only when it finds the labeled objects."""
@@ -315,6 +355,12 @@ class TrainingRun:
                 self.spec = self.init.start(self.network, self.spec)
             self.network.to(self.device)
         self.patch = _round_patch(cfg.patch, self.spec.model)
+        world = self.ranks.world
+        if cfg.batch_size % world:
+            raise ValueError(
+                f"batch size {cfg.batch_size} cannot be shared by {world} processes: it is the "
+                f"global batch, give a multiple of {world} (--batch-size)"
+            )
 
     def make_trainer(self, prepared: Prepared, precision: str) -> None:
         """Phase "data": split the labeled images, samplers, fixed validation crops, optimizer."""
@@ -364,6 +410,7 @@ class TrainingRun:
             cfg.lr,
             precision=precision,
             teacher=self.teacher,
+            group=self.group,
         )
         if self.checkpoint is not None:
             self.trainer.restore(*self.checkpoint)
@@ -381,6 +428,8 @@ class TrainingRun:
                 "validation": self.split.description,
                 "scale": prepared.scale,
                 **({"z_scale": prepared.z_scale} if prepared.z_scale != 1.0 else {}),
+                "processes": self.ranks.world,
+                "global_batch": self.cfg.batch_size,
             }
         )
         session = self.history["sessions"][-1]
@@ -424,6 +473,7 @@ class TrainingRun:
                 "lr": cfg.lr,
                 "scale": self.spec.normalization.scale,
                 "z_scale": self.spec.normalization.z_scale,
+                **({"processes": self.ranks.world} if self.ranks.parallel else {}),
             },
         )
 
@@ -473,13 +523,22 @@ class TrainingRun:
             self.phases[phase] += self.clock() - start
 
     def stop_reason(self) -> str | None:
-        """ "steps" or "time" when the budget is spent, "cancelled" on request, else None."""
+        """ "steps" or "time" when the budget is spent, "cancelled" on request, else None.
+
+        In a data-parallel training rank 0 decides, for every rank, with the progress the
+        learning rate follows (:attr:`schedule`).
+        """
         self.now = self.clock()
-        if self.progress(self.now) >= 1.0 and self.step_count > 0:  # one step at least
-            return "steps" if self.cfg.steps and self.step_count >= self.cfg.steps else "time"
-        if self.control is not None and self.control.stop_requested:
-            return "cancelled"
-        return None
+        reason = None
+        self.schedule = self.progress(self.now)
+        if self.schedule >= 1.0 and self.step_count > 0:  # one step at least
+            reason = "steps" if self.cfg.steps and self.step_count >= self.cfg.steps else "time"
+        elif self.control is not None and self.control.stop_requested:
+            reason = "cancelled"
+        if self.group is None:
+            return reason
+        code, self.schedule = self.group.agree([STOPS.index(reason), self.schedule])
+        return STOPS[int(code)]
 
     def step(self) -> Generator[Any, None, bool]:
         """Phase "step": one optimisation step; a TrainStep when the loss is read.
@@ -489,10 +548,17 @@ class TrainingRun:
         """
         cfg = self.cfg
         recipe = get_recipe(cfg.recipe)
-        self.lr = recipe.lr_at(cfg.lr, self.progress(self.now), self.step_count)
+        self.lr = recipe.lr_at(cfg.lr, self.schedule, self.step_count)
         try:
             result = self.trainer.train_step(self.lr)
         except torch.cuda.OutOfMemoryError:
+            if self.group is not None:  # a smaller batch on one rank only would not add up
+                raise MemoryError(
+                    f"process {self.ranks.rank} of {self.ranks.world} ({self.device}) ran out "
+                    f"of memory at step {self.global_step + 1} with {self.trainer.batch_size} "
+                    f"crops of {self.patch} shared among the processes: lower --batch-size "
+                    "or --patch"
+                ) from None
             adjusted = self.trainer.shrink_after_oom(self.global_step)
             self.history["sessions"][-1].setdefault("adjustments", []).append(
                 [adjusted.step, adjusted.setting, adjusted.old, adjusted.new]
@@ -954,18 +1020,24 @@ def train_request_iter(
     run = TrainingRun.setup(
         images, labels, request, model=model, clock=clock, control=control, began=began
     )
-    yield run.started()
     try:
+        yield run.started()
         while (reason := run.stop_reason()) is None:
             if not (yield from run.step()):
+                continue
+            if not run.ranks.main:  # rank 0 alone previews, validates and saves
                 continue
             yield from run.preview()
             yield from run.validate_if_due()
             yield from run.checkpoint_if_due()
-        yield from run.finish()
+        run.close()  # rank 0's finish needs no other rank
+        if run.ranks.main:
+            yield from run.finish()
     except GeneratorExit:
         run.on_cancel()
         raise
+    finally:
+        run.close()
     yield run.finished(reason)
     return run.model()
 
