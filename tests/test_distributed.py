@@ -215,13 +215,20 @@ def test_cli_two_processes_one_folder_one_voice_and_a_shared_time_budget(folders
 
 
 @pytest.mark.slow
-def test_cli_resumes_a_one_process_model_in_two_processes(folders, tmp_path):
+def test_torchrun_resumes_a_one_process_model_in_two_processes(folders, tmp_path):
     out = tmp_path / "m"
     r = run_cli(*train_args(folders, out, "--steps", "3", "--batch-size", "4", "--device", "cpu"))
     assert r.returncode == 0, r.stderr
-    r = run_cli(*train_args(folders, out, "--resume", "--steps", "3", "--batch-size", "4",
-                            "--devices", "2", "--device", "cpu"))  # fmt: skip
+    # under torchrun, unchanged: the processes are torchrun's
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                "2", "-m", "napari_unet.cli"]  # fmt: skip
+    args = train_args(folders, out, "--resume", "--steps", "3", "--batch-size", "4",
+                      "--device", "cpu", "--replace-worse")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*torchrun, *map(str, args)], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert r.stdout.count("model saved to") == 1
     history = json.loads((out / "training.json").read_text())
     assert history["steps"] == 6
     assert [s["processes"] for s in history["sessions"]] == [1, 2]
