@@ -98,7 +98,7 @@ def main() -> None:
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train)
     train.kind.setCurrentText("instances")
-    train.device.setCurrentText(args.device)
+    train.device.set_value(args.device)
     train.budget_kind.setCurrentText("seconds")
     train.budget.setValue(int(args.seconds) + 5)
     app = QApplication.instance()

@@ -1,4 +1,5 @@
-"""Device choice ("auto" = cuda, then mps, then cpu) and how to describe it.
+"""Device choice ("auto" = cuda, then mps, then cpu), the devices there are, and how to
+describe them.
 
 torch is imported only by the functions that need it, so :func:`parse_device` can refuse
 a misspelt ``--device`` before the command line pays for importing torch.
@@ -29,10 +30,15 @@ def parse_device(device: str) -> tuple[str, int | None]:
     return kind, int(index) if index else None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto", make_current: bool = True) -> torch.device:
     """Turn "auto" / "cpu" / "cuda[:i]" / "mps" into a usable torch.device.
 
-    Raises a ValueError naming the device when it is not available here.
+    ``cuda:<i>`` is made the current CUDA device (``torch.cuda.set_device``) unless
+    ``make_current`` is False, so that what looks at the current device (bf16 support,
+    pinned memory, ``empty_cache``, memory statistics) looks at that card; "cuda" and
+    "auto" are the current device already.  ``make_current=False`` only checks, e.g. in
+    the process that hands the run to a child.  Raises a ValueError naming the device
+    when it is not available here.
     """
     import torch
 
@@ -43,7 +49,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     kind = name.partition(":")[0]
@@ -55,28 +61,74 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(
                 f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
             )
+        if dev.index is not None and make_current:
+            torch.cuda.set_device(dev)
         return dev
-    if kind == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError(f"device {device!r} was asked for but MPS is not available here")
+    if kind == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} was asked for but MPS is not available here")
     return torch.device(name)
 
 
+def available_devices() -> list[tuple[str, str]]:
+    """The devices of this machine as (value, text) pairs, for a device list.
+
+    "auto" first (its text says what it picks), then "cpu", each visible CUDA device as
+    "cuda:<i>" with its name, and "mps" where there is one.  Values are what
+    :func:`resolve_device` takes.  Asking for the names starts CUDA in this process but
+    makes no device current.
+    """
+    import torch
+
+    cuda: list[tuple[str, str]] = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            try:
+                cuda.append((f"cuda:{i}", f"cuda:{i}: {torch.cuda.get_device_name(i)}"))
+            except (RuntimeError, AssertionError):  # a card that does not answer: no name
+                cuda.append((f"cuda:{i}", f"cuda:{i}"))
+    mps = [("mps", "mps")] if _mps_available() else []
+    if cuda:
+        try:
+            auto = f"cuda:{torch.cuda.current_device()}"
+        except (RuntimeError, AssertionError):
+            auto = "cuda"
+    else:
+        auto = "mps" if mps else "cpu"
+    return [("auto", f"auto ({auto})"), ("cpu", "cpu"), *cuda, *mps]
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def describe_device(device: torch.device) -> str:
-    """What the user sees, e.g. "cuda: NVIDIA H100" or "cpu, 2 threads"."""
+    """What the user sees, e.g. "cuda:1: NVIDIA H100" or "cpu, 2 threads"."""
     import torch
 
     if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index}: {torch.cuda.get_device_name(index)}"
     if device.type == "cpu":
         return f"cpu, {torch.get_num_threads()} threads"
     return device.type
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device`` (None = stay in float32)."""
+    """Mixed-precision dtype for ``device`` (None = stay in float32): bf16 where that
+    card supports it, else fp16.
+
+    ``torch.cuda.is_bf16_supported`` has no device argument (it asks the current
+    device), so a ``cuda:<i>`` is made current while it asks (``torch.cuda.device``);
+    plain "cuda" is the current device.
+    """
+    import contextlib
+
     import torch
 
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    current = contextlib.nullcontext() if device.index is None else torch.cuda.device(device)
+    with current:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

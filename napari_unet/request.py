@@ -277,7 +277,8 @@ def check_device(device: Any, where: str) -> None:
     """``device`` is spelled right and, for cuda or mps, present here.
 
     Spelling is checked without torch; torch is imported only to ask whether a cuda or
-    mps device is there.  ``where`` names it in messages (``--device cuda:1``).
+    mps device is there (no card is made current here: the run may be a child's).
+    ``where`` names it in messages (``--device cuda:1``).
     """
     from .devices import parse_device, resolve_device
 
@@ -286,7 +287,7 @@ def check_device(device: Any, where: str) -> None:
     try:
         kind, _ = parse_device(device)
         if kind in ("cuda", "mps"):
-            resolve_device(device)
+            resolve_device(device, make_current=False)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import events as ev
+from ._devices import DeviceChoice
 from ._dock import DockWidget, hbox
 from ._export import PackageExport
 from ._models import CURRENT, ModelChoice
@@ -56,6 +57,7 @@ class BatchWidget(PackageExport, DockWidget):
         self.probabilities = QCheckBox("probabilities")
         self.fmt = QComboBox()
         self.fmt.addItems(["tif", "zarr"])
+        self.device = DeviceChoice()
         self.run_btn = QPushButton("Run batch")
         self.cancel_btn = QPushButton("Cancel")
         self.status = QLabel("")
@@ -67,6 +69,7 @@ class BatchWidget(PackageExport, DockWidget):
         form.addRow("folder", hbox(self.folder, self.browse_in))
         form.addRow("output", hbox(self.out, self.browse_out))
         form.addRow("format", self.fmt)
+        form.addRow("device", self.device)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(hbox(self.instances, self.probabilities))
@@ -136,7 +139,7 @@ class BatchWidget(PackageExport, DockWidget):
             instances=self.instances.isChecked(),
             probabilities=self.probabilities.isChecked(),
             fmt=self.fmt.currentText(),
-            device="auto",
+            device=self.device.value(),
         )
         out = Path(self.out.text()).expanduser()
         if self.source.currentIndex() == 0:
@@ -200,6 +203,7 @@ class BatchWidget(PackageExport, DockWidget):
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.export_btn.setEnabled(not running)
+        self.device.setEnabled(not running)
 
 
 def _items_done(event: Any) -> tuple[int, int] | None:

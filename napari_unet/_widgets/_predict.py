@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from .. import events as ev
 from ..builtin import builtin_containing, is_builtin
 from ..jobs import Predicted, instances_iter, predict_layers_iter
+from ._devices import DeviceChoice
 from ._dock import DockWidget, hbox
 from ._export import PackageExport
 from ._instances import InstanceSettings
@@ -126,8 +127,7 @@ class PredictWidget(PackageExport, DockWidget):
         self.want_instances = QCheckBox("instances")
         self.want_probs = QCheckBox("probabilities")
         self.in_view = QCheckBox("only the slice in view")
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device = DeviceChoice()
         self.run_btn = QPushButton("Predict")
         self.cancel_btn = QPushButton("Cancel")
         self.correct_btn = QPushButton("Editable copy of the selected labels")
@@ -263,7 +263,7 @@ class PredictWidget(PackageExport, DockWidget):
         if self.in_view.isChecked() and self.model.config.model.spatial_dims == 2:
             index = in_view_index(self.viewer, layer)
             data = np.asarray(data[index]) if index else data
-        model, device = self.model, self.device.currentText()
+        model, device = self.model, self.device.value()
         settings = self.instances_box.settings() if want["instances"] else None
         callbacks = dict(
             on_event=self._on_event,

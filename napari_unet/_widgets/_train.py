@@ -38,6 +38,7 @@ from ..builtin import BUILTIN_MODELS, PREFIX
 from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
 from ..init import AUTO
 from ..request import TrainRequest
+from ._devices import DeviceChoice
 from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
 from ._runner import ChildRunner
@@ -121,8 +122,7 @@ class TrainWidget(DockWidget):
             "data, validating and calibrating included; the status's tooltip says where "
             "it went); steps: optimisation steps"
         )
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device = DeviceChoice()
         self.device_label = QLabel("")
         self.folder = QLineEdit(str(new_model_folder()))
         self.browse = QPushButton("…")
@@ -339,7 +339,7 @@ class TrainWidget(DockWidget):
             width=self.width_box.value() or None,
             patch=self.patch_box.value() or None,
             batch_size=self.batch_box.value() or None,
-            device=self.device.currentText(),
+            device=self.device.value(),
             out=folder,
             resume=resume,
             init=self.init(),
