@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .builtin import is_builtin, refuse_write
+from .devices import describe_device
 from .events import ItemDone, drain
 from .files import (
     find_inputs,
@@ -72,7 +73,12 @@ SUMMARY_FIELDS = [
     "mean_area",
     "fractions",
     "zoom",
+    "worker",
+    "attempts",
 ]
+RETRIES = 1
+"""On a dask cluster, a task that raised (out of device memory, a worker lost: KilledWorker)
+is submitted again this many times before its input is recorded as failed."""
 
 
 class _Stats:
@@ -558,30 +564,42 @@ def _worker_predict(
     model_dir: str, path: str, out: str, kwargs: dict[str, Any], postprocess: dict[str, Any]
 ) -> ItemDone:
     """Runs on a dask worker: load the model once per worker process, predict one file."""
+    from distributed import get_worker
+
     from .store import load_model
 
     key = (model_dir, str(kwargs.get("device", "auto")))
-    if key not in _MODELS:
+    if key not in _MODELS:  # "auto" / "cuda": the worker's own GPU, its first visible one
         _MODELS[key] = load_model(model_dir, device=kwargs.get("device", "auto"))
     model = _MODELS[key].with_postprocess(**postprocess)
-    return drain(predict_file_as_worker_iter(model, path, out, **kwargs))
+    done = drain(predict_file_as_worker_iter(model, path, out, **kwargs))
+    worker = f"{get_worker().address} ({describe_device(model.device)})"
+    return replace(done, summary={**(done.summary or {}), "worker": worker})
 
 
 def predict_files_distributed(
     model_dir: str | Path,
     inputs: str | Sequence[str],
     out: str | Path,
-    scheduler: str,
+    scheduler: str | None = None,
     postprocess: dict[str, Any] | None = None,
+    scheduler_file: str | Path | None = None,
     **kwargs: Any,
 ) -> Generator[ItemDone, None, list[Path]]:
-    """Predict files on an existing dask.distributed cluster (``scheduler`` address).
+    """Predict files on an existing dask.distributed cluster (``scheduler`` address, or
+    the JSON ``scheduler_file`` its scheduler wrote).
 
     One task per input; each worker loads the model once (``postprocess``: instance
-    settings in place of the model's, see :meth:`~napari_unet.store.Model.with_postprocess`).
-    Inputs and ``out`` must be paths the workers can reach; ``model_dir`` may be
-    ``builtin:NAME`` (each worker opens its own installation's copy).  Yields
-    :class:`ItemDone` as inputs finish (in any order) and writes ``summary.csv`` here.
+    settings in place of the model's, see :meth:`~napari_unet.store.Model.with_postprocess`);
+    this process (the client) never loads it nor opens a device.  With ``device`` auto
+    or cuda a worker predicts on its first visible GPU: one GPU per worker is the
+    cluster's to set (dask-cuda's LocalCUDACluster, ``CUDA_VISIBLE_DEVICES`` per worker);
+    when workers declare a ``GPU`` resource, every task asks for one.  A task that raises
+    (out of memory, a lost worker) is submitted again :data:`RETRIES` time(s), then its
+    input is recorded as failed while the others go on.  Inputs and ``out`` must be
+    paths the workers can reach; ``model_dir`` may be ``builtin:NAME`` (each worker opens
+    its own installation's copy).  Yields :class:`ItemDone` as inputs finish (in any
+    order) and writes ``summary.csv`` here after each.
     """
     try:
         from distributed import Client, as_completed
@@ -593,31 +611,48 @@ def predict_files_distributed(
     model_ref = str(model_dir) if is_builtin(model_dir) else str(Path(model_dir).resolve())
     folder = _check_out(out).resolve()
     remove_leftovers(folder, names, EXTENSIONS[kwargs.get("fmt", "tif")])
+    where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"at {scheduler}"
+    if (scheduler is None) == (scheduler_file is None):
+        raise ValueError("give the dask scheduler's address or its scheduler file (one of them)")
+    if scheduler_file is not None and not Path(scheduler_file).is_file():
+        raise ValueError(f"--scheduler-file {scheduler_file}: no such file")
     try:
-        client = Client(scheduler, timeout=10)
-    except OSError as exc:
-        raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+        client = Client(scheduler, scheduler_file=scheduler_file, timeout=10)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot reach the dask scheduler {where}: {exc}") from None
     rows = _read_summary(folder / SUMMARY)
     written: list[Path] = []
     try:
-        futures = {
-            client.submit(
-                _worker_predict,
-                model_ref,
-                str(p.resolve()),
-                str(folder),
-                kwargs,
-                postprocess or {},
-                pure=False,
-            ): p
-            for p in paths
-        }
-        for i, future in enumerate(as_completed(futures), 1):
-            done = future.result()
+        resources = {"GPU": 1} if _workers_have_gpus(client) else None
+
+        def submit(p: Path) -> Any:
+            task = (model_ref, str(p.resolve()), str(folder), kwargs, postprocess or {})
+            return client.submit(_worker_predict, *task, pure=False, resources=resources)
+
+        futures = {submit(p): p for p in paths}
+        attempts = dict.fromkeys(paths, 1)
+        pending = as_completed(list(futures))
+        i = 0
+        for future in pending:
+            p = futures.pop(future)
+            try:
+                done = future.result()
+            except Exception as exc:  # noqa: BLE001 - the task raised or its worker died
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+                if attempts[p] <= RETRIES:
+                    log.warning("%s: %s; trying again", stem(p), reason)
+                    attempts[p] += 1
+                    retry = submit(p)
+                    futures[retry] = p
+                    pending.add(retry)
+                    continue
+                row = {"input": stem(p), "status": "failed", "reason": reason}
+                done = ItemDone(0, 0, stem(p), "", 0.0, status="failed", reason=reason, summary=row)
+            i += 1
             if done.status == "skipped":  # keep what the earlier run recorded
                 rows[done.name] = {**(done.summary or {}), **rows.get(done.name, {})}
             elif done.summary is not None:
-                rows[done.name] = done.summary
+                rows[done.name] = {**done.summary, "attempts": attempts[p]}
             _write_summary(folder / SUMMARY, rows)
             if done.status == "done":
                 written.append(Path(done.output))
@@ -625,3 +660,9 @@ def predict_files_distributed(
     finally:
         client.close()
     return written
+
+
+def _workers_have_gpus(client: Any) -> bool:
+    """Whether a worker of the cluster declares a ``GPU`` resource (``--resources GPU=1``)."""
+    workers = client.scheduler_info().get("workers", {})
+    return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())

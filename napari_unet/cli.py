@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import LABELS_KINDS, MAX_SCALE, MIN_SCALE, OBJECT_WIDTH, PADDINGS, RECIPES
+from .config import (
+    LABELS_KINDS,
+    MAX_SCALE,
+    MIN_SCALE,
+    OBJECT_WIDTH,
+    PADDINGS,
+    RECIPES,
+    ModelSpec,
+)
 from .devices import PRECISIONS
 from .events import (
     Calibrated,
@@ -287,10 +295,17 @@ def _add_predict(q: argparse.ArgumentParser) -> None:
         "model's scale, and when an instance model finds objects much larger or smaller than "
         "those it was trained on, again zoomed to their size (tif outputs)",
     )
-    q.add_argument(
+    cluster = q.add_mutually_exclusive_group()
+    cluster.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="run on a dask.distributed cluster, e.g. tcp://127.0.0.1:8786",
+        help="run on a dask.distributed cluster, e.g. tcp://127.0.0.1:8786: one task per "
+        "input, the model loaded by the workers only (this machine needs no GPU)",
+    )
+    cluster.add_argument(
+        "--scheduler-file",
+        metavar="FILE.json",
+        help="the same, with the file the scheduler wrote (dask scheduler --scheduler-file)",
     )
 
 
@@ -559,7 +574,7 @@ class _Progress:
             self.bar.write(text, file=sys.stdout)
 
 
-def _check_predict_args(args: argparse.Namespace) -> None:
+def _check_predict_args(args: argparse.Namespace) -> ModelSpec:
     """What ``predict`` can refuse before importing torch: --out, --axes, the inputs,
     --device's spelling, the model folder's safety checks and config, --instances."""
     from .files import find_inputs
@@ -589,13 +604,13 @@ def _check_predict_args(args: argparse.Namespace) -> None:
             f"--instances needs a model trained on instance labels; {args.model} was trained "
             f"on {spec.labels.kind} labels"
         )
+    return spec
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    _check_predict_args(args)
+    spec = _check_predict_args(args)
     from .batch import predict_files_iter
     from .files import find_inputs
-    from .store import load_model
 
     postprocess = dict(
         seed_threshold=args.seed_threshold,
@@ -603,8 +618,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         split=args.split,
     )
-    model = load_model(args.model, device=args.device).with_postprocess(**postprocess)
-    _say(args, _dims_note(model.config.model.spatial_dims))
+    _say(args, _dims_note(spec.model.spatial_dims))
     options = dict(
         instances=args.instances,
         probabilities=args.probabilities,
@@ -615,13 +629,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         zoom=args.zoom,
     )
-    if args.scheduler:
+    if args.scheduler or args.scheduler_file:  # the workers load the model, not this process
         from .batch import predict_files_distributed
 
         gen = predict_files_distributed(
-            args.model, args.inputs, args.out, args.scheduler, postprocess=postprocess, **options
+            args.model,
+            args.inputs,
+            args.out,
+            args.scheduler,
+            postprocess=postprocess,
+            scheduler_file=args.scheduler_file,
+            **options,
         )
     else:
+        from .store import load_model
+
+        model = load_model(args.model, device=args.device).with_postprocess(**postprocess)
         gen = predict_files_iter(model, args.inputs, args.out, **options)
     failed = []
     with _Progress(args, len(find_inputs(args.inputs, "input"))) as progress:

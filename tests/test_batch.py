@@ -1,9 +1,11 @@
 """Batch prediction: mixed sizes, a failing file in the middle, resume, summary.csv."""
 
 import csv
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import tifffile
 
 from napari_unet.cli import main
@@ -126,8 +128,30 @@ def test_cancelled_zarr_output_leaves_nothing(tiny_model, nuclei, tmp_path):
     assert [p.name for p in out.iterdir()] == []
 
 
-def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path):
+def _fail_on(names, flag):
+    """A worker-side fault: the task of each input in ``names`` raises, the first of them
+    only until ``flag`` exists (a transient fault, then a lasting one)."""
+    import napari_unet.batch as batch
+
+    original = batch.predict_file_as_worker_iter
+
+    def faulty(model, path, out, **settings):
+        name = Path(path).stem
+        if name == names[0] and not flag.exists():
+            flag.touch()
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if name in names[1:]:
+            raise RuntimeError("CUDA out of memory (simulated, every time)")
+        return original(model, path, out, **settings)
+
+    batch.predict_file_as_worker_iter = faulty
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path, monkeypatch):
     import distributed
+
+    import napari_unet.store
 
     _, model_dir = tiny_model
     src = _folder(tmp_path)
@@ -135,6 +159,11 @@ def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "remote"
     common = ["--instances", "--device", "cpu"]
     assert main(["-q", "predict", str(model_dir), str(src), "--out", str(local), *common]) == 0
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the client loaded the model")
+
+    monkeypatch.setattr(napari_unet.store, "load_model", no_model_here)  # this process only
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
@@ -160,6 +189,38 @@ def test_local_cluster_gives_the_same_outputs(tiny_model, tmp_path):
         )
     assert set(_summary(remote)) == {"img0", "img1", "img2"}
     assert _summary(remote)["img1"]["objects"] == _summary(local)["img1"]["objects"]
+    assert _summary(remote)["img1"]["worker"].startswith("tcp://")
+    assert _summary(remote)["img1"]["attempts"] == "1"
+
+
+@pytest.mark.slow
+def test_cluster_retries_a_failing_input_once_and_goes_on(tiny_model, tmp_path):
+    import distributed
+
+    from napari_unet.batch import predict_files_distributed
+    from napari_unet.events import drain
+
+    _, model_dir = tiny_model
+    src = _folder(tmp_path)
+    (src / "img1b.png").unlink()
+    out = tmp_path / "out"
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        with distributed.Client(cluster) as client:
+            client.run(_fail_on, ["img0", "img2"], tmp_path / "failed-once")
+        gen = predict_files_distributed(
+            model_dir, str(src), out, cluster.scheduler_address, device="cpu"
+        )
+        events = []
+        drain(gen, events.append)
+    rows = _summary(out)
+    assert (rows["img0"]["status"], rows["img0"]["attempts"]) == ("done", "2")  # retried, done
+    assert (rows["img1"]["status"], rows["img1"]["attempts"]) == ("done", "1")
+    assert (rows["img2"]["status"], rows["img2"]["attempts"]) == ("failed", "2")
+    assert "RuntimeError: CUDA out of memory (simulated, every time)" in rows["img2"]["reason"]
+    assert sorted(p.name for p in out.glob("*.tif")) == ["img0.tif", "img1.tif"]
+    assert [e.status for e in events if e.name == "img2"] == ["failed"]
 
 
 def test_unreachable_scheduler_is_one_line(tiny_model, tmp_path, capsys):
@@ -199,3 +260,19 @@ def test_every_item_event_carries_its_summary_row(tiny_model, nuclei, tmp_path):
             assert [e.summary["input"] for e in events] == ["a", "bad"]
             assert events[1].status == "failed" and events[1].summary["status"] == "failed"
             assert events[0].status == ("done" if run == 0 else "skipped")
+
+
+def test_tasks_ask_for_a_gpu_only_where_workers_declare_one():
+    from napari_unet.batch import _workers_have_gpus
+
+    class Client:
+        def __init__(self, *resources):
+            workers = {f"tcp://w{i}": {"resources": r} for i, r in enumerate(resources)}
+            self.info = {"workers": workers}
+
+        def scheduler_info(self):
+            return self.info
+
+    assert not _workers_have_gpus(Client({}, {}))
+    assert not _workers_have_gpus(Client({"GPU": 0}))
+    assert _workers_have_gpus(Client({}, {"GPU": 1}))
