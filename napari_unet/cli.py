@@ -7,6 +7,7 @@ problem, no traceback), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -441,13 +442,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .distributed import check_launch, launch
 
         kind = check_launch(args.devices, args.device)
+        if args.devices > 1:  # the workers hold the folder's lock; refuse a busy one now
+            _refuse_busy(request.out_path)
+            request.check()
+            return launch(_without_devices(args.argv), args.devices, kind)
+    from .distributed import ranks_from_env
+    from .writer import hold
+
+    writes = ranks_from_env().main  # in a data-parallel training, rank 0 writes
+    with hold(request.out_path) if writes else contextlib.nullcontext(""):
+        return _train_held(args, request)
+
+
+def _refuse_busy(out: Path) -> None:
+    from .writer import FolderBusy, describe, writer
+
+    record = writer(out)
+    if record is not None:
+        raise FolderBusy(f"{out} is being written by another training ({describe(record)})")
+
+
+def _train_held(args: argparse.Namespace, request: Any) -> int:
+    """``train`` with the model folder's writer lock held: read, train, report."""
+    from .interrupts import Interrupts
+    from .training import TrainControl, train_request_iter
+
     spec = request.check()  # before any data is read
-    if args.devices is not None and args.devices > 1:
-        return launch(_without_devices(args.argv), args.devices, kind)
     kind = spec.labels.kind if spec is not None else request.labels_kind or "sparse"
     images, labels, names = _read_pairs(args, kind, spec, request.spatial_dims)
-    from .training import train_request_iter
-
     _say(args, f"training on {len(images)} image(s) with {kind} labels")
     dims = spec.model.spatial_dims if spec is not None else request.spatial_dims
     if args.voxel_size and dims == 2:
@@ -457,11 +479,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:  # the network's dimensionality comes from the start model: passed on as given
         spacing = tuple(args.voxel_size) if args.voxel_size else None
     request = replace(request, labels_kind=kind, names=names, spacing=spacing)
-    gen = train_request_iter(images, labels, request, began=getattr(args, "began", None))
+    control = TrainControl()
+    gen = train_request_iter(
+        images, labels, request, began=getattr(args, "began", None), control=control
+    )
     report = _TrainReport(args, request.out_path)
-    for event in _drive(gen):
-        report(event)
-    return 0
+    with Interrupts(control) as interrupts:
+        for event in _drive(gen):
+            if isinstance(event, TrainStarted):
+                interrupts.training_started()
+            report(event)
+    if interrupts.reason is None:
+        return 0
+    finished = report.finished
+    if finished is None or finished.path is None and not request.out_path.exists():
+        print(f"napari-unet: {interrupts.reason} before the first step: nothing was saved",
+              file=sys.stderr)  # fmt: skip
+    else:
+        print(
+            f"napari-unet: {interrupts.reason} at step {finished.step}: the model so far "
+            f"(weights, optimizer state, training.json) is in {finished.path or request.out_path}"
+            f"; continue with: {_resume_command(args.argv)}",
+            file=sys.stderr,
+        )
+    return interrupts.exit_code
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues a stopped training: the same, with --resume (and
+    without --init, which a resumed model does not take)."""
+    import shlex
+
+    out, skip = ["napari-unet"], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--init":
+            skip = True
+        elif not token.startswith("--init="):
+            out.append(token)
+    if "--resume" not in out:
+        out.append("--resume")
+    return shlex.join(out)
 
 
 def _without_devices(argv: Sequence[str]) -> list[str]:
@@ -482,6 +541,7 @@ class _TrainReport:
 
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
         self.args, self.out = args, out
+        self.finished: Finished | None = None
         self.last_print = 0.0
         self.last_val = ""
 
@@ -503,6 +563,7 @@ class _TrainReport:
                 self.last_print = time.monotonic()
                 self.say(f"{event.describe()}{self.last_val}")
             case Finished():
+                self.finished = event
                 self.say(
                     f"finished after {event.step} steps ({event.reason}){self.last_val}; "
                     f"model saved to {event.path or self.out}"
@@ -805,9 +866,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except KeyboardInterrupt:
-        print("napari-unet: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from .interrupts import EXIT_CODES, Aborted
+
+        if not isinstance(exc, Aborted):
+            print("napari-unet: interrupted", file=sys.stderr)
+            return 130
+        print(f"napari-unet: {exc.reason}: aborted, nothing more was saved (the files written "
+              "so far are whole: every write is atomic)", file=sys.stderr)  # fmt: skip
+        return EXIT_CODES[exc.reason]
     except (ValueError, OSError, FloatingPointError, MemoryError) as exc:
         if rank > 0 and isinstance(exc, ValueError | OSError):
             return 2  # the same input on every process: rank 0 says it

@@ -73,11 +73,14 @@ from .recipes import get_recipe
 from .request import TrainRequest
 from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
+from .writer import hold
 from .zoom import z_scale_for
 
 log = logging.getLogger(__name__)
 
-STOPS = (None, "steps", "time", "cancelled")
+USER_STOPS = ("cancelled", "interrupted", "terminated")
+"""Why a user stopped a training: the widget's stop, Ctrl+C (SIGINT), SIGTERM."""
+STOPS = (None, "steps", "time", *USER_STOPS)
 """Why a training stops (:meth:`TrainingRun.stop_reason`), by the code ranks agree on."""
 PHASES = ("prepare", "train", "validate", "preview", "calibrate", "save")
 """Where a training's wall time goes (training.json, :attr:`Finished.phases`)."""
@@ -93,18 +96,29 @@ class TrainControl:
     """What a caller in another thread may change while training runs.
 
     ``stop()`` ends training after the current step, with reason "cancelled",
-    saving the model folder like a normal end (in the training thread).
+    saving the model folder like a normal end (in the training thread);
+    ``stop("interrupted")`` / ``stop("terminated")`` (Ctrl+C, SIGTERM in the CLI) save
+    it too but skip the instance settings' search (the previous settings stay).
+    ``abort()``: closing the training now saves nothing more (a second Ctrl+C).
     ``request_preview(image)`` asks for :class:`~napari_unet.events.Preview`
     events on ``image`` at most every ``preview_every`` seconds.
     """
 
     stop_requested: bool = False
+    reason: str = "cancelled"
+    aborted: bool = False
     preview_image: Any = None
     preview_key: Any = None
     preview_every: float = 3.0
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "cancelled") -> None:
+        if reason not in USER_STOPS:
+            raise ValueError(f"reason {reason!r}: one of {', '.join(USER_STOPS)}")
+        self.reason = reason
         self.stop_requested = True
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def request_preview(self, image: Any, key: Any = None) -> None:
         self.preview_key = key
@@ -161,6 +175,7 @@ class TrainingRun:
         self.schedule = 0.0  # the progress the learning rate follows (rank 0's)
         self.result_path: Path | None = None  # where the model ended (the regression guard)
         self.message = ""
+        self.skipped_note = ""  # what a stop by the user skipped
         self.val_seconds = 0.0  # the last validation took this long
         self.save_seconds = 0.0  # and the last save
 
@@ -534,7 +549,7 @@ class TrainingRun:
         if self.schedule >= 1.0 and self.step_count > 0:  # one step at least
             reason = "steps" if self.cfg.steps and self.step_count >= self.cfg.steps else "time"
         elif self.control is not None and self.control.stop_requested:
-            reason = "cancelled"
+            reason = self.control.reason
         if self.group is None:
             return reason
         code, self.schedule = self.group.agree([STOPS.index(reason), self.schedule])
@@ -649,11 +664,26 @@ class TrainingRun:
             self.last_ckpt = self.clock()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
 
-    def finish(self) -> Generator[Any, None, None]:
-        """Phase "finish": final validation, calibration, save, the regression guard."""
+    def finish(self, reason: str = "steps") -> Generator[Any, None, None]:
+        """Phase "finish": final validation, calibration, save, the regression guard.
+
+        Stopped by Ctrl+C or SIGTERM (``reason``), the instance settings' search is
+        skipped: the settings the model had (or the defaults) stay, and it says so.
+        """
         self.flush()
         yield self.validate()
-        yield from self.calibrate()
+        interrupted = reason in ("interrupted", "terminated")
+        session = self.history["sessions"][-1]
+        if interrupted:
+            session["stopped"] = "stopped by the user" if reason == "interrupted" else "terminated"
+            if self.spec.labels.instances and self.calibration is not None:
+                session["postprocess_search"] = {"skipped": reason}
+                self.skipped_note = (
+                    "instance settings not chosen again (stopped early): the model keeps "
+                    f"{'its previous ones' if self.start_step else 'the defaults'}"
+                )
+        else:
+            yield from self.calibrate()
         self.result_path, self.message = None, ""
         self.guard.rescore(self.score_network, self.spec)
         self.compare_with_start()
@@ -661,8 +691,8 @@ class TrainingRun:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
             self.result_path, self.message = self.guard.judge(self.last_iou)
-        if self.start_better:
-            self.message = " ".join(m for m in (self.message, self.start_message) if m)
+        notes = (self.message, self.skipped_note, self.start_message if self.start_better else "")
+        self.message = " ".join(m for m in notes if m)
 
     def compare_with_start(self) -> None:
         """Phase "compare": score the start model (the teacher) on the held-out labels the
@@ -777,8 +807,10 @@ class TrainingRun:
         self.save_seconds = self.clock() - start
 
     def on_cancel(self) -> None:
-        """Closed between steps (a cancelled worker): keep what was learned."""
-        if self.out is not None and self.step_count > 0:
+        """Closed between steps (a cancelled worker): keep what was learned, unless
+        the caller aborted (a second Ctrl+C: nothing more is written)."""
+        aborted = self.control is not None and self.control.aborted
+        if self.out is not None and self.step_count > 0 and not aborted:
             self.save()
 
     def model(self) -> Model:
@@ -1016,10 +1048,32 @@ def train_request_iter(
     the calibration and the save (measured as they go) to fit in it.
     """
     began = clock() if began is None else began
-    request.check(continues_model=model is not None)
+    out = request.out_path
+    writes = out is not None and ranks_from_env().main  # rank 0 alone writes the folder
+    with hold(out) if writes else contextlib.nullcontext("") as notice:
+        return (
+            yield from _train_locked(
+                images, labels, request, model, clock, control, began, notice or ""
+            )
+        )
+
+
+def _train_locked(
+    images: Any,
+    labels: Any,
+    request: TrainRequest,
+    model: Model | None,
+    clock: Callable[[], float],
+    control: TrainControl | None,
+    began: float,
+    notice: str,
+) -> Generator[Any, None, Model]:
+    """:func:`train_request_iter` with the output folder's writer lock held."""
+    request.check(continues_model=model is not None)  # again: the folder may have changed
     run = TrainingRun.setup(
         images, labels, request, model=model, clock=clock, control=control, began=began
     )
+    run.start_note = " ".join(n for n in (notice, run.start_note) if n)
     try:
         yield run.started()
         while (reason := run.stop_reason()) is None:
@@ -1031,8 +1085,8 @@ def train_request_iter(
             yield from run.validate_if_due()
             yield from run.checkpoint_if_due()
         run.close()  # rank 0's finish needs no other rank
-        if run.ranks.main:
-            yield from run.finish()
+        if run.ranks.main and not (reason in USER_STOPS and run.step_count == 0):
+            yield from run.finish(reason)
     except GeneratorExit:
         run.on_cancel()
         raise

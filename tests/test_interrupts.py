@@ -1,0 +1,189 @@
+"""Nothing lost when two runs meet or the user presses Ctrl+C: the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tifffile
+
+from napari_unet.store import load_model
+from napari_unet.writer import hold, info_path, lock_path, writer
+
+from .conftest import make_nuclei
+
+NET = ["--width", "4", "--depth", "2", "--patch", "32", "--batch-size", "4", "--init", "scratch"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stops")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    (root / "often.json").write_text('{"checkpoint_every": 1}')  # a checkpoint every second
+    for seed in range(3):
+        image, objects = make_nuclei(seed=seed)
+        tifffile.imwrite(root / "images" / f"n{seed}.tif", image)
+        tifffile.imwrite(root / "labels" / f"n{seed}.tif", objects)
+    return root
+
+
+def train_cmd(folders, out, *extra):
+    args = ["train", "--images", folders / "images", "--labels", folders / "labels",
+            "--labels-kind", "instances", "--out", out, "--device", "cpu", *NET,
+            *extra]  # fmt: skip
+    return [sys.executable, "-m", "napari_unet.cli", *map(str, args)]
+
+
+def often(folders):
+    return ["--config", folders / "often.json"]
+
+
+def start(cmd):
+    """Start ``cmd``; return it once it printed its first training step."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step "):
+            return proc, lines
+    proc.wait()
+    raise AssertionError(f"no training step: {''.join(lines)} {proc.stderr.read()}")
+
+
+def finish(proc, lines, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    return "".join(lines) + out, err
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp"))
+
+
+@pytest.mark.slow
+def test_second_training_into_a_busy_folder_is_refused_naming_the_holder(folders, tmp_path):
+    out = tmp_path / "m"
+    first, lines = start(train_cmd(folders, out, "--time-budget", "8"))
+    second = subprocess.run(train_cmd(folders, out, "--steps", "3"), capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    stdout, err = finish(first, lines)
+    assert first.returncode == 0, err
+    assert second.returncode == 2
+    assert f"{out} is being written by another training (pid {first.pid}, started " in second.stderr
+    assert "training on" not in second.stdout  # refused before reading any image
+    history = json.loads((out / "training.json").read_text())
+    assert len(history["sessions"]) == 1 and history["steps"] > 3  # the first's model, whole
+    load_model(out)
+    assert not info_path(out).exists()  # the writer file goes with the writer
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_killed_training_is_taken_over(folders, tmp_path):
+    out = tmp_path / "m"
+    proc, lines = start(
+        train_cmd(folders, out, "--time-budget", "600", "--config", folders / "often.json")
+    )
+    time.sleep(1.5)  # a checkpoint is written
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert lock_path(out).exists() and info_path(out).exists()  # left behind
+    assert writer(out) is None  # its process is gone: not a writer
+    r = subprocess.run(train_cmd(folders, out, "--resume", "--steps", "2"), capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"(pid {proc.pid}, started" in r.stderr and "taken over" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "why"), [(signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGTERM, 143, "terminated")])  # fmt: skip
+def test_a_signal_stops_after_the_step_saves_and_resumes(folders, tmp_path, sig, code, why):
+    out = tmp_path / "m"
+    proc, lines = start(train_cmd(folders, out, "--time-budget", "600"))
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    stdout, err = finish(proc, lines)
+    assert proc.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"napari-unet: {why} at step ")
+    step = int(last.split(" at step ")[1].split(":")[0])
+    assert f"is in {out}; continue with: napari-unet train " in last and last.endswith("--resume")
+    model = load_model(out)
+    session = model.history["sessions"][-1]
+    assert model.history["steps"] == step > 0
+    assert session["stopped"] == ("stopped by the user" if why == "interrupted" else "terminated")
+    assert session["postprocess_search"] == {"skipped": why}
+    assert "instance settings not chosen again" in stdout
+    assert (out / "checkpoint").exists() and leftovers(out) == []
+    # the command it printed continues from that step (with fewer steps, here)
+    command = shlex.split(last.split("continue with: ")[1])[1:]
+    budget = command.index("--time-budget")
+    command[budget : budget + 2] = ["--steps", "2", "--replace-worse"]
+    r = subprocess.run([sys.executable, "-m", "napari_unet.cli", *command], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    history = json.loads((out / "training.json").read_text())
+    assert history["steps"] == step + 2
+    assert history["sessions"][-1]["start_step"] == step
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_aborts_at_once_and_leaves_no_partial_file(folders, tmp_path):
+    out = tmp_path / "m"
+    slow = ["--width", "16", "--patch", "96", "--batch-size", "32"]  # steps of about a second
+    proc, lines = start(train_cmd(folders, out, "--time-budget", "600", *slow, *often(folders)))
+    proc.send_signal(signal.SIGINT)  # mid-step: stop after it...
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # ...no: now
+    stdout, err = finish(proc, lines)
+    assert proc.returncode == 130
+    assert "aborted, nothing more was saved" in err
+    assert "model saved to" not in stdout
+    assert leftovers(tmp_path) == []
+    if out.exists():  # a checkpoint before the signals: whole, and it loads
+        load_model(out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_step_saves_nothing(folders, tmp_path):
+    out = tmp_path / "m"
+    proc = subprocess.Popen(train_cmd(folders, out, "--steps", "5"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc.stdout.readline()  # "training on 3 image(s)": the data is read
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "napari-unet: interrupted" in err
+    assert not out.exists()
+
+
+def test_hold_refuses_a_second_holder_and_names_it(tmp_path):
+    out = tmp_path / "m"
+    code = (
+        "import sys, time\nfrom napari_unet.writer import hold\n"
+        "with hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(30)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(
+            ValueError, match=rf"being written by another training \(pid {other.pid}"
+        ):
+            with hold(out):
+                pass
+        assert writer(out)["pid"] == other.pid
+    finally:
+        other.kill()
+        other.wait()
+    with hold(out) as notice:  # its process died: taken over, with a notice
+        assert f"pid {other.pid}" in notice and "taken over" in notice
+        with hold(out) as nested:  # the same process again: reentrant
+            assert nested == ""
+        assert writer(out)["pid"] == os.getpid()
+    assert writer(out) is None
