@@ -31,9 +31,12 @@ import numpy as np
 from .builtin import refuse_write
 from .files import write_tif
 from .store import atomic_write_bytes, content_hash
+from .writer import hold
 
 INDEX = "index.json"
 SUFFIX = ".annotations"
+AUTOSAVE_WAIT = 10.0
+"""Seconds a labels autosave waits for another process saving into the same project."""
 _MAX_INDEX_BYTES = 16 * 2**20
 
 
@@ -104,6 +107,21 @@ def autosave(
     folder = project_folder(model_folder)
     folder.mkdir(parents=True, exist_ok=True)
     digest = content_hash(array)
+    # two windows saving into one project take turns: no index entry is lost
+    with hold(folder, what="labels autosave", wait=AUTOSAVE_WAIT):
+        return _save(folder, name, array, digest, reason, snapshot, meta)
+
+
+def _save(
+    folder: Path,
+    name: str,
+    array: np.ndarray,
+    digest: str,
+    reason: str,
+    snapshot: bool,
+    meta: dict[str, Any] | None,
+) -> Saved:
+    """:func:`autosave` with the project's lock held: read the index, write, update it."""
     index = _read_index(folder)
     file = f"{_safe(name)}.tif"
     entry = Saved(

@@ -443,7 +443,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         kind = check_launch(args.devices, args.device)
         if args.devices > 1:  # the workers hold the folder's lock; refuse a busy one now
-            _refuse_busy(request.out_path)
+            from .writer import refuse_busy
+
+            refuse_busy(request.out_path)
             request.check()
             return launch(_without_devices(args.argv), args.devices, kind)
     from .distributed import ranks_from_env
@@ -452,14 +454,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     writes = ranks_from_env().main  # in a data-parallel training, rank 0 writes
     with hold(request.out_path) if writes else contextlib.nullcontext(""):
         return _train_held(args, request)
-
-
-def _refuse_busy(out: Path) -> None:
-    from .writer import FolderBusy, describe, writer
-
-    record = writer(out)
-    if record is not None:
-        raise FolderBusy(f"{out} is being written by another training ({describe(record)})")
 
 
 def _train_held(args: argparse.Namespace, request: Any) -> int:
@@ -680,6 +674,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         split=args.split,
     )
     _say(args, _dims_note(spec.model.spatial_dims))
+    _say_if_training(args)
     options = dict(
         instances=args.instances,
         probabilities=args.probabilities,
@@ -734,6 +729,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"first: {first.name}: {first.reason}"
         )
     return 0
+
+
+def _say_if_training(args: argparse.Namespace) -> None:
+    """A model folder that a training is writing is read as its last complete save."""
+    from .writer import describe, writer
+
+    folder = Path(args.model)
+    record = writer(folder) if folder.is_dir() else None
+    if record is None:
+        return
+    try:
+        steps = json.loads((folder / "training.json").read_text())["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        steps = "?"
+    _say(
+        args,
+        f"{folder} is being trained ({describe(record)}): predicting with its last complete "
+        f"save, step {steps}",
+    )
 
 
 def _dims_note(spatial_dims: int) -> str:

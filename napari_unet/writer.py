@@ -71,6 +71,25 @@ def describe(record: dict[str, Any]) -> str:
     return f"pid {record.get('pid', '?')}{where}, started {started}"
 
 
+def busy_message(folder: Path, what: str, record: dict[str, Any] | None) -> str:
+    holder = f" ({describe(record)})" if record else ""
+    return (
+        f"{folder} is being written by another {what}{holder}; wait for it to end, or "
+        "write to another folder"
+    )
+
+
+def refuse_busy(folder: str | os.PathLike[str] | None, what: str = "training") -> None:
+    """Raise :class:`FolderBusy` when another live process writes ``folder`` (a check
+    before any work, e.g. at the Train button; :func:`hold` is what excludes)."""
+    if folder is None:
+        return
+    folder = Path(os.path.abspath(folder))
+    record = writer(folder)
+    if record is not None and record.get("pid") != os.getpid():
+        raise FolderBusy(busy_message(folder, what, record))
+
+
 @contextlib.contextmanager
 def hold(
     folder: str | os.PathLike[str], what: str = "training", wait: float = 0.0
@@ -101,12 +120,7 @@ def hold(
     try:
         lock.acquire()
     except Timeout:
-        record = _read(info_path(folder))
-        holder = f" ({describe(record)})" if record else ""
-        raise FolderBusy(
-            f"{folder} is being written by another {what}{holder}; wait for it to end, or "
-            "write to another folder"
-        ) from None
+        raise FolderBusy(busy_message(folder, what, _read(info_path(folder)))) from None
     try:
         notice = ""
         previous = _read(info_path(folder))

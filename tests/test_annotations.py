@@ -133,3 +133,19 @@ def test_the_guard_scores_the_previous_model_on_the_new_validation_data(
     final_iou = [e for e in events if isinstance(e, ev.Validated)][-1].iou
     assert len(scored) == 1 and 0.0 <= scored[0] < final_iou  # 1 step vs 31 steps
     assert finished.message == "" and load_model(out).history["steps"] == 31
+
+
+def test_two_processes_autosaving_into_one_project_lose_no_entry(tmp_path):
+    import subprocess
+    import sys
+
+    model = tmp_path / "model"
+    code = (
+        "import sys, numpy as np\nfrom napari_unet.annotation_store import autosave\n"
+        "for i in range(8):\n"
+        "    autosave(sys.argv[1], f'{sys.argv[2]}-{i}', np.full((8, 8), i + 1, np.uint8))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(model), who]) for who in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    names = {s.name for s in an.saved(model)}
+    assert names == {f"{who}-{i}" for who in "ab" for i in range(8)}

@@ -69,10 +69,20 @@ def leftovers(folder):
 @pytest.mark.slow
 def test_second_training_into_a_busy_folder_is_refused_naming_the_holder(folders, tmp_path):
     out = tmp_path / "m"
-    first, lines = start(train_cmd(folders, out, "--time-budget", "8"))
+    first, lines = start(train_cmd(folders, out, "--time-budget", "10", *often(folders)))
     second = subprocess.run(train_cmd(folders, out, "--steps", "3"), capture_output=True,
                             text=True, timeout=120)  # fmt: skip
+    time.sleep(1.5)  # a checkpoint: predicting from the folder reads it
+    image = folders / "images" / "n0.tif"
+    predicted = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(out),
+                                str(image), "--out", str(tmp_path / "p")], capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
     stdout, err = finish(first, lines)
+    assert predicted.returncode == 0, predicted.stderr
+    note = f"{out} is being trained (pid {first.pid}, started "
+    assert note in predicted.stdout and "predicting with its last complete save, step " in (
+        predicted.stdout
+    )
     assert first.returncode == 0, err
     assert second.returncode == 2
     assert f"{out} is being written by another training (pid {first.pid}, started " in second.stderr

@@ -38,6 +38,7 @@ from ..builtin import BUILTIN_MODELS, PREFIX
 from ..config import CONFIG_FILE, LABELS_KINDS, RECIPES
 from ..init import AUTO
 from ..request import TrainRequest
+from ..writer import refuse_busy
 from ._devices import DeviceChoice
 from ._dock import DockWidget, hbox
 from ._plot import CurvePlot
@@ -373,6 +374,7 @@ class TrainWidget(DockWidget):
             request = self.request()
             model = self._continued(request)
             request.check(continues_model=model is not None)
+            refuse_busy(request.out_path)  # another process trains into it
         except ValueError as exc:
             show_warning(f"napari-unet: {exc}")
             self.status.setText(str(exc))
