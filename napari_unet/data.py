@@ -505,7 +505,7 @@ class Prepared:
     z_scale: float = 1.0  # volumes: resized by it along z (near-isotropic voxels)
 
 
-def _as_list(x: Any) -> list[Any]:
+def as_list(x: Any) -> list[Any]:
     if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not isinstance(x, list | tuple):
         return [x]
     return list(x)
@@ -617,7 +617,7 @@ def prepare(
     trained further, whose channels and classes the data must have.
     """
     norm = norm or NormConfig()
-    imgs, labs = _as_list(images), [np.asarray(lab) for lab in _as_list(labels)]
+    imgs, labs = as_list(images), [np.asarray(lab) for lab in as_list(labels)]
     imgs = [np.asarray(img) for img in imgs]
     if border_weights and labels_kind != "instances":
         raise ValueError("border_weights needs instance labels (labels_kind='instances')")

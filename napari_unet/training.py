@@ -41,7 +41,7 @@ from .config import (
     TileConfig,
     TrainConfig,
 )
-from .data import PatchSampler, Prepared, prepare, split_samples
+from .data import PatchSampler, Prepared, as_list, prepare, split_samples
 from .devices import describe_device, resolve_device
 from .distributed import Group, Ranks, rank_device, ranks_from_env
 from .events import (
@@ -74,7 +74,7 @@ from .request import TrainRequest
 from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
 from .writer import hold
-from .zoom import z_scale_for
+from .zoom import start_scale, z_scale_for
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class TrainingRun:
         self.result_path: Path | None = None  # where the model ended (the regression guard)
         self.message = ""
         self.skipped_note = ""  # what a stop by the user skipped
+        self.scale_note = ""  # why the images were resized
         self.val_seconds = 0.0  # the last validation took this long
         self.save_seconds = 0.0  # and the last save
 
@@ -261,25 +262,41 @@ class TrainingRun:
                     f"{kept:g}, and a model keeps its scale (leave the scale out)"
                 )
             scale = kept
+        from_start = None
+        if scale is None and model is None and self.init is not None:
+            from_start = start_scale(as_list(labels), labels_kind, arch["spatial_dims"],
+                                     self.init.model.config)  # fmt: skip
         z_scale = _z_scale(request, arch["spatial_dims"], model)
-        prepared = prepare(
-            images,
-            labels,
-            labels_kind,
-            spatial_dims=arch["spatial_dims"],
-            class_names=class_names,
-            value_map=continued.value_map if continued is not None else None,
-            norm=model.config.normalization if model is not None else None,
-            border_weights=request.config.border_weights,
-            names=request.names,
-            continued=continued,
-            touch=request.config.touch_border,
-            scale=scale,
-            z_scale=z_scale,
-        )
+
+        def prepare_at(scale: float | None) -> Prepared:
+            return prepare(
+                images,
+                labels,
+                labels_kind,
+                spatial_dims=arch["spatial_dims"],
+                class_names=class_names,
+                value_map=continued.value_map if continued is not None else None,
+                norm=model.config.normalization if model is not None else None,
+                border_weights=request.config.border_weights,
+                names=request.names,
+                continued=continued,
+                touch=request.config.touch_border,
+                scale=scale,
+                z_scale=z_scale,
+            )
+
+        prepared = prepare_at(from_start or scale)
         if self.init is not None and not self.init.fits_channels(prepared.in_channels):
             self.init = None  # an automatic start is for one channel: this data has more
         self.check_start_fit(prepared)
+        if from_start is not None and self.init is None:  # no start after all: its own scale
+            prepared, from_start = prepare_at(scale), None
+        if from_start is not None:
+            assert self.init is not None
+            self.scale_note = (
+                f"images resized by {from_start:g}: the labeled objects at the size "
+                f"{self.init.ref} was trained on"
+            )
         self.build(prepared, model, arch, request.tiling)
         self.make_trainer(prepared, request.precision)
         self.record_session(prepared)
@@ -443,6 +460,7 @@ class TrainingRun:
                 "validation": self.split.description,
                 "scale": prepared.scale,
                 **({"z_scale": prepared.z_scale} if prepared.z_scale != 1.0 else {}),
+                **({"scale_note": self.scale_note} if self.scale_note else {}),
                 "processes": self.ranks.world,
                 "global_batch": self.cfg.batch_size,
             }
@@ -475,7 +493,7 @@ class TrainingRun:
             n_val=self.n_val,
             validation=self.split.description,
             init=self.init.describe() if self.init is not None else "",
-            start_note=self.start_note,
+            start_note=" ".join(n for n in (self.start_note, self.scale_note) if n),
             start_step=self.start_step,
             max_steps=cfg.steps,
             time_budget=budget,

@@ -86,6 +86,27 @@ def training_scale(labels: Sequence[np.ndarray], kind: str, spatial_dims: int) -
     return max(MIN_SCALE, float(f"{OBJECT_WIDTH / width:.2g}"))
 
 
+def start_scale(
+    labels: Sequence[np.ndarray], kind: str, spatial_dims: int, start: ModelSpec
+) -> float | None:
+    """The factor that brings the labeled objects to the size a start model knows (its
+    ``object_size``, in its network's pixels), when they are more than
+    :data:`ZOOM_TOLERANCE` times wider; None otherwise (2D instance models only).
+
+    Fine-tuning then shows the network objects of the size its weights were trained on,
+    and the start model's answer on the unlabeled pixels (the distillation target) is its
+    answer at that size, not at a size it never saw.
+    """
+    size = start.postprocess.object_size
+    width = objects_width(labels, kind, spatial_dims)
+    if spatial_dims != 2 or not size or width is None or not start.labels.instances:
+        return None
+    known = math.sqrt(4 * size / math.pi)
+    if width <= known * ZOOM_TOLERANCE:
+        return None
+    return max(MIN_SCALE, float(f"{known / width:.2g}"))
+
+
 ISOTROPIC_WITHIN = 0.15
 """Voxels whose z size is within this share of their y/x size are taken as isotropic."""
 

@@ -15,7 +15,14 @@ from napari_unet.events import drain
 from napari_unet.inference import predict_proba, predict_zoomed_iter
 from napari_unet.metrics import match_instances
 from napari_unet.training import train
-from napari_unet.zoom import MIN_OBJECTS, ZOOM_POWER, ZOOM_RANGE, choose_zoom, zoomed
+from napari_unet.zoom import (
+    MIN_OBJECTS,
+    ZOOM_POWER,
+    ZOOM_RANGE,
+    choose_zoom,
+    start_scale,
+    zoomed,
+)
 
 from .conftest import make_nuclei
 
@@ -174,3 +181,37 @@ def test_cli_zoom_argument(tmp_path, tiny_model):
     ok = run("--out", str(tmp_path / "o3"), "--zoom", "0.5", "--instances")
     assert ok.returncode == 0, ok.stderr
     assert tifffile.imread(tmp_path / "o3" / "a.tif").shape == (64, 64)
+
+
+def disks(radius, n=4, shape=(160, 160)):
+    return [make_nuclei(shape=shape, n=n, radius=(radius, radius), seed=s)[1] for s in range(2)]
+
+
+def test_fine_tuning_brings_the_labeled_objects_to_the_start_models_size():
+    big = disks(24)  # objects of about 1,800 px
+    known = float(np.pi * 6**2)  # a start model of objects 12 px wide
+    assert start_scale(big, "instances", 2, spec(known)) == pytest.approx(0.25, abs=0.01)
+    sparse = [np.where(lab > 0, lab + 1, 1) for lab in big]  # the same, outlined
+    assert start_scale(sparse, "sparse-instances", 2, spec(known)) == pytest.approx(0.25, abs=0.01)
+    assert start_scale(disks(7), "instances", 2, spec(known)) is None  # about its size
+    assert start_scale(big, "instances", 2, spec(None)) is None  # a model without a size
+    assert start_scale(big, "instances", 3, spec(known)) is None  # volumes as they are
+    assert start_scale(big, "semantic", 2, spec(known)) is None
+
+
+def test_a_fine_tuned_model_trains_at_its_start_models_object_size(disks_model, tmp_path):
+    start = tmp_path / "start"
+    nu.save_model(disks_model, start)
+    pairs = [make_nuclei(shape=(192, 192), n=5, radius=(24, 28), seed=s) for s in range(2)]
+    events = []
+    model = train([p[0] for p in pairs], [p[1] for p in pairs], labels_kind="instances",
+                  init=str(start), steps=2, patch=32, batch_size=2, device="cpu",
+                  callback=events.append)  # fmt: skip
+    width_ratio = np.sqrt(disks_model.config.postprocess.object_size / (np.pi * 26**2))
+    assert model.config.normalization.scale == pytest.approx(width_ratio, rel=0.2)
+    started = events[0]
+    assert "the labeled objects at the size" in started.start_note
+    assert "scale_note" in model.history["sessions"][-1]
+    scratch = train([p[0] for p in pairs], [p[1] for p in pairs], labels_kind="instances",
+                    init=None, steps=1, patch=32, batch_size=2, device="cpu", width=4)  # fmt: skip
+    assert scratch.config.normalization.scale > model.config.normalization.scale
