@@ -197,3 +197,42 @@ def test_hold_refuses_a_second_holder_and_names_it(tmp_path):
             assert nested == ""
         assert writer(out)["pid"] == os.getpid()
     assert writer(out) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_batch_keeps_complete_outputs_and_rows_and_a_rerun_skips_them(tmp_path):
+    from napari_unet.training import train
+
+    from .conftest import SMALL
+
+    images, labels = zip(*(make_nuclei(shape=(256, 256), seed=s) for s in range(2)), strict=True)
+    model = tmp_path / "model"
+    train(list(images), list(labels), labels_kind="instances", steps=2, out=model,
+          init=None, **SMALL)  # fmt: skip
+    src = tmp_path / "in"
+    src.mkdir()
+    for s in range(8):
+        tifffile.imwrite(src / f"img{s}.tif", make_nuclei(shape=(512, 512), seed=s)[0])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "napari_unet.cli", "predict", str(model), str(src), "--out",
+           str(out), "--instances", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = ""
+    while not first.startswith("[1/8]"):
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    done = sorted(p.stem for p in out.glob("img*.tif"))
+    assert 1 <= len(done) < 8
+    for name in done:  # every output there is whole
+        assert tifffile.imread(out / f"{name}.tif").shape == (512, 512)
+    with open(out / "summary.csv") as fh:
+        rows = {r.split(",")[0] for r in fh.read().splitlines()[1:]}
+    assert rows == set(done)
+    assert leftovers(tmp_path) == [] and not [p for p in out.iterdir() if p.name.startswith(".")]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped, finished by an earlier run") == len(done)
+    assert len(list(out.glob("img*.tif"))) == 8
