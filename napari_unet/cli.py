@@ -478,7 +478,8 @@ def _train_held(args: argparse.Namespace, request: Any) -> int:
         images, labels, request, began=getattr(args, "began", None), control=control
     )
     report = _TrainReport(args, request.out_path)
-    with Interrupts(control) as interrupts:
+    quiet = lambda text: None  # noqa: E731 - the other ranks: rank 0 speaks
+    with Interrupts(control, say=quiet if args.quiet else None) as interrupts:
         for event in _drive(gen):
             if isinstance(event, TrainStarted):
                 interrupts.training_started()
@@ -486,6 +487,8 @@ def _train_held(args: argparse.Namespace, request: Any) -> int:
     if interrupts.reason is None:
         return 0
     finished = report.finished
+    if args.quiet:
+        return interrupts.exit_code
     if finished is None or finished.path is None and not request.out_path.exists():
         print(f"napari-unet: {interrupts.reason} before the first step: nothing was saved",
               file=sys.stderr)  # fmt: skip

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 TIMEOUT = timedelta(minutes=30)
 """How long a rank waits for the others in one collective (rank 0 validating or saving
 between two steps: seconds; a dead rank is noticed by the launcher long before)."""
+SHUTDOWN_SECONDS = 120
+"""On Ctrl+C or SIGTERM the launcher passes the signal on and waits this long for the
+workers to save (rank 0 saves the model so far) before it kills them."""
 LAUNCHED = "NAPARI_UNET_LAUNCHED"
 """The wall-clock time (``time.time()``) ``--devices`` started: the time budget counts
 from it in every worker, the launch included."""
@@ -220,6 +223,7 @@ def launch(argv: Sequence[str], devices: int, kind: str) -> int:
     """Run ``python -m napari_unet.cli *argv`` in ``devices`` local processes with torch's
     own launcher (torchrun's ``--standalone``: a rendezvous on a free port); the exit
     status, with one line naming the process that failed when one was killed."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -235,10 +239,12 @@ def launch(argv: Sequence[str], devices: int, kind: str) -> int:
         rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=0.5,
-        shutdown_timeout=5,
+        shutdown_timeout=SHUTDOWN_SECONDS,
     )
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "napari_unet.cli", *argv)
+    except SignalException as exc:  # Ctrl+C, SIGTERM: passed on to the workers, who save
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, failure = _root_failure(exc.failures)
         if failure.exitcode > 0:  # the process said why, and its status says what kind

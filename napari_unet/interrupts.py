@@ -14,10 +14,14 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 EXIT_CODES = {"interrupted": 130, "terminated": 143}  # 128 + the signal's number
+SAME_WITHIN = 1.0
+"""A second signal this soon after the first is the same request (a terminal's Ctrl+C and
+a launcher passing it on both reach a worker of a data-parallel training), not an abort."""
 
 
 class Aborted(KeyboardInterrupt):
@@ -37,6 +41,7 @@ class Interrupts:
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.reason: str | None = None  # "interrupted" / "terminated" once a signal came
         self.started = False
+        self.when = 0.0  # time.monotonic() of the first signal
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
@@ -55,11 +60,13 @@ class Interrupts:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         reason = "interrupted" if signum == signal.SIGINT else "terminated"
+        if self.reason is not None and time.monotonic() - self.when < SAME_WITHIN:
+            return  # the same request, passed on
         if self.reason is not None or not self.started:
             self.reason = self.reason or reason
             self.control.abort()
             raise Aborted(self.reason)
-        self.reason = reason
+        self.reason, self.when = reason, time.monotonic()
         self.control.stop(reason)
         what = "Ctrl+C" if signum == signal.SIGINT else "SIGTERM"
         self.say(

@@ -281,3 +281,32 @@ def test_a_killed_process_ends_the_training_and_is_named(folders, tmp_path):
     assert time.monotonic() - killed < 60
     assert proc.returncode != 0
     assert "training process 1 of 2" in err and "SIGKILL" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_and_rank_0_saves(folders, tmp_path):
+    out = tmp_path / "m"
+    args = train_args(folders, out, "--devices", "2", "--device", "cpu", "--batch-size", "4",
+                      "--time-budget", "600")  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: Ctrl+C reaches them all, as in a terminal
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("step "):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out_text, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.count("stopping after this step") == 1  # rank 0 speaks for both
+    assert err.count(f"is in {out}; continue with:") == 1
+    history = json.loads((out / "training.json").read_text())
+    assert history["sessions"][-1]["stopped"] == "stopped by the user"
+    assert history["sessions"][-1]["processes"] == 2
+    assert load_model(out).history["steps"] == history["steps"] > 0
