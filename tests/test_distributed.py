@@ -200,7 +200,8 @@ def test_cli_two_processes_one_folder_one_voice_and_a_shared_time_budget(folders
     session = history["sessions"][-1]
     assert (session["processes"], session["global_batch"]) == (2, 4)
     assert "finished after" in r.stdout and "(time)" in r.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # one folder, nothing beside
+    # one folder (and its writer lock), nothing beside
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.lock", "m"]
     predicted = run_cli("predict", out, folders / "images" / "n0.tif", "--out", tmp_path / "p")
     assert predicted.returncode == 0, predicted.stderr
     assert (tmp_path / "p" / "n0.tif").exists()

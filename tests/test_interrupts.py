@@ -13,6 +13,7 @@ import time
 import pytest
 import tifffile
 
+from napari_unet.interrupts import SAME_WITHIN
 from napari_unet.store import load_model
 from napari_unet.writer import hold, info_path, lock_path, writer
 
@@ -146,10 +147,12 @@ def test_a_signal_stops_after_the_step_saves_and_resumes(folders, tmp_path, sig,
 @pytest.mark.slow
 def test_a_second_ctrl_c_aborts_at_once_and_leaves_no_partial_file(folders, tmp_path):
     out = tmp_path / "m"
-    slow = ["--width", "16", "--patch", "96", "--batch-size", "32"]  # steps of about a second
+    slow = ["--width", "16", "--patch", "192", "--batch-size", "64"]  # steps of seconds
     proc, lines = start(train_cmd(folders, out, "--time-budget", "600", *slow, *often(folders)))
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)  # mid-step: stop after it...
-    time.sleep(0.2)
+    assert "stopping after this step" in proc.stderr.readline()
+    time.sleep(SAME_WITHIN + 0.1)  # (sooner, it would be the same request passed on)
     proc.send_signal(signal.SIGINT)  # ...no: now
     stdout, err = finish(proc, lines)
     assert proc.returncode == 130
