@@ -458,6 +458,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_held(args: argparse.Namespace, request: Any) -> int:
     """``train`` with the model folder's writer lock held: read, train, report."""
+    from .distributed import ranks_from_env
     from .interrupts import Interrupts
     from .training import TrainControl, train_request_iter
 
@@ -480,6 +481,8 @@ def _train_held(args: argparse.Namespace, request: Any) -> int:
     report = _TrainReport(args, request.out_path)
     quiet = lambda text: None  # noqa: E731 - the other ranks: rank 0 speaks
     with Interrupts(control, say=quiet if args.quiet else None) as interrupts:
+        if not ranks_from_env().main:  # the other ranks follow rank 0's decision to stop
+            interrupts.training_started()
         for event in _drive(gen):
             if isinstance(event, TrainStarted):
                 interrupts.training_started()

@@ -142,8 +142,16 @@ class Group:
             )
         return cls(ranks, device, owned)
 
-    def close(self) -> None:
+    def close(self, together: bool = True) -> None:
+        """Leave the group: ``together`` (the training ended on every rank), all ranks meet,
+        then it is destroyed (one rank destroying it while another still talks aborts that
+        one); after an error on this rank, at once (the launcher stops the others)."""
         if self.owned and self.dist.is_initialized():
+            import gc
+
+            gc.collect()  # the data-parallel wrapper's reducer, before its group
+            if together:
+                self.dist.barrier(group=self.control)
             self.dist.destroy_process_group()
 
     # ----------------------------------------------------------------- the loop's needs

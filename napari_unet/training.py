@@ -303,10 +303,14 @@ class TrainingRun:
         self.guard = RegressionGuard(self.out, request.replace_worse)
         self.guard.snapshot()
 
-    def close(self) -> None:
-        """Leave the process group (when this training joined it)."""
+    def close(self, together: bool = False) -> None:
+        """Leave the process group (when this training joined it): ``together`` at the
+        end of the loop on every rank, else at once (an error here)."""
         if self.group is not None:
-            self.group.close()
+            if hasattr(self, "trainer"):  # the data-parallel wrapper goes before its group
+                self.trainer.step_network = self.network
+                self.trainer.group = None
+            self.group.close(together)
             self.group = None
 
     def check_start_fit(self, prepared: Prepared) -> None:
@@ -1067,13 +1071,12 @@ def train_request_iter(
     """
     began = clock() if began is None else began
     out = request.out_path
-    writes = out is not None and ranks_from_env().main  # rank 0 alone writes the folder
-    with hold(out) if writes else contextlib.nullcontext("") as notice:
-        return (
-            yield from _train_locked(
-                images, labels, request, model, clock, control, began, notice or ""
-            )
-        )
+    main = ranks_from_env().main  # in a data-parallel training, rank 0 writes and speaks
+    with hold(out) if out is not None and main else contextlib.nullcontext("") as notice:
+        run = _train_locked(images, labels, request, model, clock, control, began, notice or "")
+        if not main:
+            return drain(run)  # the other ranks train without events
+        return (yield from run)
 
 
 def _train_locked(
@@ -1102,7 +1105,7 @@ def _train_locked(
             yield from run.preview()
             yield from run.validate_if_due()
             yield from run.checkpoint_if_due()
-        run.close()  # rank 0's finish needs no other rank
+        run.close(together=True)  # rank 0's finish needs no other rank
         if run.ranks.main and not (reason in USER_STOPS and run.step_count == 0):
             yield from run.finish(reason)
     except GeneratorExit:
