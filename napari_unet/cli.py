@@ -447,7 +447,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             refuse_busy(request.out_path)
             request.check()
-            return launch(_without_devices(args.argv), args.devices, kind)
+            return launch(_without_option(args.argv, "--devices"), args.devices, kind)
     from .distributed import ranks_from_env
     from .writer import hold
 
@@ -510,28 +510,21 @@ def _resume_command(argv: Sequence[str]) -> str:
     without --init, which a resumed model does not take)."""
     import shlex
 
-    out, skip = ["napari-unet"], False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token == "--init":
-            skip = True
-        elif not token.startswith("--init="):
-            out.append(token)
+    out = ["napari-unet", *_without_option(argv, "--init")]
     if "--resume" not in out:
         out.append("--resume")
     return shlex.join(out)
 
 
-def _without_devices(argv: Sequence[str]) -> list[str]:
-    """The command line a worker of ``--devices N`` runs: the same, less ``--devices N``."""
+def _without_option(argv: Sequence[str], name: str) -> list[str]:
+    """``argv`` less the option ``name`` and its value (``--name V`` or ``--name=V``)."""
     out, skip = [], False
     for token in argv:
         if skip:
             skip = False
-        elif token == "--devices":
+        elif token == name:
             skip = True
-        elif not token.startswith("--devices="):
+        elif not token.startswith(f"{name}="):
             out.append(token)
     return out
 

@@ -203,28 +203,19 @@ class TrainingRun:
             device = resolve_device(request.device)
         run = cls(request.config, device, request.out_path)
         run.ranks = ranks
+        run.clock, run.control = clock, control
+        run.began = clock() if began is None else began
         try:
             run.group = Group.join(ranks, device) if ranks.parallel else None
-            run.prepare(images, labels, request, model, clock, control, began)
+            run.prepare(images, labels, request, model)
         except BaseException:
             run.close()
             raise
         return run
 
-    def prepare(
-        self,
-        images: Any,
-        labels: Any,
-        request: TrainRequest,
-        model: Model | None,
-        clock: Callable[[], float],
-        control: TrainControl | None,
-        began: float | None,
-    ) -> None:
+    def prepare(self, images: Any, labels: Any, request: TrainRequest, model: Model | None) -> None:
         """The setup phases after the device and the process group."""
         device = self.device
-        self.clock, self.control = clock, control
-        self.began = clock() if began is None else began
         self.report_every = request.report_every or report_every_for(device)
         arch, init = request.architecture, request.init
         labels_kind = request.labels_kind or "sparse"
@@ -1073,27 +1064,24 @@ def train_request_iter(
     out = request.out_path
     main = ranks_from_env().main  # in a data-parallel training, rank 0 writes and speaks
     with hold(out) if out is not None and main else contextlib.nullcontext("") as notice:
-        run = _train_locked(images, labels, request, model, clock, control, began, notice or "")
+
+        def setup() -> TrainingRun:
+            return TrainingRun.setup(
+                images, labels, request, model=model, clock=clock, control=control, began=began
+            )
+
+        run = _train_locked(setup, request, model is not None, notice or "")
         if not main:
             return drain(run)  # the other ranks train without events
         return (yield from run)
 
 
 def _train_locked(
-    images: Any,
-    labels: Any,
-    request: TrainRequest,
-    model: Model | None,
-    clock: Callable[[], float],
-    control: TrainControl | None,
-    began: float,
-    notice: str,
+    setup: Callable[[], TrainingRun], request: TrainRequest, continues: bool, notice: str
 ) -> Generator[Any, None, Model]:
     """:func:`train_request_iter` with the output folder's writer lock held."""
-    request.check(continues_model=model is not None)  # again: the folder may have changed
-    run = TrainingRun.setup(
-        images, labels, request, model=model, clock=clock, control=control, began=began
-    )
+    request.check(continues_model=continues)  # again: the folder may have changed
+    run = setup()
     run.start_note = " ".join(n for n in (notice, run.start_note) if n)
     try:
         yield run.started()

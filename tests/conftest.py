@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,37 @@ def tiny_model(nuclei, tmp_path_factory):
         out=out,
     )
     return model, out
+
+
+def write_nuclei_folders(root, n):
+    """``root/images`` and ``root/labels``: ``n`` synthetic nuclei TIFFs and their instance
+    masks, for tests that run the command line."""
+    import tifffile
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for seed in range(n):
+        image, objects = make_nuclei(seed=seed)
+        tifffile.imwrite(root / "images" / f"n{seed}.tif", image)
+        tifffile.imwrite(root / "labels" / f"n{seed}.tif", objects)
+    return root
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder):
+    """Another process holds ``folder``'s writer lock for the ``with`` block; yields it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\nfrom napari_unet.writer import hold\n"
+        "with hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        yield other
+    finally:
+        other.kill()
+        other.wait()

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 
 from napari_unet.distributed import Ranks, check_launch, rank_device, ranks_from_env
 from napari_unet.store import load_model
 
-from .conftest import make_nuclei
+from .conftest import make_nuclei, write_nuclei_folders
 from .test_cli import run_cli
 
 SMALL_NET = ["--width", "4", "--depth", "2", "--patch", "32", "--init", "scratch"]
@@ -162,14 +161,7 @@ def test_launch_refusals_before_anything_starts(monkeypatch):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    for seed in range(4):
-        image, objects = make_nuclei(seed=seed)
-        tifffile.imwrite(root / "images" / f"n{seed}.tif", image)
-        tifffile.imwrite(root / "labels" / f"n{seed}.tif", objects)
-    return root
+    return write_nuclei_folders(tmp_path_factory.mktemp("ddp"), 4)
 
 
 def train_args(folders, out, *extra):

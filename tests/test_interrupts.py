@@ -17,21 +17,15 @@ from napari_unet.interrupts import SAME_WITHIN
 from napari_unet.store import load_model
 from napari_unet.writer import hold, info_path, lock_path, writer
 
-from .conftest import make_nuclei
+from .conftest import held_elsewhere, make_nuclei, write_nuclei_folders
 
 NET = ["--width", "4", "--depth", "2", "--patch", "32", "--batch-size", "4", "--init", "scratch"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stops")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
+    root = write_nuclei_folders(tmp_path_factory.mktemp("stops"), 3)
     (root / "often.json").write_text('{"checkpoint_every": 1}')  # a checkpoint every second
-    for seed in range(3):
-        image, objects = make_nuclei(seed=seed)
-        tifffile.imwrite(root / "images" / f"n{seed}.tif", image)
-        tifffile.imwrite(root / "labels" / f"n{seed}.tif", objects)
     return root
 
 
@@ -70,14 +64,14 @@ def leftovers(folder):
 @pytest.mark.slow
 def test_second_training_into_a_busy_folder_is_refused_naming_the_holder(folders, tmp_path):
     out = tmp_path / "m"
-    first, lines = start(train_cmd(folders, out, "--time-budget", "10", *often(folders)))
-    second = subprocess.run(train_cmd(folders, out, "--steps", "3"), capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    first, lines = start(train_cmd(folders, out, "--time-budget", "20", *often(folders)))
     time.sleep(1.5)  # a checkpoint: predicting from the folder reads it
     image = folders / "images" / "n0.tif"
     predicted = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(out),
                                 str(image), "--out", str(tmp_path / "p")], capture_output=True,
                                text=True, timeout=120)  # fmt: skip
+    second = subprocess.run(train_cmd(folders, out, "--steps", "3"), capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
     stdout, err = finish(first, lines)
     assert predicted.returncode == 0, predicted.stderr
     note = f"{out} is being trained (pid {first.pid}, started "
@@ -177,23 +171,12 @@ def test_ctrl_c_before_the_first_step_saves_nothing(folders, tmp_path):
 
 def test_hold_refuses_a_second_holder_and_names_it(tmp_path):
     out = tmp_path / "m"
-    code = (
-        "import sys, time\nfrom napari_unet.writer import hold\n"
-        "with hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(30)\n"
-    )
-    other = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                             text=True)  # fmt: skip
-    try:
-        assert other.stdout.readline().strip() == "held"
-        with pytest.raises(
-            ValueError, match=rf"being written by another training \(pid {other.pid}"
-        ):
+    with held_elsewhere(out) as other:
+        busy = rf"being written by another training \(pid {other.pid}"
+        with pytest.raises(ValueError, match=busy):
             with hold(out):
                 pass
         assert writer(out)["pid"] == other.pid
-    finally:
-        other.kill()
-        other.wait()
     with hold(out) as notice:  # its process died: taken over, with a notice
         assert f"pid {other.pid}" in notice and "taken over" in notice
         with hold(out) as nested:  # the same process again: reentrant

@@ -8,7 +8,7 @@ import pytest
 from napari_unet._widgets import PredictWidget, TrainWidget, _session
 from napari_unet.store import load_model
 
-from ..conftest import make_nuclei
+from ..conftest import held_elsewhere, make_nuclei
 from .conftest import small
 
 pytestmark = pytest.mark.gui
@@ -395,20 +395,10 @@ def test_predicted_layers_carry_their_labels_kind(make_napari_viewer, qtbot, nuc
 
 
 def test_train_refuses_a_folder_another_process_writes(viewer_with_data, qtbot, tmp_path):
-    import subprocess
-    import sys
-
     from qtpy.QtCore import Qt
 
     folder = tmp_path / "busy-model"
-    code = (
-        "import sys, time\nfrom napari_unet.writer import hold\n"
-        "with hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
-    )
-    other = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
-                             text=True)  # fmt: skip
-    try:
-        assert other.stdout.readline().strip() == "held"
+    with held_elsewhere(folder) as other:
         train = TrainWidget(viewer_with_data)
         small(train, 3)
         train.folder.setText(str(folder))
@@ -416,9 +406,6 @@ def test_train_refuses_a_folder_another_process_writes(viewer_with_data, qtbot, 
         assert train.runner is None  # nothing started
         text = train.status.text()
         assert f"{folder} is being written by another training (pid {other.pid}" in text
-    finally:
-        other.kill()
-        other.wait()
     qtbot.mouseClick(train.start_btn, Qt.LeftButton)  # its writer gone: the folder is free
     wait_idle(qtbot, train)
     assert load_model(folder).history["steps"] == 3
