@@ -451,6 +451,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import ranks_from_env
     from .writer import hold
 
+    request.check()  # a folder it may not write gets no lock file beside it
     writes = ranks_from_env().main  # in a data-parallel training, rank 0 writes
     with hold(request.out_path) if writes else contextlib.nullcontext(""):
         return _train_held(args, request)

@@ -1061,6 +1061,7 @@ def train_request_iter(
     the calibration and the save (measured as they go) to fit in it.
     """
     began = clock() if began is None else began
+    request.check(continues_model=model is not None)  # a folder it may not write: no lock
     out = request.out_path
     main = ranks_from_env().main  # in a data-parallel training, rank 0 writes and speaks
     with hold(out) if out is not None and main else contextlib.nullcontext("") as notice:

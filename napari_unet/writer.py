@@ -101,6 +101,9 @@ def hold(
     waiting ``wait`` seconds).  Reentrant within a process (the CLI holds it before it
     reads the data, the training again inside).
     """
+    from .builtin import refuse_write
+
+    refuse_write(folder, "write into")  # package data: no lock file there either
     folder = Path(os.path.abspath(folder))
     with _GUARD:
         if folder in _HELD:
