@@ -133,7 +133,10 @@ def hold(
                 f"({describe(previous)}) ended without releasing it; taken over"
             )
             log.warning(notice)
-        _write(info_path(folder), _record(what))
+        try:  # the record only names the holder in messages: the lock is what excludes
+            _write(info_path(folder), _record(what))
+        except OSError as exc:
+            log.warning("%s: the writer record was not written (%s)", folder, exc)
         with _GUARD:
             _HELD[folder] = 1
         try:

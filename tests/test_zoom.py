@@ -132,9 +132,9 @@ def test_objects_three_times_as_wide_are_found_zoomed(disks_model):
     # its own object size at scale 1: nothing to zoom there; the other two shrink
     assert sum(z < 1 / 1.25 for z in zooms) >= 2, zooms
     # the size prior (half a small labeled object, edge-cut ones left out) already drops
-    # most fragments at scale 1; zoomed, the rest are found whole
+    # the fragments at scale 1 with this model; zoomed, they are found whole as well
     assert all(a >= b for a, b in zip(aps["auto"], aps[1.0], strict=True)), aps
-    assert any(a > b for a, b in zip(aps["auto"], aps[1.0], strict=True)), aps
+    assert min(aps["auto"]) >= 0.9, aps
 
 
 def test_images_like_the_training_ones_are_not_zoomed(disks_model):
