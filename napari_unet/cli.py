@@ -438,21 +438,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         where="cli",
         **_train_settings(args),
     )
-    if args.devices is not None:  # what cannot be shared among processes, first
-        from .distributed import check_launch, launch
+    from .distributed import check_launch, launch, ranks_from_env
+    from .writer import hold, refuse_busy
 
-        kind = check_launch(args.devices, args.device)
-        if args.devices > 1:  # the workers hold the folder's lock; refuse a busy one now
-            from .writer import refuse_busy
-
-            refuse_busy(request.out_path)
-            request.check()
-            return launch(_without_option(args.argv, "--devices"), args.devices, kind)
-    from .distributed import ranks_from_env
-    from .writer import hold
-
-    request.check()  # a folder it may not write gets no lock file beside it
+    kind = check_launch(args.devices, args.device) if args.devices is not None else None
     writes = ranks_from_env().main  # in a data-parallel training, rank 0 writes
+    try:
+        request.check()  # a folder it may not write gets no lock file beside it
+    except ValueError:
+        if writes:  # a folder in training is named as such ("already holds a model")
+            refuse_busy(request.out_path)
+        raise
+    if kind is not None and args.devices > 1:  # the workers take the folder's lock
+        return launch(_without_option(args.argv, "--devices"), args.devices, kind)
     with hold(request.out_path) if writes else contextlib.nullcontext(""):
         return _train_held(args, request)
 

@@ -73,7 +73,7 @@ from .recipes import get_recipe
 from .request import TrainRequest
 from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
-from .writer import hold
+from .writer import hold, refuse_busy
 from .zoom import start_scale, z_scale_for
 
 log = logging.getLogger(__name__)
@@ -1061,9 +1061,14 @@ def train_request_iter(
     the calibration and the save (measured as they go) to fit in it.
     """
     began = clock() if began is None else began
-    request.check(continues_model=model is not None)  # a folder it may not write: no lock
     out = request.out_path
     main = ranks_from_env().main  # in a data-parallel training, rank 0 writes and speaks
+    try:
+        request.check(continues_model=model is not None)  # a folder it may not write: no lock
+    except ValueError:
+        if main:  # a folder in training is named as such ("already holds a model")
+            refuse_busy(out)
+        raise
     with hold(out) if out is not None and main else contextlib.nullcontext("") as notice:
 
         def setup() -> TrainingRun:

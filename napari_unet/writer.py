@@ -49,12 +49,26 @@ _GUARD = threading.Lock()
 
 
 def writer(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Who writes ``folder`` now, from its writer file, when that process still runs on
-    this host (a file left by a process that died is not a writer); else None."""
-    record = _read(info_path(Path(folder)))
-    if record is None or record.get("host") != socket.gethostname():
-        return record  # another host: cannot tell, trust the file
-    return record if _alive(record.get("pid")) else None
+    """Who writes ``folder`` now: its writer record, when its lock is held (a record left
+    by a process that died, or whose pid now names another process, is not a writer)."""
+    folder = Path(os.path.abspath(folder))
+    record = _read(info_path(folder))
+    if record is None:
+        return None
+    with _GUARD:
+        if folder in _HELD:
+            return record  # this process holds it
+    if record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+        return None
+    probe = FileLock(str(lock_path(folder)), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return record  # held: the kernel says so
+    except OSError:
+        return record  # cannot tell (a read-only place): trust the record
+    probe.release()
+    return None
 
 
 def describe(record: dict[str, Any]) -> str:
