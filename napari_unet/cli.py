@@ -731,21 +731,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _say_if_training(args: argparse.Namespace) -> None:
     """A model folder that a training is writing is read as its last complete save."""
-    from .writer import describe, writer
+    from .writer import in_training
 
     folder = Path(args.model)
-    record = writer(folder) if folder.is_dir() else None
-    if record is None:
-        return
     try:
         steps = json.loads((folder / "training.json").read_text())["steps"]
     except (OSError, ValueError, KeyError, TypeError):
         steps = "?"
-    _say(
-        args,
-        f"{folder} is being trained ({describe(record)}): predicting with its last complete "
-        f"save, step {steps}",
-    )
+    note = in_training(folder, steps)
+    if note:
+        _say(args, note)
 
 
 def _dims_note(spatial_dims: int) -> str:

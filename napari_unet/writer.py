@@ -85,6 +85,19 @@ def describe(record: dict[str, Any]) -> str:
     return f"pid {record.get('pid', '?')}{where}, started {started}"
 
 
+def in_training(folder: str | os.PathLike[str], step: Any) -> str:
+    """ "M is being trained (pid 1234, started 10:42): predicting with its last complete
+    save, step 480" when another process writes the model folder ``folder``; else ""."""
+    path = Path(folder)
+    record = writer(path) if path.is_dir() else None
+    if record is None or record.get("pid") == os.getpid():
+        return ""
+    return (
+        f"{path} is being trained ({describe(record)}): predicting with its last complete "
+        f"save, step {step}"
+    )
+
+
 def busy_message(folder: Path, what: str, record: dict[str, Any] | None) -> str:
     holder = f" ({describe(record)})" if record else ""
     return (

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from .. import events as ev
 from ..builtin import builtin_containing, is_builtin
 from ..jobs import Predicted, instances_iter, predict_layers_iter
+from ..writer import in_training
 from ._devices import DeviceChoice
 from ._dock import DockWidget, hbox
 from ._export import PackageExport
@@ -220,7 +221,9 @@ class PredictWidget(PackageExport, DockWidget):
             return False
         self.models.select(ref)
         self.set_model(model, model.path, name=str(ref))
-        self.status.setText(f"loaded {ref}")
+        step = model.history.get("steps", "?")
+        note = in_training(where, step) if not is_builtin(ref) else ""
+        self.status.setText(note or f"loaded {ref}")  # a folder in training: which save
         return True
 
     def _read_only(self) -> str | None:

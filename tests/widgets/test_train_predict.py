@@ -409,3 +409,19 @@ def test_train_refuses_a_folder_another_process_writes(viewer_with_data, qtbot, 
     qtbot.mouseClick(train.start_btn, Qt.LeftButton)  # its writer gone: the folder is free
     wait_idle(qtbot, train)
     assert load_model(folder).history["steps"] == 3
+
+
+def test_predict_says_a_folder_is_in_training_and_which_save_it_reads(
+    make_napari_viewer, tiny_model, tmp_path
+):
+    import shutil
+
+    folder = tmp_path / "training-now"
+    shutil.copytree(tiny_model[1], folder)
+    predict = PredictWidget(make_napari_viewer())
+    with held_elsewhere(folder) as other:
+        assert predict.load(str(folder))
+        text = predict.status.text()
+        assert f"{folder} is being trained (pid {other.pid}" in text
+        assert f"its last complete save, step {tiny_model[0].history['steps']}" in text
+    assert predict.load(str(folder)) and predict.status.text() == f"loaded {folder}"
