@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from .builtin import refuse_write
+from .builtin import is_builtin, refuse_write
 from .config import ModelSpec, PostprocessConfig
 from .devices import resolve_device
 from .model import UNet
@@ -519,6 +520,27 @@ def save_postprocess(path: str | os.PathLike[str], settings: PostprocessConfig) 
     return spec
 
 
+READ_TRIES = 5
+"""A folder that a training is writing may be read between two of its atomic writes (a new
+``weights.safetensors`` with the old ``config.json``): read again, this many times at most."""
+
+
+def _read_complete(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any], dict]:
+    """The checked folder and its weights, read again while a training replaces them."""
+    from .writer import writer
+
+    for attempt in range(READ_TRIES):
+        try:
+            checked = read_model_folder(path)
+            return (checked, *_read_weights(checked))
+        except ModelFormatError:
+            folder = Path(path) if not is_builtin(path) else None
+            if attempt == READ_TRIES - 1 or folder is None or writer(folder) is None:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:
     """Load a model folder without unpickling anything.
 
@@ -549,8 +571,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     ValueError
         When ``device`` is not available here.
     """
-    checked = read_model_folder(path)
-    header, tensors = _read_weights(checked)
+    checked, header, tensors = _read_complete(path)
     network = UNet.from_config(checked.spec.model)
     _check_weights(checked.weights_path, header, tensors, network)
     network.load_state_dict(_as_float32(tensors), strict=True)

@@ -94,3 +94,11 @@ def held_elsewhere(folder):
     finally:
         other.kill()
         other.wait()
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must see Ctrl+C: a test run started in the background
+    (``make test &``) inherits SIGINT ignored, and so would the child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

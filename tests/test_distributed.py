@@ -20,7 +20,7 @@ import torch
 from napari_unet.distributed import Ranks, check_launch, rank_device, ranks_from_env
 from napari_unet.store import load_model
 
-from .conftest import make_nuclei, write_nuclei_folders
+from .conftest import default_sigint, make_nuclei, write_nuclei_folders
 from .test_cli import run_cli
 
 SMALL_NET = ["--width", "4", "--depth", "2", "--patch", "32", "--init", "scratch"]
@@ -287,6 +287,7 @@ def test_ctrl_c_stops_every_process_and_rank_0_saves(folders, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group: Ctrl+C reaches them all, as in a terminal
+        preexec_fn=default_sigint,
     )
     try:
         for line in proc.stdout:

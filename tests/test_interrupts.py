@@ -17,7 +17,7 @@ from napari_unet.interrupts import SAME_WITHIN
 from napari_unet.store import load_model
 from napari_unet.writer import hold, info_path, lock_path, writer
 
-from .conftest import held_elsewhere, make_nuclei, write_nuclei_folders
+from .conftest import default_sigint, held_elsewhere, make_nuclei, write_nuclei_folders
 
 NET = ["--width", "4", "--depth", "2", "--patch", "32", "--batch-size", "4", "--init", "scratch"]
 
@@ -42,7 +42,8 @@ def often(folders):
 
 def start(cmd):
     """Start ``cmd``; return it once it printed its first training step."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -160,8 +161,9 @@ def test_a_second_ctrl_c_aborts_at_once_and_leaves_no_partial_file(folders, tmp_
 @pytest.mark.slow
 def test_ctrl_c_before_the_first_step_saves_nothing(folders, tmp_path):
     out = tmp_path / "m"
-    proc = subprocess.Popen(train_cmd(folders, out, "--steps", "5"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cmd = train_cmd(folders, out, "--steps", "5")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     proc.stdout.readline()  # "training on 3 image(s)": the data is read
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -202,7 +204,8 @@ def test_ctrl_c_in_a_batch_keeps_complete_outputs_and_rows_and_a_rerun_skips_the
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "napari_unet.cli", "predict", str(model), str(src), "--out",
            str(out), "--instances", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     first = ""
     while not first.startswith("[1/8]"):
         first = proc.stdout.readline()
@@ -222,3 +225,31 @@ def test_ctrl_c_in_a_batch_keeps_complete_outputs_and_rows_and_a_rerun_skips_the
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped, finished by an earlier run") == len(done)
     assert len(list(out.glob("img*.tif"))) == 8
+
+
+def test_a_folder_read_between_two_writes_of_its_training_is_read_again(
+    tiny_model, tmp_path, monkeypatch
+):
+    import shutil
+
+    import napari_unet.store as store
+    from napari_unet.safety import ModelFormatError
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model[1], folder)
+    real, calls = store.read_model_folder, []
+
+    def torn_twice(path):
+        calls.append(path)
+        if len(calls) <= 2:
+            raise ModelFormatError(f"{path}: weights do not match config (interrupted save?)")
+        return real(path)
+
+    monkeypatch.setattr(store, "read_model_folder", torn_twice)
+    with pytest.raises(ModelFormatError):  # nobody writes it: a damaged folder, said at once
+        store.load_model(folder)
+    assert len(calls) == 1
+    calls.clear()
+    with held_elsewhere(folder):  # a training writes it: read again
+        model = store.load_model(folder)
+    assert len(calls) == 3 and model.history["steps"] == tiny_model[0].history["steps"]
