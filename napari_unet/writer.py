@@ -196,9 +196,11 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
-    from .store import atomic_write_bytes
-
-    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    """The record, replaced whole (no fsync: it only names the holder in messages, and
+    :mod:`napari_unet.store` reads this module, so it does not import that one)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _alive(pid: Any) -> bool:
