@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .builtin import refuse_write
 from .files import write_tif
-from .store import atomic_write_bytes, content_hash
+from .store import content_hash
 from .writer import hold
 
 INDEX = "index.json"

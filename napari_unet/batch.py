@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .builtin import is_builtin, refuse_write
 from .devices import describe_device
 from .events import ItemDone, drain
@@ -45,7 +46,7 @@ from .inference import (
     predict_zoomed_iter,
 )
 from .postprocess import outputs_from_probs, require_instances
-from .store import Model, atomic_write_bytes
+from .store import Model
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as _st_save
 
+from .atomic import atomic_write_bytes
 from .builtin import refuse_write
 from .config import show_value
 from .safety import (
@@ -35,7 +36,7 @@ from .safety import (
     real_path,
     refuse_pickles,
 )
-from .store import atomic_write_bytes, prepare_folder, read_safetensors, sha256_hex
+from .store import prepare_folder, read_safetensors, sha256_hex
 
 logger = logging.getLogger(__name__)
 _TENSOR_REF = "__tensor__"  # {"__tensor__": key} in state.json stands for a stored tensor

@@ -29,6 +29,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .atomic import atomic_write_json
+from .builtin import refuse_write
+
 log = logging.getLogger(__name__)
 
 
@@ -128,8 +131,6 @@ def hold(
     waiting ``wait`` seconds).  Reentrant within a process (the CLI holds it before it
     reads the data, the training again inside).
     """
-    from .builtin import refuse_write
-
     refuse_write(folder, "write into")  # package data: no lock file there either
     folder = Path(os.path.abspath(folder))
     with _GUARD:
@@ -161,7 +162,7 @@ def hold(
             )
             log.warning(notice)
         try:  # the record only names the holder in messages: the lock is what excludes
-            _write(info_path(folder), _record(what))
+            atomic_write_json(info_path(folder), _record(what))
         except OSError as exc:
             log.warning("%s: the writer record was not written (%s)", folder, exc)
         with _GUARD:
@@ -193,14 +194,6 @@ def _read(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    """The record, replaced whole (no fsync: it only names the holder in messages, and
-    :mod:`napari_unet.store` reads this module, so it does not import that one)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _alive(pid: Any) -> bool:

@@ -21,12 +21,13 @@ from safetensors.torch import load_file, save_file
 import napari_unet as nu
 from napari_unet import builtin, safety, store
 from napari_unet.annotation_store import autosave
+from napari_unet.atomic import atomic_write_json
 from napari_unet.builtin import BUILTIN_MODELS, ReadOnlyModelError, builtin_path, is_builtin
 from napari_unet.checkpoint import save_checkpoint
 from napari_unet.cli import main
 from napari_unet.config import PostprocessConfig
 from napari_unet.inference import predict_proba
-from napari_unet.store import atomic_write_json, load_model, save_model, save_postprocess
+from napari_unet.store import load_model, save_model, save_postprocess
 
 from .conftest import make_nuclei
 

@@ -1,0 +1,256 @@
+"""How many held-out objects does a search of the instance post-processing need?
+
+A model chooses its seed and foreground thresholds, minimum size and waist cut on the
+objects its training held out (``napari_unet.calibrate``).  With a few outlined objects
+that is 1-3 objects: too few to tell settings apart, and a setting that wins on them may
+lose on the next hundred (docs/benchmarks.md, issue 20).  This benchmark measures it
+without training for each case: the probabilities of some models are computed once on a
+group of images; each draw then plays a user who outlined ``5 k`` objects on a few images
+of the group (plus 3 background strokes per image), ``k`` of them held out (the package
+holds out a fifth, ``data.HELD_OUT_OBJECTS``); every rule below chooses settings on
+those ``k`` objects and the strokes, and the choice is scored on the group's test images
+(mean AP@0.5 over images, the same probabilities).
+
+Rules: ``none`` (the model's own thresholds and waist cut, the minimum size from the
+labeled objects' sizes), ``min size`` (only the minimum size searched), ``no split``
+(thresholds and minimum size), ``full`` (everything, what the package did until
+2026-12-06), and ``package`` (:func:`napari_unet.calibrate.calibrate` as it is now).
+Each with the size prior as before (half the 5th percentile of the labeled sizes), and
+``full`` also with the prior bounded below by a quarter of their median (``full, bounded``).
+
+Models: ``--init`` (a start model that never saw ``--split``) and ``--finetune`` models
+trained from it like bench_hitl's round 0 (3 images x 2 outlined objects + 3 strokes,
+``--steps`` steps), each with its own post-processing as the search's start.
+
+    python benchmarks/bench_calibrate.py --init /work/standin/nuclei-no-dense-large \\
+        --split dense --finetune 2 --draws 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _splits import DSB, GROUPS, cap, few_labels, header, mean_std, paint_strokes, split  # noqa: E402
+from _splits import write_tiny  # noqa: E402
+
+HELD_OUT = (1, 2, 3, 5, 10, 20, 40)
+PER_HELD_OUT = 5  # labeled objects per held-out one (the package holds out a fifth)
+STROKES = 3
+
+
+def read(src: Path, stems: list[str]) -> tuple[list, list]:
+    from napari_unet.files import read_image
+
+    return (
+        [read_image(src / "images" / f"{s}.png") for s in stems],
+        [read_image(src / "labels" / f"{s}.png") for s in stems],
+    )
+
+
+def probabilities(model, images: list) -> list:
+    """Each image's probabilities at the zoom ``predict`` uses, resized back, and the
+    model's post-processing in the image's pixels (per image: the zoom may differ)."""
+    from napari_unet.inference import at_zoom, drain, predict_zoomed_iter
+
+    out = []
+    for image in images:
+        probs, used = drain(predict_zoomed_iter(model, image, zoom="auto", device="cpu"))
+        out.append((probs, at_zoom(model.config, used).postprocess))
+    return out
+
+
+def draw(truths: list, k: int, rng) -> tuple[list[int], list, np.ndarray]:
+    """A user's labels: ``PER_HELD_OUT * k`` objects on a few images, ``k`` held out.
+
+    Returns the images used, their held-out truths (the ``k`` objects + background
+    strokes, ``calibrate.Truth``) and the sizes of every labeled object.
+    """
+    from scipy import ndimage
+
+    from napari_unet.calibrate import Truth, object_sizes
+
+    wanted = PER_HELD_OUT * k
+    order = rng.permutation(len(truths))
+    used, objects = [], []  # (image, id) of the labeled objects
+    for i in order:
+        ids = np.unique(truths[i][truths[i] > 0])
+        take = rng.permutation(ids)[: max(2, wanted - len(objects))]
+        used.append(int(i))
+        objects += [(int(i), int(o)) for o in take]
+        if len(objects) >= wanted and len(used) >= 3:
+            break
+    held = {objects[j] for j in rng.permutation(len(objects))[:k]}
+    held_truths, labeled_truths = [], []
+    for i in used:
+        t = truths[i]
+        mine = [o for (j, o) in objects if j == i]
+        kept = np.where(np.isin(t, [o for (j, o) in held if j == i]), t, 0)
+        strokes = paint_strokes(ndimage.distance_transform_edt(t == 0) >= 3, STROKES, rng)
+        held_truths.append(Truth(objects=kept, labeled=(kept > 0) | strokes))
+        labeled_truths.append(Truth(objects=np.where(np.isin(t, mine), t, 0)))
+    return used, held_truths, object_sizes(labeled_truths, uncut=True)
+
+
+@contextlib.contextmanager
+def rule(name: str):
+    """The package's search restricted (or its prior bounded) as rule ``name`` says."""
+    import napari_unet.calibrate as cal
+
+    saved = {k: getattr(cal, k) for k in ("SEED_THRESHOLDS", "FG_THRESHOLDS", "SPLIT_DEPTHS")}
+    saved["size_prior"] = cal.size_prior
+    saved["few"] = getattr(cal, "FEW_OBJECTS", None)
+    search = name.split(",")[0]
+    if search != "package":
+        if getattr(cal, "FEW_OBJECTS", None) is not None:
+            cal.FEW_OBJECTS = 0  # the plain search: every setting, whatever the count
+        if search in ("none", "min size"):
+            cal.SEED_THRESHOLDS = cal.FG_THRESHOLDS = ()
+        if search in ("none", "min size", "no split"):
+            cal.SPLIT_DEPTHS = ()
+        bounded = name.endswith("bounded")
+        if getattr(cal, "MEDIAN_BOUND", None) is not None:
+            saved["bound"] = cal.MEDIAN_BOUND
+            cal.MEDIAN_BOUND = cal.MEDIAN_BOUND if bounded else 0.0
+        elif bounded:
+
+            def size_prior(sizes, _prior=cal.size_prior):
+                if not len(sizes):
+                    return None
+                small = max(float(np.percentile(sizes, cal.SMALL_PERCENTILE)),
+                            0.25 * float(np.median(sizes)))  # fmt: skip
+                return int(round(cal.MIN_SIZE_PRIOR * small)), small
+
+            cal.size_prior = size_prior
+    try:
+        yield search == "none"
+    finally:
+        for k, v in saved.items():
+            if k == "few":
+                if v is not None:
+                    cal.FEW_OBJECTS = v
+            elif k == "bound":
+                cal.MEDIAN_BOUND = v
+            else:
+                setattr(cal, k, v)
+
+
+def choose(name: str, probs: list, held: list, start, sizes: np.ndarray):
+    """The settings rule ``name`` chooses on ``held`` (probabilities ``probs``)."""
+    from napari_unet.calibrate import calibrate
+
+    with rule(name) as nothing:
+        if nothing:  # no search: the start with the size prior
+            return calibrate([], [], 2, start, sizes)[0]
+        return calibrate(probs, held, 2, start, sizes)[0]
+
+
+def test_ap(settings, probs: list, truths: list, cache: dict) -> float:
+    """Mean AP@0.5 over the test images with ``settings`` (cached by settings)."""
+    from napari_unet.calibrate import Truth, score
+
+    key = (settings.seed_threshold, settings.fg_threshold, settings.min_size, settings.split)
+    if key not in cache:
+        cache[key] = float(
+            np.mean([score([p], [Truth(t)], settings, 2) for (p, _), t in zip(probs, truths)])
+        )
+    return cache[key]
+
+
+RULES = ("none", "min size", "no split", "full", "full, bounded", "package")
+
+
+def finetuned(init: str, images: list, truths: list, n: int, steps: int) -> list:
+    """``n`` models trained from ``init`` as bench_hitl's round 0 (seed = index)."""
+    import napari_unet as nu
+    from napari_unet.config import TrainConfig
+
+    models = []
+    for seed in range(n):
+        rng = np.random.default_rng(100 + seed)
+        pick = rng.permutation(len(images))[:3]
+        labels = [few_labels(truths[i], 2, STROKES, rng) for i in pick]
+        models.append(
+            nu.train([images[i] for i in pick], labels, labels_kind="sparse-instances",
+                     init=init, steps=steps, device="cpu", config=TrainConfig(seed=seed))
+        )  # fmt: skip
+    return models
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--init", required=False, help="a start model that never saw --split")
+    p.add_argument("--split", choices=list(GROUPS), default="dense")
+    p.add_argument("--test-images", type=int, default=24)
+    p.add_argument("--pool-images", type=int, default=40, help="images the users label")
+    p.add_argument("--draws", type=int, default=8, help="draws per number of held-out objects")
+    p.add_argument("--held-out", default=",".join(map(str, HELD_OUT)))
+    p.add_argument("--finetune", type=int, default=2, help="models fine-tuned from --init")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--data", default=str(DSB))
+    p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
+    args = p.parse_args()
+    import napari_unet as nu
+
+    with tempfile.TemporaryDirectory(prefix="nu-cal-") as tmp:
+        if args.tiny:
+            args.data = str(write_tiny(Path(tmp) / "data"))
+            args.split, args.test_images, args.pool_images, args.draws = "large", 1, 3, 1
+            args.held_out, args.finetune, args.steps = "1,2", 1, 2
+            start = Path(tmp) / "start"
+            images, truths = read(Path(args.data), ["synthetic014", "synthetic015"])
+            nu.train(images, truths, labels_kind="instances", steps=4, device="cpu", init=None,
+                     width=8, out=start)  # fmt: skip
+            args.init = str(start)
+        if not args.init:
+            sys.exit("--init: a start model that never saw --split")
+        src = Path(args.data)
+        _, group = split(src, args.split)
+        test_stems = cap(group, args.test_images)
+        pool_stems = cap([s for s in group if s not in test_stems], args.pool_images)
+        test, pool = read(src, test_stems), read(src, pool_stems)
+        held_out = [int(v) for v in args.held_out.split(",")]
+        models = [nu.load_model(args.init)]
+        models += finetuned(args.init, *pool, args.finetune, args.steps)
+        print(header("cpu"))
+        print(
+            f"# start {args.init} + {args.finetune} fine-tuned ({args.steps} steps); split "
+            f"{args.split}: {len(test_stems)} test, {len(pool_stems)} pool images; "
+            f"{args.draws} draws per k; {PER_HELD_OUT} labeled objects per held-out one"
+        )
+        results = defaultdict(list)  # (k, rule) -> test APs over models and draws
+        for m, model in enumerate(models):
+            test_probs = probabilities(model, test[0])
+            pool_probs = probabilities(model, pool[0])
+            cache: dict = {}
+            for k in held_out:
+                for d in range(args.draws):
+                    rng = np.random.default_rng(1000 * k + d)
+                    used, held, sizes = draw(pool[1], k, rng)
+                    start = replace(model.config.postprocess, min_size=None)
+                    probs = [pool_probs[i][0] for i in used]
+                    for name in RULES:
+                        chosen = choose(name, probs, held, start, sizes)
+                        results[k, name].append(test_ap(chosen, test_probs, test[1], cache))
+            best = max(cache.values())
+            print(f"# model {m}: best AP@0.5 of the settings tried on the test images {best:.3f}")
+        print("| held-out objects | " + " | ".join(RULES) + " |")
+        print("|---" * (len(RULES) + 1) + "|")
+        for k in held_out:
+            cells = [mean_std(results[k, name]) for name in RULES]
+            print(f"| {k} | " + " | ".join(cells) + " |")
+        means = {name: np.mean([np.mean(results[k, name]) for k in held_out]) for name in RULES}
+        print("summary: mean test AP@0.5 over k: " +
+              ", ".join(f"{n} {v:.3f}" for n, v in means.items()))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
