@@ -90,6 +90,8 @@ class Calibrated:
     measured_on: str  # "12 held-out images", "2 held-out outlined objects of 6 + ..."
     spatial_dims: int = 2
     split: float = 0.0  # waist depth at which seeds are cut (0: never)
+    searched: bool = True  # False: too few held-out objects to choose; the start was kept
+    objects: int = 0  # held-out objects scored
 
     def describe(self) -> str:
         """One line for people (the CLI prints it, the Train widget shows it)."""
@@ -104,6 +106,12 @@ class Calibrated:
             return (
                 f"{settings} (half a small labeled object; thresholds not searched: validation "
                 f"is on {self.measured_on})"
+            )
+        if not self.searched:
+            return (
+                f"{settings} (thresholds kept, minimum size half a small labeled object: "
+                f"{self.objects} held-out objects ({self.measured_on}) are too few to choose "
+                f"them; AP@0.5 {self.ap:.3f} on them)"
             )
         return (
             f"{settings}, chosen on {self.measured_on} "

@@ -778,6 +778,8 @@ class TrainingRun:
             measured_on=measured_on,
             spatial_dims=self.spec.model.spatial_dims,
             split=settings.split,
+            searched=record["searched"],
+            objects=record["objects"],
         )
 
     def flush(self) -> None:

@@ -19,12 +19,14 @@ from napari_unet.training import train
 DATA = Path(__file__).parent / "data"
 
 
-def blobs(shape=(120, 160)):
-    """Probabilities of 6 big square cells (20x20) and 6 bits of debris (5x5), and the truth."""
+def blobs(rows=2):
+    """Probabilities of ``3 rows`` big square cells (20x20) and as many bits of debris (5x5),
+    and the truth; 7 rows: enough held-out objects for a search (FEW_OBJECTS)."""
+    shape = (60 * rows, 160)
     truth = np.zeros(shape, np.uint16)
     probs = np.zeros((3, *shape), np.float32)
     probs[0] = 1.0
-    for k in range(6):
+    for k in range(3 * rows):
         y, x = 10 + (k // 3) * 55, 10 + (k % 3) * 50
         truth[y : y + 20, x : x + 20] = k + 1
         probs[:, y : y + 20, x : x + 20] = np.array([0.0, 0.95, 0.05])[:, None, None]
@@ -33,37 +35,38 @@ def blobs(shape=(120, 160)):
 
 
 def test_the_size_prior_drops_debris_the_default_keeps():
-    probs, truth = blobs()
+    probs, truth = blobs(rows=7)
     default = PostprocessConfig()
-    assert score([probs], [Truth(truth)], default, 2) == pytest.approx(6 / 12)  # 6 FP debris
+    assert score([probs], [Truth(truth)], default, 2) == pytest.approx(21 / 42)  # 21 FP debris
     settings, record = calibrate([probs], [Truth(truth)], 2)
     # half a small labeled object (cells of 400 px): the 25 px debris goes before any search
     assert record["min_size_prior"] == 200 and record["start"][2] == 200
     assert record["start_ap"] == 1.0 == record["chosen_ap"]
     assert score([probs], [Truth(truth)], settings, 2) == 1.0
-    assert record["median_object_size"] == 400 and record["objects"] == 6
-    assert len(record["tried"]) > 10 and all(len(t) == 5 for t in record["tried"])
+    assert record["median_object_size"] == 400 and record["objects"] == 21
+    assert record["searched"] and len(record["tried"]) > 10
+    assert all(len(t) == 5 for t in record["tried"])
     json.dumps(record)  # goes into training.json as it is
 
 
 def test_the_search_drops_debris_when_the_prior_keeps_it():
-    probs, truth = blobs()
+    probs, truth = blobs(rows=7)
     # the labeled objects include small ones (40 px): the prior (20 px) keeps 25 px debris
-    sizes = np.array([40, 40, 400, 400, 400, 400])
+    sizes = np.array([40, 40] + [400] * 19)
     settings, record = calibrate([probs], [Truth(truth)], 2, sizes=sizes)
     assert record["min_size_prior"] == 20 and record["start_ap"] == pytest.approx(0.5)
     assert record["chosen_ap"] == 1.0 and score([probs], [Truth(truth)], settings, 2) == 1.0
     assert settings.min_size > 25 or settings.seed_threshold > 0.75
-    assert record["labeled_objects"] == 6 and settings.object_size == 400
+    assert record["labeled_objects"] == 21 and settings.object_size == 400
 
 
 def test_the_minimum_size_never_drops_below_a_quarter_of_a_small_object():
-    probs, truth = blobs()
+    probs, truth = blobs(rows=7)
     # a held-out cell cut by the image's edge (9 px; the cells are 400): only "no minimum
     # size" would find it, and on real images that setting keeps every fragment
     probs[:, 40:49, 150:151] = np.array([0.0, 0.95, 0.05])[:, None, None]
-    truth[40:49, 150:151] = 7
-    settings, record = calibrate([probs], [Truth(truth)], 2, sizes=np.full(6, 400))
+    truth[40:49, 150:151] = 99
+    settings, record = calibrate([probs], [Truth(truth)], 2, sizes=np.full(21, 400))
     assert min(t[2] for t in record["tried"]) == 100 == record["small_object_size"] / 4
     assert settings.min_size >= 100
 
@@ -82,7 +85,7 @@ def test_objects_cut_by_the_image_edge_are_not_object_sizes():
 
 
 def test_the_search_stops_at_its_deadline_with_the_best_so_far():
-    probs, truth = blobs()
+    probs, truth = blobs(rows=7)
     whole, record = calibrate([probs], [Truth(truth)], 2)
     assert "stopped" not in record and len(record["tried"]) > 10
     ticks = iter(range(100))
@@ -104,7 +107,7 @@ def test_without_held_out_objects_nothing_is_searched():
 
 
 def test_a_tie_keeps_the_starting_settings():
-    probs, truth = blobs()
+    probs, truth = blobs(rows=7)
     probs[1][probs[1] == 0.75] = 0.0  # no debris: every setting finds the 6 cells
     probs[0][probs[0] == 0.2] = 1.0
     start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=3)
@@ -159,7 +162,9 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
     )
     calibrated = [e for e in events if isinstance(e, ev.Calibrated)]
     assert len(calibrated) == 1 and calibrated[0].ap >= calibrated[0].start_ap
-    assert "chosen on 1 held-out images (AP@0.5" in calibrated[0].describe()
+    # the held-out image has fewer objects than a search needs: the start is kept, said so
+    assert not calibrated[0].searched and 0 < calibrated[0].objects < 20
+    assert "held-out objects (1 held-out images) are too few" in calibrated[0].describe()
     # 6 images: one held out, the post-processing is chosen on it
     assert calibrated[0].measured_on == "1 held-out images"
     saved = json.loads((out / "config.json").read_text())["postprocess"]
@@ -256,12 +261,15 @@ def test_calibration_turns_the_seed_cut_on_for_touching_objects_only():
     from .test_postprocess import _touching_disks
 
     probs, truth = _touching_disks()
+    pairs = 11  # 22 held-out objects: enough to search (FEW_OBJECTS)
+    probs = np.concatenate([probs] * pairs, axis=1)  # stacked along y, ids made unique
+    truth = np.concatenate([np.where(truth > 0, truth + 2 * i, 0) for i in range(pairs)])
     settings, record = calibrate([probs], [Truth(truth)], 2)
     assert settings.split > 0 and record["chosen_ap"] == 1.0 > record["start_ap"]
     assert record["split"] == [0.0, settings.split]
-    apart, _ = blobs()  # separate cells: nothing to cut, the start (off) stays
-    settings, record = calibrate([apart], [Truth(blobs()[1])], 2)
-    assert settings.split == 0.0
+    apart, truth = blobs(rows=7)  # separate cells: nothing to cut, the start (off) stays
+    settings, record = calibrate([apart], [Truth(truth)], 2)
+    assert record["searched"] and settings.split == 0.0
 
 
 def test_with_postprocess_takes_a_whole_config_or_single_fields(tiny_model):
@@ -276,3 +284,26 @@ def test_with_postprocess_takes_a_whole_config_or_single_fields(tiny_model):
     assert model.with_postprocess(whole, min_size=9).config.postprocess.min_size == 9
     with pytest.raises(TypeError, match="seed"):
         model.with_postprocess(seed=0.5)
+
+
+def test_a_few_held_out_objects_choose_nothing_and_say_so():
+    """3 held-out cells cannot tell settings apart: the start's thresholds and waist cut
+    stay (the minimum size is the prior), the start is scored and reported as such."""
+    from napari_unet.calibrate import FEW_OBJECTS
+
+    probs, truth = blobs(rows=1)  # 3 cells, 3 bits of debris
+    start = PostprocessConfig(seed_threshold=0.6, fg_threshold=0.4, split=0.25)
+    settings, record = calibrate([probs], [Truth(truth)], 2, start, sizes=np.full(3, 400))
+    assert record["objects"] == 3 < FEW_OBJECTS and not record["searched"]
+    assert (settings.seed_threshold, settings.fg_threshold, settings.split) == (0.6, 0.4, 0.25)
+    assert settings.min_size == 200 and len(record["tried"]) == 1
+    assert record["start_ap"] == record["chosen_ap"] == 1.0  # what the start scores there
+    # the same objects 7 times over: a search, which may move the thresholds
+    many, truths = blobs(rows=7)
+    _, record = calibrate([many], [Truth(truths)], 2, start, sizes=np.full(21, 400))
+    assert record["searched"] and len(record["tried"]) > 10
+    event = ev.Calibrated(9, 0.6, 0.4, 200, 1.0, 1.0, "3 held-out outlined objects of 15",
+                          searched=False, objects=3)  # fmt: skip
+    line = event.describe()
+    assert "3 held-out objects (3 held-out outlined objects of 15) are too few" in line
+    assert "->" not in line  # nothing was chosen, so no "start -> chosen"
