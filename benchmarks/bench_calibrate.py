@@ -39,8 +39,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _splits import DSB, GROUPS, cap, few_labels, header, mean_std, paint_strokes, split  # noqa: E402
-from _splits import write_tiny  # noqa: E402
+from _splits import (  # noqa: E402
+    DSB,
+    GROUPS,
+    cap,
+    few_labels,
+    header,
+    mean_std,
+    paint_strokes,
+    split,
+    write_tiny,
+)
 
 HELD_OUT = (1, 2, 3, 5, 10, 20, 40)
 PER_HELD_OUT = 5  # labeled objects per held-out one (the package holds out a fifth)
@@ -108,7 +117,10 @@ def rule(name: str):
     saved = {k: getattr(cal, k) for k in ("SEED_THRESHOLDS", "FG_THRESHOLDS", "SPLIT_DEPTHS")}
     saved["size_prior"] = cal.size_prior
     saved["few"] = getattr(cal, "FEW_OBJECTS", None)
-    search = name.split(",")[0]
+    saved["MIN_SIZE_PRIOR"] = cal.MIN_SIZE_PRIOR
+    search, *more = name.split(", ")
+    if more and more[0].startswith("prior "):  # "none, prior 0.25": that fraction
+        cal.MIN_SIZE_PRIOR = float(more[0].split()[1])
     if search != "package":
         if getattr(cal, "FEW_OBJECTS", None) is not None:
             cal.FEW_OBJECTS = 0  # the plain search: every setting, whatever the count
@@ -159,13 +171,13 @@ def test_ap(settings, probs: list, truths: list, cache: dict) -> float:
 
     key = (settings.seed_threshold, settings.fg_threshold, settings.min_size, settings.split)
     if key not in cache:
-        cache[key] = float(
-            np.mean([score([p], [Truth(t)], settings, 2) for (p, _), t in zip(probs, truths)])
-        )
+        pairs = zip(probs, truths, strict=True)
+        cache[key] = float(np.mean([score([p], [Truth(t)], settings, 2) for (p, _), t in pairs]))
     return cache[key]
 
 
 RULES = ("none", "min size", "no split", "full", "full, bounded", "package")
+PRIORS = ("none, prior 0.25", "none, prior 0.125")  # --rules priors: the prior's fraction
 
 
 def finetuned(init: str, images: list, truths: list, n: int, steps: int) -> list:
@@ -196,6 +208,9 @@ def main() -> None:
     p.add_argument("--finetune", type=int, default=2, help="models fine-tuned from --init")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--data", default=str(DSB))
+    p.add_argument("--rules", choices=["search", "priors"], default="search",
+                   help="compare searches (the table above) or, without a search, the size "
+                   "prior's fraction of a small labeled object (0.5, 0.25, 0.125)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
     args = p.parse_args()
     import napari_unet as nu
@@ -226,6 +241,7 @@ def main() -> None:
             f"{args.split}: {len(test_stems)} test, {len(pool_stems)} pool images; "
             f"{args.draws} draws per k; {PER_HELD_OUT} labeled objects per held-out one"
         )
+        rules = RULES if args.rules == "search" else ("none", *PRIORS)
         results = defaultdict(list)  # (k, rule) -> test APs over models and draws
         for m, model in enumerate(models):
             test_probs = probabilities(model, test[0])
@@ -237,17 +253,17 @@ def main() -> None:
                     used, held, sizes = draw(pool[1], k, rng)
                     start = replace(model.config.postprocess, min_size=None)
                     probs = [pool_probs[i][0] for i in used]
-                    for name in RULES:
+                    for name in rules:
                         chosen = choose(name, probs, held, start, sizes)
                         results[k, name].append(test_ap(chosen, test_probs, test[1], cache))
             best = max(cache.values())
             print(f"# model {m}: best AP@0.5 of the settings tried on the test images {best:.3f}")
-        print("| held-out objects | " + " | ".join(RULES) + " |")
-        print("|---" * (len(RULES) + 1) + "|")
+        print("| held-out objects | " + " | ".join(rules) + " |")
+        print("|---" * (len(rules) + 1) + "|")
         for k in held_out:
-            cells = [mean_std(results[k, name]) for name in RULES]
+            cells = [mean_std(results[k, name]) for name in rules]
             print(f"| {k} | " + " | ".join(cells) + " |")
-        means = {name: np.mean([np.mean(results[k, name]) for k in held_out]) for name in RULES}
+        means = {name: np.mean([np.mean(results[k, name]) for k in held_out]) for name in rules}
         print("summary: mean test AP@0.5 over k: " +
               ", ".join(f"{n} {v:.3f}" for n, v in means.items()))  # fmt: skip
 

@@ -219,7 +219,7 @@ def calibrate(
         return tried[key]
 
     best, best_ap, stopped = start, None, None
-    searched = len(scored) >= FEW_OBJECTS
+    searched = len(scored) >= max(FEW_OBJECTS, 1)
     if len(scored):
         best_ap = ap(start)
     if searched:

@@ -65,14 +65,18 @@ def leftovers(folder):
 @pytest.mark.slow
 def test_second_training_into_a_busy_folder_is_refused_naming_the_holder(folders, tmp_path):
     out = tmp_path / "m"
-    first, lines = start(train_cmd(folders, out, "--time-budget", "20", *often(folders)))
+    first, lines = start(train_cmd(folders, out, "--time-budget", "30", *often(folders)))
     time.sleep(1.5)  # a checkpoint: predicting from the folder reads it
     image = folders / "images" / "n0.tif"
-    predicted = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(out),
-                                str(image), "--out", str(tmp_path / "p")], capture_output=True,
-                               text=True, timeout=120)  # fmt: skip
+    # both at once, while the first trains (each starts Python and torch: seconds on a busy CPU)
+    cmd = [sys.executable, "-m", "napari_unet.cli", "predict", str(out), str(image), "--out",
+           str(tmp_path / "p")]  # fmt: skip
+    predicting = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = subprocess.run(train_cmd(folders, out, "--steps", "3"), capture_output=True,
                             text=True, timeout=120)  # fmt: skip
+    out_text, err_text = predicting.communicate(timeout=120)
+    predicted = subprocess.CompletedProcess(predicting.args, predicting.returncode, out_text,
+                                            err_text)  # fmt: skip
     stdout, err = finish(first, lines)
     assert predicted.returncode == 0, predicted.stderr
     note = f"{out} is being trained (pid {first.pid}, started "
