@@ -488,11 +488,12 @@ def _validation_lines(history: dict) -> list[str]:
             what += f"; validation on {session['validation']}"
         lines.append(what + ".")
         search = session.get("postprocess_search") or {}
-        if search and search.get("chosen_ap") is None:
+        if search and (search.get("chosen_ap") is None or search.get("searched") is False):
+            held = search.get("objects") or "no"
             lines.append(
                 f"Instance settings {search.get('chosen')} (seed, foreground, minimum size): "
-                "thresholds kept and minimum size half a small labeled object, nothing held "
-                "out to search them on."
+                "thresholds kept and minimum size from the labeled objects' sizes; "
+                f"{held} held-out objects, too few to search them on."
             )
         elif search:
             lines.append(

@@ -13,8 +13,10 @@ mostly on held-out background is a false positive.  Without held-out objects
 nothing is searched: AP on the objects a model was trained on flatters every
 setting (a 4,000 px cell model chose 199 px that way and kept the debris).
 
-The minimum size starts from a prior that needs no prediction: half the size of
-a small labeled object (:data:`MIN_SIZE_PRIOR` times the
+The minimum size starts from a prior that needs no prediction: a quarter of the size
+of a small labeled object (half until 2026-12-06: a quarter scored 0.02 AP@0.5 higher on
+crowded nuclei, and half of the smallest of 3 outlined nuclei dropped real ones,
+``benchmarks/bench_calibrate.py``) (:data:`MIN_SIZE_PRIOR` times the
 :data:`SMALL_PERCENTILE`-th percentile of the sizes of *all* labeled objects,
 training ones included: sizes do not flatter a model; objects cut by the image's edge
 left out: with ten outlined nuclei, one cut to 70 px made the prior 35 px for nuclei
@@ -59,7 +61,7 @@ SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_SIZE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of a small labeled object (never 0: debris)
 SPLIT_DEPTHS = (0.0, 0.25, 0.5)  # cut seeds at waists this deep (0: never; postprocess.split)
-MIN_SIZE_PRIOR = 0.5  # the start: half a small labeled object
+MIN_SIZE_PRIOR = 0.25  # the start: a quarter of a small labeled object (bench_calibrate)
 SMALL_PERCENTILE = 5  # "a small labeled object": this percentile of their sizes
 ROUNDS = 2
 FEW_OBJECTS = 20  # fewer held-out objects: nothing searched (bench_calibrate.py)

@@ -104,12 +104,12 @@ class Calibrated:
             settings += f", touching seeds cut at waists of {self.split:g} x their radius"
         if self.ap is None or self.start_ap is None:
             return (
-                f"{settings} (half a small labeled object; thresholds not searched: validation "
-                f"is on {self.measured_on})"
+                f"{settings} (minimum size from the labeled objects' sizes; thresholds not "
+                f"searched: validation is on {self.measured_on})"
             )
         if not self.searched:
             return (
-                f"{settings} (thresholds kept, minimum size half a small labeled object: "
+                f"{settings} (thresholds kept, minimum size from the labeled objects' sizes: "
                 f"{self.objects} held-out objects ({self.measured_on}) are too few to choose "
                 f"them; AP@0.5 {self.ap:.3f} on them)"
             )

@@ -39,8 +39,8 @@ def test_the_size_prior_drops_debris_the_default_keeps():
     default = PostprocessConfig()
     assert score([probs], [Truth(truth)], default, 2) == pytest.approx(21 / 42)  # 21 FP debris
     settings, record = calibrate([probs], [Truth(truth)], 2)
-    # half a small labeled object (cells of 400 px): the 25 px debris goes before any search
-    assert record["min_size_prior"] == 200 and record["start"][2] == 200
+    # a quarter of a small labeled object (cells of 400 px): the 25 px debris goes first
+    assert record["min_size_prior"] == 100 and record["start"][2] == 100
     assert record["start_ap"] == 1.0 == record["chosen_ap"]
     assert score([probs], [Truth(truth)], settings, 2) == 1.0
     assert record["median_object_size"] == 400 and record["objects"] == 21
@@ -51,10 +51,10 @@ def test_the_size_prior_drops_debris_the_default_keeps():
 
 def test_the_search_drops_debris_when_the_prior_keeps_it():
     probs, truth = blobs(rows=7)
-    # the labeled objects include small ones (40 px): the prior (20 px) keeps 25 px debris
+    # the labeled objects include small ones (40 px): the prior (10 px) keeps 25 px debris
     sizes = np.array([40, 40] + [400] * 19)
     settings, record = calibrate([probs], [Truth(truth)], 2, sizes=sizes)
-    assert record["min_size_prior"] == 20 and record["start_ap"] == pytest.approx(0.5)
+    assert record["min_size_prior"] == 10 and record["start_ap"] == pytest.approx(0.5)
     assert record["chosen_ap"] == 1.0 and score([probs], [Truth(truth)], settings, 2) == 1.0
     assert settings.min_size > 25 or settings.seed_threshold > 0.75
     assert record["labeled_objects"] == 21 and settings.object_size == 400
@@ -77,7 +77,7 @@ def test_objects_cut_by_the_image_edge_are_not_object_sizes():
     probs, truth = blobs()
     truth[0:4, 100:110] = 9  # a nucleus cut by the top edge: 40 px of a 400 px one
     settings, record = calibrate([probs], [Truth(truth)], 2)
-    assert record["min_size_prior"] == 200 and record["median_object_size"] == 400
+    assert record["min_size_prior"] == 100 and record["median_object_size"] == 400
     assert sorted(object_sizes([Truth(truth)])) == [40] + [400] * 6  # every size, scored
     edge_only = np.zeros((30, 30), np.uint16)
     edge_only[0:5, 0:5] = 1
@@ -101,7 +101,7 @@ def test_without_held_out_objects_nothing_is_searched():
     assert record["start_ap"] is None and record["chosen_ap"] is None and not record["tried"]
     assert (settings.seed_threshold, settings.fg_threshold) == (0.7, 0.5)
     small = np.percentile(sizes, 5)
-    assert settings.min_size == round(small / 2) and settings.min_size > 1000
+    assert settings.min_size == round(small / 4) and settings.min_size > 500
     event = ev.Calibrated(1, 0.7, 0.5, settings.min_size, None, None, "the training labels")
     assert "not searched" in event.describe() and "AP" not in event.describe()
 
@@ -112,8 +112,8 @@ def test_a_tie_keeps_the_starting_settings():
     probs[0][probs[0] == 0.2] = 1.0
     start = PostprocessConfig(seed_threshold=0.7, fg_threshold=0.5, min_size=3)
     settings, record = calibrate([probs], [Truth(truth)], 2, start)
-    # the thresholds stay; the minimum size is the prior, half the 400 px cells
-    assert replace(settings, object_size=None) == replace(start, min_size=200)
+    # the thresholds stay; the minimum size is the prior, a quarter of the 400 px cells
+    assert replace(settings, object_size=None) == replace(start, min_size=100)
     assert record["chosen_ap"] == record["start_ap"] == 1.0
     assert settings.object_size == 400  # the median labeled object: what prediction zooms to
 
@@ -181,7 +181,7 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
     assert search["tried"] and search["measured_on"] == "1 held-out images"
     # the model's own settings are what predict uses; a call may override them
     image = images[0]
-    own = nu.predict(model, image, instances=True, device="cpu")
+    own = nu.predict(model, image, instances=True, device="cpu", zoom=1.0)  # no object zoom
     probs = nu.predict_proba(model, image, device="cpu")
     from napari_unet.postprocess import instances_with
 
@@ -296,7 +296,7 @@ def test_a_few_held_out_objects_choose_nothing_and_say_so():
     settings, record = calibrate([probs], [Truth(truth)], 2, start, sizes=np.full(3, 400))
     assert record["objects"] == 3 < FEW_OBJECTS and not record["searched"]
     assert (settings.seed_threshold, settings.fg_threshold, settings.split) == (0.6, 0.4, 0.25)
-    assert settings.min_size == 200 and len(record["tried"]) == 1
+    assert settings.min_size == 100 and len(record["tried"]) == 1
     assert record["start_ap"] == record["chosen_ap"] == 1.0  # what the start scores there
     # the same objects 7 times over: a search, which may move the thresholds
     many, truths = blobs(rows=7)

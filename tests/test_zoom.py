@@ -131,7 +131,7 @@ def test_objects_three_times_as_wide_are_found_zoomed(disks_model):
     # this 80-step model cuts one of the three images (seed 52) into fragments of about
     # its own object size at scale 1: nothing to zoom there; the other two shrink
     assert sum(z < 1 / 1.25 for z in zooms) >= 2, zooms
-    # the size prior (half a small labeled object, edge-cut ones left out) already drops
+    # the size prior (a quarter of a small labeled object, edge-cut ones left out) drops
     # the fragments at scale 1 with this model; zoomed, they are found whole as well
     assert all(a >= b for a, b in zip(aps["auto"], aps[1.0], strict=True)), aps
     assert min(aps["auto"]) >= 0.9, aps
