@@ -15,8 +15,11 @@ Rules: ``none`` (the model's own thresholds and waist cut, the minimum size from
 labeled objects' sizes), ``min size`` (only the minimum size searched), ``no split``
 (thresholds and minimum size), ``full`` (everything, what the package did until
 2026-12-06), and ``package`` (:func:`napari_unet.calibrate.calibrate` as it is now).
-Each with the size prior as before (half the 5th percentile of the labeled sizes), and
-``full`` also with the prior bounded below by a quarter of their median (``full, bounded``).
+Each with the package's size prior (``calibrate.MIN_SIZE_PRIOR`` times the 5th percentile
+of the labeled sizes: a half when the table in docs/benchmarks.md was measured, a quarter
+since), and ``full`` also with the prior bounded below by a quarter of their median
+(``full, bounded``).  ``--rules priors`` compares, without a search, the prior's fraction
+(``none`` = the package's, ``none, prior 0.25``, ``none, prior 0.125``).
 
 Models: ``--init`` (a start model that never saw ``--split``) and ``--finetune`` models
 trained from it like bench_hitl's round 0 (3 images x 2 outlined objects + 3 strokes,
@@ -35,6 +38,7 @@ import tempfile
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -66,15 +70,11 @@ def read(src: Path, stems: list[str]) -> tuple[list, list]:
 
 
 def probabilities(model, images: list) -> list:
-    """Each image's probabilities at the zoom ``predict`` uses, resized back, and the
-    model's post-processing in the image's pixels (per image: the zoom may differ)."""
-    from napari_unet.inference import at_zoom, drain, predict_zoomed_iter
+    """Each image's probabilities at the zoom ``predict`` uses, resized back (so settings
+    chosen on them are in the image's pixels)."""
+    from napari_unet.inference import drain, predict_zoomed_iter
 
-    out = []
-    for image in images:
-        probs, used = drain(predict_zoomed_iter(model, image, zoom="auto", device="cpu"))
-        out.append((probs, at_zoom(model.config, used).postprocess))
-    return out
+    return [drain(predict_zoomed_iter(model, i, zoom="auto", device="cpu"))[0] for i in images]
 
 
 def draw(truths: list, k: int, rng) -> tuple[list[int], list, np.ndarray]:
@@ -109,50 +109,38 @@ def draw(truths: list, k: int, rng) -> tuple[list[int], list, np.ndarray]:
     return used, held_truths, object_sizes(labeled_truths, uncut=True)
 
 
-@contextlib.contextmanager
-def rule(name: str):
-    """The package's search restricted (or its prior bounded) as rule ``name`` says."""
+def bounded_prior(sizes: np.ndarray) -> tuple[int, float] | None:
+    """``calibrate.size_prior`` with "a small labeled object" at least a quarter of the
+    median one (the ``bounded`` rules)."""
     import napari_unet.calibrate as cal
 
-    saved = {k: getattr(cal, k) for k in ("SEED_THRESHOLDS", "FG_THRESHOLDS", "SPLIT_DEPTHS")}
-    saved["size_prior"] = cal.size_prior
-    saved["few"] = getattr(cal, "FEW_OBJECTS", None)
-    saved["MIN_SIZE_PRIOR"] = cal.MIN_SIZE_PRIOR
+    if not len(sizes):
+        return None
+    small = max(float(np.percentile(sizes, cal.SMALL_PERCENTILE)), 0.25 * float(np.median(sizes)))
+    return int(round(cal.MIN_SIZE_PRIOR * small)), small
+
+
+@contextlib.contextmanager
+def rule(name: str):
+    """The package's calibration as rule ``name`` says ("full, bounded", "none, prior 0.25");
+    yields whether nothing is searched."""
+    import napari_unet.calibrate as cal
+
     search, *more = name.split(", ")
-    if more and more[0].startswith("prior "):  # "none, prior 0.25": that fraction
-        cal.MIN_SIZE_PRIOR = float(more[0].split()[1])
+    patches: dict = {}
     if search != "package":
-        if getattr(cal, "FEW_OBJECTS", None) is not None:
-            cal.FEW_OBJECTS = 0  # the plain search: every setting, whatever the count
-        if search in ("none", "min size"):
-            cal.SEED_THRESHOLDS = cal.FG_THRESHOLDS = ()
-        if search in ("none", "min size", "no split"):
-            cal.SPLIT_DEPTHS = ()
-        bounded = name.endswith("bounded")
-        if getattr(cal, "MEDIAN_BOUND", None) is not None:
-            saved["bound"] = cal.MEDIAN_BOUND
-            cal.MEDIAN_BOUND = cal.MEDIAN_BOUND if bounded else 0.0
-        elif bounded:
-
-            def size_prior(sizes, _prior=cal.size_prior):
-                if not len(sizes):
-                    return None
-                small = max(float(np.percentile(sizes, cal.SMALL_PERCENTILE)),
-                            0.25 * float(np.median(sizes)))  # fmt: skip
-                return int(round(cal.MIN_SIZE_PRIOR * small)), small
-
-            cal.size_prior = size_prior
-    try:
+        patches["FEW_OBJECTS"] = 0  # a plain search: every setting, whatever the count
+    if search in ("none", "min size"):
+        patches["SEED_THRESHOLDS"] = patches["FG_THRESHOLDS"] = ()
+    if search in ("none", "min size", "no split"):
+        patches["SPLIT_DEPTHS"] = ()
+    for option in more:
+        if option == "bounded":
+            patches["size_prior"] = bounded_prior
+        else:  # "prior F": the prior is F times a small labeled object
+            patches["MIN_SIZE_PRIOR"] = float(option.split()[1])
+    with mock.patch.multiple(cal, **patches) if patches else contextlib.nullcontext():
         yield search == "none"
-    finally:
-        for k, v in saved.items():
-            if k == "few":
-                if v is not None:
-                    cal.FEW_OBJECTS = v
-            elif k == "bound":
-                cal.MEDIAN_BOUND = v
-            else:
-                setattr(cal, k, v)
 
 
 def choose(name: str, probs: list, held: list, start, sizes: np.ndarray):
@@ -172,7 +160,7 @@ def test_ap(settings, probs: list, truths: list, cache: dict) -> float:
     key = (settings.seed_threshold, settings.fg_threshold, settings.min_size, settings.split)
     if key not in cache:
         pairs = zip(probs, truths, strict=True)
-        cache[key] = float(np.mean([score([p], [Truth(t)], settings, 2) for (p, _), t in pairs]))
+        cache[key] = float(np.mean([score([p], [Truth(t)], settings, 2) for p, t in pairs]))
     return cache[key]
 
 
@@ -252,7 +240,7 @@ def main() -> None:
                     rng = np.random.default_rng(1000 * k + d)
                     used, held, sizes = draw(pool[1], k, rng)
                     start = replace(model.config.postprocess, min_size=None)
-                    probs = [pool_probs[i][0] for i in used]
+                    probs = [pool_probs[i] for i in used]
                     for name in rules:
                         chosen = choose(name, probs, held, start, sizes)
                         results[k, name].append(test_ap(chosen, test_probs, test[1], cache))

@@ -439,16 +439,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         **_train_settings(args),
     )
     from .distributed import check_launch, launch, ranks_from_env
-    from .writer import hold, refuse_busy
+    from .writer import hold
 
     kind = check_launch(args.devices, args.device) if args.devices is not None else None
     writes = ranks_from_env().main  # in a data-parallel training, rank 0 writes
-    try:
-        request.check()  # a folder it may not write gets no lock file beside it
-    except ValueError:
-        if writes:  # a folder in training is named as such ("already holds a model")
-            refuse_busy(request.out_path)
-        raise
+    request.check(writes=writes)  # a folder it may not write gets no lock file beside it
     if kind is not None and args.devices > 1:  # the workers take the folder's lock
         return launch(_without_option(args.argv, "--devices"), args.devices, kind)
     with hold(request.out_path) if writes else contextlib.nullcontext(""):
@@ -461,7 +456,7 @@ def _train_held(args: argparse.Namespace, request: Any) -> int:
     from .interrupts import Interrupts
     from .training import TrainControl, train_request_iter
 
-    spec = request.check()  # before any data is read
+    spec = request.check(writes=ranks_from_env().main)  # before any data is read
     kind = spec.labels.kind if spec is not None else request.labels_kind or "sparse"
     images, labels, names = _read_pairs(args, kind, spec, request.spatial_dims)
     _say(args, f"training on {len(images)} image(s) with {kind} labels")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .config import CONFIG_FILE, DEFAULT_TIME_BUDGET, TileConfig, TrainConfig
 from .init import ARCHITECTURE, AUTO, SCRATCH
 from .inputs import Names
+from .writer import refuse_busy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelSpec
@@ -179,11 +180,14 @@ class TrainRequest:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self, continues_model: bool = False) -> ModelSpec | None:
+    def check(self, continues_model: bool = False, writes: bool = True) -> ModelSpec | None:
         """The checks before any work; raises a ValueError naming the value and the place.
 
         ``continues_model``: the training continues a model in memory (``model=``), which
-        cannot start from another one.  Returns the configuration of the model in ``out``
+        cannot start from another one.  ``writes``: this process writes ``out`` (False: a
+        data-parallel rank other than 0); an ``out`` refused while another training writes
+        it is then named as busy, with its writer (:class:`~napari_unet.writer.FolderBusy`),
+        not as "already holds a model".  Returns the configuration of the model in ``out``
         that ``resume`` continues (None without ``resume``).
         """
         out = self.out_path
@@ -195,7 +199,12 @@ class TrainRequest:
                 f"{self.place('init', self.init)} starts a new model from another one; it "
                 f"cannot be combined with {other}: {self.place('one_of')}"
             )
-        spec = self._check_out(out, continues_model)
+        try:
+            spec = self._check_out(out, continues_model)
+        except ValueError:
+            if writes:
+                refuse_busy(out)
+            raise
         if self.starts_from_model:
             self._check_init()
         check_device(self.device, self.place("device", self.device))

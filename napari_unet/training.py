@@ -73,7 +73,7 @@ from .recipes import get_recipe
 from .request import TrainRequest
 from .store import Model, load_model, save_model
 from .trainer import Trainer, augment_config
-from .writer import hold, refuse_busy
+from .writer import hold
 from .zoom import start_scale, z_scale_for
 
 log = logging.getLogger(__name__)
@@ -1065,12 +1065,7 @@ def train_request_iter(
     began = clock() if began is None else began
     out = request.out_path
     main = ranks_from_env().main  # in a data-parallel training, rank 0 writes and speaks
-    try:
-        request.check(continues_model=model is not None)  # a folder it may not write: no lock
-    except ValueError:
-        if main:  # a folder in training is named as such ("already holds a model")
-            refuse_busy(out)
-        raise
+    request.check(continues_model=model is not None, writes=main)  # may not write: no lock
     with hold(out) if out is not None and main else contextlib.nullcontext("") as notice:
 
         def setup() -> TrainingRun:
@@ -1088,7 +1083,7 @@ def _train_locked(
     setup: Callable[[], TrainingRun], request: TrainRequest, continues: bool, notice: str
 ) -> Generator[Any, None, Model]:
     """:func:`train_request_iter` with the output folder's writer lock held."""
-    request.check(continues_model=continues)  # again: the folder may have changed
+    request.check(continues_model=continues, writes=ranks_from_env().main)  # may have changed
     run = setup()
     run.start_note = " ".join(n for n in (notice, run.start_note) if n)
     try:
