@@ -7,7 +7,7 @@ lose on the next hundred (docs/benchmarks.md, issue 20).  This benchmark measure
 without training for each case: the probabilities of some models are computed once on a
 group of images; each draw then plays a user who outlined ``5 k`` objects on a few images
 of the group (plus 3 background strokes per image), ``k`` of them held out (the package
-holds out a fifth, ``data.HELD_OUT_OBJECTS``); every rule below chooses settings on
+holds out a fifth, ``holdout.HELD_OUT_OBJECTS``); every rule below chooses settings on
 those ``k`` objects and the strokes, and the choice is scored on the group's test images
 (mean AP@0.5 over images, the same probabilities).
 

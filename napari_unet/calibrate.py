@@ -8,7 +8,7 @@ maximise AP@0.5 (TP / (TP + FP + FN), matched one-to-one at IoU 0.5) on the
 validation data, as StarDist's ``optimize_thresholds`` does for its two
 thresholds.  Validation data is what the loss never saw: held-out images, or
 held-out objects and blocks of (painted) background when there are too few
-images (:func:`napari_unet.data.split_samples`).  A predicted object lying
+images (:func:`napari_unet.holdout.split_samples`).  A predicted object lying
 mostly on held-out background is a false positive.  Without held-out objects
 nothing is searched: AP on the objects a model was trained on flatters every
 setting (a 4,000 px cell model chose 199 px that way and kept the debris).

@@ -41,7 +41,7 @@ from .config import (
     TileConfig,
     TrainConfig,
 )
-from .data import PatchSampler, Prepared, as_list, prepare, split_samples
+from .data import PatchSampler, Prepared, as_list, prepare
 from .devices import describe_device, resolve_device
 from .distributed import Group, Ranks, rank_device, ranks_from_env
 from .events import (
@@ -55,6 +55,7 @@ from .events import (
     drain,
 )
 from .guard import RegressionGuard
+from .holdout import split_samples
 from .inference import for_many_images, predict_proba
 from .init import (
     AUTO,

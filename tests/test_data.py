@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from napari_unet.config import NormConfig
-from napari_unet.data import PatchSampler, normalize, split_indices, split_samples
+from napari_unet.data import PatchSampler, normalize
+from napari_unet.holdout import split_indices, split_samples
 from napari_unet.targets import IGNORE
 
 
