@@ -11,7 +11,8 @@ zoom auto, the model's own post-processing) and scored with ``evaluate``.  Print
 mean AP@0.5 per group and candidate, the pooled AP@0.5 and the object-count ratio; the
 same images and seeds for every candidate.  A recipe file holds ``napari-unet train
 --config`` settings, e.g. ``{"augment_invert": 0.3, "augment_blur": 1.5,
-"augment_scale": [0.6, 1.6]}``.
+"augment_scale": [0.6, 1.6]}``; its ``steps`` and ``width``, when it has them, replace
+``--steps`` and ``--width`` for that candidate (longer or wider against the default).
 
     python benchmarks/bench_builtin.py --steps 4000 --candidate default= \\
         --candidate strong=resources/recipes/builtin-augment.json --json builtin.json
@@ -107,15 +108,20 @@ def run(args: argparse.Namespace, work: Path) -> None:
         results[name] = {g: [] for g in groups}
         for run in range(args.runs):
             model = work / f"{name}-run{run}"
-            extra = ["--width", str(args.width), *(["--config", recipe] if recipe else [])]
-            info = train(train_dir, model, "instances", 0, args.device, run, extra, steps=steps)
+            own = json.loads(Path(recipe).read_text()) if recipe else {}
+            width = own.get("width", args.width)
+            n = 3 if args.tiny else own.get("steps", steps)
+            extra = ["--width", str(width), *(["--config", recipe] if recipe else [])]
+            info = train(train_dir, model, "instances", 0, args.device, run, extra, steps=n)
             for g, test in test_dirs.items():
                 score = predict_and_score(model, test, work / f"pred-{name}-{run}-{g}", args.device)
-                results[name][g].append({**score, "train_s": info["train_s"]})
+                results[name][g].append(
+                    {**score, "train_s": info["train_s"], "steps": n, "width": width}
+                )
                 print(
                     f"{name} run {run} {g}: AP@0.5 {score['ap50']:.3f} pooled "
                     f"{score['pooled_ap50']:.3f} predicted/true {score['count_ratio']:.2f} "
-                    f"(trained {info['train_s']:.0f} s)",
+                    f"(width {width}, {n} steps, trained {info['train_s']:.0f} s)",
                     flush=True,
                 )
 
