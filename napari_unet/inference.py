@@ -26,7 +26,7 @@ from .files import grey_if_rgb
 from .model import fused_for_inference
 from .postprocess import outputs_from_probs, require_instances
 from .store import Model
-from .tiling import predict_tiled_iter
+from .tiling import Normaliser, predict_tiled_iter
 from .zoom import choose_zoom, zoomed
 
 log = logging.getLogger(__name__)
@@ -251,21 +251,15 @@ def _check_model_order(arr: Any, layout: Layout, spec: ModelSpec) -> None:
             raise ValueError(f"the image's {a} axis is empty")
 
 
-def _normaliser(arr: Any, n_stack: int, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarray]:
+def _normaliser(arr: Any, n_stack: int, spec: ModelSpec) -> Normaliser:
     """Per-channel percentile normalisation with the whole array's range."""
-    dims = spec.model.spatial_dims
     ranges = []
     for c in range(arr.shape[n_stack]):
         lo, hi = _intensity_range(arr[(slice(None),) * n_stack + (c,)], spec)
         ranges.append((lo, max(hi - lo, 1e-12) if hi > lo else max(abs(hi), 1.0)))
-    lo_v = np.array([r[0] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
-    sc_v = np.array([r[1] for r in ranges], np.float32).reshape((-1,) + (1,) * dims)
-
-    def transform(block: np.ndarray) -> np.ndarray:
-        out = (block - lo_v) / sc_v
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-
-    return transform
+    return Normaliser(
+        np.array([r[0] for r in ranges], np.float32), np.array([r[1] for r in ranges], np.float32)
+    )
 
 
 TilePredictor = Callable[[Any], Generator[TileDone, None, np.ndarray]]

@@ -9,6 +9,12 @@ summed weights at the end.  ``valid`` networks get the
 context they need around each tile, mirrored at the image borders (the
 paper's overlap-tile strategy).  A CUDA out-of-memory error halves the tile
 batch and retries.
+
+An image in memory that fits on the device goes there once (:class:`DeviceImage`):
+mirrored, normalised there (a transform with a ``tensor`` method, such as
+:class:`Normaliser`), and its tiles are cut there, so no tile is read, padded,
+normalised or copied on the host.  Lazy sources (dask, zarr) and images too large
+stay tile by tile.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from .events import TileDone
 from .model import border, valid_input_size, valid_output_size
 
 log = logging.getLogger(__name__)
+
+WHOLE_IMAGE_CPU_BYTES = 512 * 2**20
+"""On the CPU, an image of at most this many bytes (as float32, mirrored) is prepared once."""
+WHOLE_IMAGE_GPU_SHARE = 0.25
+"""On a GPU, an image taking at most this share of the free memory goes there whole."""
 
 
 def _round_up(x: int, m: int) -> int:
@@ -157,6 +168,90 @@ class TileGrid:
         return read_window(source, lo, [a + n for a, n in zip(lo, self.in_tile, strict=True)])
 
 
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-channel ``(x - low) / scale`` with non-finite values set to 0, on numpy
+    blocks (``__call__``) and on tensors already on a device (:meth:`tensor`); both
+    compute in float32 and give the same values."""
+
+    low: np.ndarray  # (C,) float32
+    scale: np.ndarray  # (C,) float32, > 0
+
+    def _shaped(self, v: np.ndarray, ndim: int) -> np.ndarray:
+        return v.astype(np.float32).reshape((-1,) + (1,) * (ndim - 1))
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        low, scale = self._shaped(self.low, block.ndim), self._shaped(self.scale, block.ndim)
+        out = (np.asarray(block, np.float32) - low) / scale
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+    def tensor(self, x: torch.Tensor) -> torch.Tensor:
+        low = torch.from_numpy(self._shaped(self.low, x.ndim)).to(x.device)
+        scale = torch.from_numpy(self._shaped(self.scale, x.ndim)).to(x.device)
+        return torch.nan_to_num((x.float() - low) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+_TORCH_NATIVE = (np.uint8, np.int8, np.int16, np.int32, np.float32)
+
+
+class DeviceImage:
+    """A whole (C, *spatial) image on the device, mirrored by the tiles' reach and
+    normalised there; :meth:`tiles` cuts a batch of network inputs from it (what
+    :meth:`TileGrid.read` and the transform give, computed on the device)."""
+
+    def __init__(self, source: np.ndarray, grid: TileGrid, transform: Any, device: torch.device):
+        self.grid = grid
+        self.low = grid.context  # the padding before each axis
+        high = [
+            max(0, max(st[a] for st in grid.starts) - c + n - size)
+            for a, (size, c, n) in enumerate(
+                zip(grid.spatial, grid.context, grid.in_tile, strict=True)
+            )
+        ]
+        pads = [(0, 0)] + [(lo, hi) for lo, hi in zip(self.low, high, strict=True)]
+        arr = np.asarray(source)
+        if arr.dtype.type not in _TORCH_NATIVE:  # float64, uint16, bool...: as read_window
+            arr = arr.astype(np.float32)
+        if any(p != (0, 0) for p in pads):
+            arr = np.pad(arr, pads, mode="symmetric")
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+        if device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=True)
+        self.image = transform.tensor(x) if transform is not None else x.float()
+
+    @staticmethod
+    def fits(source: Any, grid: TileGrid, transform: Any, device: torch.device) -> bool:
+        """Whether ``source`` can go to ``device`` whole: a numpy array, a transform
+        that runs on tensors (or none), and room for it (mirrored, float32)."""
+        if not isinstance(source, np.ndarray) or not (
+            transform is None or hasattr(transform, "tensor")
+        ):
+            return False
+        padded = [
+            s + 2 * c + n for s, c, n in zip(grid.spatial, grid.context, grid.in_tile, strict=True)
+        ]
+        nbytes = 4 * source.shape[0] * math.prod(padded)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return nbytes <= WHOLE_IMAGE_GPU_SHARE * free
+        return device.type == "cpu" and nbytes <= WHOLE_IMAGE_CPU_BYTES
+
+    def tiles(self, starts: Sequence[tuple[int, ...]]) -> torch.Tensor:
+        """The network inputs (B, C, *in_tile) of the tiles at ``starts``."""
+        windows = [
+            (slice(None),)
+            + tuple(
+                slice(s - c + p, s - c + p + n)
+                for s, c, p, n in zip(
+                    st, self.grid.context, self.low, self.grid.in_tile, strict=True
+                )
+            )
+            for st in starts
+        ]
+        return torch.stack([self.image[w] for w in windows])
+
+
 class TileMerger:
     """Blends tile probabilities into the image: ``add`` accumulates, ``finalize`` divides.
 
@@ -187,15 +282,19 @@ class TileMerger:
 
 def predict_batch(
     network: torch.nn.Module,
-    batch: list[np.ndarray],
+    batch: list[np.ndarray] | torch.Tensor,
     device: torch.device,
     amp_dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    """Softmax probabilities of a batch of tiles, on ``device`` (autocast if ``amp_dtype``)."""
-    x = torch.from_numpy(np.stack(batch))
-    if device.type == "cuda":
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True)
+    """Softmax probabilities of a batch of tiles (numpy tiles, or a tensor already on
+    ``device``), on ``device`` (autocast if ``amp_dtype``)."""
+    if isinstance(batch, torch.Tensor):
+        x = batch
+    else:
+        x = torch.from_numpy(np.stack(batch))
+        if device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=True)
     if device.type == "cuda" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -218,6 +317,7 @@ def predict_tiled_iter(
     device: torch.device,
     amp: bool = True,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    whole: bool | None = None,
 ) -> Generator[TileDone, None, np.ndarray]:
     """Overlap-tile prediction; yields :class:`TileDone`, returns probabilities.
 
@@ -230,7 +330,12 @@ def predict_tiled_iter(
     overlap
         Fraction of the tile shared with each neighbour.
     transform
-        Applied to every tile read (e.g. intensity normalisation).
+        Applied to every tile read (e.g. intensity normalisation); one with a
+        ``tensor`` method (:class:`Normaliser`) may run on the device instead.
+    whole
+        Put the image on the device once and cut the tiles there
+        (:class:`DeviceImage`); None: when :meth:`DeviceImage.fits`.  False: read,
+        pad and normalise each tile on the host.
 
     Returns
     -------
@@ -241,14 +346,20 @@ def predict_tiled_iter(
     merger = TileMerger(config.num_classes, grid, device)
     amp_dtype = autocast_dtype(device) if amp else None
     network.eval()
+    if whole is None:
+        whole = DeviceImage.fits(source, grid, transform, device)
+    on_device = DeviceImage(source, grid, transform, device) if whole else None
     n = len(grid.starts)
     done = 0
     bs = max(1, batch_size)
     while done < n:
         starts = grid.starts[done : done + bs]
-        batch = [grid.read(source, st) for st in starts]
-        if transform is not None:
-            batch = [transform(b) for b in batch]
+        if on_device is not None:
+            batch: list[np.ndarray] | torch.Tensor = on_device.tiles(starts)
+        else:
+            batch = [grid.read(source, st) for st in starts]
+            if transform is not None:
+                batch = [transform(b) for b in batch]
         try:
             probs = predict_batch(network, batch, device, amp_dtype)
         except torch.cuda.OutOfMemoryError:

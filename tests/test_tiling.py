@@ -1,10 +1,19 @@
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from napari_unet.config import ModelConfig
 from napari_unet.model import UNet, border, valid_input_size, valid_output_size
-from napari_unet.tiling import blend_window, predict_tiled_iter, read_window, tile_starts
+from napari_unet.tiling import (
+    DeviceImage,
+    Normaliser,
+    TileGrid,
+    blend_window,
+    predict_tiled_iter,
+    read_window,
+    tile_starts,
+)
 
 
 def drain(gen):
@@ -152,3 +161,53 @@ def test_out_of_memory_halves_the_tile_batch(caplog):
     assert net.sizes[:3] == [8, 4, 2] and max(net.sizes[3:]) <= 2
     assert "out of memory" in caplog.text
     assert events[-1].i == events[-1].n
+
+
+@pytest.mark.parametrize(
+    "dims, padding, dtype",
+    [(2, "same", np.uint8), (2, "valid", np.uint16), (3, "same", np.float64), (2, "same", bool)],
+)
+def test_device_image_gives_the_host_tiles_probabilities(dims, padding, dtype):
+    """The whole image prepared once on the device (mirrored, normalised there, tiles cut
+    there) gives what reading, padding and normalising each tile on the host gives."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(spatial_dims=dims, depth=2, width=2, padding=padding, num_classes=3)
+    net = UNet.from_config(cfg).eval()
+    rng = np.random.default_rng(5)
+    shape = (1, 12, 37, 29) if dims == 3 else (1, 83, 61)
+    img = rng.random(shape) * (2 if dtype is bool else 3000 if dtype is np.uint16 else 200)
+    img = img.astype(dtype)
+    norm = Normaliser(np.array([7.0], np.float32), np.array([151.5], np.float32))
+    tile = (8, 16, 16) if dims == 3 else (24, 24)
+    kwargs = dict(tile=tile, overlap=0.25, batch_size=3, device=torch.device("cpu"))
+    host, events = drain(predict_tiled_iter(net, img, cfg, transform=norm, whole=False, **kwargs))
+    device, _ = drain(predict_tiled_iter(net, img, cfg, transform=norm, whole=True, **kwargs))
+    assert host.shape == device.shape == (3, *shape[1:]) and events[-1].n > 3
+    np.testing.assert_allclose(device, host, atol=1e-6)
+    grid = TileGrid.plan(shape[1:], tile, cfg, 0.25)
+    on_device = DeviceImage(img, grid, norm, torch.device("cpu")).tiles(grid.starts[-2:])
+    on_host = [norm(grid.read(img, st)) for st in grid.starts[-2:]]
+    np.testing.assert_array_equal(on_device.numpy(), np.stack(on_host))
+
+
+def test_normaliser_same_on_numpy_and_tensors():
+    norm = Normaliser(np.array([1.0, -2.0], np.float32), np.array([3.0, 0.5], np.float32))
+    block = np.array([[[0.0, np.nan], [4.0, np.inf]], [[-2.0, 1.0], [-np.inf, 7.0]]])
+    expected = np.array([[[-1 / 3, 0], [1, 0]], [[0, 6], [0, 18]]], np.float32)
+    np.testing.assert_allclose(norm(block), expected, rtol=1e-6)
+    np.testing.assert_array_equal(norm.tensor(torch.from_numpy(block)).numpy(), norm(block))
+
+
+def test_only_arrays_in_memory_that_fit_go_to_the_device_whole(monkeypatch):
+    import dask.array as da
+
+    cfg = ModelConfig(depth=2, width=2, num_classes=3)
+    img = np.zeros((1, 64, 64), np.float32)
+    grid = TileGrid.plan(img.shape[1:], (32, 32), cfg, 0.25)
+    cpu = torch.device("cpu")
+    norm = Normaliser(np.zeros(1, np.float32), np.ones(1, np.float32))
+    assert DeviceImage.fits(img, grid, norm, cpu) and DeviceImage.fits(img, grid, None, cpu)
+    assert not DeviceImage.fits(da.from_array(img), grid, norm, cpu)  # lazy: tile by tile
+    assert not DeviceImage.fits(img, grid, lambda b: b * 2, cpu)  # a transform only for numpy
+    monkeypatch.setattr("napari_unet.tiling.WHOLE_IMAGE_CPU_BYTES", 4 * 64 * 64)
+    assert not DeviceImage.fits(img, grid, norm, cpu)  # mirrored, it would not fit
