@@ -224,3 +224,24 @@ def test_a_random_region_holds_no_label_yet():
         assert region[0].stop - region[0].start == REGION_SIZE
     labels[1][:] = 1
     assert choose_region("random", None, [None, None], labels, rng) is None
+
+
+def test_gpu_check_runs_its_steps_and_prints_one_table(tmp_path):
+    """benchmarks/gpu_check.sh --tiny: the GPU set's script, here on the CPU, one step."""
+    env = {**os.environ, "GPU_CHECK_STEPS": "train", "OUT": str(tmp_path / "out")}
+    env["PYTHON"] = sys.executable
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--tiny"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "| step | wall s | summary |" in lines
+    (row,) = [line for line in lines if line.startswith("| train |")]
+    assert "pipeline / bare step" in row and "FAILED" not in row
+    assert lines[-1].startswith("summary: gpu_check.sh 1 steps in")
+    assert (tmp_path / "out" / "gpu_check.md").read_text().count("| train |") == 1
+    bad = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--fast"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
