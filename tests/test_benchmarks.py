@@ -22,6 +22,7 @@ def test_every_benchmark_is_covered():
         "bench_accuracy.py",
         "bench_builtin.py",
         "bench_calibrate.py",
+        "bench_ceiling.py",
         "bench_few_labels.py",
         "bench_few_strokes_em.py",
         "bench_generalisation.py",
