@@ -42,7 +42,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _splits import DSB, GROUPS, cap, few_labels, header, mean_std, split, write_tiny  # noqa: E402
+from _splits import (  # noqa: E402
+    DSB,
+    GROUPS,
+    cap,
+    few_labels,
+    header,
+    mean_std,
+    paint_strokes,
+    split,
+    write_tiny,
+)
 
 
 def correct(
@@ -79,7 +89,12 @@ def correct(
 
 
 def accept_and_correct(
-    truth: np.ndarray, pred: np.ndarray, fixes: int, good: float = 0.7
+    truth: np.ndarray,
+    pred: np.ndarray,
+    fixes: int,
+    good: float = 0.7,
+    strokes: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """The ``sparse-instances`` labels a user makes from the model's proposals ``pred``.
 
@@ -87,7 +102,10 @@ def accept_and_correct(
     (``napari_unet.proposals.placement``, as the Annotate widget does); of the rest, the
     ``fixes`` worst errors (a true object with no proposal at IoU >= ``good`` outlined, a
     false positive painted background; :func:`correct`) are fixed, never over what was
-    accepted.  Returns the labels, the clicks and the objects outlined or painted.
+    accepted; then ``strokes`` background strokes (as in round 0 of the painting arm,
+    ``_splits.paint_strokes``) on unlabeled true background, so that the labels hold
+    background even when no fix painted any.  Returns the labels, the clicks, and the
+    objects outlined or painted plus the strokes.
     """
     from napari_unet.proposals import placement
 
@@ -104,7 +122,12 @@ def accept_and_correct(
     top = max(int(labels.max()), 1)
     labels[free & (fixed > 1)] = fixed[free & (fixed > 1)] - 1 + top  # ids after the accepted
     labels[free & (fixed == 1)] = 1
-    return labels, clicks, n
+    if strokes:
+        from scipy import ndimage
+
+        allowed = (ndimage.distance_transform_edt(truth == 0) >= 3) & (labels == 0)
+        labels[paint_strokes(allowed, strokes, rng or np.random.default_rng(0))] = 1
+    return labels, clicks, n + strokes
 
 
 def label_region(
@@ -230,7 +253,13 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     start = nu.load_model(args.init)
     if args.proposals:  # round 0: the start model's proposals, accepted and fixed
         made = [
-            accept_and_correct(t, nu.predict(start, i, instances=True, device="cpu"), args.fixes)
+            accept_and_correct(
+                t,
+                nu.predict(start, i, instances=True, device="cpu"),
+                args.fixes,
+                strokes=args.strokes,
+                rng=rng,
+            )  # fmt: skip
             for i, t in zip(images[: args.images], truths[: args.images], strict=True)
         ]
         labels = [lab for lab, _, _ in made]

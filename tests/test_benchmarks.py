@@ -182,6 +182,16 @@ def test_the_simulated_user_accepts_right_proposals_with_a_click_and_fixes_the_r
     assert (labels[48:60, 48:60] == 1).all()
     _, clicks, fixed = accept_and_correct(truth, pred, fixes=1)
     assert clicks == 1 and fixed == 1
+    # no fix painted background (only a miss fixed): the strokes give the labels some
+    only_right = np.where(pred == 7, 7, 0).astype(np.uint16)
+    plain, _, _ = accept_and_correct(truth, only_right, fixes=1)
+    assert 1 not in plain
+    rng = np.random.default_rng(0)
+    stroked, clicks, actions = accept_and_correct(truth, only_right, 1, strokes=3, rng=rng)
+    assert clicks == 1 and actions == 1 + 3
+    painted = stroked == 1
+    assert painted.any() and not (painted & (truth > 0)).any()  # on true background only
+    assert np.array_equal(stroked[~painted], plain[~painted])  # nothing else changed
 
 
 def test_the_simulated_user_labels_a_whole_region_accepting_right_proposals():
