@@ -124,6 +124,9 @@ def main() -> None:
     budget.add_argument("--time-budget", type=float, default=120.0, help="seconds per training")
     budget.add_argument("--steps", type=int, help="steps per training (instead of a time budget)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--first-run", type=int, default=0, help="seed of the first run (add runs to earlier ones)"
+    )
     p.add_argument("--tiny", action="store_true", help="small synthetic volumes, a few steps")
     args = p.parse_args()
     if args.tiny:
@@ -141,7 +144,8 @@ def main() -> None:
         args.current = data
         for arm in arms:
             rows[data, arm] = [
-                run_arm(arm, train, test, spacing, run, args) for run in range(args.runs)
+                run_arm(arm, train, test, spacing, run, args)
+                for run in range(args.first_run, args.first_run + args.runs)
             ]
     print()
     table_head("data", "arm", "AP@0.5 (3D)", "SEG (3D)", "AP@0.5 per slice")
