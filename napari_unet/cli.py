@@ -221,6 +221,14 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
         const=True,
         help="the paper's border weight map (instances labels only)",
     )
+    t.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="compile the training step with torch.compile: faster steps on a GPU, after "
+        "a compilation of tens of seconds (counted in the time budget, reported as the "
+        "'compile' phase); for long trainings",
+    )
     t.add_argument("--seed", type=int, help="random seed (default 0)")
 
 
@@ -368,7 +376,7 @@ def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
 # flags of ``train`` that a recipe file may set too (file key = flag's dest)
 RECIPE_FLAGS = (
     "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
-    "precision", "border_weights", "seed", "lr", "distill", "scale", "spatial_dims",
+    "precision", "border_weights", "seed", "lr", "distill", "scale", "spatial_dims", "compile",
 )  # fmt: skip
 
 

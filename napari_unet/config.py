@@ -227,6 +227,7 @@ class TrainConfig:
     checkpoint_every: float = 30.0
     distill: float = 5.0  # weight of the start model's answer on unlabeled pixels (0: off)
     scale: float | None = None  # images resized by this to train (None: from the objects' width)
+    compile: bool = False  # torch.compile the training step (pays on a GPU for long trainings)
 
     def __post_init__(self) -> None:
         _check_choice("recipe", self.recipe, RECIPES)
@@ -241,6 +242,7 @@ class TrainConfig:
         if self.lr is not None:
             _check_float("lr", self.lr, 1e-8, 10.0)
         _check_bool("border_weights", self.border_weights)
+        _check_bool("compile", self.compile)
         _check_float("touch_border", self.touch_border, 0.0, 0.25)
         _check_bool("augment", self.augment)
         if (

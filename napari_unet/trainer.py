@@ -26,6 +26,10 @@ from .recipes import get_recipe
 
 log = logging.getLogger(__name__)
 
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for ``TrainConfig.compile`` (the tests use "eager": the same
+graph capture without generating kernels, which takes minutes on a small CPU)."""
+
 
 def confusion(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     pred = logits.argmax(1)
@@ -100,8 +104,11 @@ class Trainer:
             self.teacher.eval().requires_grad_(False)
             if self.channels_last:
                 self.teacher.to(memory_format=torch.channels_last)
-        # what the step runs: the network itself, or its data-parallel wrapper
+        # what the step runs: the network itself, or its data-parallel wrapper, compiled
+        # with cfg.compile (its weights stay those of self.network, which is saved)
         self.step_network = group.wrap(network) if group is not None else network
+        if cfg.compile:
+            self.step_network = torch.compile(self.step_network, backend=COMPILE_BACKEND)
 
     def _forward(self, image: torch.Tensor, network: torch.nn.Module | None = None) -> torch.Tensor:
         network = self.network if network is None else network

@@ -72,7 +72,7 @@ from .model import UNet, border
 from .postprocess import class_labels
 from .recipes import get_recipe
 from .request import TrainRequest
-from .store import Model, load_model, save_model
+from .store import Model, load_model, save_history, save_model
 from .trainer import Trainer, augment_config
 from .writer import hold
 from .zoom import start_scale, z_scale_for
@@ -83,7 +83,7 @@ USER_STOPS = ("cancelled", "interrupted", "terminated")
 """Why a user stopped a training: the widget's stop, Ctrl+C (SIGINT), SIGTERM."""
 STOPS = (None, "steps", "time", *USER_STOPS)
 """Why a training stops (:meth:`TrainingRun.stop_reason`), by the code ranks agree on."""
-PHASES = ("prepare", "train", "validate", "preview", "calibrate", "save")
+PHASES = ("prepare", "compile", "train", "validate", "preview", "calibrate", "save")
 """Where a training's wall time goes (training.json, :attr:`Finished.phases`)."""
 SEARCH_SHARE = 0.1
 """Of a time budget, what the instance settings' search may take at most (at least 1 s)."""
@@ -578,8 +578,10 @@ class TrainingRun:
         cfg = self.cfg
         recipe = get_recipe(cfg.recipe)
         self.lr = recipe.lr_at(cfg.lr, self.schedule, self.step_count)
+        first_compiled = cfg.compile and self.step_count == 0
         try:
-            result = self.trainer.train_step(self.lr)
+            with self.timed("compile") if first_compiled else contextlib.nullcontext():
+                result = self.trainer.train_step(self.lr)
         except torch.cuda.OutOfMemoryError:
             if self.group is not None:  # a smaller batch on one rank only would not add up
                 raise MemoryError(
@@ -705,6 +707,9 @@ class TrainingRun:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
             self.result_path, self.message = self.guard.judge(self.last_iou)
+            if self.result_path is not None:  # training.json says where the time went
+                self.record_phases()
+                save_history(self.result_path, self.history)
         notes = (self.message, self.skipped_note, self.start_message if self.start_better else "")
         self.message = " ".join(m for m in notes if m)
 
@@ -788,15 +793,21 @@ class TrainingRun:
         if self.pending:
             self.report()
 
-    def finished(self, reason: str) -> Finished:
-        self.history["steps"] = self.global_step
-        self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
-        self.network.eval()
+    def record_phases(self) -> dict[str, float]:
+        """Where the wall time went since :attr:`began` (the training is the rest), into
+        the session's record; returns the phases, rounded."""
         total = self.clock() - self.began
         others = sum(v for k, v in self.phases.items() if k != "train")
         self.phases["train"] = max(0.0, total - others)
         phases = {k: round(v, 2) for k, v in self.phases.items()}
         self.history["sessions"][-1]["phases"] = {**phases, "total": round(total, 2)}
+        return phases
+
+    def finished(self, reason: str) -> Finished:
+        self.history["steps"] = self.global_step
+        self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
+        self.network.eval()
+        phases = self.record_phases()
         return Finished(
             step=self.global_step,
             reason=reason,

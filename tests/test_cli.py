@@ -342,6 +342,26 @@ def test_train_distill_sets_the_weight_and_refuses_bad_values(folders, tmp_path,
         assert exc.value.code == 2 and "--distill:" in capsys.readouterr().err
 
 
+def test_train_compile_flag_compiles_and_says_how_long(folders, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from napari_unet import trainer
+
+    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "eager")  # no kernels generated: seconds
+    torch._dynamo.reset()
+    out = tmp_path / "m"
+    args = ["train", "--images", folders / "images", "--labels", folders / "labels", "--out",
+            out, "--labels-kind", "instances", "--steps", "2", "--init", "scratch", "--width",
+            "4", "--depth", "2", "--patch", "32", "--batch-size", "2", "--device", "cpu",
+            "--compile"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["compile"] is True
+    phases = json.loads((out / "training.json").read_text())["sessions"][-1]["phases"]
+    assert phases["compile"] > 0
+    (time_line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("time:")]
+    assert f"compile {phases['compile']:.1f} s" in time_line
+
+
 def test_train_scale_flag_is_recorded_and_checked(folders, tmp_path, capsys):
     """--scale resizes the images to train, says so, and the model keeps it."""
     out = tmp_path / "scaled"

@@ -95,6 +95,9 @@ def test_the_time_budget_counts_every_phase_from_the_request(nuclei, tmp_path):
     assert phases["validate"] > 0 and phases["calibrate"] > 0 and phases["save"] > 0
     assert finished.phases == {k: phases[k] for k in PHASES}
     assert finished.describe_time().startswith("time: prepare 1")
+    on_disk = load_model(out).history["sessions"][-1]["phases"]  # training.json says it too
+    assert set(on_disk) == set(phases) and on_disk["prepare"] == phases["prepare"]
+    assert on_disk["total"] == pytest.approx(phases["total"], abs=0.5)
 
 
 def test_the_steps_end_early_enough_for_the_finish(nuclei):
@@ -453,3 +456,40 @@ def test_a_tiny_model_learns_to_separate_touching_squares():
     assert probs[2][line].mean() > 0.5  # the border between them is learned as boundary
     inst = nu.predict(model, images[0], instances=True, device="cpu")
     assert evaluate_pair(labels[0], inst)["ap50"] == 1.0  # two objects, not one
+
+
+def test_compile_runs_the_step_compiled_and_reports_its_time(nuclei, tmp_path, monkeypatch):
+    """TrainConfig.compile: the step runs through torch.compile (the "eager" backend here:
+    the same graph capture, no kernels generated), its first step is the "compile" phase,
+    and what is saved are the network's own weights, which load and predict the same."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from napari_unet import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    images, labels = nuclei
+    request = TrainRequest.from_keywords(
+        labels_kind="instances", steps=3, out=tmp_path / "m", config=TrainConfig(compile=True),
+        **SMALL,
+    )  # fmt: skip
+    run = TrainingRun.setup(
+        images[:2], labels[:2], request, model=None, clock=time.perf_counter, control=None
+    )
+    assert isinstance(run.trainer.step_network, OptimizedModule)
+    assert run.trainer.step_network._orig_mod is run.trainer.network
+    run.close()
+    model = drain(train_request_iter(images[:2], labels[:2], request))
+    phases = model.history["sessions"][-1]["phases"]
+    assert phases["compile"] > 0 and model.history["steps"] == 3
+    assert model.config.train.compile
+    loaded = load_model(tmp_path / "m")
+    assert all(not k.startswith("_orig_mod") for k in loaded.network.state_dict())
+    image = images[2]
+    np.testing.assert_allclose(
+        nu.predict_proba(loaded, image, device="cpu"),
+        nu.predict_proba(model, image, device="cpu"),
+        atol=1e-5,
+    )
+    plain = train(images[:2], labels[:2], labels_kind="instances", steps=2, **SMALL)
+    assert plain.history["sessions"][-1]["phases"]["compile"] == 0
