@@ -1,6 +1,7 @@
 """Training throughput: the full pipeline against the bare model step, side by side.
 
-For each network and batch, three figures in patches (images) per second:
+For each network and batch, three figures in patches (images) per second (four when
+the bare step is compiled):
 
 * **pipeline** - ``napari_unet.train_iter`` as users run it: patch sampling on the
   device, batched augmentation (one ``grid_sample``), the step, validation every so
@@ -9,6 +10,9 @@ For each network and batch, three figures in patches (images) per second:
   device: forward, masked cross-entropy, backward, AdamW; autocast and
   ``channels_last`` as the pipeline uses them, ``torch.compile`` with ``--compile``
   (on by default on CUDA; on this 2-core CPU compiling takes minutes);
+* **pipeline compiled** - the pipeline with ``train --compile``
+  (``TrainConfig.compile``), when the bare step is compiled; its compilation falls in
+  the warm-up steps, which are not timed;
 * **seed recipe** - the paper's recipe through the same pipeline: SGD momentum
   0.99, batch 1, fp32.
 
@@ -51,7 +55,10 @@ def synthetic(n: int, shape: tuple[int, ...], seed: int = 0):
     return images, labels
 
 
-def pipeline_rate(images, labels, dims, width, patch, batch, recipe, device, steps, warmup):
+def pipeline_rate(
+    images, labels, dims, width, patch, batch, recipe, device, steps, warmup, compile_=False
+):
+    from napari_unet.config import TrainConfig
     from napari_unet.events import TrainStep
     from napari_unet.training import train_iter
 
@@ -68,6 +75,7 @@ def pipeline_rate(images, labels, dims, width, patch, batch, recipe, device, ste
         steps=warmup + steps,
         init=None,  # a new network, as every figure before the default start
         device=device,
+        config=TrainConfig(compile=compile_),  # compiled: in the warm-up steps, not timed
     )
     t_start = t_end = None
     for event in gen:
@@ -152,23 +160,30 @@ def main() -> None:
             images, labels, dims, width, patch, batch, "fast", args.device, steps, warmup
         )
         bare, warm_s = bare_rate(dims, width, patch, batch, args.device, steps, warmup, compile_)
+        compiled = None
+        if compile_:  # the pipeline with --compile (TrainConfig.compile)
+            compiled = pipeline_rate(
+                images, labels, dims, width, patch, batch, "fast", args.device, steps, warmup,
+                compile_=True,
+            )  # fmt: skip
         seed = pipeline_rate(
             images, labels, dims, width, patch, 1, "paper", args.device, steps, warmup
         )
-        rows.append((dims, width, patch, batch, pipe, bare, seed, warm_s))
+        rows.append((dims, width, patch, batch, pipe, bare, seed, warm_s, compiled))
     where = torch.cuda.get_device_name() if cuda else f"{os.cpu_count()}-core CPU"
     print(
         f"# {time.strftime('%Y-%m-%d')}  {where} ({platform.machine()}), torch {torch.__version__}"
         f", {torch.get_num_threads()} threads, bare step compiled: {compile_}"
     )
     print(
-        "| network | patch x batch | pipeline patches/s | bare step | bare warm-up s "
-        "| seed fp32 batch 1 | pipeline / bare | pipeline / seed |"
+        "| network | patch x batch | pipeline patches/s | pipeline compiled | bare step "
+        "| bare warm-up s | seed fp32 batch 1 | pipeline / bare | pipeline / seed |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for dims, width, patch, batch, pipe, bare, seed, warm_s in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for dims, width, patch, batch, pipe, bare, seed, warm_s, compiled in rows:
         print(
-            f"| {dims}D width {width} | {patch}^{dims} x {batch} | {pipe:.1f} | {bare:.1f} | "
+            f"| {dims}D width {width} | {patch}^{dims} x {batch} | {pipe:.1f} | "
+            f"{'-' if compiled is None else f'{compiled:.1f}'} | {bare:.1f} | "
             f"{warm_s:.1f} | {seed:.1f} | {pipe / bare:.2f}x | {pipe / seed:.2f}x |"
         )
     print(
@@ -178,6 +193,11 @@ def main() -> None:
         + ", ".join(f"{r[0]}D w{r[1]} {r[4] / r[6]:.2f}x" for r in rows)
         + "; bare warm-up (compile) "
         + ", ".join(f"{r[7]:.0f} s" for r in rows)
+        + "".join(
+            f"; compiled pipeline / bare {r[0]}D w{r[1]} {r[8] / r[5]:.2f}x"
+            for r in rows
+            if r[8] is not None
+        )
     )
 
 
