@@ -73,6 +73,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--runs", type=int, default=1, help="trainings per candidate (seeds 0..)")
+    p.add_argument(
+        "--first-run", type=int, default=0, help="seed of the first run (add runs to earlier ones)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", type=Path, default=DSB)
     p.add_argument("--keep", type=Path, help="keep the models and predictions here")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     results: dict[str, dict[str, list[dict]]] = {}
     for name, recipe in args.candidate:
         results[name] = {g: [] for g in groups}
-        for run in range(args.runs):
+        for run in range(args.first_run, args.first_run + args.runs):
             model = work / f"{name}-run{run}"
             own = json.loads(Path(recipe).read_text()) if recipe else {}
             width = own.get("width", args.width)
