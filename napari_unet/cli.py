@@ -244,8 +244,9 @@ def _add_start_flags(t: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         default="auto",
         help="what a new model starts from: auto (default: builtin:nuclei for 2D instance "
-        "labels on one channel with its network, width 8 / depth 4 as on the CPU, where it "
-        "measured better; else scratch), scratch, or a model's weights: builtin:NAME or a "
+        "labels on one channel with its network, width 16 / depth 4, taken on the CPU "
+        "unless --width says otherwise, where it finds the labeled objects; else scratch), "
+        "scratch, or a model's weights: builtin:NAME or a "
         "model folder; its architecture is used, the last layer is new when the classes "
         "differ (not with --resume)",
     )

@@ -28,12 +28,13 @@ Architecture checks need no torch (the CLI runs them before importing it).
 The default start (``init="auto"``, ``--init auto``) is ``builtin:nuclei`` where
 starting from it measured better than from scratch (docs/benchmarks.md, issue 12:
 "label a few cells" on a held-out group of nuclei images, 3 runs, AP@0.5 0.644 ±
-0.040 against 0.595 ± 0.162): 2D ``instances`` or ``sparse-instances`` labels on
-one channel, with the network the built-in model has (the CPU default of the
-``fast`` recipe: width 8, depth 4).  Everything else starts from scratch, as does
-``init=None`` / ``"scratch"``: a GPU default network (width 32) or another width,
-semantic and sparse class labels (ISBI 2012 EM strokes: no better pixel error from
-the nuclei model), several channels, 3D.
+0.040 against 0.595 ± 0.162, with the width-8 model of then): 2D ``instances`` or
+``sparse-instances`` labels on one channel, with the network the built-in model has
+(width 16, depth 4; on the CPU a width not given is the built-in model's).
+Everything else starts from scratch, as does ``init=None`` / ``"scratch"``: a GPU
+default network (width 32) or another width given, semantic and sparse class labels
+(ISBI 2012 EM strokes: no better pixel error from the nuclei model), several
+channels, 3D.
 
 Before an automatic start is taken, the start model segments the user's labeled
 images and its objects are matched with the labeled ones (:func:`start_fit`):
@@ -86,7 +87,11 @@ def default_architecture(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def auto_init(
-    labels_kind: str, given: dict[str, Any], default_width: int, recipe: Recipe
+    labels_kind: str,
+    given: dict[str, Any],
+    default_width: int,
+    recipe: Recipe,
+    follow_width: bool = False,
 ) -> str | None:
     """What ``init="auto"`` starts from: :data:`AUTO_MODEL` or None (scratch).
 
@@ -99,6 +104,10 @@ def auto_init(
         :data:`ARCHITECTURE` key.
     default_width
         The width a new network gets on this device with this recipe.
+    follow_width
+        A width not given is the start model's (the CPU: the built-in model is the way
+        to a good model in minutes there), instead of ``default_width`` (a GPU's width
+        32 network trains from scratch, as measured).
     recipe
         The training recipe; only one that may start from the built-in model does.
 
@@ -111,7 +120,7 @@ def auto_init(
         return None
     parent = check_model_folder(AUTO_MODEL).model
     wanted = {**default_architecture(given)}
-    wanted["width"] = wanted["width"] or default_width
+    wanted["width"] = wanted["width"] or (parent.width if follow_width else default_width)
     if any(wanted[key] != getattr(parent, key) for key in ARCHITECTURE):
         return None
     return AUTO_MODEL

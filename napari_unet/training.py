@@ -226,7 +226,8 @@ class TrainingRun:
             new = not request.resume and model is None
             recipe = get_recipe(request.config.recipe)
             width = recipe.defaults(device.type, arch.get("spatial_dims") or 2).width
-            init = auto_init(labels_kind, arch, width, recipe) if new else None
+            follow = device.type == "cpu"  # there the built-in model's width, else the default
+            init = auto_init(labels_kind, arch, width, recipe, follow) if new else None
         init = resolve_init(init)
         if init is not None:
             self.init = load_init(init)
@@ -998,8 +999,9 @@ def train_iter(
         Continue training this in-memory model (the human-in-the-loop case).
     init
         What a new model starts from: ``"auto"`` (the default: ``builtin:nuclei`` for 2D
-        instance labels on one channel with its network, width 8 and depth 4 as on the
-        CPU, where it measured better; from scratch otherwise), None or ``"scratch"``,
+        instance labels on one channel with its network, width 16 and depth 4, taken on
+        the CPU unless ``width`` says otherwise, where it finds the labeled objects; from
+        scratch otherwise), None or ``"scratch"``,
         or another model: ``"builtin:NAME"`` or a model folder.  Its
         weights are copied where they fit (the last layer is new when the classes
         differ, the first adapted to other input channels; see :mod:`napari_unet.init`);

@@ -288,7 +288,12 @@ def test_auto_init_wants_the_builtin_network():
     from napari_unet.recipes import FAST, PAPER
 
     cpu = {"width": None, "depth": None, "padding": None, "batch_norm": None, "spatial_dims": None}
-    assert auto_init("instances", cpu, 8, FAST) == "builtin:nuclei"
+    width = load_model("builtin:nuclei").config.model.width
+    # on the CPU a width not given is the built-in model's
+    assert auto_init("instances", cpu, 8, FAST, follow_width=True) == "builtin:nuclei"
+    assert auto_init("instances", cpu, width, FAST) == "builtin:nuclei"
+    assert auto_init("instances", {**cpu, "width": width}, 8, FAST) == "builtin:nuclei"
+    assert auto_init("instances", {**cpu, "width": 4}, 8, FAST, follow_width=True) is None
     assert auto_init("instances", cpu, 32, FAST) is None  # the GPU default network
     assert auto_init("instances", {**cpu, "spatial_dims": 3}, 8, FAST) is None
     assert auto_init("instances", {**cpu, "padding": "valid"}, 8, FAST) is None
