@@ -10,12 +10,15 @@ median of ``--repeats`` runs after one warm-up run.
 CPU set (default):
   1. the issue's line: ``napari_unet.predict`` of a 2048² image with a freshly trained
      default model (its own tiling defaults) against
-     ``sliding_window_inference(x, (256, 256), 4, model.network, overlap=0.25)``;
+     ``sliding_window_inference(x, (256, 256), 4, model.network, overlap=0.25)``; and
+     napari-unet again with every tile read, mirrored and normalised on the host
+     (``whole=False``, the path before ``tiling.DeviceImage``);
   2. the same settings on both sides (tile 256, overlap 0.25, batch 4);
   3. one 512² image with the default model, labels and instances (target <= 0.5 s);
   4. a 3D volume with a 3D network (tile 64³, overlap 0.25, batch 2).
 GPU set (``--device cuda``): the seed network at widths 64 and 32 (depth 4, batch norm)
-on a 4096² image, tile 512, overlap 0.125, batch 16, bf16 autocast on both sides; and
+on a 4096² image, tile 512, overlap 0.125, batch 16, bf16 autocast on both sides (width
+64 also with tiles cut on the host); and
 a 3D volume.
 
     python benchmarks/bench_predict.py                 # CPU set
@@ -26,6 +29,7 @@ a 3D volume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -118,6 +122,28 @@ def with_tiling(model, tile: int, overlap: float, batch: int, tile_z: int | None
     return replace(model, config=replace(model.config, tiling=tiling))
 
 
+@contextlib.contextmanager
+def tiles_on_host():
+    """napari-unet as before ``tiling.DeviceImage``: every tile read, mirrored and
+    normalised on the host (no image goes to the device whole)."""
+    from napari_unet import tiling
+
+    saved = tiling.WHOLE_IMAGE_CPU_BYTES, tiling.WHOLE_IMAGE_GPU_SHARE
+    tiling.WHOLE_IMAGE_CPU_BYTES, tiling.WHOLE_IMAGE_GPU_SHARE = 0, 0.0
+    try:
+        yield
+    finally:
+        tiling.WHOLE_IMAGE_CPU_BYTES, tiling.WHOLE_IMAGE_GPU_SHARE = saved
+
+
+def on_host(call):
+    def run():
+        with tiles_on_host():
+            return call()
+
+    return run
+
+
 def row(name: str, shape, ours: float, monai: float, settings: str) -> dict:
     mpx = float(np.prod(shape)) / 1e6
     return {
@@ -155,6 +181,10 @@ def cpu_set(args, sync) -> list[dict]:
             f"ours: tile {t.tile}, overlap {t.overlap}, batch {t.batch_size}; "
             "MONAI: (256, 256), 4, overlap 0.25",
         )
+    )
+    host = timed(on_host(lambda: nu.predict(model, image, device=dev)), args.repeats, sync)
+    rows.append(
+        row("the same, tiles cut on the host", image.shape, host, theirs, "as above, whole=False")
     )
     same = with_tiling(model, 256, 0.25, 4)
     ours = timed(lambda: nu.predict(same, image, device=dev), args.repeats, sync)
@@ -203,6 +233,12 @@ def gpu_set(args, sync) -> list[dict]:
                 "tile 512, overlap 0.125, batch 16, bf16",
             )
         )
+        if width == 64:
+            call = on_host(lambda m=model: predict_proba(m, image, device=dev))
+            host = timed(call, args.repeats, sync)
+            rows.append(
+                row("the same, tiles cut on the host", image.shape, host, theirs, "whole=False")
+            )
     edge = 64 if args.tiny else 256
     vol = rng.normal(100, 20, (edge, edge, edge)).astype(np.float32)
     m3 = with_tiling(make_model(3, 16, 3, dev, trained=False), 128, 0.125, 4, tile_z=128)
