@@ -42,17 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _splits import (  # noqa: E402
-    DSB,
-    GROUPS,
-    cap,
-    few_labels,
-    header,
-    mean_std,
-    paint_strokes,
-    split,
-    write_tiny,
-)
+from _splits import DSB, GROUPS, cap, few_labels, header, mean_std, split, write_tiny  # noqa: E402
 
 
 def correct(
@@ -123,6 +113,7 @@ def accept_and_correct(
     labels[free & (fixed > 1)] = fixed[free & (fixed > 1)] - 1 + top  # ids after the accepted
     labels[free & (fixed == 1)] = 1
     if strokes:
+        from _splits import paint_strokes
         from scipy import ndimage
 
         allowed = (ndimage.distance_transform_edt(truth == 0) >= 3) & (labels == 0)
