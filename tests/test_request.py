@@ -82,9 +82,15 @@ def test_output_folder_device_and_builtin_are_checked(tmp_path):
 
 
 def test_architecture_against_the_start_model_names_both(tmp_path):
+    from napari_unet.store import load_model
+
+    width = load_model("builtin:nuclei").config.model.width
+    other = width * 2
     with pytest.raises(ValueError, match="width") as info:
-        TrainRequest(init="builtin:nuclei", width=16, where="cli").check()
+        TrainRequest(init="builtin:nuclei", width=other, where="cli").check()
     assert "builtin:nuclei" in str(info.value)
+    assert f"width {other}" in str(info.value) and f"width {width}" in str(info.value)
+    TrainRequest(init="builtin:nuclei", width=width, where="cli").check()  # its own: fine
 
 
 def test_a_request_crosses_to_the_child_process_unchanged(tmp_path):
