@@ -282,6 +282,8 @@ class TrainingRun:
         if self.init is not None and not self.init.fits_channels(prepared.in_channels):
             self.init = None  # an automatic start is for one channel: this data has more
         self.check_start_fit(prepared)
+        if automatic and self.init is None:  # no start after all: the device's own network
+            arch = default_architecture(request.architecture)
         if from_start is not None and self.init is None:  # no start after all: its own scale
             prepared, from_start = prepare_at(scale), None
         if from_start is not None:

@@ -351,6 +351,7 @@ def test_the_automatic_start_is_taken_only_when_it_finds_the_labeled_objects(tmp
     record = json.loads((tmp_path / "b" / "training.json").read_text())["sessions"][-1]
     assert "init" not in record and record["init_declined"]["fit"]["fits"] is False
     assert "distill" not in record  # no start model, no teacher
+    assert model.config.model.width == 8  # the CPU's own width, not the declined start's
 
 
 def test_an_explicit_start_is_not_second_guessed(tmp_path):
