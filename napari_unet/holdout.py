@@ -4,20 +4,25 @@ Whole images are held out when there are enough; on fewer, instance labels hold 
 whole objects and blocks of (painted) background, a single densely labeled volume a
 slab, sparse strokes spatial blocks (:func:`split_samples`).  What is held out never
 enters the loss: it is what validation and the instance settings' calibration
-(:mod:`napari_unet.calibrate`) are measured on.
+(:mod:`napari_unet.calibrate`) are measured on (:func:`calibration_set`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from . import targets as tg
+from .calibrate import Truth, object_sizes, truth_from_labels
 from .config import INSTANCE_KINDS
 from .targets import IGNORE
+
+if TYPE_CHECKING:
+    from .data import Prepared
 
 MIN_IMAGES_FOR_HOLDOUT = 5
 
@@ -294,3 +299,50 @@ def _grow_to_objects(mask: np.ndarray, target: np.ndarray) -> np.ndarray:
     touched = np.unique(objects[mask])
     touched = touched[touched > 0]
     return mask | np.isin(objects, touched)
+
+
+CALIBRATION_PIXELS = 8_000_000  # at most this many pixels (voxels) are predicted to calibrate
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """What chooses a model's instance post-processing: held-out images or objects."""
+
+    images: list[np.ndarray]  # (C, *spatial), normalised; empty: nothing held out
+    truths: list[Truth]
+    sizes: np.ndarray  # of every labeled object (the size prior)
+    measured_on: str  # for people: "2 held-out outlined objects of 6 + 31,000 px of ..."
+
+
+def calibration_set(prepared: Prepared, split: Split, held_out: bool) -> CalibrationSet | None:
+    """The held-out images (at most :data:`CALIBRATION_PIXELS`), or the images with held-out
+    objects and background, restricted to those; none when nothing is held out."""
+    if not prepared.labels.instances:
+        return None
+    kind = prepared.labels.kind
+    sizes = object_sizes(
+        [truth_from_labels(lab, kind) for lab in prepared.label_images], uncut=True
+    )
+    if not held_out:
+        return CalibrationSet([], [], sizes, split.description)
+    whole_images = split.val_targets is split.train_targets
+    truths = {}
+    for i in split.val:
+        truth = truth_from_labels(prepared.label_images[i], kind)
+        if not whole_images:  # only what was held out: objects and background
+            held = split.val_targets[i] != tg.IGNORE
+            labeled = held if truth.labeled is None else held & truth.labeled
+            truth = Truth(objects=np.where(labeled, truth.objects, 0), labeled=labeled)
+        if truth.objects.any() or not whole_images:
+            truths[i] = truth
+    chosen, pixels = [], 0
+    for i in np.random.default_rng(0).permutation(sorted(truths)).tolist() if truths else []:
+        size = prepared.label_images[i].size
+        if chosen and pixels + size > CALIBRATION_PIXELS:
+            continue
+        chosen.append(i)
+        pixels += size
+    chosen.sort()
+    images = [prepared.images[i] for i in chosen]
+    where = f"{len(chosen)} held-out images" if whole_images else split.description
+    return CalibrationSet(images, [truths[i] for i in chosen], sizes, where)

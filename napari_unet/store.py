@@ -419,7 +419,7 @@ def save_history(path: str | os.PathLike[str], history: dict[str, Any]) -> None:
     """Replace a saved model folder's ``training.json`` (atomically); the weights and
     ``config.json`` are left as they are (the history is not part of the weights' hash)."""
     refuse_write(path, "save a training history to")
-    atomic_write_json(Path(path) / HISTORY_FILE, json.loads(json.dumps(history)))
+    atomic_write_json(Path(path) / HISTORY_FILE, history)
 
 
 def save_postprocess(path: str | os.PathLike[str], settings: PostprocessConfig) -> ModelSpec:

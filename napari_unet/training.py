@@ -32,7 +32,7 @@ import torch
 
 from . import targets as tg
 from .augment import crop_margin
-from .calibrate import Truth, calibrate, object_sizes, truth_from_labels
+from .calibrate import calibrate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
     ModelConfig,
@@ -55,7 +55,7 @@ from .events import (
     drain,
 )
 from .guard import RegressionGuard
-from .holdout import split_samples
+from .holdout import calibration_set, split_samples
 from .inference import for_many_images, predict_proba
 from .init import (
     AUTO,
@@ -445,7 +445,7 @@ class TrainingRun:
         )
         if self.checkpoint is not None:
             self.trainer.restore(*self.checkpoint)
-        self.calibration = _calibration_set(prepared, split, held_out)
+        self.calibration = calibration_set(prepared, split, held_out)
 
     def record_session(self, prepared: Prepared) -> None:
         self.history["sessions"].append(
@@ -862,53 +862,6 @@ def _recorded_init(sessions: list[dict[str, Any]]) -> InitModel | None:
         log.warning("the start model %s has changed since: no distillation", record["from"])
         return None
     return init
-
-
-CALIBRATION_PIXELS = 8_000_000  # at most this many pixels (voxels) are predicted to calibrate
-
-
-@dataclass(frozen=True)
-class CalibrationSet:
-    """What chooses a model's instance post-processing: held-out images or objects."""
-
-    images: list[np.ndarray]  # (C, *spatial), normalised; empty: nothing held out
-    truths: list[Truth]
-    sizes: np.ndarray  # of every labeled object (the size prior)
-    measured_on: str  # for people: "2 held-out outlined objects of 6 + 31,000 px of ..."
-
-
-def _calibration_set(prepared: Prepared, split: Any, held_out: bool) -> CalibrationSet | None:
-    """The held-out images (at most :data:`CALIBRATION_PIXELS`), or the images with held-out
-    objects and background, restricted to those; none when nothing is held out."""
-    if not prepared.labels.instances:
-        return None
-    kind = prepared.labels.kind
-    sizes = object_sizes(
-        [truth_from_labels(lab, kind) for lab in prepared.label_images], uncut=True
-    )
-    if not held_out:
-        return CalibrationSet([], [], sizes, split.description)
-    whole_images = split.val_targets is split.train_targets
-    truths = {}
-    for i in split.val:
-        truth = truth_from_labels(prepared.label_images[i], kind)
-        if not whole_images:  # only what was held out: objects and background
-            held = split.val_targets[i] != tg.IGNORE
-            labeled = held if truth.labeled is None else held & truth.labeled
-            truth = Truth(objects=np.where(labeled, truth.objects, 0), labeled=labeled)
-        if truth.objects.any() or not whole_images:
-            truths[i] = truth
-    chosen, pixels = [], 0
-    for i in np.random.default_rng(0).permutation(sorted(truths)).tolist() if truths else []:
-        size = prepared.label_images[i].size
-        if chosen and pixels + size > CALIBRATION_PIXELS:
-            continue
-        chosen.append(i)
-        pixels += size
-    chosen.sort()
-    images = [prepared.images[i] for i in chosen]
-    where = f"{len(chosen)} held-out images" if whole_images else split.description
-    return CalibrationSet(images, [truths[i] for i in chosen], sizes, where)
 
 
 def _z_scale(request: TrainRequest, spatial_dims: int, model: Model | None) -> float:
