@@ -12,7 +12,8 @@ on the same images with the same budget and seed:
   else 0, so every unlabeled nucleus is taught as background (the only way before);
 - ``instances-dense``: the same M images fully labeled (the upper bound),
 - ``sparse-instances-init`` (with ``--ways``): the sparse-instances labels, training
-  started from ``--init`` (default ``builtin:nuclei``),
+  started from ``--init`` (default ``builtin:nuclei``; repeated, once from each start
+  model, on the same draw and seed: side by side),
 
 predicts the test images with ``predict --instances`` (the post-processing each model
 chose for itself) and scores the mean AP@0.5 (``napari-unet evaluate``), the pooled
@@ -114,12 +115,12 @@ def run_once(src: Path, pool: list[str], test: Path, run: int, work: Path, args)
     chosen = pick_images(src, pool, args.images, args.objects, rng)
     labeled = write_training_sets(src, chosen, work, args, rng)
     rows = []
-    for way in args.ways:
+    for way, init in ways_and_inits(args):
         kind, _ = WAYS[way]
         data = way.removesuffix("-init")
-        model = work / f"model-{way}"
-        row = {"run": run, "way": way, "images": [stem for stem, _ in chosen], **labeled[data]}
-        init = ["--init", args.init] if way.endswith("-init") else []
+        name = way if init is None or len(args.init) == 1 else f"{way} {init_name(init)}"
+        model = work / f"model-{name.replace(' ', '-')}"
+        row = {"run": run, "way": name, "images": [stem for stem, _ in chosen], **labeled[data]}
         row |= train(
             work / data,
             model,
@@ -127,13 +128,28 @@ def run_once(src: Path, pool: list[str], test: Path, run: int, work: Path, args)
             args.time_budget,
             args.device,
             seed=run,
-            extra=[*shlex.split(args.extra), *init],
+            extra=[*shlex.split(args.extra), *(["--init", init] if init else [])],
             steps=args.steps,
         )
-        row |= predict_and_score(model, test, work / f"pred-{way}", args.device)
+        row |= predict_and_score(model, test, work / f"pred-{model.name}", args.device)
         print_row(row)
         rows.append(row)
     return rows
+
+
+def ways_and_inits(args) -> list[tuple[str, str | None]]:
+    """Each way with the start model it trains from: the *-init ways once per ``--init``
+    (the same draw and seed for each: side by side), the others from the automatic start."""
+    return [
+        (way, init)
+        for way in args.ways
+        for init in (args.init if way.endswith("-init") else [None])
+    ]
+
+
+def init_name(init: str) -> str:
+    """A start model as a table names it: a folder by its name, a built-in model as given."""
+    return init if init.startswith("builtin:") else Path(init).name
 
 
 def print_row(row: dict) -> None:
@@ -157,7 +173,12 @@ def main() -> None:
         "--steps", type=int, help="train this many steps instead (comparisons on a busy machine)"
     )
     p.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(DEFAULT_WAYS))
-    p.add_argument("--init", default="builtin:nuclei", help="the model the *-init ways start from")
+    p.add_argument(
+        "--init",
+        action="append",
+        help="the model the *-init ways start from (default builtin:nuclei); repeat it to "
+        "compare start models side by side on the same draws",
+    )
     p.add_argument("--runs", type=int, default=1, help="draws (seed = run index)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--extra", default="", help='more train flags, e.g. --extra="--width 16"')
@@ -166,6 +187,7 @@ def main() -> None:
     p.add_argument("--keep", help="work in this folder and keep it")
     p.add_argument("--tiny", action="store_true", help="12 synthetic images, 1 s: a quick check")
     args = p.parse_args()
+    args.init = args.init or ["builtin:nuclei"]
     with tempfile.TemporaryDirectory(prefix="nu-few-") as tmp:
         work = Path(args.keep or tmp)
         if args.tiny:
@@ -182,7 +204,7 @@ def main() -> None:
         print(
             f"# {args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s) "
             f"from {len(pool)}; test: split {args.test_split}, {len(test)} images; "
-            f"{budget} per model, train flags: {args.extra or '-'}; init {args.init}"
+            f"{budget} per model, train flags: {args.extra or '-'}; init {', '.join(args.init)}"
         )
         print(
             "| run | way | objects | labeled % | steps | post-processing (seed / fg / min) "
@@ -196,8 +218,8 @@ def main() -> None:
     print("| way | labels | runs | AP@0.5 | pooled AP@0.5 |")
     print("|---" * 5 + "|")
     means = {}
-    for way in args.ways:
-        what = WAYS[way][1]
+    for way in dict.fromkeys(r["way"] for r in rows):
+        what = WAYS[way.split()[0]][1]
         mine = [r for r in rows if r["way"] == way]
         means[way] = mean_std([r["ap50"] for r in mine])
         pooled = mean_std([r["pooled_ap50"] for r in mine])

@@ -57,6 +57,18 @@ def test_benchmark_runs_tiny(script, tmp_path):
     assert "nan" not in lines[-1].lower()
 
 
+def test_few_labels_compares_start_models_side_by_side(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_few_labels.py"), "--tiny", "--ways",
+         "sparse-instances-init", "--init", "builtin:nuclei", "--init", "scratch"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = result.stdout.splitlines()[-1]
+    assert "sparse-instances-init builtin:nuclei " in summary, summary
+    assert "sparse-instances-init scratch " in summary, summary
+
+
 def splits_module():
     """benchmarks/_splits.py (the split benchmarks' helpers)."""
     sys.path.insert(0, str(BENCHMARKS))
