@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._cli_output import Progress, TrainReport, say
 from .config import (
     LABELS_KINDS,
     MAX_SCALE,
@@ -36,14 +37,10 @@ from .config import (
 )
 from .devices import PRECISIONS
 from .events import (
-    Calibrated,
     ChunkDone,
-    Finished,
     ItemDone,
     TileDone,
     TrainStarted,
-    TrainStep,
-    Validated,
 )
 
 log = logging.getLogger("napari_unet")
@@ -319,11 +316,6 @@ def _add_predict(q: argparse.ArgumentParser) -> None:
     )
 
 
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet:
-        print(text, flush=True)
-
-
 def _read_pairs(
     args: argparse.Namespace, kind: str, spec: Any = None, spatial_dims: int | None = None
 ) -> tuple[list, list, Any]:
@@ -408,7 +400,7 @@ def _voxel_size(args: argparse.Namespace, paths: list[Path]) -> tuple[float, ...
             found[path] = tuple(sizes[ax][0] for ax in "ZYX"), sizes["X"][1] or "units"
     if not found:
         if not args.resume:
-            _say(args, "no voxel size in the images' metadata: volumes are trained as they are")
+            say(args, "no voxel size in the images' metadata: volumes are trained as they are")
         return None
     first, (spacing, unit) = next(iter(found.items()))
     for path, (other, _) in found.items():
@@ -417,7 +409,7 @@ def _voxel_size(args: argparse.Namespace, paths: list[Path]) -> tuple[float, ...
                 f"{path} has voxels of {_zyx(other)} but {first} of {_zyx(spacing)}: "
                 "resample them to one voxel shape, or give --voxel-size Z Y X"
             )
-    _say(args, f"voxel size {_zyx(spacing)} {unit} (from {first.name}'s metadata)")
+    say(args, f"voxel size {_zyx(spacing)} {unit} (from {first.name}'s metadata)")
     return spacing
 
 
@@ -468,7 +460,7 @@ def _train_held(args: argparse.Namespace, request: Any) -> int:
     spec = request.check(writes=ranks_from_env().main)  # before any data is read
     kind = spec.labels.kind if spec is not None else request.labels_kind or "sparse"
     images, labels, names = _read_pairs(args, kind, spec, request.spatial_dims)
-    _say(args, f"training on {len(images)} image(s) with {kind} labels")
+    say(args, f"training on {len(images)} image(s) with {kind} labels")
     dims = spec.model.spatial_dims if spec is not None else request.spatial_dims
     if args.voxel_size and dims == 2:
         raise UsageError("--voxel-size is for a 3D network (--dims 3); a 2D one reads slices")
@@ -481,7 +473,7 @@ def _train_held(args: argparse.Namespace, request: Any) -> int:
     gen = train_request_iter(
         images, labels, request, began=getattr(args, "began", None), control=control
     )
-    report = _TrainReport(args, request.out_path)
+    report = TrainReport(args, request.out_path)
     quiet = lambda text: None  # noqa: E731 - the other ranks: rank 0 speaks
     with Interrupts(control, say=quiet if args.quiet else None) as interrupts:
         if not ranks_from_env().main:  # the other ranks follow rank 0's decision to stop
@@ -532,47 +524,6 @@ def _without_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
-class _TrainReport:
-    """What ``train`` prints: the settings, a line every 5 s, the end."""
-
-    def __init__(self, args: argparse.Namespace, out: Path) -> None:
-        self.args, self.out = args, out
-        self.finished: Finished | None = None
-        self.last_print = 0.0
-        self.last_val = ""
-
-    def __call__(self, event: Any) -> None:
-        match event:
-            case TrainStarted():
-                if event.start_note:
-                    self.say(event.start_note)
-                if event.init:
-                    self.say(f"starting from {event.init}")
-                self.say(f"device {event.device}; {event.describe()}")
-                if event.validation:
-                    self.say(f"validation IoU is measured on {event.validation}")
-            case Validated():
-                self.last_val = f", validation IoU {event.iou:.3f}"
-            case Calibrated():
-                self.say(event.describe())
-            case TrainStep() if time.monotonic() - self.last_print >= 5:
-                self.last_print = time.monotonic()
-                self.say(f"{event.describe()}{self.last_val}")
-            case Finished():
-                self.finished = event
-                self.say(
-                    f"finished after {event.step} steps ({event.reason}){self.last_val}; "
-                    f"model saved to {event.path or self.out}"
-                )
-                if event.message:
-                    self.say(event.message)
-                if event.phases:
-                    self.say(event.describe_time())
-
-    def say(self, text: str) -> None:
-        _say(self.args, text)
-
-
 def _drive(gen):
     """Iterate a generator, closing it (which saves) on Ctrl-C."""
     try:
@@ -580,55 +531,6 @@ def _drive(gen):
     except KeyboardInterrupt:
         gen.close()
         raise
-
-
-class _Progress:
-    """A progress bar on stderr (inputs done; chunk and tile of the current one) when it
-    is a terminal, with the per-input lines printed above it; just the lines otherwise."""
-
-    def __init__(self, args: argparse.Namespace, total: int) -> None:
-        from tqdm import tqdm
-
-        self.args = args
-        self.bar = tqdm(
-            total=total,
-            unit="input",
-            desc="predict",
-            file=sys.stderr,
-            disable=True if args.quiet else None,  # None: only on a terminal
-            dynamic_ncols=True,
-        )
-        self.chunk = ""
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-
-    def detail(self, event: Any) -> None:
-        if self.bar.disable:
-            return
-        if isinstance(event, ChunkDone):
-            self.chunk = f"chunk {event.i}/{event.n}, " if event.n > 1 else ""
-            tile = ""
-        else:
-            tile = f"tile {event.i}/{event.n}"
-        self.bar.set_postfix_str(self.chunk + tile, refresh=False)
-        self.bar.update(0)  # redraws at most every 0.1 s
-
-    def input_done(self) -> None:
-        self.chunk = ""
-        self.bar.set_postfix_str("", refresh=False)
-        self.bar.update(1)
-
-    def say(self, text: str) -> None:
-        if self.args.quiet:
-            return
-        if self.bar.disable:
-            print(text, flush=True)
-        else:
-            self.bar.write(text, file=sys.stdout)
 
 
 def _check_predict_args(args: argparse.Namespace) -> ModelSpec:
@@ -675,7 +577,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         split=args.split,
     )
-    _say(args, _dims_note(spec.model.spatial_dims))
+    say(args, _dims_note(spec.model.spatial_dims))
     _say_if_training(args)
     options = dict(
         instances=args.instances,
@@ -705,7 +607,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=args.device).with_postprocess(**postprocess)
         gen = predict_files_iter(model, args.inputs, args.out, **options)
     failed = []
-    with _Progress(args, len(find_inputs(args.inputs, "input"))) as progress:
+    with Progress(args, len(find_inputs(args.inputs, "input"))) as progress:
         for event in gen:
             if isinstance(event, (TileDone, ChunkDone)):
                 progress.detail(event)
@@ -744,7 +646,7 @@ def _say_if_training(args: argparse.Namespace) -> None:
         steps = "?"
     note = in_training(folder, steps)
     if note:
-        _say(args, note)
+        say(args, note)
 
 
 def _dims_note(spatial_dims: int) -> str:
@@ -788,7 +690,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_bioimageio(
         model, out, image, name=args.name, authors=authors, license=args.license
     )
-    _say(args, f"wrote {path}")
+    say(args, f"wrote {path}")
     return 0
 
 
