@@ -180,6 +180,9 @@ def main() -> None:
         "compare start models side by side on the same draws",
     )
     p.add_argument("--runs", type=int, default=1, help="draws (seed = run index)")
+    p.add_argument(
+        "--first-run", type=int, default=0, help="seed of the first run (add runs to earlier ones)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--extra", default="", help='more train flags, e.g. --extra="--width 16"')
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
@@ -212,7 +215,7 @@ def main() -> None:
         )
         print("|---" * 9 + "|")
         rows = []
-        for run in range(args.runs):
+        for run in range(args.first_run, args.first_run + args.runs):
             rows += run_once(src, pool, work / "test", run, work / f"run-{run}", args)
     print()
     print("| way | labels | runs | AP@0.5 | pooled AP@0.5 |")
