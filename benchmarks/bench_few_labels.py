@@ -20,7 +20,9 @@ chose for itself) and scores the mean AP@0.5 (``napari-unet evaluate``), the poo
 AP@0.5 and the object count ratio predicted / true.  Test split (``--test-split``):
 ``random`` (default): the 36 held-out 256x256 images of ``bench_accuracy.py``'s split,
 pool = the other 298 256x256 images; ``large`` / ``dense``: a whole size group held out
-(108 / 99 images), pool = every other image.  Each run (``--runs``) draws other images,
+(108 / 99 images), pool = every other image; with ``--label-group`` the user labels
+images of that group instead (pool = the group less its ``--test-images`` test images, the
+same as ``bench_hitl.py``'s: "my nuclei look different").  Each run (``--runs``) draws other images,
 objects and strokes (seed = run index) and trains with ``--seed`` = run index.  Prints a
 table, mean ± std per way and one summary line; works in a temporary folder.
 
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _splits import (  # noqa: E402
     DSB,
     SPLITS,
+    cap,
     few_labels,
     header,
     link,
@@ -183,6 +186,13 @@ def main() -> None:
     p.add_argument(
         "--first-run", type=int, default=0, help="seed of the first run (add runs to earlier ones)"
     )
+    p.add_argument(
+        "--label-group",
+        action="store_true",
+        help="draw the training images from the test group itself (a user labeling their "
+        "own kind of images); the test images are --test-images of it, as in bench_hitl",
+    )
+    p.add_argument("--test-images", type=int, default=24, help="with --label-group")
     p.add_argument("--device", default="cpu")
     p.add_argument("--extra", default="", help='more train flags, e.g. --extra="--width 16"')
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
@@ -202,11 +212,17 @@ def main() -> None:
             sys.exit(f"needs images/ and labels/ under {src}")
         within = (256, 256) if args.test_split == "random" else None
         pool, test = split(src, args.test_split, within)
+        if args.label_group:  # the user labels images of the kind they test on
+            if args.test_split == "random":
+                sys.exit("--label-group needs a group split (--test-split large, dense, hires)")
+            group, test = test, cap(test, args.test_images)
+            pool = [s for s in group if s not in test]
         link(src, test, work / "test")
         print(header(args.device))
         print(
             f"# {args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s) "
-            f"from {len(pool)}; test: split {args.test_split}, {len(test)} images; "
+            f"from {len(pool)}{' of the test group' if args.label_group else ''}; "
+            f"test: split {args.test_split}, {len(test)} images; "
             f"{budget} per model, train flags: {args.extra or '-'}; init {', '.join(args.init)}"
         )
         print(

@@ -39,7 +39,13 @@ def test_every_benchmark_is_covered():
     ]
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS, "bench_hitl.py --proposals --regions next"])
+MORE = [
+    "bench_hitl.py --proposals --regions next",
+    "bench_few_labels.py --label-group --test-split large --test-images 2",
+]
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, *MORE])
 def test_benchmark_runs_tiny(script, tmp_path):
     script, *flags = script.split()
     if script in ("bench_gui.py", "bench_proposals.py") and not os.environ.get("DISPLAY"):
