@@ -129,12 +129,16 @@ def train(
         "scratch",  # builtin:nuclei saw every DSB2018 image; extra's --init overrides
         *extra,
     )
-    steps = json.loads((out / "training.json").read_text())["steps"]
+    history = json.loads((out / "training.json").read_text())
     post = json.loads((out / "config.json").read_text()).get("postprocess") or {}
+    compared = history["sessions"][-1].get("start_comparison") or {}
     return {
         "train_s": seconds,
-        "steps": steps,
+        "steps": history["steps"],
         "postprocess": [post.get("seed_threshold"), post.get("fg_threshold"), post.get("min_size")],
+        # the product's own verdict on held-out labels (validation IoU), when it started
+        # from a model: compare it with the test score against the start model's
+        "held_out_iou": [compared.get("new_iou"), compared.get("start_iou")],
     }
 
 

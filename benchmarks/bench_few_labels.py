@@ -160,9 +160,16 @@ def print_row(row: dict) -> None:
     print(
         f"| {row['run']} | {row['way']} | {row['objects']} | {100 * row['labeled']:.1f} "
         f"| {row['steps']} | {seed} / {fg} / {size} | {row['ap50']:.3f} "
-        f"| {row['pooled_ap50']:.3f} | {row['count_ratio']:.2f} |",
+        f"| {row['pooled_ap50']:.3f} | {row['count_ratio']:.2f} | {held_out(row)} |",
         flush=True,
     )
+
+
+def held_out(row: dict) -> str:
+    """The product's verdict: validation IoU of the new model / the start model on the
+    held-out labels (what the CLI warns on), or "-" without a start model."""
+    new, start = row["held_out_iou"]
+    return "-" if start is None else f"{new:.3f} / {start:.3f}"
 
 
 def main() -> None:
@@ -227,9 +234,9 @@ def main() -> None:
         )
         print(
             "| run | way | objects | labeled % | steps | post-processing (seed / fg / min) "
-            "| AP@0.5 | pooled AP@0.5 | pred/true |"
+            "| AP@0.5 | pooled AP@0.5 | pred/true | held-out IoU new / start |"
         )
-        print("|---" * 9 + "|")
+        print("|---" * 10 + "|")
         rows = []
         for run in range(args.first_run, args.first_run + args.runs):
             rows += run_once(src, pool, work / "test", run, work / f"run-{run}", args)
