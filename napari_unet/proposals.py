@@ -130,15 +130,48 @@ def placements(
 ) -> list[Placement]:
     """Accept every proposal in ``region`` ("accept all in view"): one new id each from
     ``first`` (default: the next free id of ``labels``), in the order of their ids; a
-    proposal whose pixels are all labeled already is left out."""
+    proposal whose pixels are all labeled already is left out.
+
+    The same as :func:`placement` for each, in one pass over the image (a 2048² view holds
+    hundreds of proposals: one mask per proposal would hold napari's thread for seconds).
+    """
+    labels, proposals = np.asarray(labels), np.asarray(proposals)
+    _check_kind(kind)
+    if labels.shape != proposals.shape:
+        raise ValueError(
+            f"proposals of shape {proposals.shape} do not match the labels' {labels.shape}"
+        )
     next_id = next_free_id(labels, kind) if first is None else first
+    ids = np.asarray(proposals_in(proposals, region), dtype=proposals.dtype)
+    flat = proposals.ravel()
+    where = np.flatnonzero(np.isin(flat, ids))  # every pixel of the chosen proposals
+    order = np.argsort(flat[where], kind="stable")  # grouped by id, in pixel order
+    where = where[order]
+    owner = flat[where]
+    free = labels.ravel()[where] == 0
+    starts = np.searchsorted(owner, ids, side="left")
+    ends = np.searchsorted(owner, ids, side="right")
     out = []
-    for proposal in proposals_in(proposals, region):
-        one = placement(labels, proposals, proposal, kind, at=at, value=next_id)
-        if one.placed:
-            out.append(one)
-            next_id += 1
+    for proposal, lo, hi in zip(ids.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        mine = where[lo:hi][free[lo:hi]]
+        if not mine.size:
+            continue
+        pixels = np.unravel_index(mine, proposals.shape)
+        lead = tuple(np.full(mine.size, int(i), dtype=np.intp) for i in at)
+        out.append(Placement(int(proposal), lead + pixels, next_id, int(hi - lo - mine.size)))
+        next_id += 1
     return out
+
+
+def merged(accepted: Sequence[Placement]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Several placements as one write: the indices of all their pixels and the value of
+    each pixel (napari's ``data_setitem`` takes both: one undo step, one redraw)."""
+    if not accepted:
+        return (), np.zeros(0, dtype=np.int64)
+    axes = len(accepted[0].indices)
+    indices = tuple(np.concatenate([one.indices[a] for one in accepted]) for a in range(axes))
+    values = np.repeat([one.value for one in accepted], [one.placed for one in accepted])
+    return indices, values
 
 
 def uncertainty(probs: np.ndarray) -> np.ndarray:

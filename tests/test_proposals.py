@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet.proposals import (
+    merged,
     next_free_id,
     next_region,
     placement,
@@ -81,6 +82,34 @@ def test_accept_all_in_view_takes_the_proposals_that_reach_into_it():
     assert [(a.proposal, a.value) for a in every] == [(7, 4), (11, 5)]
     after = _apply(labels, *every)
     assert len(np.unique(after)) == 4  # 0, the user's 3 and two new objects, none merged
+
+
+def test_accept_all_is_each_proposal_accepted_in_turn_and_writes_once():
+    from skimage.measure import label
+
+    rng = np.random.default_rng(3)
+    proposals = label(rng.random((40, 50)) > 0.6).astype(np.int32)  # ~100 small proposals
+    stack = np.zeros((3, 40, 50), np.int32)
+    stack[1][rng.random((40, 50)) > 0.8] = 2  # painted already: partly overlapped
+    stack[0, 0, 0] = 9  # ids count over the whole stack
+    plane = stack[1]
+    fast = placements(plane, proposals, "sparse-instances", at=(1,), first=10)
+    value, slow = 10, []
+    for proposal in proposals_in(proposals):
+        one = placement(plane, proposals, proposal, "sparse-instances", at=(1,), value=value)
+        if one.placed:
+            slow.append(one)
+            value += 1
+    assert len(fast) == len(slow) > 20
+    for a, b in zip(fast, slow, strict=True):
+        assert (a.proposal, a.value, a.skipped) == (b.proposal, b.value, b.skipped)
+        assert all(np.array_equal(x, y) for x, y in zip(a.indices, b.indices, strict=True))
+    indices, values = merged(fast)
+    once = stack.copy()
+    once[indices] = values
+    assert np.array_equal(once, _apply(stack, *slow))
+    nothing, no_values = merged([])
+    assert nothing == () and no_values.size == 0
 
 
 @pytest.mark.parametrize(

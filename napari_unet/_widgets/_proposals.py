@@ -23,7 +23,14 @@ from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QPushButton, QVBoxLayou
 from .. import events as ev
 from ..builtin import is_builtin
 from ..jobs import Predicted, predict_layers_iter, uncertainty_iter
-from ..proposals import REGION_SIZE, next_free_id, next_region, placement, placements
+from ..proposals import (
+    REGION_SIZE,
+    merged,
+    next_free_id,
+    next_region,
+    placement,
+    placements,
+)
 from ._dock import hbox
 from ._models import CURRENT, ModelChoice
 from ._predict import expanded, makes_instances
@@ -379,9 +386,9 @@ class Proposals:
             region = None  # the view lies outside the image: take every proposal
         first = next_free_id(target.data, kind)  # ids count over the whole stack
         accepted = placements(plane, props, kind, region, at=index, first=first)
-        with target.block_history():  # one undo step for them all
-            for one in accepted:
-                target.data_setitem(one.indices, one.value)
+        if accepted:  # one write: one undo step, one redraw
+            indices, values = merged(accepted)
+            target.data_setitem(indices, values.astype(target.data.dtype))
         skipped = sum(one.skipped for one in accepted)
         kept = f"; {skipped} px already labeled left as they were" if skipped else ""
         self.proposal_status.setText(f"accepted {len(accepted)} proposals{kept}")
