@@ -216,18 +216,14 @@ class TrainingRun:
 
     def prepare(self, images: Any, labels: Any, request: TrainRequest, model: Model | None) -> None:
         """The setup phases after the device and the process group."""
-        device = self.device
-        self.report_every = request.report_every or report_every_for(device)
+        self.report_every = request.report_every or report_every_for(self.device)
         arch, init = request.architecture, request.init
         labels_kind = request.labels_kind or "sparse"
         class_names = request.class_names
         automatic = init == AUTO
-        if automatic:  # builtin:nuclei where it measured better (napari_unet.init)
+        if automatic:
             new = not request.resume and model is None
-            recipe = get_recipe(request.config.recipe)
-            width = recipe.defaults(device.type, arch.get("spatial_dims") or 2).width
-            follow = device.type == "cpu"  # there the built-in model's width, else the default
-            init = auto_init(labels_kind, arch, width, recipe, follow) if new else None
+            init = self.automatic_init(labels_kind, request) if new else None
         init = resolve_init(init)
         if init is not None:
             self.init = load_init(init)
@@ -297,6 +293,15 @@ class TrainingRun:
         self.record_session(prepared)
         self.guard = RegressionGuard(self.out, request.replace_worse)
         self.guard.snapshot()
+
+    def automatic_init(self, labels_kind: str, request: TrainRequest) -> str | None:
+        """What ``init="auto"`` starts a new model from: builtin:nuclei where it measured
+        better (:func:`napari_unet.init.auto_init`), else None (scratch)."""
+        arch, device = request.architecture, self.device
+        recipe = get_recipe(request.config.recipe)
+        width = recipe.defaults(device.type, arch.get("spatial_dims") or 2).width
+        follow = device.type == "cpu"  # there the built-in model's width, else the default
+        return auto_init(labels_kind, arch, width, recipe, follow)
 
     def close(self, together: bool = False) -> None:
         """Leave the process group (when this training joined it): ``together`` at the
