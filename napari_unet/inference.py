@@ -27,7 +27,7 @@ from .model import fused_for_inference
 from .postprocess import outputs_from_probs, require_instances
 from .store import Model
 from .tiling import Normaliser, predict_tiled_iter
-from .zoom import choose_zoom, zoomed
+from .zoom import zoom_steps, zoomed
 
 log = logging.getLogger(__name__)
 
@@ -462,10 +462,10 @@ def predict_zoomed_iter(
     The zoom is that of the image as given: the model's scale
     (``normalization.scale``: its training images were resized by it; 1 for most)
     times ``zoom``.  ``zoom="auto"``: predicted at the model's scale; when the model
-    knows the size of its objects and the objects found are much larger or smaller
-    (:func:`napari_unet.zoom.choose_zoom`), predicted again at the zoom that brings
-    them to it.  A number: predicted once at that zoom of the model's scale (1: at
-    the model's scale).
+    knows the size of its objects and the objects found are much larger or smaller,
+    predicted again at the zoom that brings them to it (:func:`napari_unet.zoom.zoom_steps`:
+    a few passes at most, on a smaller image when zooming out).  A number: predicted
+    once at that zoom of the model's scale (1: at the model's scale).
     """
     zoom = check_zoom(zoom)
     base = model.config.normalization.scale
@@ -473,13 +473,12 @@ def predict_zoomed_iter(
         probs = yield from predict_proba_iter(model, image, zoom=base * zoom, **kwargs)
         return probs, base * zoom
     probs = yield from predict_proba_iter(model, image, zoom=base, **kwargs)
-    chosen = choose_zoom(probs, model.config, at=base)
-    if chosen != base:
-        log.info(
-            "objects %.2fx the model's width: predicting again at zoom %.2f", base / chosen, chosen
-        )
-        probs = yield from predict_proba_iter(model, image, zoom=chosen, **kwargs)
-    return probs, chosen
+
+    def predict_at(zoom: float) -> Generator[TileDone | ChunkDone, None, np.ndarray]:
+        log.info("objects off the model's size: predicting again at zoom %.2f", zoom)
+        return (yield from predict_proba_iter(model, image, zoom=zoom, **kwargs))
+
+    return (yield from zoom_steps(predict_at, probs, model.config, base))
 
 
 def at_zoom(spec: ModelSpec, zoom: float) -> ModelSpec:

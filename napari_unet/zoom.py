@@ -6,11 +6,14 @@ training data come out split, crowded ones half as wide come out merged.  Cellpo
 answers with a diameter (estimated by a second network, then the image is resized to
 its training diameter of 30 px; Stringer et al. 2021, Nature Methods 18:100).  Here
 the model keeps the median size of the objects it was calibrated on
-(``config.postprocess.object_size``); :func:`choose_zoom` compares it with the
+(``config.postprocess.object_size``); :func:`zoom_steps` compares it with the
 objects found in a first prediction at scale 1, and when they differ by more than
 :data:`ZOOM_TOLERANCE` in width the image is predicted again, resized part of the way
-to that size (:data:`ZOOM_POWER`), and the probabilities are resized back
-(:func:`zoomed`).  Only 2D models (stacks slice by slice); 3D volumes are predicted as
+to that size (:data:`ZOOM_POWER`), and again from there while they still differ; the
+probabilities are resized back (:func:`zoomed`).  The objects are measured as
+foreground blobs, since a network cuts objects much wider than it learned into pieces
+of the size it knows (docs/benchmarks.md, "The object-size zoom reads the foreground
+blobs").  Only 2D models (stacks slice by slice); 3D volumes are predicted as
 they are.
 
 Training does the same at the other end (:func:`training_scale`): images whose labeled
@@ -37,6 +40,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from .config import MIN_SCALE, OBJECT_WIDTH, Z_SCALE_RANGE, ModelSpec
@@ -48,8 +52,10 @@ ZOOM_TOLERANCE = 1.25
 ZOOM_POWER = 0.5
 """The zoom is (model's object width / found width) ** ZOOM_POWER: 1 all the way, 0.5
 half the way in log scale (chosen on the held-out size groups, see above)."""
-ZOOM_RANGE = (0.25, 3.0)
-"""The smallest and largest zoom :func:`choose_zoom` applies on top of the model's scale."""
+ZOOM_RANGE = (0.12, 3.0)
+"""The smallest and largest zoom applied on top of the model's scale."""
+ZOOM_PASSES = 4
+"""At most this many predictions after the first while :func:`zoom_steps` searches."""
 MIN_OBJECTS = 5
 """Fewer objects found at scale 1 than this: no zoom (their size says little)."""
 MAX_ZOOMED_PIXELS = 64_000_000
@@ -126,6 +132,46 @@ def z_scale_for(spacing: Sequence[float] | None) -> float:
     return float(f"{min(max(ratio, low), high):.2g}")
 
 
+def found_width_ratio(probs: np.ndarray, spec: ModelSpec, at: float, blobs: bool) -> float | None:
+    """The model's object width over the median width of the objects found in ``probs``
+    (predicted at zoom ``at``; widths in the network's pixels): the instances of the
+    model's post-processing (``blobs=False``), or the connected blobs of foreground
+    (``blobs=True``: touching objects count as one, an object cut into pieces as one).
+    None for a model that cannot tell (not a 2D instance model, or no object size) or
+    when fewer than :data:`MIN_OBJECTS` were found."""
+    size = spec.postprocess.object_size
+    if not spec.labels.instances or not size or spec.model.spatial_dims != 2:
+        return None
+    settings = spec.postprocess.at_zoom(at, 2)
+    if blobs:
+        fg = probs[0] < 1.0 - settings.fg_threshold
+        plane = np.zeros((3,) * fg.ndim, bool)  # a stack's slices are not connected
+        plane[(1,) * (fg.ndim - 2)] = ndi.generate_binary_structure(2, 1)
+        found, _ = ndi.label(fg, plane)
+    else:
+        found = outputs_from_probs(
+            probs, replace(spec, postprocess=settings), labels=False, instances=True
+        )["instances"]
+    counts = np.bincount(found.ravel())[1:]
+    counts = counts[counts >= (settings.min_size_for(2) if blobs else 1)]
+    if len(counts) < MIN_OBJECTS:
+        return None
+    return math.sqrt(size / (float(np.median(counts)) * at * at))
+
+
+def _within(ratio: float | None) -> bool:
+    return ratio is None or 1 / ZOOM_TOLERANCE <= ratio <= ZOOM_TOLERANCE
+
+
+def _towards(ratio: float, probs: np.ndarray, at: float, base: float) -> float:
+    """``at`` moved :data:`ZOOM_POWER` of the way to ``at * ratio`` (log scale), within
+    ``base`` times :data:`ZOOM_RANGE` and :data:`MAX_ZOOMED_PIXELS`."""
+    low, high = (base * r for r in ZOOM_RANGE)
+    zoom = min(max(at * ratio**ZOOM_POWER, low), high)
+    plane = int(np.prod(probs.shape[-2:]))
+    return float(min(zoom, math.sqrt(MAX_ZOOMED_PIXELS / max(plane, 1))))
+
+
 def choose_zoom(probs: np.ndarray, spec: ModelSpec, at: float = 1.0) -> float:
     """The zoom that brings the objects found in ``probs`` (predicted at zoom ``at``, the
     model's scale by default) to the model's size.
@@ -133,27 +179,57 @@ def choose_zoom(probs: np.ndarray, spec: ModelSpec, at: float = 1.0) -> float:
     ``at`` unless the model is a 2D instance model that knows its object size and at
     least :data:`MIN_OBJECTS` objects were found whose median width differs from
     it by more than :data:`ZOOM_TOLERANCE`; then ``at`` times the width ratio
-    ``sqrt(model size / found size)`` to the power :data:`ZOOM_POWER` (the ratio within
-    :data:`ZOOM_RANGE`), lowered so that a zoomed slice stays under
+    ``sqrt(model size / found size)`` to the power :data:`ZOOM_POWER` (within ``at``
+    times :data:`ZOOM_RANGE`), lowered so that a zoomed slice stays under
     :data:`MAX_ZOOMED_PIXELS`.  Sizes are the network's pixels: those of the image
-    as given times ``at`` squared.
+    as given times ``at`` squared.  The objects are the model's instances: see
+    :func:`zoom_steps` for the search that also reads the foreground blobs.
     """
-    size = spec.postprocess.object_size
-    if not spec.labels.instances or not size or spec.model.spatial_dims != 2:
-        return at
-    settings = replace(spec, postprocess=spec.postprocess.at_zoom(at, 2))
-    found = outputs_from_probs(probs, settings, labels=False, instances=True)["instances"]
-    counts = np.bincount(found.ravel())[1:]
-    counts = counts[counts > 0]
-    if len(counts) < MIN_OBJECTS:
-        return at
-    ratio = math.sqrt(size / (float(np.median(counts)) * at * at))
-    if 1 / ZOOM_TOLERANCE <= ratio <= ZOOM_TOLERANCE:
-        return at
-    zoom = at * min(max(ratio**ZOOM_POWER, ZOOM_RANGE[0]), ZOOM_RANGE[1])
-    plane = int(np.prod(probs.shape[-2:]))
-    largest = math.sqrt(MAX_ZOOMED_PIXELS / max(plane, 1))
-    return float(min(zoom, largest))
+    ratio = found_width_ratio(probs, spec, at, blobs=False)
+    return at if _within(ratio) else _towards(ratio, probs, at, at)
+
+
+def zoom_steps(
+    predict_at: Callable[[float], Generator[Any, None, np.ndarray]],
+    probs: np.ndarray,
+    spec: ModelSpec,
+    base: float,
+) -> Generator[Any, None, tuple[np.ndarray, float]]:
+    """The probabilities at the zoom that brings the objects to the model's size, and
+    that zoom: ``probs`` were predicted at ``base`` (the model's scale), ``predict_at(z)``
+    predicts again at ``z``.
+
+    A network shown objects much wider than it learned cuts each into pieces of the
+    size it knows, so the instances found say "the right size" (a model that learned
+    147-px nuclei from 6 outlined ones, on nuclei of ~1,760 px: 2-3 pieces each, zoom
+    0.75-1.0 chosen from them; AP@0.5 0.28 where zoom 0.3 gives 0.74).  The foreground
+    blobs keep such an object whole, so the steps read them: each moves
+    :data:`ZOOM_POWER` of the way (log scale) to the blobs' size, at most
+    :data:`ZOOM_PASSES` times, until they are within :data:`ZOOM_TOLERANCE`.  Blobs are
+    also touching objects seen as one: a step after which the instances found are
+    narrower (or wider, zooming in) than the model's by more than the tolerance went past
+    the objects and is undone, and the instances decide as before (:func:`choose_zoom`).
+    """
+    zoom = base
+    for _ in range(ZOOM_PASSES):
+        ratio = found_width_ratio(probs, spec, zoom, blobs=True)
+        if _within(ratio):
+            break
+        step = _towards(ratio, probs, zoom, base)
+        if step == zoom:
+            break
+        trial = yield from predict_at(step)
+        after = found_width_ratio(trial, spec, step, blobs=False)
+        if after is not None and (
+            after > ZOOM_TOLERANCE if step < zoom else after < 1 / ZOOM_TOLERANCE
+        ):
+            break
+        probs, zoom = trial, step
+    if zoom == base:
+        chosen = choose_zoom(probs, spec, at=base)
+        if chosen != base:
+            probs, zoom = (yield from predict_at(chosen)), chosen
+    return probs, zoom
 
 
 def zoomed(

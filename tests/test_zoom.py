@@ -17,10 +17,14 @@ from napari_unet.metrics import match_instances
 from napari_unet.training import train
 from napari_unet.zoom import (
     MIN_OBJECTS,
+    ZOOM_PASSES,
     ZOOM_POWER,
     ZOOM_RANGE,
+    ZOOM_TOLERANCE,
     choose_zoom,
+    found_width_ratio,
     start_scale,
+    zoom_steps,
     zoomed,
 )
 
@@ -58,6 +62,71 @@ def test_zoom_brings_objects_to_the_model_size():
     assert choose_zoom(squares(MIN_OBJECTS - 1, 10), spec(400.0)) == 1.0  # too few to tell
     assert choose_zoom(probs, spec(1e6)) == ZOOM_RANGE[1]
     assert choose_zoom(probs, spec(1e-3)) == ZOOM_RANGE[0]
+
+
+def cells(edge, grid, clusters, split, shape=(400, 400)):
+    """Probabilities of ``clusters`` square blobs of ``grid`` x ``grid`` objects of
+    ``edge`` pixels each: touching (one pixel of boundary between them) when ``split``,
+    else one confident object per blob."""
+    probs = np.zeros((3, *shape), np.float32)
+    probs[0] = 1.0
+    side = edge * grid
+    for k in range(clusters):
+        y, x = 5 + (k // 3) * (side + 10), 5 + (k % 3) * (side + 10)
+        probs[:, y : y + side, x : x + side] = np.array([0.0, 1.0, 0.0])[:, None, None]
+        for j in range(1, grid) if split else ():
+            probs[:, y + j * edge, x : x + side] = np.array([0.0, 0.0, 1.0])[:, None]
+            probs[:, y : y + side, x + j * edge] = np.array([0.0, 0.0, 1.0])[:, None]
+    return probs
+
+
+def searched(network, model_size):
+    """(zoom, the zooms predicted at) of zoom_steps with a fake ``network(zoom)``."""
+    calls = []
+
+    def predict_at(zoom):
+        calls.append(zoom)
+        yield "tile"
+        return network(zoom)
+
+    probs, zoom = drain(zoom_steps(predict_at, network(1.0), spec(model_size), 1.0))
+    assert np.array_equal(probs, network(zoom))
+    return zoom, calls
+
+
+def test_the_zoom_search_reads_objects_cut_into_pieces_as_whole():
+    """Objects 3x as wide as the model's come out cut into pieces of its size at scale 1,
+    as a network does with objects much wider than it learned: the instances say "the
+    right size", the foreground blobs do not; zoomed to about twice the model's width
+    or less, the network finds them whole."""
+
+    def network(zoom):  # 6 objects of 60 px (20 px at zoom 1/3), the model's: 20 px
+        return cells(20, 3, 6, split=60 * zoom > 40)
+
+    assert choose_zoom(network(1.0), spec(400.0)) == 1.0  # what one pass from the pieces said
+    zoom, calls = searched(network, 400.0)
+    assert 0.3 <= zoom <= 0.4, (zoom, calls)  # the true zoom: 1/3
+    assert len(calls) <= ZOOM_PASSES and calls == sorted(calls, reverse=True)
+
+
+def test_the_zoom_search_undoes_a_step_that_went_past_touching_objects():
+    """Touching objects of the model's size make blobs 3x as wide: a step out finds
+    the objects narrower than the model's, and is undone."""
+
+    def network(zoom):  # the network separates them at any zoom
+        return cells(20, 3, 6, split=True)
+
+    zoom, calls = searched(network, 400.0)
+    assert zoom == 1.0 and len(calls) == 1 and calls[0] < 1 / ZOOM_TOLERANCE
+
+
+def test_the_zoom_search_keeps_the_slices_of_a_stack_apart():
+    """Blobs of a stack are found slice by slice: the same blob in two slices is two."""
+    probs = np.stack([squares(10, 10)] * 2, axis=1)  # (3, 2, 200, 200)
+    stacked = found_width_ratio(probs, spec(100.0), 1.0, blobs=True)
+    assert stacked == pytest.approx(found_width_ratio(squares(10, 10), spec(100.0), 1.0, True))
+    assert stacked == pytest.approx(1.0)
+    assert found_width_ratio(squares(MIN_OBJECTS - 1, 10), spec(100.0), 1.0, True) is None
 
 
 def test_zoomed_prediction_returns_the_source_shape():
