@@ -283,7 +283,7 @@ class PostprocessConfig:
     (:mod:`napari_unet.calibrate`); model folders from before that keep these defaults.
     ``object_size`` is the median size (pixels, voxels) of the objects it was calibrated
     on: prediction zooms a 2D image whose objects are much larger or smaller to that size
-    (:func:`napari_unet.inference.choose_zoom`); None (older models): never.  ``split``
+    (:func:`napari_unet.zoom.zoom_steps`); None (older models): never.  ``split``
     > 0 cuts seeds shaped like touching blobs at their waists, the waist's depth a
     fraction of the seed's radius (:func:`napari_unet.postprocess.split_seeds`); 0: never.
     """
