@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -64,6 +65,22 @@ def next_free_id(labels: np.ndarray, kind: str) -> int:
     return max(top + 1, first_object_id(kind))
 
 
+def _aligned(labels: Any, proposals: Any, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` and ``proposals`` as arrays, checked: the same shape, a known kind."""
+    labels, proposals = np.asarray(labels), np.asarray(proposals)
+    _check_kind(kind)
+    if labels.shape != proposals.shape:
+        raise ValueError(
+            f"proposals of shape {proposals.shape} do not match the labels' {labels.shape}"
+        )
+    return labels, proposals
+
+
+def _in_stack(at: Sequence[int], pixels: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Indices of ``pixels`` of the slice at leading indices ``at`` in the whole array."""
+    return tuple(np.full(pixels[0].size, int(i), dtype=np.intp) for i in at) + tuple(pixels)
+
+
 def placement(
     labels: np.ndarray,
     proposals: np.ndarray,
@@ -80,14 +97,9 @@ def placement(
     stack: ``at`` gives the leading indices of that slice in the whole labels array, and
     they are prepended to the returned indices).  ``background=True`` rejects the proposal:
     its pixels become painted background (``sparse-instances`` only).  ``value`` overrides
-    the new id (:func:`placements` numbers several proposals in one go).
+    the new id.
     """
-    labels, proposals = np.asarray(labels), np.asarray(proposals)
-    _check_kind(kind)
-    if labels.shape != proposals.shape:
-        raise ValueError(
-            f"proposals of shape {proposals.shape} do not match the labels' {labels.shape}"
-        )
+    labels, proposals = _aligned(labels, proposals, kind)
     if proposal <= 0:
         raise ValueError(f"proposal {proposal}: 0 is no object (ids start at 1)")
     if background and kind != "sparse-instances":
@@ -103,11 +115,9 @@ def placement(
         value = PAINTED_BACKGROUND
     elif value is None:
         value = next_free_id(labels, kind)
-    where = np.nonzero(free)
-    lead = tuple(np.full(where[0].size, int(i), dtype=np.intp) for i in at)
     return Placement(
         proposal=int(proposal),
-        indices=lead + where,
+        indices=_in_stack(at, np.nonzero(free)),
         value=int(value),
         skipped=int(mask.sum() - free.sum()),
     )
@@ -135,12 +145,7 @@ def placements(
     The same as :func:`placement` for each, in one pass over the image (a 2048² view holds
     hundreds of proposals: one mask per proposal would hold napari's thread for seconds).
     """
-    labels, proposals = np.asarray(labels), np.asarray(proposals)
-    _check_kind(kind)
-    if labels.shape != proposals.shape:
-        raise ValueError(
-            f"proposals of shape {proposals.shape} do not match the labels' {labels.shape}"
-        )
+    labels, proposals = _aligned(labels, proposals, kind)
     next_id = next_free_id(labels, kind) if first is None else first
     ids = np.asarray(proposals_in(proposals, region), dtype=proposals.dtype)
     flat = proposals.ravel()
@@ -156,9 +161,8 @@ def placements(
         mine = where[lo:hi][free[lo:hi]]
         if not mine.size:
             continue
-        pixels = np.unravel_index(mine, proposals.shape)
-        lead = tuple(np.full(mine.size, int(i), dtype=np.intp) for i in at)
-        out.append(Placement(int(proposal), lead + pixels, next_id, int(hi - lo - mine.size)))
+        pixels = _in_stack(at, np.unravel_index(mine, proposals.shape))
+        out.append(Placement(int(proposal), pixels, next_id, int(hi - lo - mine.size)))
         next_id += 1
     return out
 
