@@ -4,7 +4,8 @@ number of objects the user touched, side by side with dense labels of the same i
 Round 0: ``--images`` images (default 3) of the training pool, ``--objects`` objects outlined
 on each (default 2) and ``--strokes`` background strokes (default 3), as
 ``sparse-instances`` (``_splits.few_labels``); a model trains ``--steps`` steps from
-``--init`` (the start model; it must not have seen the test group).  Each later round
+``--init`` (the start model; it must not have seen the test group; ``scratch``: none, and
+round 0 outlines objects even with ``--proposals``).  Each later round
 (``--rounds``, default 3) the simulated user takes the current model's prediction on one
 more pool image and fixes its ``--fixes`` worst objects (default 5; :func:`correct`): a
 missed or badly segmented object is outlined, the objects of a merge are outlined, a
@@ -241,8 +242,8 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     images, truths = read(src, stems)
     cfg = TrainConfig(seed=run, **({} if args.distill is None else {"distill": args.distill}))
     steps = dict(steps=args.steps, device="cpu", config=cfg)
-    start = nu.load_model(args.init)
-    if args.proposals:  # round 0: the start model's proposals, accepted and fixed
+    start = None if args.init == "scratch" else nu.load_model(args.init)
+    if args.proposals and start is not None:  # round 0: the start model's proposals
         made = [
             accept_and_correct(
                 t,
@@ -258,8 +259,10 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     else:
         labels = [few_labels(t, args.objects, args.strokes, rng) for t in truths[: args.images]]
         touched = sum(int(lab.max()) - 1 for lab in labels)
-    rows = [{"run": run, "round": "start", "touched": 0, "ap50": score(start, *test)}]
-    print_row(rows[-1])
+    rows = []
+    if start is not None:  # from scratch there is no model to score before round 0
+        rows.append({"run": run, "round": "start", "touched": 0, "ap50": score(start, *test)})
+        print_row(rows[-1])
     model = nu.train(
         images[: args.images], labels, labels_kind="sparse-instances", init=args.init, **steps
     )  # fmt: skip
@@ -350,8 +353,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     mean_x = [np.mean([r["touched"] for r in rows if r["round"] == k]) for k in rounds]
     mean_y = [np.mean([r["ap50"] for r in rows if r["round"] == k]) for k in rounds]
     ax.plot(mean_x, mean_y, "o-", color="C0", lw=2, label="corrections, mean")
-    start = np.mean([r["ap50"] for r in rows if r["round"] == "start"])
-    ax.axhline(start, color="C3", ls="--", label=f"start model, no training ({start:.2f})")
+    starts = [r["ap50"] for r in rows if r["round"] == "start"]
+    if starts:  # none from scratch
+        start = np.mean(starts)
+        ax.axhline(start, color="C3", ls="--", label=f"start model, no training ({start:.2f})")
     dense = [r for r in rows if r["round"] == "dense"]
     if dense:
         ax.plot([r["touched"] for r in dense], [r["ap50"] for r in dense], "s", color="C2",
@@ -369,8 +374,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--init", default="builtin:nuclei", help="the start model (not trained on "
-                   "the test group: builtin:nuclei saw all of DSB2018)")  # fmt: skip
+    p.add_argument(
+        "--init",
+        default="builtin:nuclei",
+        help="the start model (not trained on the test group: builtin:nuclei saw all of "
+        "DSB2018), or scratch (round 0 then outlines objects even with --proposals)",
+    )
     p.add_argument("--test-split", choices=list(GROUPS), default="large")
     p.add_argument("--test-images", type=int, default=24, help="at most this many test images")
     p.add_argument("--images", type=int, default=3, help="round 0: images")
@@ -408,6 +417,7 @@ def main() -> None:
             args.data = str(write_tiny(Path(tmp) / "data"))
             args.images, args.rounds, args.steps, args.runs, args.test_images = 2, 1, 2, 1, 1
             args.plot = args.plot or str(Path(tmp) / "hitl.png")
+        if args.tiny and args.init != "scratch":
             start = Path(tmp) / "start"
             images, truths = read(Path(args.data), [f"synthetic{i:03d}" for i in (14, 15)])
             import napari_unet as nu
@@ -451,6 +461,8 @@ def main() -> None:
     means = {}
     for k in ["start", *range(args.rounds + 1), *([] if args.no_dense else ["dense"])]:
         mine = [r for r in rows if r["round"] == k]
+        if not mine:  # no start row from scratch
+            continue
         means[k] = mean_std([r["ap50"] for r in mine])
         print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")
     if args.json:
