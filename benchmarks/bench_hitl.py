@@ -316,7 +316,9 @@ def next_labels(r: int, model, images: list, truths: list, labels: list, rng, ar
     k = args.images + r - 1
     pred = nu.predict(model, images[k], instances=True, device="cpu")
     if args.proposals:
-        fixed, clicks, actions = accept_and_correct(truths[k], pred, args.fixes)
+        fixed, clicks, actions = accept_and_correct(
+            truths[k], pred, args.fixes, strokes=args.round_strokes, rng=rng
+        )
         actions += clicks
     else:
         fixed, actions = correct(truths[k], pred, args.fixes)
@@ -402,6 +404,13 @@ def main() -> None:
         "one (random), over all the run's images",
     )
     p.add_argument(
+        "--round-strokes",
+        type=int,
+        default=0,
+        help="with --proposals: background strokes the user also paints on each correction "
+        "round's image (counted as actions)",
+    )
+    p.add_argument(
         "--no-dense", action="store_true", help="skip the dense-label model (the same in every arm)"
     )
     p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
@@ -444,6 +453,7 @@ def main() -> None:
             f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
             f"distill {args.distill if args.distill is not None else 'default'}"
             + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
+            + (f", {args.round_strokes} stroke(s) a round" if args.round_strokes else "")
             + (f"; one {args.regions} region per round" if args.regions else "")
         )
         print("| run | round | objects touched | AP@0.5 |")

@@ -41,7 +41,7 @@ def test_every_benchmark_is_covered():
 
 MORE = [
     "bench_hitl.py --proposals --regions next",
-    "bench_hitl.py --init scratch --proposals",
+    "bench_hitl.py --init scratch --proposals --round-strokes 1",
     "bench_few_labels.py --label-group --test-split large --test-images 2",
 ]
 
