@@ -240,7 +240,8 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     rng = np.random.default_rng(run)
     stems = [str(s) for s in rng.permutation(pool)[: args.images + args.rounds]]
     images, truths = read(src, stems)
-    cfg = TrainConfig(seed=run, **({} if args.distill is None else {"distill": args.distill}))
+    given = {"distill": args.distill, "balance": args.balance}
+    cfg = TrainConfig(seed=run, **{k: v for k, v in given.items() if v is not None})
     steps = dict(steps=args.steps, device="cpu", config=cfg)
     start = None if args.init == "scratch" else nu.load_model(args.init)
     if args.proposals and start is not None:  # round 0: the start model's proposals
@@ -414,6 +415,8 @@ def main() -> None:
         "--no-dense", action="store_true", help="skip the dense-label model (the same in every arm)"
     )
     p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
+    p.add_argument("--balance", type=float, help="painted background's share of the loss "
+                   "(TrainConfig.balance; default: the package's)")  # fmt: skip
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
     p.add_argument("--plot", help="write the figure to this PNG")
@@ -451,7 +454,8 @@ def main() -> None:
             f"# start {args.init}; test: split {args.test_split}, {len(test[0])} images; round 0: "
             f"{args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s); "
             f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
-            f"distill {args.distill if args.distill is not None else 'default'}"
+            f"distill {args.distill if args.distill is not None else 'default'}, "
+            f"balance {args.balance if args.balance is not None else 'default'}"
             + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
             + (f", {args.round_strokes} stroke(s) a round" if args.round_strokes else "")
             + (f"; one {args.regions} region per round" if args.regions else "")

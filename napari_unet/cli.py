@@ -73,6 +73,7 @@ _non_negative_int = _number(int, "a whole number", lambda v: v >= 0, ">= 0")
 _fraction = _number(float, "a probability", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 _learning_rate = _number(float, "a learning rate", lambda v: 1e-8 <= v <= 10.0, "in [1e-8, 10]")
 _distill_weight = _number(float, "a weight", lambda v: 0.0 <= v <= 100.0, "in [0, 100]")
+_share = _number(float, "a share", lambda v: 0.0 <= v <= 0.95, "in [0, 0.95]")
 _train_scale = _number(
     float, "a factor", lambda v: MIN_SCALE <= v <= MAX_SCALE, f"in [{MIN_SCALE}, {MAX_SCALE}]"
 )
@@ -205,6 +206,14 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
         help="when starting from a model with the same classes (--init, or the automatic "
         "start): weight of its answer on the pixels you did not label, so fine-tuning keeps "
         "what it knew (default 5; 0 turns it off)",
+    )
+    t.add_argument(
+        "--balance",
+        type=_share,
+        metavar="SHARE",
+        help="painted labels (sparse, sparse-instances): the share of the loss the painted "
+        "background takes, the outlined objects the rest, however many pixels each has "
+        "(default 0.5: equal halves; 0: every labeled pixel weighs the same)",
     )
     t.add_argument("--padding", choices=PADDINGS, help="same (default) or valid")
     t.add_argument(
@@ -369,7 +378,8 @@ def _as_integer_labels(lab: np.ndarray, path: Path) -> np.ndarray:
 # flags of ``train`` that a recipe file may set too (file key = flag's dest)
 RECIPE_FLAGS = (
     "recipe", "steps", "time_budget", "width", "depth", "patch", "batch_size", "padding",
-    "precision", "border_weights", "seed", "lr", "distill", "scale", "spatial_dims", "compile",
+    "precision", "border_weights", "seed", "lr", "distill", "balance", "scale", "spatial_dims",
+    "compile",
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ FORMAT_VERSION = 1
 RECIPES = ("fast", "paper")
 LABELS_KINDS = ("sparse", "semantic", "instances", "sparse-instances")
 INSTANCE_KINDS = ("instances", "sparse-instances")  # trained as background/interior/boundary
+SPARSE_KINDS = ("sparse", "sparse-instances")  # painted: 0 = unlabeled
 PADDINGS = ("same", "valid")
 MAX_CLASS_NAME = 200
 MAX_LIST = 4096
@@ -226,6 +227,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: float = 30.0
     distill: float = 5.0  # weight of the start model's answer on unlabeled pixels (0: off)
+    balance: float = 0.5  # painted labels: the background's share of the loss (0: by pixels)
     scale: float | None = None  # images resized by this to train (None: from the objects' width)
     compile: bool = False  # torch.compile the training step (pays on a GPU for long trainings)
 
@@ -268,6 +270,7 @@ class TrainConfig:
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_float("checkpoint_every", self.checkpoint_every, 0.0, 1e7)
         _check_float("distill", self.distill, 0.0, 100.0)
+        _check_float("balance", self.balance, 0.0, 0.95)
         if self.scale is not None:
             _check_float("scale", self.scale, MIN_SCALE, MAX_SCALE)
 

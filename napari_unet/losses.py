@@ -24,13 +24,29 @@ def masked_cross_entropy(
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
     count: Count = _local,
+    balance: float = 0.0,
 ) -> torch.Tensor:
-    """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing)."""
+    """Cross-entropy over labeled pixels only (``IGNORE`` pixels cost nothing).
+
+    ``balance`` > 0: the labeled background (class 0) takes that share of the loss and the
+    labeled objects (every other class) the rest, whatever their numbers of pixels, when
+    the batch holds both; 0: every labeled pixel weighs the same.
+    """
     per_px = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="none")
     valid = (target != IGNORE).float()
     if weight is not None:
         valid = valid * weight
-    return (per_px * valid).sum() / count(valid.sum()).clamp_min(1.0)
+    plain = (per_px * valid).sum() / count(valid.sum()).clamp_min(1.0)
+    if balance <= 0:
+        return plain
+    background = valid * (target == 0).float()
+    objects = valid - background
+    n_bg, n_obj = count(background.sum()), count(objects.sum())
+    balanced = balance * (per_px * background).sum() / n_bg.clamp_min(1.0) + (1 - balance) * (
+        per_px * objects
+    ).sum() / n_obj.clamp_min(1.0)
+    # no host synchronisation: the choice stays on the device
+    return torch.where((n_bg > 0) & (n_obj > 0), balanced, plain)
 
 
 def distillation(

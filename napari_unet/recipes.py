@@ -118,14 +118,17 @@ class Recipe:
         teacher_logits: torch.Tensor | None = None,
         distill: float = 0.0,
         count: Any = None,
+        balance: float = 0.0,
     ) -> torch.Tensor:
         """Cross-entropy on the labeled pixels (times ``weight``, e.g. the border weight
-        map), plus ``distill`` x the distillation toward ``teacher_logits`` (the start
-        model's) on the unlabeled ones; ``count``: see :data:`napari_unet.losses.Count`."""
+        map; background and objects weighed by ``balance``, see
+        :func:`~napari_unet.losses.masked_cross_entropy`), plus ``distill`` x the
+        distillation toward ``teacher_logits`` (the start model's) on the unlabeled ones;
+        ``count``: see :data:`napari_unet.losses.Count`."""
         from .losses import distillation, masked_cross_entropy
 
         counted = {} if count is None else {"count": count}
-        loss = masked_cross_entropy(logits, target, weight, **counted)
+        loss = masked_cross_entropy(logits, target, weight, balance=balance, **counted)
         if teacher_logits is not None and distill > 0:
             loss = loss + distill * distillation(logits, teacher_logits, target, **counted)
         return loss

@@ -16,7 +16,7 @@ import torch
 
 from . import targets as tg
 from .augment import AugmentConfig, augment_batch, center_crop
-from .config import ModelSpec, TrainConfig
+from .config import SPARSE_KINDS, ModelSpec, TrainConfig
 from .data import PatchSampler
 from .distributed import Group
 from .events import Adjusted
@@ -99,6 +99,8 @@ class Trainer:
         self.out_shape = (patch,) * spec.model.spatial_dims
         self.border = border(spec.model)
         self.distill = cfg.distill if teacher is not None else 0.0
+        # painted labels: their share of background is the user's effort, not the image's
+        self.balance = cfg.balance if spec.labels.kind in SPARSE_KINDS else 0.0
         self.teacher = teacher if self.distill > 0 else None
         if self.teacher is not None:
             self.teacher.eval().requires_grad_(False)
@@ -167,7 +169,9 @@ class Trainer:
             with torch.no_grad():
                 teacher_logits = self._forward(image, self.teacher)
         count = group.mean_count if group is not None else None
-        loss = self.recipe.loss(logits, target, weight, teacher_logits, self.distill, count)
+        loss = self.recipe.loss(
+            logits, target, weight, teacher_logits, self.distill, count, self.balance
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
