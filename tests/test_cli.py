@@ -342,6 +342,21 @@ def test_train_distill_sets_the_weight_and_refuses_bad_values(folders, tmp_path,
         assert exc.value.code == 2 and "--distill:" in capsys.readouterr().err
 
 
+def test_train_balance_is_recorded_and_refuses_bad_values(folders, tmp_path, capsys):
+    for share, want in (("0", 0.0), (None, 0.5)):
+        out = tmp_path / f"m{share}"
+        args = ["-q", "train", "--images", folders / "images", "--labels", folders / "labels",
+                "--out", out, "--labels-kind", "instances", "--steps", "1", "--init", "scratch",
+                *TRAIN, *(["--balance", share] if share else [])]  # fmt: skip
+        assert main([str(a) for a in args]) == 0
+        assert json.loads((out / "config.json").read_text())["train"]["balance"] == want
+    for bad in ("0.99", "-0.1", "half"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--images", "x", "--labels", "y", "--out", str(tmp_path / "z"),
+                  "--balance", bad])  # fmt: skip
+        assert exc.value.code == 2 and "--balance:" in capsys.readouterr().err
+
+
 def test_train_compile_flag_compiles_and_says_how_long(folders, tmp_path, capsys, monkeypatch):
     import torch
 
