@@ -211,8 +211,8 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
         "--balance",
         type=_share,
         metavar="SHARE",
-        help="painted labels (sparse, sparse-instances): the share of the loss the painted "
-        "background takes, the outlined objects the rest, however many pixels each has "
+        help="sparse-instances labels: the share of the loss the painted background takes, "
+        "the outlined objects the rest, however many pixels each has "
         "(default 0.5: equal halves; 0: every labeled pixel weighs the same)",
     )
     t.add_argument("--padding", choices=PADDINGS, help="same (default) or valid")

@@ -19,7 +19,6 @@ FORMAT_VERSION = 1
 RECIPES = ("fast", "paper")
 LABELS_KINDS = ("sparse", "semantic", "instances", "sparse-instances")
 INSTANCE_KINDS = ("instances", "sparse-instances")  # trained as background/interior/boundary
-SPARSE_KINDS = ("sparse", "sparse-instances")  # painted: 0 = unlabeled
 PADDINGS = ("same", "valid")
 MAX_CLASS_NAME = 200
 MAX_LIST = 4096
@@ -227,7 +226,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: float = 30.0
     distill: float = 5.0  # weight of the start model's answer on unlabeled pixels (0: off)
-    balance: float = 0.5  # painted labels: the background's share of the loss (0: by pixels)
+    balance: float = 0.5  # sparse-instances: painted background's share of the loss (0: by pixels)
     scale: float | None = None  # images resized by this to train (None: from the objects' width)
     compile: bool = False  # torch.compile the training step (pays on a GPU for long trainings)
 

@@ -36,15 +36,16 @@ def masked_cross_entropy(
     valid = (target != IGNORE).float()
     if weight is not None:
         valid = valid * weight
-    plain = (per_px * valid).sum() / count(valid.sum()).clamp_min(1.0)
     if balance <= 0:
-        return plain
+        return (per_px * valid).sum() / count(valid.sum()).clamp_min(1.0)
     background = valid * (target == 0).float()
     objects = valid - background
-    n_bg, n_obj = count(background.sum()), count(objects.sum())
-    balanced = balance * (per_px * background).sum() / n_bg.clamp_min(1.0) + (1 - balance) * (
-        per_px * objects
-    ).sum() / n_obj.clamp_min(1.0)
+    loss_bg, loss_obj = (per_px * background).sum(), (per_px * objects).sum()
+    n_bg, n_obj = count(background.sum()), count(objects.sum())  # one count each, no more
+    plain = (loss_bg + loss_obj) / (n_bg + n_obj).clamp_min(1.0)
+    balanced = balance * loss_bg / n_bg.clamp_min(1.0) + (1 - balance) * loss_obj / n_obj.clamp_min(
+        1.0
+    )
     # no host synchronisation: the choice stays on the device
     return torch.where((n_bg > 0) & (n_obj > 0), balanced, plain)
 

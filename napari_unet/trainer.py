@@ -16,7 +16,7 @@ import torch
 
 from . import targets as tg
 from .augment import AugmentConfig, augment_batch, center_crop
-from .config import SPARSE_KINDS, ModelSpec, TrainConfig
+from .config import ModelSpec, TrainConfig
 from .data import PatchSampler
 from .distributed import Group
 from .events import Adjusted
@@ -99,8 +99,9 @@ class Trainer:
         self.out_shape = (patch,) * spec.model.spatial_dims
         self.border = border(spec.model)
         self.distill = cfg.distill if teacher is not None else 0.0
-        # painted labels: their share of background is the user's effort, not the image's
-        self.balance = cfg.balance if spec.labels.kind in SPARSE_KINDS else 0.0
+        # painted background (sparse-instances' 1): its share of the labels is the user's
+        # effort, not the image's; sparse labels' classes have no background to weigh
+        self.balance = cfg.balance if spec.labels.kind == "sparse-instances" else 0.0
         self.teacher = teacher if self.distill > 0 else None
         if self.teacher is not None:
             self.teacher.eval().requires_grad_(False)

@@ -1,5 +1,5 @@
-"""Painted labels: background and outlined objects weighed by a share of the loss, not by
-their numbers of pixels (``TrainConfig.balance``)."""
+"""sparse-instances labels: painted background and outlined objects weighed by a share of the
+loss each, not by their numbers of pixels (``TrainConfig.balance``)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ def test_balance_gives_background_its_share_whatever_its_pixels():
     )
 
 
-def test_balance_applies_to_painted_labels_only():
-    """Dense labels' share of background is the image's: the trainer leaves it alone."""
+def test_balance_applies_to_sparse_instances_only():
+    """Dense labels' share of background is the image's, and sparse class labels have no
+    background class: the trainer leaves both alone."""
     image, labels = make_nuclei(seed=3)
     sparse = np.where(labels > 0, labels + 1, 0).astype(np.uint16)
     sparse[:4] = 1
@@ -60,9 +61,12 @@ def test_balance_applies_to_painted_labels_only():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "__init__", spy)
-        for labels_, kind in ((labels, "instances"), (sparse, "sparse-instances")):
+        classes = np.where(labels > 0, 2, 0).astype(np.uint8)
+        classes[:4] = 1  # a stroke of class 1 beside the painted class 2
+        for labels_, kind in ((labels, "instances"), (sparse, "sparse-instances"),
+                              (classes, "sparse")):  # fmt: skip
             nu.train([image], [labels_], labels_kind=kind, config=cfg, steps=1, init=None, **SMALL)
-    assert seen == {"instances": 0.0, "sparse-instances": 0.5}
+    assert seen == {"instances": 0.0, "sparse-instances": 0.5, "sparse": 0.0}
 
 
 @pytest.mark.parametrize("bad", [-0.1, 0.96, "half", True])
