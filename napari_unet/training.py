@@ -32,6 +32,7 @@ import torch
 
 from . import targets as tg
 from .augment import crop_margin
+from .budget import WallBudget
 from .calibrate import calibrate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
@@ -83,13 +84,6 @@ USER_STOPS = ("cancelled", "interrupted", "terminated")
 """Why a user stopped a training: the widget's stop, Ctrl+C (SIGINT), SIGTERM."""
 STOPS = (None, "steps", "time", *USER_STOPS)
 """Why a training stops (:meth:`TrainingRun.stop_reason`), by the code ranks agree on."""
-PHASES = ("prepare", "compile", "train", "validate", "preview", "calibrate", "save")
-"""Where a training's wall time goes (training.json, :attr:`Finished.phases`)."""
-SEARCH_SHARE = 0.1
-"""Of a time budget, what the instance settings' search may take at most (at least 1 s)."""
-PREDICT_PER_VALIDATION = 2.0
-"""Predicting a pixel for calibration (tiles, overlap, normalisation) costs about this
-many times what validating one costs."""
 
 
 @dataclass
@@ -169,8 +163,7 @@ class TrainingRun:
         self.held_out = False  # validation on data the loss never saw
         self.start_better: str | None = None  # the start model, when it validated better
         self.start_message = ""
-        self.began = 0.0  # the clock when the training was asked for: the budget counts from it
-        self.phases = dict.fromkeys(PHASES, 0.0)  # seconds, by phase
+        self.budget = WallBudget(cfg.time_budget, cfg.steps)  # where the wall time goes
         self.ranks = Ranks()  # one process, or one of a data-parallel training's
         self.group: Group | None = None
         self.schedule = 0.0  # the progress the learning rate follows (rank 0's)
@@ -178,8 +171,6 @@ class TrainingRun:
         self.message = ""
         self.skipped_note = ""  # what a stop by the user skipped
         self.scale_note = ""  # why the images were resized
-        self.val_seconds = 0.0  # the last validation took this long
-        self.save_seconds = 0.0  # and the last save
 
     # ----------------------------------------------------------------- setup phases
 
@@ -205,7 +196,8 @@ class TrainingRun:
         run = cls(request.config, device, request.out_path)
         run.ranks = ranks
         run.clock, run.control = clock, control
-        run.began = clock() if began is None else began
+        run.budget.clock = clock
+        run.budget.began = clock() if began is None else began
         try:
             run.group = Group.join(ranks, device) if ranks.parallel else None
             run.prepare(images, labels, request, model)
@@ -481,13 +473,14 @@ class TrainingRun:
         """Start the clocks; the event that opens the training."""
         cfg, mcfg = self.cfg, self.spec.model
         self.elapsed_before = float(self.history.get("elapsed", 0.0))
-        self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.clock()
-        self.phases["prepare"] = self.t0 - self.began
-        cal = self.calibration if self.spec.labels.instances else None  # what reserve() needs
-        self.calibration_pixels = (
+        self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.budget.start()
+        cal = self.calibration if self.spec.labels.instances else None  # what the finish does
+        budget = self.budget
+        budget.calibration_pixels = (
             sum(int(np.prod(image.shape[1:])) for image in cal.images) if cal and cal.truths else 0
         )
-        self.validation_pixels = self.trainer.val_pixels
+        budget.validation_pixels = self.trainer.val_pixels
+        budget.validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -520,45 +513,6 @@ class TrainingRun:
     def global_step(self) -> int:
         return self.start_step + self.step_count
 
-    def progress(self, now: float) -> float:
-        """Fraction of the step or time budget used (the larger of the two)."""
-        p = 0.0
-        if self.cfg.steps:
-            p = max(p, self.step_count / self.cfg.steps)
-        if self.cfg.time_budget:
-            p = max(p, (now - self.t0) / max(self.deadline() - self.t0, 1e-6))
-        return p
-
-    def deadline(self) -> float:
-        """When the steps must end for the model to be validated, calibrated and saved
-        within the time budget, counted from :attr:`began` (preparing the data included)."""
-        assert self.cfg.time_budget is not None
-        return self.began + self.cfg.time_budget - self.reserve()
-
-    def reserve(self) -> float:
-        """Seconds the phase "finish" is expected to take, from what was measured so far:
-        final validation (and the start and previous models' scores), calibration, save."""
-        validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
-        reserve = validations * self.val_seconds + self.save_seconds
-        if self.calibration_pixels:
-            per_pixel = self.val_seconds / max(self.validation_pixels, 1)
-            reserve += PREDICT_PER_VALIDATION * per_pixel * self.calibration_pixels
-            reserve += self.search_seconds()
-        return reserve
-
-    def search_seconds(self) -> float:
-        """At most this long for the instance settings' search."""
-        return max(1.0, SEARCH_SHARE * (self.cfg.time_budget or 0.0))
-
-    @contextlib.contextmanager
-    def timed(self, phase: str) -> Generator[None, None, None]:
-        """Adds the time of the ``with`` block to :attr:`phases` [``phase``]."""
-        start = self.clock()
-        try:
-            yield
-        finally:
-            self.phases[phase] += self.clock() - start
-
     def stop_reason(self) -> str | None:
         """ "steps" or "time" when the budget is spent, "cancelled" on request, else None.
 
@@ -567,7 +521,7 @@ class TrainingRun:
         """
         self.now = self.clock()
         reason = None
-        self.schedule = self.progress(self.now)
+        self.schedule = self.budget.progress(self.step_count, self.now)
         if self.schedule >= 1.0 and self.step_count > 0:  # one step at least
             reason = "steps" if self.cfg.steps and self.step_count >= self.cfg.steps else "time"
         elif self.control is not None and self.control.stop_requested:
@@ -588,7 +542,7 @@ class TrainingRun:
         self.lr = recipe.lr_at(cfg.lr, self.schedule, self.step_count)
         first_compiled = cfg.compile and self.step_count == 0
         try:
-            with self.timed("compile") if first_compiled else contextlib.nullcontext():
+            with self.budget.timed("compile") if first_compiled else contextlib.nullcontext():
                 result = self.trainer.train_step(self.lr)
         except torch.cuda.OutOfMemoryError:
             if self.group is not None:  # a smaller batch on one rank only would not add up
@@ -640,7 +594,7 @@ class TrainingRun:
             return
         key, image = control.preview_key, control.preview_image
         try:
-            with self.timed("preview"):
+            with self.budget.timed("preview"):
                 probs = _preview(self.network, self.spec, image, self.device)
         except ValueError as exc:  # a preview never stops the training, nor skips its phases
             log.warning("no live preview: %s", exc)
@@ -656,11 +610,10 @@ class TrainingRun:
 
     def validate(self) -> Validated:
         """Phase "validate": score the fixed validation crops and record it in the history."""
-        start = self.clock()
-        with self.timed("validate"):
+        with self.budget.timed("validate") as timing:
             v = self.trainer.validate()
         self.last_val = self.clock()
-        self.val_seconds = self.last_val - start
+        self.budget.val_seconds = timing.seconds
         self.last_iou = v["iou"]
         self.history["validation"].append(
             [self.global_step, round(v["loss"], 5), round(v["iou"], 5)]
@@ -672,7 +625,7 @@ class TrainingRun:
     def score_network(self, network: torch.nn.Module) -> float:
         """Validation IoU of another network of the same architecture on this run's crops."""
         network.to(self.device)
-        with self.timed("validate"):
+        with self.budget.timed("validate"):
             return self.trainer.validate(network=network)["iou"]
 
     def validate_if_due(self) -> Generator[Validated, None, None]:
@@ -756,7 +709,7 @@ class TrainingRun:
         cal = self.calibration
         axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
         model = for_many_images(Model(network=self.network, config=self.spec))
-        with self.timed("calibrate"):
+        with self.budget.timed("calibrate"):
             try:
                 probs = [
                     predict_proba(
@@ -766,17 +719,13 @@ class TrainingRun:
                 ]
             finally:
                 self.network.train()
-            deadline = None
-            if self.cfg.time_budget:  # the search ends in time for the save
-                end = self.began + self.cfg.time_budget - self.save_seconds
-                deadline = max(end, self.clock() + self.search_seconds() / 4)
             settings, record = calibrate(
                 probs,
                 cal.truths,
                 self.spec.model.spatial_dims,
                 self.spec.postprocess,
                 cal.sizes,
-                deadline=deadline,
+                deadline=self.budget.search_deadline(),  # in time for the save
                 clock=self.clock,
             )
         measured_on = cal.measured_on
@@ -804,10 +753,7 @@ class TrainingRun:
     def record_phases(self) -> dict[str, float]:
         """Where the wall time went since :attr:`began` (the training is the rest), into
         the session's record; returns the phases, rounded."""
-        total = self.clock() - self.began
-        others = sum(v for k, v in self.phases.items() if k != "train")
-        self.phases["train"] = max(0.0, total - others)
-        phases = {k: round(v, 2) for k, v in self.phases.items()}
+        phases, total = self.budget.close()
         self.history["sessions"][-1]["phases"] = {**phases, "total": round(total, 2)}
         return phases
 
@@ -831,15 +777,14 @@ class TrainingRun:
     def save(self) -> None:
         """The model folder and its resume state, each file written atomically."""
         assert self.out is not None
-        start = self.clock()
-        with self.timed("save"):
+        with self.budget.timed("save") as timing:
             self.history["steps"] = self.global_step
             self.history["elapsed"] = self.elapsed_before + (self.clock() - self.t0)
             save_model(self.model(), self.out)
             state = {"step": self.global_step, "elapsed": self.history["elapsed"]}
             optimizer = self.trainer.optimizer.state_dict()
             save_checkpoint(self.out, optimizer, {**state, **self.trainer.resume_state()})
-        self.save_seconds = self.clock() - start
+        self.budget.save_seconds = timing.seconds
 
     def on_cancel(self) -> None:
         """Closed between steps (a cancelled worker): keep what was learned, unless

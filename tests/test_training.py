@@ -9,13 +9,14 @@ import torch
 
 import napari_unet as nu
 from napari_unet import events as ev
+from napari_unet.budget import PHASES
 from napari_unet.checkpoint import load_checkpoint
 from napari_unet.config import TrainConfig
 from napari_unet.events import drain
 from napari_unet.metrics import evaluate_pair
 from napari_unet.request import TrainRequest
 from napari_unet.store import load_model
-from napari_unet.training import PHASES, TrainingRun, train, train_iter, train_request_iter
+from napari_unet.training import TrainingRun, train, train_iter, train_request_iter
 
 from .conftest import SMALL, make_nuclei
 
@@ -106,15 +107,16 @@ def test_the_steps_end_early_enough_for_the_finish(nuclei):
     run = TrainingRun.setup(images[:2], labels[:2], request, model=None, clock=lambda: 0.0,
                             control=None, began=-5.0)  # fmt: skip
     run.started()
-    assert run.phases["prepare"] == 5.0
-    run.val_seconds, run.save_seconds = 0.0, 0.0
-    search = run.reserve()  # nothing measured yet: the search's share only
+    budget = run.budget
+    assert budget.phases["prepare"] == 5.0
+    budget.val_seconds, budget.save_seconds = 0.0, 0.0
+    search = budget.reserve()  # nothing measured yet: the search's share only
     assert search == pytest.approx(0.1 * 60)
-    run.val_seconds, run.save_seconds = 2.0, 1.0
+    budget.val_seconds, budget.save_seconds = 2.0, 1.0
     # final validation, save, and predicting the calibration images (from the validation's speed)
-    assert run.reserve() > search + 3.0
-    assert run.deadline() == pytest.approx(-5.0 + 60 - run.reserve())
-    assert run.progress(run.deadline()) == pytest.approx(1.0)
+    assert budget.reserve() > search + 3.0
+    assert budget.deadline() == pytest.approx(-5.0 + 60 - budget.reserve())
+    assert budget.progress(0, budget.deadline()) == pytest.approx(1.0)
 
 
 def test_cancel_leaves_loadable_model(nuclei, tmp_path):
