@@ -21,6 +21,7 @@ Rank 0 alone validates, previews, checkpoints, calibrates and saves.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import uuid
@@ -267,9 +268,13 @@ def launch(argv: Sequence[str], devices: int, kind: str) -> int:
 
 
 def _root_failure(failures: Mapping[int, object]) -> tuple[int, object]:
-    """The failure that ended the job: a process killed by a signal, else the first."""
-    killed = [r for r, f in failures.items() if f.exitcode < 0]  # type: ignore[attr-defined]
-    pool = killed or list(failures)
+    """The failure that ended the job: a process killed by a signal (other than the
+    SIGTERM with which the launcher stops the others once one has failed), else one that
+    exited with a status (it said why), else the first."""
+    codes = {r: f.exitcode for r, f in failures.items()}  # type: ignore[attr-defined]
+    killed = [r for r, c in codes.items() if c < 0 and -c != signal.SIGTERM]
+    exited = [r for r, c in codes.items() if c > 0]
+    pool = killed or exited or list(failures)
     rank = min(pool, key=lambda r: failures[r].timestamp)  # type: ignore[attr-defined]
     return rank, failures[rank]
 

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.distributed import Ranks, check_launch, rank_device, ranks_from_env
+from napari_unet.distributed import (
+    Ranks,
+    _root_failure,
+    check_launch,
+    rank_device,
+    ranks_from_env,
+)
 from napari_unet.store import load_model
 
 from .conftest import default_sigint, make_nuclei, write_nuclei_folders
@@ -245,6 +251,22 @@ def _worker_pid(mark: str, local_rank: int) -> int | None:
         if f"DDP_TEST_MARK={mark}".encode() in env and f"LOCAL_RANK={local_rank}".encode() in env:
             return int(proc.name)
     return None
+
+
+def test_the_failure_named_is_the_cause_not_the_launcher_stopping_the_others():
+    from types import SimpleNamespace as Failure
+
+    term, kill = -int(signal.SIGTERM), -int(signal.SIGKILL)
+    # rank 0 refused the input (exit 2); the launcher then stopped rank 1 with SIGTERM
+    refused = {0: Failure(exitcode=2, timestamp=10.0), 1: Failure(exitcode=term, timestamp=9.0)}
+    assert _root_failure(refused)[0] == 0
+    # rank 1 was killed (SIGKILL): the others' errors and SIGTERMs follow from it
+    killed = {0: Failure(exitcode=1, timestamp=5.0), 1: Failure(exitcode=kill, timestamp=6.0),
+              2: Failure(exitcode=term, timestamp=7.0)}  # fmt: skip
+    assert _root_failure(killed)[0] == 1
+    # only SIGTERMs (e.g. one sent by the user before the handlers were in place): the first
+    stopped = {0: Failure(exitcode=term, timestamp=3.0), 1: Failure(exitcode=term, timestamp=2.0)}
+    assert _root_failure(stopped)[0] == 1
 
 
 @pytest.mark.slow
