@@ -43,6 +43,7 @@ MORE = [
     "bench_hitl.py --proposals --regions next",
     "bench_hitl.py --init scratch --proposals --round-strokes 1",
     "bench_few_labels.py --label-group --test-split large --test-images 2",
+    "bench_ceiling.py --min-sizes 4,2 --edge --centre-half",
 ]
 
 
@@ -275,3 +276,22 @@ def test_gpu_check_runs_its_steps_and_prints_one_table(tmp_path):
         ["bash", str(BENCHMARKS / "gpu_check.sh"), "--fast"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
+
+
+def test_ceiling_edge_rule_keeps_objects_cut_by_the_edge_only():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_ceiling import centre_half, edge_spared
+
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[0] = 1.0
+    for y, x, r in ((0, 30, 3), (32, 32, 3), (40, 8, 1)):  # cut by the edge, inside, tiny
+        box = (slice(max(0, y - r), y + r + 1), slice(x - r, x + r + 1))
+        probs[(0, *box)], probs[(1, *box)] = 0.0, 1.0
+    from napari_unet.postprocess import instances_from_probs
+
+    plain = instances_from_probs(probs, 2, min_size=40)
+    spared = edge_spared(probs, 2, min_size=40)
+    assert plain.max() == 1 and plain[32, 32] > 0  # 49 px kept, the 28 px at the edge dropped
+    assert spared.max() == 2 and spared[0, 30] > 0 and spared[32, 32] > 0
+    assert spared[40, 8] == 0  # 9 px inside: below the minimum size, not at the edge
+    assert centre_half(np.arange(16).reshape(4, 4)).tolist() == [[5, 6], [9, 10]]
