@@ -43,9 +43,8 @@ def masked_cross_entropy(
     loss_bg, loss_obj = (per_px * background).sum(), (per_px * objects).sum()
     n_bg, n_obj = count(background.sum()), count(objects.sum())  # one count each, no more
     plain = (loss_bg + loss_obj) / (n_bg + n_obj).clamp_min(1.0)
-    balanced = balance * loss_bg / n_bg.clamp_min(1.0) + (1 - balance) * loss_obj / n_obj.clamp_min(
-        1.0
-    )
+    mean_bg, mean_obj = loss_bg / n_bg.clamp_min(1.0), loss_obj / n_obj.clamp_min(1.0)
+    balanced = balance * mean_bg + (1 - balance) * mean_obj
     # no host synchronisation: the choice stays on the device
     return torch.where((n_bg > 0) & (n_obj > 0), balanced, plain)
 

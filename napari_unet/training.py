@@ -475,12 +475,12 @@ class TrainingRun:
         self.elapsed_before = float(self.history.get("elapsed", 0.0))
         self.t0 = self.last_val = self.last_ckpt = self.pending_since = self.budget.start()
         cal = self.calibration if self.spec.labels.instances else None  # what the finish does
-        budget = self.budget
-        budget.calibration_pixels = (
+        wall = self.budget
+        wall.calibration_pixels = (
             sum(int(np.prod(image.shape[1:])) for image in cal.images) if cal and cal.truths else 0
         )
-        budget.validation_pixels = self.trainer.val_pixels
-        budget.validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
+        wall.validation_pixels = self.trainer.val_pixels
+        wall.validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -751,7 +751,7 @@ class TrainingRun:
             self.report()
 
     def record_phases(self) -> dict[str, float]:
-        """Where the wall time went since :attr:`began` (the training is the rest), into
+        """Where the wall time went since the request (:meth:`WallBudget.close`), into
         the session's record; returns the phases, rounded."""
         phases, total = self.budget.close()
         self.history["sessions"][-1]["phases"] = {**phases, "total": round(total, 2)}
