@@ -495,6 +495,15 @@ def _validation_lines(history: dict) -> list[str]:
                 "thresholds kept and minimum size from the labeled objects' sizes; "
                 f"{held} held-out objects, too few to search them on."
             )
+        elif search and search.get("search") == "background":
+            lines.append(
+                f"Instance settings {search.get('chosen')} (seed, foreground, minimum size): "
+                "minimum size and foreground threshold chosen on the false objects on "
+                f"{search.get('background_pixels')} px of held-out background and "
+                f"{search.get('objects')} held-out objects ({search.get('metric')} "
+                f"{search.get('start_ap')} -> {search.get('chosen_ap')}); seed threshold and "
+                "waist cut kept: too few objects to choose them."
+            )
         elif search:
             lines.append(
                 f"Instance settings chosen on {search.get('images')} image(s), "

@@ -92,6 +92,8 @@ class Calibrated:
     split: float = 0.0  # waist depth at which seeds are cut (0: never)
     searched: bool = True  # False: too few held-out objects to choose; the start was kept
     objects: int = 0  # held-out objects scored
+    background_pixels: int = 0  # held-out (painted) background: every object there is false
+    search: str = "all"  # "background": only the minimum size and foreground threshold
 
     def describe(self) -> str:
         """One line for people (the CLI prints it, the Train widget shows it)."""
@@ -112,6 +114,14 @@ class Calibrated:
                 f"{settings} (thresholds kept, minimum size from the labeled objects' sizes: "
                 f"{self.objects} held-out objects ({self.measured_on}) are too few to choose "
                 f"them; AP@0.5 {self.ap:.3f} on them)"
+            )
+        if self.search == "background":
+            return (
+                f"{settings} (minimum size and foreground threshold chosen on the false "
+                f"objects on {self.background_pixels:,} {unit} of held-out background and "
+                f"{self.objects} held-out objects ({self.measured_on}), AP@0.5 "
+                f"{self.start_ap:.3f} -> {self.ap:.3f}; seed threshold and waist cut kept: "
+                "too few objects to choose them)"
             )
         return (
             f"{settings}, chosen on {self.measured_on} "

@@ -743,6 +743,8 @@ class TrainingRun:
             split=settings.split,
             searched=record["searched"],
             objects=record["objects"],
+            background_pixels=record["background_pixels"],
+            search=record["search"],
         )
 
     def flush(self) -> None:

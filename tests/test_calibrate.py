@@ -162,9 +162,10 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
     )
     calibrated = [e for e in events if isinstance(e, ev.Calibrated)]
     assert len(calibrated) == 1 and calibrated[0].ap >= calibrated[0].start_ap
-    # the held-out image has fewer objects than a search needs: the start is kept, said so
-    assert not calibrated[0].searched and 0 < calibrated[0].objects < 20
-    assert "held-out objects (1 held-out images) are too few" in calibrated[0].describe()
+    # the held-out image has fewer objects than a full search needs: only the minimum size
+    # and foreground threshold are chosen, on its false objects, and it says so
+    assert calibrated[0].search == "background" and 0 < calibrated[0].objects < 20
+    assert "px of held-out background and" in calibrated[0].describe()
     # 6 images: one held out, the post-processing is chosen on it
     assert calibrated[0].measured_on == "1 held-out images"
     saved = json.loads((out / "config.json").read_text())["postprocess"]
@@ -293,8 +294,10 @@ def test_a_few_held_out_objects_choose_nothing_and_say_so():
 
     probs, truth = blobs(rows=1)  # 3 cells, 3 bits of debris
     start = PostprocessConfig(seed_threshold=0.6, fg_threshold=0.4, split=0.25)
-    settings, record = calibrate([probs], [Truth(truth)], 2, start, sizes=np.full(3, 400))
+    outlined = Truth(truth, labeled=truth > 0)  # the cells held out, no background
+    settings, record = calibrate([probs], [outlined], 2, start, sizes=np.full(3, 400))
     assert record["objects"] == 3 < FEW_OBJECTS and not record["searched"]
+    assert record["search"] == "none" and record["background_pixels"] == 0
     assert (settings.seed_threshold, settings.fg_threshold, settings.split) == (0.6, 0.4, 0.25)
     assert settings.min_size == 100 and len(record["tried"]) == 1
     assert record["start_ap"] == record["chosen_ap"] == 1.0  # what the start scores there
@@ -307,3 +310,40 @@ def test_a_few_held_out_objects_choose_nothing_and_say_so():
     line = event.describe()
     assert "3 held-out objects (3 held-out outlined objects of 15) are too few" in line
     assert "->" not in line  # nothing was chosen, so no "start -> chosen"
+
+
+def test_a_few_held_out_objects_and_held_out_background_choose_what_removes_debris():
+    """With 3 held-out cells the seed threshold and waist cut stay the start's, but the
+    debris on held-out background (here larger than the size prior) is counted: the
+    minimum size or the foreground threshold that removes it is chosen."""
+    probs, truth = blobs(rows=1)
+    for k in range(3):  # debris of 12x12 = 144 px, above the prior (100 px) and faint
+        y, x = 40, 10 + k * 50
+        probs[:, y : y + 12, x : x + 12] = np.array([0.35, 0.6, 0.05])[:, None, None]
+    labels = np.zeros(truth.shape, np.uint16)
+    labels[truth > 0] = truth[truth > 0] + 1
+    labels[36:56] = 1  # background painted (and held out) over the debris
+    held = truth_from_labels(labels, "sparse-instances")
+    start = PostprocessConfig(seed_threshold=0.6, fg_threshold=0.4, split=0.25)
+    settings, record = calibrate([probs], [held], 2, start, sizes=np.full(3, 400))
+    assert record["search"] == "background" and record["searched"]
+    assert record["background_pixels"] == 20 * 160
+    assert record["false_positives"] == [3, 0] and record["start_ap"] == pytest.approx(0.5)
+    assert record["chosen_ap"] == 1.0 and score([probs], [held], settings, 2) == 1.0
+    assert (settings.seed_threshold, settings.split) == (0.6, 0.25)  # never searched
+    assert {t[0] for t in record["tried"]} == {0.6} and {t[3] for t in record["tried"]} == {0.25}
+    assert settings.min_size > 144 or settings.fg_threshold > 0.6
+    # the cells themselves stay: the minimum size never goes above a small labeled object
+    assert settings.min_size <= 400
+    event = ev.Calibrated(9, 0.6, settings.fg_threshold, settings.min_size, 1.0, 0.5,
+                          "3 held-out outlined objects of 15", searched=True, objects=3,
+                          background_pixels=3200, search="background")  # fmt: skip
+    line = event.describe()
+    assert "3,200 px of held-out background and 3 held-out objects" in line
+    assert "0.500 -> 1.000" in line and "seed threshold and waist cut kept" in line
+    # too little background (room for fewer than BACKGROUND_OBJECTS median objects): none
+    labels[36:56] = 0
+    labels[40:44, :100] = 1  # 400 px: one median object
+    small = truth_from_labels(labels, "sparse-instances")
+    _, record = calibrate([probs], [small], 2, start, sizes=np.full(3, 400))
+    assert record["search"] == "none" and record["background_pixels"] == 400
