@@ -77,8 +77,9 @@ def probabilities(model, images: list) -> list:
     return [drain(predict_zoomed_iter(model, i, zoom="auto", device="cpu"))[0] for i in images]
 
 
-def draw(truths: list, k: int, rng) -> tuple[list[int], list, np.ndarray]:
-    """A user's labels: ``PER_HELD_OUT * k`` objects on a few images, ``k`` held out.
+def draw(truths: list, k: int, rng, strokes: int = STROKES) -> tuple[list[int], list, np.ndarray]:
+    """A user's labels: ``PER_HELD_OUT * k`` objects on a few images, ``k`` held out with
+    ``strokes`` background strokes per image.
 
     Returns the images used, their held-out truths (the ``k`` objects + background
     strokes, ``calibrate.Truth``) and the sizes of every labeled object.
@@ -103,8 +104,8 @@ def draw(truths: list, k: int, rng) -> tuple[list[int], list, np.ndarray]:
         t = truths[i]
         mine = [o for (j, o) in objects if j == i]
         kept = np.where(np.isin(t, [o for (j, o) in held if j == i]), t, 0)
-        strokes = paint_strokes(ndimage.distance_transform_edt(t == 0) >= 3, STROKES, rng)
-        held_truths.append(Truth(objects=kept, labeled=(kept > 0) | strokes))
+        painted = paint_strokes(ndimage.distance_transform_edt(t == 0) >= 3, strokes, rng)
+        held_truths.append(Truth(objects=kept, labeled=(kept > 0) | painted))
         labeled_truths.append(Truth(objects=np.where(np.isin(t, mine), t, 0)))
     return used, held_truths, object_sizes(labeled_truths, uncut=True)
 
@@ -137,6 +138,12 @@ def rule(name: str):
     for option in more:
         if option == "bounded":
             patches["size_prior"] = bounded_prior
+        elif option.startswith(("no background", "background")):  # the few-objects search
+            patches["BACKGROUND_SEARCH"] = {
+                "no background": (),
+                "background min size": ("min_size",),
+                "background fg": ("fg_threshold",),
+            }[option]
         else:  # "prior F": the prior is F times a small labeled object
             patches["MIN_SIZE_PRIOR"] = float(option.split()[1])
     with mock.patch.multiple(cal, **patches) if patches else contextlib.nullcontext():
@@ -166,6 +173,12 @@ def test_ap(settings, probs: list, truths: list, cache: dict) -> float:
 
 RULES = ("none", "min size", "no split", "full", "full, bounded", "package")
 PRIORS = ("none, prior 0.25", "none, prior 0.125")  # --rules priors: the prior's fraction
+BACKGROUND = (  # --rules background: with too few held-out objects, what the background picks
+    "package, no background",
+    "package, background min size",
+    "package, background fg",
+    "package",
+)
 
 
 def finetuned(init: str, images: list, truths: list, n: int, steps: int) -> list:
@@ -185,6 +198,23 @@ def finetuned(init: str, images: list, truths: list, n: int, steps: int) -> list
     return models
 
 
+def scratch(images: list, truths: list, n: int, steps: int, objects: int) -> list:
+    """``n`` models trained from scratch on ``objects`` outlined objects + 3 strokes on each
+    of ``images`` (seed = index): weak networks that find debris."""
+    import napari_unet as nu
+    from napari_unet.config import TrainConfig
+
+    models = []
+    for seed in range(n):
+        rng = np.random.default_rng(200 + seed)
+        labels = [few_labels(t, objects, STROKES, rng) for t in truths]
+        models.append(
+            nu.train(images, labels, labels_kind="sparse-instances", init=None, steps=steps,
+                     device="cpu", config=TrainConfig(seed=seed))
+        )  # fmt: skip
+    return models
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--init", required=False, help="a start model that never saw --split")
@@ -196,9 +226,18 @@ def main() -> None:
     p.add_argument("--finetune", type=int, default=2, help="models fine-tuned from --init")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--data", default=str(DSB))
-    p.add_argument("--rules", choices=["search", "priors"], default="search",
-                   help="compare searches (the table above) or, without a search, the size "
-                   "prior's fraction of a small labeled object (0.5, 0.25, 0.125)")  # fmt: skip
+    p.add_argument("--rules", choices=["search", "priors", "background"], default="search",
+                   help="compare searches (the table above), without a search the size "
+                   "prior's fraction of a small labeled object (0.5, 0.25, 0.125), or what "
+                   "held-out background chooses under FEW_OBJECTS")  # fmt: skip
+    p.add_argument("--scratch", type=int, default=0,
+                   help="models trained from scratch on --train-images other images of the "
+                   "group (not drawn from), as well as (or, without --init, instead of) the "
+                   "start model and its fine-tuned ones")  # fmt: skip
+    p.add_argument("--train-images", type=int, default=5)
+    p.add_argument("--train-objects", type=int, default=4, help="outlined per training image")
+    p.add_argument("--held-strokes", type=int, default=STROKES,
+                   help="background strokes per image held out with the objects")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
     args = p.parse_args()
     import napari_unet as nu
@@ -207,29 +246,40 @@ def main() -> None:
         if args.tiny:
             args.data = str(write_tiny(Path(tmp) / "data"))
             args.split, args.test_images, args.pool_images, args.draws = "large", 1, 3, 1
-            args.held_out, args.finetune, args.steps = "1,2", 1, 2
+            args.held_out, args.finetune, args.steps, args.train_images = "1,2", 1, 2, 1
             start = Path(tmp) / "start"
             images, truths = read(Path(args.data), ["synthetic014", "synthetic015"])
             nu.train(images, truths, labels_kind="instances", steps=4, device="cpu", init=None,
                      width=8, out=start)  # fmt: skip
             args.init = str(start)
-        if not args.init:
-            sys.exit("--init: a start model that never saw --split")
+        if not args.init and not args.scratch:
+            sys.exit("--init: a start model that never saw --split (or --scratch N)")
         src = Path(args.data)
         _, group = split(src, args.split)
         test_stems = cap(group, args.test_images)
-        pool_stems = cap([s for s in group if s not in test_stems], args.pool_images)
+        rest = [s for s in group if s not in test_stems]
+        train_stems = cap(rest, args.train_images) if args.scratch else []
+        pool_stems = cap([s for s in rest if s not in train_stems], args.pool_images)
         test, pool = read(src, test_stems), read(src, pool_stems)
         held_out = [int(v) for v in args.held_out.split(",")]
-        models = [nu.load_model(args.init)]
-        models += finetuned(args.init, *pool, args.finetune, args.steps)
+        models = []
+        if args.init:
+            models += [nu.load_model(args.init)]
+            models += finetuned(args.init, *pool, args.finetune, args.steps)
+        if args.scratch:
+            objects = args.train_objects
+            models += scratch(*read(src, train_stems), args.scratch, args.steps, objects)
         print(header("cpu"))
         print(
-            f"# start {args.init} + {args.finetune} fine-tuned ({args.steps} steps); split "
-            f"{args.split}: {len(test_stems)} test, {len(pool_stems)} pool images; "
-            f"{args.draws} draws per k; {PER_HELD_OUT} labeled objects per held-out one"
+            f"# start {args.init} + {args.finetune if args.init else 0} fine-tuned, "
+            f"{args.scratch} from scratch on {len(train_stems)} other images x "
+            f"{args.train_objects} objects ({args.steps} steps); split {args.split}: "
+            f"{len(test_stems)} test, {len(pool_stems)} pool images; {args.draws} draws per "
+            f"k; {PER_HELD_OUT} labeled objects per held-out one, {args.held_strokes} "
+            "held-out background strokes per image"
         )
-        rules = RULES if args.rules == "search" else ("none", *PRIORS)
+        rules = {"search": RULES, "priors": ("none", *PRIORS), "background": BACKGROUND}
+        rules = rules[args.rules]
         results = defaultdict(list)  # (k, rule) -> test APs over models and draws
         for m, model in enumerate(models):
             test_probs = probabilities(model, test[0])
@@ -238,7 +288,7 @@ def main() -> None:
             for k in held_out:
                 for d in range(args.draws):
                     rng = np.random.default_rng(1000 * k + d)
-                    used, held, sizes = draw(pool[1], k, rng)
+                    used, held, sizes = draw(pool[1], k, rng, args.held_strokes)
                     start = replace(model.config.postprocess, min_size=None)
                     probs = [pool_probs[i] for i in used]
                     for name in rules:
