@@ -151,13 +151,14 @@ def rule(name: str):
 
 
 def choose(name: str, probs: list, held: list, start, sizes: np.ndarray):
-    """The settings rule ``name`` chooses on ``held`` (probabilities ``probs``)."""
+    """The settings rule ``name`` chooses on ``held`` (probabilities ``probs``), and its
+    calibration record."""
     from napari_unet.calibrate import calibrate
 
     with rule(name) as nothing:
         if nothing:  # no search: the start with the size prior
-            return calibrate([], [], 2, start, sizes)[0]
-        return calibrate(probs, held, 2, start, sizes)[0]
+            return calibrate([], [], 2, start, sizes)
+        return calibrate(probs, held, 2, start, sizes)
 
 
 def test_ap(settings, probs: list, truths: list, cache: dict) -> float:
@@ -281,6 +282,7 @@ def main() -> None:
         rules = {"search": RULES, "priors": ("none", *PRIORS), "background": BACKGROUND}
         rules = rules[args.rules]
         results = defaultdict(list)  # (k, rule) -> test APs over models and draws
+        background = defaultdict(lambda: np.zeros(2, int))  # rule -> [searched, moved]
         for m, model in enumerate(models):
             test_probs = probabilities(model, test[0])
             pool_probs = probabilities(model, pool[0])
@@ -292,8 +294,11 @@ def main() -> None:
                     start = replace(model.config.postprocess, min_size=None)
                     probs = [pool_probs[i] for i in used]
                     for name in rules:
-                        chosen = choose(name, probs, held, start, sizes)
+                        chosen, record = choose(name, probs, held, start, sizes)
                         results[k, name].append(test_ap(chosen, test_probs, test[1], cache))
+                        if record.get("search") == "background":
+                            moved = record["chosen"] != record["start"]
+                            background[name] += np.array([1, moved])
             best = max(cache.values())
             print(f"# model {m}: best AP@0.5 of the settings tried on the test images {best:.3f}")
         print("| held-out objects | " + " | ".join(rules) + " |")
@@ -301,6 +306,8 @@ def main() -> None:
         for k in held_out:
             cells = [mean_std(results[k, name]) for name in rules]
             print(f"| {k} | " + " | ".join(cells) + " |")
+        for name, (ran, moved) in background.items():
+            print(f"# {name}: background search in {ran} draws, a setting moved in {moved}")
         means = {name: np.mean([np.mean(results[k, name]) for k in held_out]) for name in rules}
         print("summary: mean test AP@0.5 over k: " +
               ", ".join(f"{n} {v:.3f}" for n, v in means.items()))  # fmt: skip
