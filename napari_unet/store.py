@@ -55,6 +55,7 @@ from .builtin import is_builtin, refuse_write
 from .config import ModelSpec, PostprocessConfig
 from .devices import resolve_device
 from .model import UNet
+from .safetensors_header import check_header_fits, parse_header, read_rest
 from .safety import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -66,14 +67,11 @@ from .safety import (
     WEIGHTS_HASH_KEY,
     CheckedModelFolder,
     ModelFormatError,
-    check_header_fits,
     check_model_name,
     model_folder,
-    parse_header,
     read_config,
     read_header,
     read_model_folder,
-    read_rest,
 )
 
 __all__ = [
