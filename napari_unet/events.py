@@ -118,10 +118,9 @@ class Calibrated:
         if self.search == "background":
             return (
                 f"{settings} (minimum size and foreground threshold chosen on the false "
-                f"objects on {self.background_pixels:,} {unit} of held-out background and "
-                f"{self.objects} held-out objects ({self.measured_on}), AP@0.5 "
+                f"objects on the held-out background ({self.measured_on}), AP@0.5 "
                 f"{self.start_ap:.3f} -> {self.ap:.3f}; seed threshold and waist cut kept: "
-                "too few objects to choose them)"
+                f"{self.objects} held-out objects are too few to choose them)"
             )
         return (
             f"{settings}, chosen on {self.measured_on} "

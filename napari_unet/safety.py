@@ -21,11 +21,13 @@ step 6 needs torch and is ``load_model``'s own:
 3. ``config.json``: at most 1 MiB of UTF-8 JSON, no repeated keys, at most
    :data:`MAX_CONFIG_DEPTH` levels deep, then the strict schema of
    :meth:`ModelSpec.from_dict` (known keys only, types and ranges);
-4. the header of ``weights.safetensors``: the 8-byte header length is read first and
-   refused above :data:`~napari_unet.safetensors_header.MAX_HEADER_BYTES` or beyond the end of the file; the JSON
+4. the header of ``weights.safetensors``
+   (:mod:`napari_unet.safetensors_header`): the 8-byte header length is read first and
+   refused above ``MAX_HEADER_BYTES`` or beyond the end of the file; the JSON
    header is checked entry by entry (dtype, shape, offsets inside the data section and
    of the right size);
-5. ``training.json``: at most 64 MiB, :data:`~napari_unet.strict_json.MAX_JSON_DEPTH` levels, a JSON object
+5. ``training.json``: at most 64 MiB,
+   :data:`~napari_unet.strict_json.MAX_JSON_DEPTH` levels, a JSON object
    whose resume fields (``steps``, ``elapsed``, ``log``, ``validation``,
    ``sessions``) have the right types;
 6. the weights against the network: the header's tensor names, shapes and dtypes must

@@ -165,7 +165,9 @@ def test_training_chooses_and_stores_the_postprocessing(nuclei, tmp_path):
     # the held-out image has fewer objects than a full search needs: only the minimum size
     # and foreground threshold are chosen, on its false objects, and it says so
     assert calibrated[0].search == "background" and 0 < calibrated[0].objects < 20
-    assert "px of held-out background and" in calibrated[0].describe()
+    assert (
+        "false objects on the held-out background (1 held-out images)" in calibrated[0].describe()
+    )
     # 6 images: one held out, the post-processing is chosen on it
     assert calibrated[0].measured_on == "1 held-out images"
     saved = json.loads((out / "config.json").read_text())["postprocess"]
@@ -339,8 +341,8 @@ def test_a_few_held_out_objects_and_held_out_background_choose_what_removes_debr
                           "3 held-out outlined objects of 15", searched=True, objects=3,
                           background_pixels=3200, search="background")  # fmt: skip
     line = event.describe()
-    assert "3,200 px of held-out background and 3 held-out objects" in line
-    assert "0.500 -> 1.000" in line and "seed threshold and waist cut kept" in line
+    assert "false objects on the held-out background (3 held-out outlined objects" in line
+    assert "0.500 -> 1.000" in line and "seed threshold and waist cut kept: 3 held-out" in line
     # too little background (room for fewer than BACKGROUND_OBJECTS median objects): none
     labels[36:56] = 0
     labels[40:44, :100] = 1  # 400 px: one median object
