@@ -57,13 +57,18 @@ def edge_spared(probs, spatial_dims=2, fg_threshold=0.6, seed_threshold=0.8, min
     return lab
 
 
-def own_with(model, probs, zooms, truths, min_size: int | None, edge: bool) -> float:
-    """Mean AP@0.5 with the model's own settings, another minimum size and/or the edge rule."""
+def own_with(
+    model, probs, zooms, truths, min_size: int | None, edge: bool, fg: float | None = None
+) -> float:
+    """Mean AP@0.5 with the model's own settings, another minimum size or foreground
+    threshold, and/or the edge rule."""
     from napari_unet.inference import at_zoom
 
     config = model.config
     if min_size is not None:
         config = replace(config, postprocess=replace(config.postprocess, min_size=min_size))
+    if fg is not None:
+        config = replace(config, postprocess=replace(config.postprocess, fg_threshold=fg))
     rule = mock.patch("napari_unet.calibrate.instances_from_probs", edge_spared)
     with rule if edge else contextlib.nullcontext():
         aps = [test_ap(at_zoom(config, z).postprocess, [p], [t], {})
@@ -77,7 +82,7 @@ def centre_half(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2])
 
 
-def ceiling(model, images: list, truths: list, min_sizes=(), edge: bool = False):
+def ceiling(model, images: list, truths: list, min_sizes=(), edge: bool = False, fgs=()):
     """(own settings' AP, the grid's best AP, its settings, {variant: AP}) on these images."""
     from napari_unet.inference import at_zoom, drain, predict_zoomed_iter
 
@@ -102,6 +107,8 @@ def ceiling(model, images: list, truths: list, min_sizes=(), edge: bool = False)
         grid[seed, fg, size] = test_ap(settings, list(probs), truths, cache)
     best = max(grid, key=grid.get)
     variants = {f"min {m}": own_with(model, probs, zooms, truths, m, False) for m in min_sizes}
+    for fg in fgs:
+        variants[f"fg {fg:g}"] = own_with(model, probs, zooms, truths, None, False, fg)
     if edge:
         variants["edge"] = own_with(model, probs, zooms, truths, None, True)
     return own, grid[best], best, variants
@@ -115,6 +122,8 @@ def main() -> None:
     p.add_argument("--data", default=str(DSB))
     p.add_argument("--min-sizes", default="", help="comma-separated: own settings with these "
                    "minimum sizes too")  # fmt: skip
+    p.add_argument("--fgs", default="", help="comma-separated: own settings with these "
+                   "foreground thresholds too")  # fmt: skip
     p.add_argument("--edge", action="store_true", help="own settings with edge-cut objects "
                    "kept down to a quarter of the minimum size too")  # fmt: skip
     p.add_argument("--centre-half", action="store_true", help="score the centre half of each "
@@ -142,14 +151,16 @@ def main() -> None:
         print(f"# {len(images)} test images of {args.split}; grid: seed {SEEDS} x foreground "
               f"{FOREGROUNDS} (and each model's own) x minimum size {MIN_SIZES} px, no waist "
               "cut")  # fmt: skip
-        names = [f"own, min {m}" for m in min_sizes] + (["own, edge rule"] if args.edge else [])
+        fgs = [float(v) for v in args.fgs.split(",") if v]
+        names = [f"own, min {m}" for m in min_sizes] + [f"own, fg {f:g}" for f in fgs]
+        names += ["own, edge rule"] if args.edge else []
         print("| model | own settings | best of the grid (on the test images) | its settings | "
               + "".join(f"{n} | " for n in names))  # fmt: skip
         print("|---|---:|---:|---|" + "---:|" * len(names))
         rows = []
         for path in args.models:
             own, best, settings, variants = ceiling(
-                nu.load_model(path), images, truths, min_sizes, args.edge
+                nu.load_model(path), images, truths, min_sizes, args.edge, fgs
             )
             rows.append((path, own, best))
             more = "".join(f"{v:.3f} | " for v in variants.values())
