@@ -76,6 +76,7 @@ ROUNDS = 2
 FEW_OBJECTS = 20  # fewer held-out objects: nothing searched (bench_calibrate.py)
 BACKGROUND_SEARCH = ("min_size", "fg_threshold")  # searched on held-out background instead
 BACKGROUND_OBJECTS = 5  # held-out background for that: at least this many median objects
+BALANCED_FG_THRESHOLD = 0.9  # a scratch model's start on balanced sparse-instances labels
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,19 @@ def background_pixels(truths: Sequence[Truth]) -> int:
             for t in truths
         )
     )
+
+
+def scratch_start(labels_kind: str, balance: float) -> PostprocessConfig:
+    """The settings a model trained from scratch starts its calibration from.
+
+    On ``sparse-instances`` labels with the balanced loss (the outlined objects half of it,
+    whatever their share of the labeled pixels) the network's foreground spreads beyond
+    the objects, and the default foreground threshold makes them too fat to match:
+    such a model starts from :data:`BALANCED_FG_THRESHOLD` (docs/benchmarks.md, issue 20).
+    """
+    if labels_kind == "sparse-instances" and balance > 0:
+        return PostprocessConfig(fg_threshold=BALANCED_FG_THRESHOLD)
+    return PostprocessConfig()
 
 
 def size_prior(sizes: np.ndarray) -> tuple[int, float] | None:

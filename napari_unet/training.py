@@ -33,7 +33,7 @@ import torch
 from . import targets as tg
 from .augment import crop_margin
 from .budget import WallBudget
-from .calibrate import calibrate
+from .calibrate import calibrate, scratch_start
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
     ModelConfig,
@@ -376,6 +376,7 @@ class TrainingRun:
                 normalization=NormConfig(scale=prepared.scale, z_scale=prepared.z_scale),
                 tiling=tiling or TileConfig(),
                 train=cfg,
+                postprocess=scratch_start(prepared.labels.kind, cfg.balance),
             )
             torch.manual_seed(cfg.seed)
             self.network = UNet.from_config(mcfg)

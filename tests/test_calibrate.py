@@ -10,7 +10,7 @@ import tifffile
 
 import napari_unet as nu
 from napari_unet import events as ev
-from napari_unet.calibrate import Truth, calibrate, score, truth_from_labels
+from napari_unet.calibrate import FG_THRESHOLDS, Truth, calibrate, score, truth_from_labels
 from napari_unet.config import ModelSpec, PostprocessConfig
 from napari_unet.store import load_model
 from napari_unet.targets import IGNORE
@@ -349,3 +349,33 @@ def test_a_few_held_out_objects_and_held_out_background_choose_what_removes_debr
     small = truth_from_labels(labels, "sparse-instances")
     _, record = calibrate([probs], [small], 2, start, sizes=np.full(3, 400))
     assert record["search"] == "none" and record["background_pixels"] == 400
+
+
+def test_a_scratch_model_on_balanced_sparse_instances_starts_from_a_high_foreground_threshold():
+    """The balanced loss spreads a scratch network's foreground: its calibration starts
+    from BALANCED_FG_THRESHOLD; dense instances, an unbalanced loss and a start model's
+    own thresholds are left as they were."""
+    from napari_unet.calibrate import BALANCED_FG_THRESHOLD, scratch_start
+
+    assert scratch_start("sparse-instances", 0.5).fg_threshold == BALANCED_FG_THRESHOLD == 0.9
+    default = PostprocessConfig().fg_threshold
+    assert scratch_start("sparse-instances", 0.0).fg_threshold == default
+    assert scratch_start("instances", 0.5).fg_threshold == default
+    assert scratch_start("instances", 0.5) == PostprocessConfig()
+
+
+def test_training_from_scratch_on_outlined_objects_starts_calibrating_there(nuclei):
+    images, labels = nuclei
+    sparse = []
+    for lab in labels[:3]:
+        ids = np.unique(lab[lab > 0])[:3]
+        out = np.zeros(lab.shape, np.uint16)
+        out[:6] = 1  # a background stroke along the top
+        for new, old in enumerate(ids, start=2):
+            out[lab == old] = new
+        sparse.append(out)
+    model = train(images[:3], sparse, labels_kind="sparse-instances", steps=3, width=4,
+                  depth=2, patch=48, batch_size=2, device="cpu", init=None)  # fmt: skip
+    search = model.history["sessions"][-1]["postprocess_search"]
+    assert search["start"][1] == 0.9
+    assert model.config.postprocess.fg_threshold in (0.9, *FG_THRESHOLDS)
