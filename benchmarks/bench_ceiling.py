@@ -82,7 +82,9 @@ def centre_half(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2])
 
 
-def ceiling(model, images: list, truths: list, min_sizes=(), edge: bool = False, fgs=()):
+def ceiling(
+    model, images: list, truths: list, min_sizes=(), edge=False, fgs=(), zoomed_fgs=(), grid=True
+):
     """(own settings' AP, the grid's best AP, its settings, {variant: AP}) on these images."""
     from napari_unet.inference import at_zoom, drain, predict_zoomed_iter
 
@@ -98,6 +100,8 @@ def ceiling(model, images: list, truths: list, min_sizes=(), edge: bool = False,
             [test_ap(s, [p], [t], {}) for s, p, t in zip(own_settings, probs, truths, strict=True)]
         )
     )
+    if not grid:
+        return own, None, None, {}
     grid = {}
     pp = model.config.postprocess
     seeds = sorted({*SEEDS, pp.seed_threshold})  # the model's own thresholds too
@@ -109,6 +113,9 @@ def ceiling(model, images: list, truths: list, min_sizes=(), edge: bool = False,
     variants = {f"min {m}": own_with(model, probs, zooms, truths, m, False) for m in min_sizes}
     for fg in fgs:
         variants[f"fg {fg:g}"] = own_with(model, probs, zooms, truths, None, False, fg)
+    for fg in zoomed_fgs:  # the zoom search itself reads the foreground at that threshold
+        variants[f"fg {fg:g} zoomed"] = ceiling(model.with_postprocess(fg_threshold=fg), images,
+                                                truths, grid=False)[0]  # fmt: skip
     if edge:
         variants["edge"] = own_with(model, probs, zooms, truths, None, True)
     return own, grid[best], best, variants
@@ -124,6 +131,8 @@ def main() -> None:
                    "minimum sizes too")  # fmt: skip
     p.add_argument("--fgs", default="", help="comma-separated: own settings with these "
                    "foreground thresholds too")  # fmt: skip
+    p.add_argument("--zoomed-fgs", default="", help="comma-separated: own settings with "
+                   "these foreground thresholds, the zoom search run again with them")  # fmt: skip
     p.add_argument("--edge", action="store_true", help="own settings with edge-cut objects "
                    "kept down to a quarter of the minimum size too")  # fmt: skip
     p.add_argument("--centre-half", action="store_true", help="score the centre half of each "
@@ -152,7 +161,9 @@ def main() -> None:
               f"{FOREGROUNDS} (and each model's own) x minimum size {MIN_SIZES} px, no waist "
               "cut")  # fmt: skip
         fgs = [float(v) for v in args.fgs.split(",") if v]
+        zoomed_fgs = [float(v) for v in args.zoomed_fgs.split(",") if v]
         names = [f"own, min {m}" for m in min_sizes] + [f"own, fg {f:g}" for f in fgs]
+        names += [f"own, fg {f:g}, zoom searched with it" for f in zoomed_fgs]
         names += ["own, edge rule"] if args.edge else []
         print("| model | own settings | best of the grid (on the test images) | its settings | "
               + "".join(f"{n} | " for n in names))  # fmt: skip
@@ -160,7 +171,7 @@ def main() -> None:
         rows = []
         for path in args.models:
             own, best, settings, variants = ceiling(
-                nu.load_model(path), images, truths, min_sizes, args.edge, fgs
+                nu.load_model(path), images, truths, min_sizes, args.edge, fgs, zoomed_fgs
             )
             rows.append((path, own, best))
             more = "".join(f"{v:.3f} | " for v in variants.values())
