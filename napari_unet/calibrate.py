@@ -272,13 +272,9 @@ def calibrate(
 
     best, best_ap, stopped = start, None, None
     background = background_pixels(truths)
-    if len(scored) >= max(FEW_OBJECTS, 1):
-        search = "all"
-    elif len(scored) and BACKGROUND_SEARCH and background >= BACKGROUND_OBJECTS * median > 0:
-        search = "background"  # only what removes debris, judged on the held-out background
+    search = _search_kind(len(scored), background, median)
+    if search == "background":  # only what removes debris, judged on the held-out background
         grids = {name: values for name, values in grids.items() if name in BACKGROUND_SEARCH}
-    else:
-        search = None
     if len(scored):
         best_ap = ap(start)
     if search:
@@ -299,25 +295,51 @@ def calibrate(
         best = replace(best, min_size=best.min_size_for(spatial_dims))
     if median > 0:  # what prediction zooms objects to (napari_unet.zoom)
         best = replace(best, object_size=median)
-    record = {
+    record = _record(start, best, best_ap, tried, key, spatial_dims)
+    record.update(
+        median_object_size=median,
+        min_size_prior=prior[0] if prior else None,
+        small_object_size=prior[1] if prior else None,
+        labeled_objects=int(len(sizes)),
+        images=len(truths),
+        objects=int(len(scored)),
+        searched=search is not None,  # False: too few held-out objects, start kept
+        search=search or "none",  # "all", "background" (BACKGROUND_SEARCH only) or "none"
+        background_pixels=background,  # held-out labeled pixels outside the objects
+    )
+    if stopped:
+        record["stopped"] = stopped
+    return best, record
+
+
+def _search_kind(objects: int, background: int, median: float) -> str | None:
+    """What is searched with ``objects`` held-out objects and ``background`` pixels of
+    held-out background (objects of ``median`` size): ``"all"``, ``"background"``
+    (:data:`BACKGROUND_SEARCH`) or nothing (None)."""
+    if objects >= max(FEW_OBJECTS, 1):
+        return "all"
+    if objects and BACKGROUND_SEARCH and background >= BACKGROUND_OBJECTS * median > 0:
+        return "background"
+    return None
+
+
+def _record(
+    start: PostprocessConfig,
+    best: PostprocessConfig,
+    best_ap: float | None,
+    tried: dict[tuple, tuple[int, int, int]],
+    key: Callable[[PostprocessConfig], tuple],
+    spatial_dims: int,
+) -> dict[str, Any]:
+    """The JSON-ready part of a search's record that the settings tried make: the start,
+    the choice, their AP@0.5 and false positives, and every setting with its AP."""
+    return {
         "metric": "AP@0.5",
         "start": [start.seed_threshold, start.fg_threshold, start.min_size_for(spatial_dims)],
         "start_ap": round(_ap(tried[key(start)]), 4) if tried else None,
         "chosen": [best.seed_threshold, best.fg_threshold, best.min_size],
         "split": [start.split, best.split],
         "chosen_ap": round(best_ap, 4) if best_ap is not None else None,
-        "median_object_size": median,
-        "min_size_prior": prior[0] if prior else None,
-        "small_object_size": prior[1] if prior else None,
-        "labeled_objects": int(len(sizes)),
-        "images": len(truths),
-        "objects": int(len(scored)),
-        "searched": search is not None,  # False: too few held-out objects, start kept
-        "search": search or "none",  # "all", "background" (BACKGROUND_SEARCH only) or "none"
-        "background_pixels": background,  # held-out labeled pixels outside the objects
         "false_positives": [tried[key(start)][1], tried[key(best)][1]] if tried else None,
         "tried": [[*k, round(_ap(v), 4)] for k, v in tried.items()],  # seed, fg, min, split
     }
-    if stopped:
-        record["stopped"] = stopped
-    return best, record

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG_FILE, show_value
-from .strict_json import ModelFormatError, _no_repeated_keys, _RepeatedKeyError, printable
+from .strict_json import ModelFormatError, RepeatedKeyError, no_repeated_keys, printable
 
 MAX_HEADER_BYTES = 16 << 20  # safetensors JSON header (a depth-6 network needs ~20 KiB)
 MAX_TENSOR_NAME = 512
@@ -111,8 +111,8 @@ def _check_header_entry(path: Path, key: str, info: Any, available: int) -> None
 def _parse_header_json(path: Path, raw: bytes, available: int) -> dict[str, Any]:
     """Parse and check a safetensors JSON header (``available``: bytes after it)."""
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeated_keys)
-    except _RepeatedKeyError as exc:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_repeated_keys)
+    except RepeatedKeyError as exc:
         raise ModelFormatError(
             f"{path}: invalid safetensors header (repeats the key {exc.key!r})"
         ) from None

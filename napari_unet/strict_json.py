@@ -22,17 +22,20 @@ class ModelFormatError(ValueError):
     """
 
 
-class _RepeatedKeyError(Exception):
+class RepeatedKeyError(Exception):
+    """A JSON object names ``key`` twice (raised by :func:`no_repeated_keys`)."""
+
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
 
 
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook`` that refuses a repeated key."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _RepeatedKeyError(key)
+            raise RepeatedKeyError(key)
         out[key] = value
     return out
 
@@ -96,10 +99,10 @@ def read_json(path: Path, max_bytes: int, what: str, max_depth: int = MAX_JSON_D
             f"{path}: {what} is too large ({size} bytes, at most {max_bytes} allowed)"
         )
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeated_keys)
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=no_repeated_keys)
     except UnicodeDecodeError as exc:
         raise ModelFormatError(f"{path}: {what} is not UTF-8 text ({exc})") from None
-    except _RepeatedKeyError as exc:
+    except RepeatedKeyError as exc:
         raise ModelFormatError(f"{path}: {what} repeats the key {exc.key!r}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge integers
         raise ModelFormatError(f"{path}: {what} is not valid JSON ({exc})") from None
