@@ -19,7 +19,18 @@ Each with the package's size prior (``calibrate.MIN_SIZE_PRIOR`` times the 5th p
 of the labeled sizes: a half when the table in docs/benchmarks.md was measured, a quarter
 since), and ``full`` also with the prior bounded below by a quarter of their median
 (``full, bounded``).  ``--rules priors`` compares, without a search, the prior's fraction
-(``none`` = the package's, ``none, prior 0.25``, ``none, prior 0.125``).
+(``none`` = the package's, ``none, prior 0.25``, ``none, prior 0.125``).  ``--rules
+background``: what held-out background chooses under ``FEW_OBJECTS``; ``--rules overlap``:
+the package before 2026-12-07 (``before overlap``: AP@0.5 alone, foreground grid to 0.7,
+nothing searched on a few objects without background), the same with the new grid and
+search but AP alone (``no iou``), and the package (ties broken by the objects' IoU);
+``--rules sizes``: the minimum size searched up to two small labeled objects.
+
+``--zoom-each`` scores each choice as the package predicts with it: the object-size zoom
+search reads the foreground at the model's threshold and minimum size, so the test images
+are predicted again for every setting chosen (each image once at each zoom, rounded to two
+significant digits: within 4 % of the package's), and the choice is made on the pool
+images at the model's scale, as training calibrates.
 
 Models: ``--init`` (a start model that never saw ``--split``) and ``--finetune`` models
 trained from it like bench_hitl's round 0 (3 images x 2 outlined objects + 3 strokes,
@@ -69,12 +80,49 @@ def read(src: Path, stems: list[str]) -> tuple[list, list]:
     )
 
 
-def probabilities(model, images: list) -> list:
+def probabilities(model, images: list, zoom: float | str = "auto") -> list:
     """Each image's probabilities at the zoom ``predict`` uses, resized back (so settings
-    chosen on them are in the image's pixels)."""
+    chosen on them are in the image's pixels); ``zoom=1``: at the model's scale, as the
+    package calibrates."""
     from napari_unet.inference import drain, predict_zoomed_iter
 
-    return [drain(predict_zoomed_iter(model, i, zoom="auto", device="cpu"))[0] for i in images]
+    return [drain(predict_zoomed_iter(model, i, zoom=zoom, device="cpu"))[0] for i in images]
+
+
+class Zoomed:
+    """The test images' probabilities as the package predicts them with given settings:
+    the object-size zoom search (``zoom.zoom_steps``) reads the foreground at the model's
+    threshold and minimum size, so each setting runs it again; every (image, zoom) is
+    predicted once."""
+
+    def __init__(self, model, images: list):
+        self.model, self.images = model, images
+        self.at: dict = {}  # (image index, zoom) -> probabilities resized back
+        self.by: dict = {}  # settings -> zooms chosen
+
+    def __call__(self, settings) -> list:
+        from napari_unet.inference import drain, predict_proba_iter
+        from napari_unet.zoom import zoom_steps
+
+        spec = self.model.with_postprocess(settings).config
+        base = spec.normalization.scale
+
+        def predict_at(i: int, zoom: float):
+            zoom = float(f"{zoom:.2g}")  # within 4 %: each image predicted at fewer zooms
+            if (i, zoom) not in self.at:
+                image = self.images[i]
+                self.at[i, zoom] = yield from predict_proba_iter(
+                    self.model, image, zoom=zoom, device="cpu"
+                )
+            return self.at[i, zoom]
+
+        probs = []
+        for i in range(len(self.images)):
+            first = drain(predict_at(i, base))
+            p, zoom = drain(zoom_steps(lambda z, i=i: predict_at(i, z), first, spec, base))
+            probs.append(p)
+            self.by.setdefault(settings, []).append(zoom)
+        return probs
 
 
 def draw(truths: list, k: int, rng, strokes: int = STROKES) -> tuple[list[int], list, np.ndarray]:
@@ -138,6 +186,13 @@ def rule(name: str):
     for option in more:
         if option == "bounded":
             patches["size_prior"] = bounded_prior
+        elif option == "sizes to 2":  # the minimum size searched up to 2 small objects
+            patches["MIN_SIZE_FRACTIONS"] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+        elif option in ("before overlap", "no iou"):  # AP alone; and the grid before too
+            patches["_better"] = lambda rank, best: rank[0] > best[0] + 1e-9
+            if option == "before overlap":  # what the package did until 2026-12-07
+                patches["FG_THRESHOLDS"] = (0.3, 0.4, 0.5, 0.6, 0.7)
+                patches["OVERLAP_SEARCH"] = ()
         elif option.startswith(("no background", "background")):  # the few-objects search
             patches["BACKGROUND_SEARCH"] = {
                 "no background": (),
@@ -161,12 +216,17 @@ def choose(name: str, probs: list, held: list, start, sizes: np.ndarray):
         return calibrate(probs, held, 2, start, sizes)
 
 
-def test_ap(settings, probs: list, truths: list, cache: dict) -> float:
-    """Mean AP@0.5 over the test images with ``settings`` (cached by settings)."""
+def test_ap(settings, probs, truths: list, cache: dict) -> float:
+    """Mean AP@0.5 over the test images with ``settings`` (cached by settings); ``probs``:
+    the images' probabilities, or a :class:`Zoomed` that predicts them as the package
+    would with ``settings``."""
     from napari_unet.calibrate import Truth, score
 
     key = (settings.seed_threshold, settings.fg_threshold, settings.min_size, settings.split)
+    if isinstance(probs, Zoomed):
+        key = settings
     if key not in cache:
+        probs = probs(settings) if isinstance(probs, Zoomed) else probs
         pairs = zip(probs, truths, strict=True)
         cache[key] = float(np.mean([score([p], [Truth(t)], settings, 2) for p, t in pairs]))
     return cache[key]
@@ -180,6 +240,12 @@ BACKGROUND = (  # --rules background: with too few held-out objects, what the ba
     "package, background fg",
     "package",
 )
+OVERLAP = (  # --rules overlap: the foreground threshold chosen on how well objects are outlined
+    "package, before overlap",
+    "package, no iou",
+    "package",
+)
+SIZES = ("package", "package, sizes to 2")  # --rules sizes: the minimum size's grid
 
 
 def finetuned(init: str, images: list, truths: list, n: int, steps: int) -> list:
@@ -227,10 +293,13 @@ def main() -> None:
     p.add_argument("--finetune", type=int, default=2, help="models fine-tuned from --init")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--data", default=str(DSB))
-    p.add_argument("--rules", choices=["search", "priors", "background"], default="search",
+    p.add_argument("--rules", choices=["search", "priors", "background", "overlap", "sizes"],
+                   default="search",
                    help="compare searches (the table above), without a search the size "
-                   "prior's fraction of a small labeled object (0.5, 0.25, 0.125), or what "
-                   "held-out background chooses under FEW_OBJECTS")  # fmt: skip
+                   "prior's fraction of a small labeled object (0.5, 0.25, 0.125), what "
+                   "held-out background chooses under FEW_OBJECTS, or the foreground "
+                   "threshold chosen on the objects' IoU, or the minimum size's grid "
+                   "up to two small labeled objects")  # fmt: skip
     p.add_argument("--scratch", type=int, default=0,
                    help="models trained from scratch on --train-images other images of the "
                    "group (not drawn from), as well as (or, without --init, instead of) the "
@@ -239,9 +308,14 @@ def main() -> None:
     p.add_argument("--train-objects", type=int, default=4, help="outlined per training image")
     p.add_argument("--held-strokes", type=int, default=STROKES,
                    help="background strokes per image held out with the objects")  # fmt: skip
+    p.add_argument("--zoom-each", action="store_true",
+                   help="predict the test images as the package would with each chosen "
+                   "setting (the zoom search reads the foreground threshold), and calibrate "
+                   "on the pool images at the model's scale, as training does")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
     args = p.parse_args()
     import napari_unet as nu
+    from napari_unet.calibrate import scratch_start
 
     with tempfile.TemporaryDirectory(prefix="nu-cal-") as tmp:
         if args.tiny:
@@ -263,13 +337,14 @@ def main() -> None:
         pool_stems = cap([s for s in rest if s not in train_stems], args.pool_images)
         test, pool = read(src, test_stems), read(src, pool_stems)
         held_out = [int(v) for v in args.held_out.split(",")]
-        models = []
+        models, fresh = [], 0  # the last `fresh` are from scratch
         if args.init:
             models += [nu.load_model(args.init)]
             models += finetuned(args.init, *pool, args.finetune, args.steps)
         if args.scratch:
             objects = args.train_objects
             models += scratch(*read(src, train_stems), args.scratch, args.steps, objects)
+            fresh = args.scratch
         print(header("cpu"))
         print(
             f"# start {args.init} + {args.finetune if args.init else 0} fine-tuned, "
@@ -279,35 +354,42 @@ def main() -> None:
             f"k; {PER_HELD_OUT} labeled objects per held-out one, {args.held_strokes} "
             "held-out background strokes per image"
         )
-        rules = {"search": RULES, "priors": ("none", *PRIORS), "background": BACKGROUND}
+        rules = {"search": RULES, "priors": ("none", *PRIORS), "background": BACKGROUND,
+                 "overlap": OVERLAP, "sizes": SIZES}  # fmt: skip
         rules = rules[args.rules]
         results = defaultdict(list)  # (k, rule) -> test APs over models and draws
         background = defaultdict(lambda: np.zeros(2, int))  # rule -> [searched, moved]
         for m, model in enumerate(models):
-            test_probs = probabilities(model, test[0])
-            pool_probs = probabilities(model, pool[0])
+            test_probs = Zoomed(model, test[0]) if args.zoom_each else probabilities(model, test[0])
+            pool_probs = probabilities(model, pool[0], zoom=1 if args.zoom_each else "auto")
             cache: dict = {}
             for k in held_out:
                 for d in range(args.draws):
                     rng = np.random.default_rng(1000 * k + d)
                     used, held, sizes = draw(pool[1], k, rng, args.held_strokes)
                     start = replace(model.config.postprocess, min_size=None)
+                    if m >= len(models) - fresh:  # the package's start, not its own choice
+                        fg = scratch_start("sparse-instances", model.config.train.balance)
+                        start = replace(start, fg_threshold=fg.fg_threshold)
                     probs = [pool_probs[i] for i in used]
                     for name in rules:
                         chosen, record = choose(name, probs, held, start, sizes)
                         results[k, name].append(test_ap(chosen, test_probs, test[1], cache))
-                        if record.get("search") == "background":
+                        if record.get("search") in ("background", "overlap"):
                             moved = record["chosen"] != record["start"]
-                            background[name] += np.array([1, moved])
+                            background[name, record["search"]] += np.array([1, moved])
             best = max(cache.values())
+            if isinstance(test_probs, Zoomed):
+                zooms = sorted({round(z, 2) for zs in test_probs.by.values() for z in zs})
+                print(f"# model {m}: {len(test_probs.by)} settings, zooms {zooms}")
             print(f"# model {m}: best AP@0.5 of the settings tried on the test images {best:.3f}")
         print("| held-out objects | " + " | ".join(rules) + " |")
         print("|---" * (len(rules) + 1) + "|")
         for k in held_out:
             cells = [mean_std(results[k, name]) for name in rules]
             print(f"| {k} | " + " | ".join(cells) + " |")
-        for name, (ran, moved) in background.items():
-            print(f"# {name}: background search in {ran} draws, a setting moved in {moved}")
+        for (name, kind), (ran, moved) in background.items():
+            print(f"# {name}: {kind} search in {ran} draws, a setting moved in {moved}")
         means = {name: np.mean([np.mean(results[k, name]) for k in held_out]) for name in rules}
         print("summary: mean test AP@0.5 over k: " +
               ", ".join(f"{n} {v:.3f}" for n, v in means.items()))  # fmt: skip

@@ -495,6 +495,15 @@ def _validation_lines(history: dict) -> list[str]:
                 "thresholds kept and minimum size from the labeled objects' sizes; "
                 f"{held} held-out objects, too few to search them on."
             )
+        elif search and search.get("search") == "overlap":
+            lines.append(
+                f"Instance settings {search.get('chosen')} (seed, foreground, minimum size): "
+                f"foreground threshold chosen on how well {search.get('objects')} held-out "
+                f"objects are outlined (mean best IoU {search.get('overlap')}, "
+                f"{search.get('metric')} {search.get('start_ap')} -> "
+                f"{search.get('chosen_ap')}); seed threshold and waist cut kept and minimum "
+                "size from the labeled objects' sizes: too few objects to choose them."
+            )
         elif search and search.get("search") == "background":
             lines.append(
                 f"Instance settings {search.get('chosen')} (seed, foreground, minimum size): "

@@ -29,26 +29,33 @@ The seeds' waist cut (:func:`napari_unet.postprocess.split_seeds`, for touching
 objects the network did not separate) is searched too, off included.
 
 The search is a coordinate descent over small grids (each setting in turn,
-twice), starting from the model's current settings; on a tie the current value
-stays, so labels that cannot tell two settings apart change nothing.  The
-probabilities are computed once; each setting costs one watershed per image.
+twice), starting from the model's current settings.  Settings are ranked by AP@0.5, and
+on a tie by how well the held-out objects are outlined: the sum of each one's IoU with
+the predicted object that overlaps it most (``metrics.match_instances``'
+``mean_best_iou``), which even one object measures over hundreds of pixels; on a tie of
+both the current value stays, so labels that cannot tell two settings apart change
+nothing.  The probabilities are computed once; each setting costs one watershed per image.
 
-With fewer than :data:`FEW_OBJECTS` held-out objects nothing is searched: the
-thresholds and waist cut stay those of the start (the model continued, the start
-model's, or the defaults) and the minimum size is the prior.  A few outlined objects
-cannot tell settings apart: on 24 unseen images of crowded nuclei, settings searched
-on 1-10 held-out objects scored no better than the start's, and the waist cut chosen
-on 3 objects lost 0.02-0.03 AP@0.5 on average, 0.15 in one simulated correction round
-(``benchmarks/bench_calibrate.py``, docs/benchmarks.md).  What they scored is still
-recorded and reported.  What they can still tell is the debris: a model trained on a few
-objects finds small false objects on unlabeled ground, and the held-out (painted)
-background counts them.  So with too few held-out objects but room for
-:data:`BACKGROUND_OBJECTS` median objects on held-out background, only the settings in
-:data:`BACKGROUND_SEARCH` (the minimum size and the foreground threshold: what removes
-debris) are searched, on the same AP@0.5 (the held-out objects keep a setting from
-dropping real ones); the seed threshold and the waist cut stay the start's.  On crowded
-nuclei, whose few-label models make no debris, this changed nothing (240 draws); on
-brightfield nuclei it gained 0.011 AP@0.5 (``bench_calibrate.py --rules background``,
+With fewer than :data:`FEW_OBJECTS` held-out objects the seed threshold and the waist cut
+are not searched: they stay those of the start (the model continued, the start model's,
+or the defaults).  A few outlined objects cannot tell them apart: on 24 unseen images of
+crowded nuclei, settings searched on 1-10 held-out objects by AP@0.5 alone scored no
+better than the start's, and the waist cut chosen on 3 objects lost 0.02-0.03 AP@0.5 on
+average, 0.15 in one simulated correction round (``benchmarks/bench_calibrate.py``,
+docs/benchmarks.md).  What they can tell is how well they are outlined, and what the
+foreground threshold sets is exactly that: a network trained on a few outlined objects
+spreads its foreground beyond them by an amount that changes from model to model (a
+fixed 0.9 helped first models and cost later ones up to 0.3 AP@0.5, docs/benchmarks.md).
+So the foreground threshold alone (:data:`OVERLAP_SEARCH`) is searched on them (AP@0.5,
+then their IoU), and the minimum size is the prior.  They also tell the debris: a model
+trained on a few objects finds small false objects on unlabeled ground, and the held-out
+(painted) background counts them.  So with room for :data:`BACKGROUND_OBJECTS` median
+objects on held-out background, the settings in :data:`BACKGROUND_SEARCH` (the minimum
+size and the foreground threshold: what removes debris) are searched instead, on the
+same ranking (the held-out objects keep a setting from dropping real ones).  On crowded
+nuclei, whose few-label models make no debris, the background changed nothing (240
+draws); on brightfield nuclei it gained 0.011 AP@0.5; the objects' IoU gained
+OVERLAP_GAIN (``bench_calibrate.py --rules background`` and ``--rules overlap``,
 docs/benchmarks.md).
 """
 
@@ -67,7 +74,7 @@ from .postprocess import instances_from_probs
 from .targets import PAINTED_BACKGROUND
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_SIZE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of a small labeled object (never 0: debris)
 SPLIT_DEPTHS = (0.0, 0.25, 0.5)  # cut seeds at waists this deep (0: never; postprocess.split)
 MIN_SIZE_PRIOR = 0.25  # the start: a quarter of a small labeled object (bench_calibrate)
@@ -76,6 +83,7 @@ ROUNDS = 2
 FEW_OBJECTS = 20  # fewer held-out objects: nothing searched (bench_calibrate.py)
 BACKGROUND_SEARCH = ("min_size", "fg_threshold")  # searched on held-out background instead
 BACKGROUND_OBJECTS = 5  # held-out background for that: at least this many median objects
+OVERLAP_SEARCH = ("fg_threshold",)  # too few objects, no background: chosen on their outlines
 BALANCED_FG_THRESHOLD = 0.9  # a scratch model's start on balanced sparse-instances labels
 
 
@@ -148,7 +156,16 @@ def counts(
     probs: Sequence[np.ndarray], truths: Sequence[Truth], settings: PostprocessConfig, dims: int
 ) -> tuple[int, int, int]:
     """True positives, false positives and false negatives at IoU 0.5, all images."""
+    return tally(probs, truths, settings, dims)[:3]
+
+
+def tally(
+    probs: Sequence[np.ndarray], truths: Sequence[Truth], settings: PostprocessConfig, dims: int
+) -> tuple[int, int, int, float]:
+    """:func:`counts` and the sum over the truth objects of their best IoU with a predicted
+    object (``metrics.match_instances``' ``mean_best_iou`` times their number)."""
     tp = fp = fn = 0
+    overlap = 0.0
     for p, truth in zip(probs, truths, strict=True):
         pred = instances_from_probs(
             p,
@@ -160,11 +177,12 @@ def counts(
         )
         m = match_instances(truth.objects, _restrict(pred, truth.labeled), 0.5)
         tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
-    return int(tp), int(fp), int(fn)
+        overlap += m["mean_best_iou"] * m["n_true"]
+    return int(tp), int(fp), int(fn), float(overlap)
 
 
-def _ap(tp_fp_fn: tuple[int, int, int]) -> float:
-    total = sum(tp_fp_fn)
+def _ap(tp_fp_fn: tuple[int, ...]) -> float:
+    total = sum(tp_fp_fn[:3])
     return tp_fp_fn[0] / total if total else 1.0
 
 
@@ -219,8 +237,9 @@ def calibrate(
         The model's ``(3, *spatial)`` probabilities, one array per image of ``truths``.
     truths
         The held-out objects of each image (:func:`truth_from_labels`); fewer than
-        :data:`FEW_OBJECTS` objects: nothing is searched (the start is scored), the start
-        thresholds stay and the minimum size is the prior.
+        :data:`FEW_OBJECTS` objects: only :data:`OVERLAP_SEARCH` (or, with enough
+        held-out background, :data:`BACKGROUND_SEARCH`) is searched, the other settings
+        stay the start's and the minimum size is the prior; none: nothing is searched.
     spatial_dims
         2 or 3, of the model (a 2D model's probabilities are 2D here).
     start
@@ -238,8 +257,8 @@ def calibrate(
     settings, record
         The chosen :class:`~napari_unet.config.PostprocessConfig` and a JSON-ready
         record: the AP of the start and of the choice (None when nothing was searched),
-        every setting tried with its AP, the object sizes and the number of images and
-        objects scored.
+        their false positives and objects' mean best IoU, every setting tried with its
+        AP, the object sizes and the number of images and objects scored.
     """
     start = start or PostprocessConfig()
     sizes = object_sizes(truths, uncut=True) if sizes is None else np.asarray(sizes)
@@ -255,7 +274,7 @@ def calibrate(
         "min_size": min_sizes or [start.min_size_for(spatial_dims)],
         "split": SPLIT_DEPTHS,
     }
-    tried: dict[tuple, tuple[int, int, int]] = {}  # settings -> TP, FP, FN
+    tried: dict[tuple, tuple[int, int, int, float]] = {}  # settings -> TP, FP, FN, IoU sum
 
     def key(settings: PostprocessConfig) -> tuple:
         return (
@@ -265,18 +284,20 @@ def calibrate(
             settings.split,
         )
 
-    def ap(settings: PostprocessConfig) -> float:
+    def rank(settings: PostprocessConfig) -> tuple[float, float]:
+        """AP@0.5, then (on a tie) how well the objects are outlined."""
         if key(settings) not in tried:
-            tried[key(settings)] = counts(probs, truths, settings, spatial_dims)
-        return _ap(tried[key(settings)])
+            tried[key(settings)] = tally(probs, truths, settings, spatial_dims)
+        return _ap(tried[key(settings)]), tried[key(settings)][3]
 
-    best, best_ap, stopped = start, None, None
+    best, best_rank, stopped = start, None, None
     background = background_pixels(truths)
     search = _search_kind(len(scored), background, median)
-    if search == "background":  # only what removes debris, judged on the held-out background
-        grids = {name: values for name, values in grids.items() if name in BACKGROUND_SEARCH}
+    if search in ("background", "overlap"):  # a few objects: what they and the paint can tell
+        only = BACKGROUND_SEARCH if search == "background" else OVERLAP_SEARCH
+        grids = {name: values for name, values in grids.items() if name in only}
     if len(scored):
-        best_ap = ap(start)
+        best_rank = rank(start)
     if search:
         candidates = (
             (name, value)
@@ -289,13 +310,13 @@ def calibrate(
                 stopped = "time"
                 break
             candidate = replace(best, **{name: value})
-            if ap(candidate) > best_ap + 1e-9:
-                best, best_ap = candidate, ap(candidate)
+            if _better(rank(candidate), best_rank):
+                best, best_rank = candidate, rank(candidate)
     if best.min_size is None:  # store the size it was judged with
         best = replace(best, min_size=best.min_size_for(spatial_dims))
     if median > 0:  # what prediction zooms objects to (napari_unet.zoom)
         best = replace(best, object_size=median)
-    record = _record(start, best, best_ap, tried, key, spatial_dims)
+    record = _record(start, best, best_rank, tried, key, spatial_dims)
     record.update(
         median_object_size=median,
         min_size_prior=prior[0] if prior else None,
@@ -304,7 +325,7 @@ def calibrate(
         images=len(truths),
         objects=int(len(scored)),
         searched=search is not None,  # False: too few held-out objects, start kept
-        search=search or "none",  # "all", "background" (BACKGROUND_SEARCH only) or "none"
+        search=search or "none",  # "all", "background", "overlap" (only those grids), "none"
         background_pixels=background,  # held-out labeled pixels outside the objects
     )
     if stopped:
@@ -312,27 +333,43 @@ def calibrate(
     return best, record
 
 
+def _better(rank: tuple[float, float], best: tuple[float, float]) -> bool:
+    """A higher AP@0.5, or the same with the objects better outlined (sum of their IoU)."""
+    if abs(rank[0] - best[0]) > 1e-9:
+        return rank[0] > best[0]
+    return rank[1] > best[1] + 1e-9
+
+
 def _search_kind(objects: int, background: int, median: float) -> str | None:
     """What is searched with ``objects`` held-out objects and ``background`` pixels of
     held-out background (objects of ``median`` size): ``"all"``, ``"background"``
-    (:data:`BACKGROUND_SEARCH`) or nothing (None)."""
+    (:data:`BACKGROUND_SEARCH`), ``"overlap"`` (:data:`OVERLAP_SEARCH`) or nothing (None)."""
     if objects >= max(FEW_OBJECTS, 1):
         return "all"
     if objects and BACKGROUND_SEARCH and background >= BACKGROUND_OBJECTS * median > 0:
         return "background"
+    if objects and OVERLAP_SEARCH:
+        return "overlap"
     return None
 
 
 def _record(
     start: PostprocessConfig,
     best: PostprocessConfig,
-    best_ap: float | None,
-    tried: dict[tuple, tuple[int, int, int]],
+    best_rank: tuple[float, float] | None,
+    tried: dict[tuple, tuple[int, int, int, float]],
     key: Callable[[PostprocessConfig], tuple],
     spatial_dims: int,
 ) -> dict[str, Any]:
     """The JSON-ready part of a search's record that the settings tried make: the start,
-    the choice, their AP@0.5 and false positives, and every setting with its AP."""
+    the choice, their AP@0.5, false positives and objects' mean best IoU, and every
+    setting with its AP."""
+    best_ap = best_rank[0] if best_rank is not None else None
+
+    def outlined(settings: PostprocessConfig) -> float:  # mean best IoU of the objects
+        tp, _, fn, overlap = tried[key(settings)]
+        return round(overlap / (tp + fn), 4) if tp + fn else 1.0
+
     return {
         "metric": "AP@0.5",
         "start": [start.seed_threshold, start.fg_threshold, start.min_size_for(spatial_dims)],
@@ -341,5 +378,6 @@ def _record(
         "split": [start.split, best.split],
         "chosen_ap": round(best_ap, 4) if best_ap is not None else None,
         "false_positives": [tried[key(start)][1], tried[key(best)][1]] if tried else None,
+        "overlap": [outlined(start), outlined(best)] if tried else None,  # mean best IoU
         "tried": [[*k, round(_ap(v), 4)] for k, v in tried.items()],  # seed, fg, min, split
     }

@@ -93,7 +93,9 @@ class Calibrated:
     searched: bool = True  # False: too few held-out objects to choose; the start was kept
     objects: int = 0  # held-out objects scored
     background_pixels: int = 0  # held-out (painted) background: every object there is false
-    search: str = "all"  # "background": only the minimum size and foreground threshold
+    search: str = "all"  # "background": only the minimum size and foreground threshold;
+    # "overlap": only the foreground threshold, on how well the held-out objects are outlined
+    overlap: tuple[float, float] | None = None  # their mean best IoU: start, chosen
 
     def describe(self) -> str:
         """One line for people (the CLI prints it, the Train widget shows it)."""
@@ -115,12 +117,23 @@ class Calibrated:
                 f"{self.objects} held-out objects ({self.measured_on}) are too few to choose "
                 f"them; AP@0.5 {self.ap:.3f} on them)"
             )
+        outlined = ""
+        if self.overlap and self.overlap[0] != self.overlap[1]:
+            outlined = f", their mean IoU {self.overlap[0]:.2f} -> {self.overlap[1]:.2f}"
+        if self.search == "overlap":
+            return (
+                f"{settings} (foreground threshold chosen on how well the held-out objects "
+                f"({self.measured_on}) are outlined, AP@0.5 {self.start_ap:.3f} -> "
+                f"{self.ap:.3f}{outlined}; seed threshold and waist cut kept, minimum size "
+                f"from the labeled objects' sizes: {self.objects} held-out objects are too "
+                "few to choose them)"
+            )
         if self.search == "background":
             return (
                 f"{settings} (minimum size and foreground threshold chosen on the false "
                 f"objects on the held-out background ({self.measured_on}), AP@0.5 "
-                f"{self.start_ap:.3f} -> {self.ap:.3f}; seed threshold and waist cut kept: "
-                f"{self.objects} held-out objects are too few to choose them)"
+                f"{self.start_ap:.3f} -> {self.ap:.3f}{outlined}; seed threshold and waist "
+                f"cut kept: {self.objects} held-out objects are too few to choose them)"
             )
         return (
             f"{settings}, chosen on {self.measured_on} "

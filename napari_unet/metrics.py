@@ -283,7 +283,15 @@ def _scores(overlap: _Overlap, threshold: float) -> dict[str, float | int]:
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "ap": ratio(tp, tp + fp + fn),
         "mean_matched_iou": ratio(float(matched.sum()), tp),
+        "mean_best_iou": ratio(float(_best_iou(overlap).sum()), overlap.n_true),
     }
+
+
+def _best_iou(overlap: _Overlap) -> np.ndarray:
+    """Each truth object's IoU with the predicted object that overlaps it most (0: none)."""
+    best = np.zeros(overlap.n_true)
+    np.maximum.at(best, overlap.true_index, overlap.iou)
+    return best
 
 
 def match_instances(truth: Any, pred: Any, threshold: float = 0.5) -> dict[str, float | int]:
@@ -303,7 +311,10 @@ def match_instances(truth: Any, pred: Any, threshold: float = 0.5) -> dict[str, 
         ``tp``, ``fp``, ``fn``, ``n_true``, ``n_pred``, ``threshold`` and the scores
         ``precision`` = TP / (TP + FP), ``recall`` = TP / (TP + FN),
         ``f1``, ``ap`` = TP / (TP + FP + FN) (the DSB2018 / StarDist "average
-        precision") and ``mean_matched_iou`` (mean IoU of the true positives).
+        precision"), ``mean_matched_iou`` (mean IoU of the true positives) and
+        ``mean_best_iou`` (mean over the truth objects of the IoU with the predicted
+        object that overlaps each most, matched or not, 0 where none does: how well
+        they are outlined, whatever the threshold).
         With no object in either image every score is 1.0 (nothing to find, nothing
         found); otherwise a score whose denominator is 0 is 0.0.
 

@@ -746,6 +746,7 @@ class TrainingRun:
             objects=record["objects"],
             background_pixels=record["background_pixels"],
             search=record["search"],
+            overlap=tuple(record["overlap"]) if record["overlap"] else None,
         )
 
     def flush(self) -> None:

@@ -289,28 +289,54 @@ def test_with_postprocess_takes_a_whole_config_or_single_fields(tiny_model):
         model.with_postprocess(seed=0.5)
 
 
-def test_a_few_held_out_objects_choose_nothing_and_say_so():
-    """3 held-out cells cannot tell settings apart: the start's thresholds and waist cut
-    stay (the minimum size is the prior), the start is scored and reported as such."""
+def test_a_few_held_out_objects_choose_only_the_foreground_threshold_on_their_outlines():
+    """3 held-out cells cannot tell settings apart by AP@0.5, but they measure how well they
+    are outlined over hundreds of pixels: with no held-out background only the foreground
+    threshold is searched, AP first and then the cells' IoU, the seed threshold and waist
+    cut stay the start's and the minimum size is the prior."""
     from napari_unet.calibrate import FEW_OBJECTS
 
     probs, truth = blobs(rows=1)  # 3 cells, 3 bits of debris
+    fat = np.zeros(truth.shape, bool)  # a halo of 3 px round each cell: foreground up to 0.7
+    for k in range(3):
+        y, x = 10, 10 + k * 50
+        fat[y - 3 : y + 23, x - 3 : x + 23] = True
+    halo = fat & (truth == 0)
+    probs[:, halo] = np.array([0.25, 0.7, 0.05])[:, None]
     start = PostprocessConfig(seed_threshold=0.6, fg_threshold=0.4, split=0.25)
     outlined = Truth(truth, labeled=truth > 0)  # the cells held out, no background
+    assert score([probs], [outlined], start, 2) == 1.0  # matched though fat: AP cannot tell
     settings, record = calibrate([probs], [outlined], 2, start, sizes=np.full(3, 400))
-    assert record["objects"] == 3 < FEW_OBJECTS and not record["searched"]
-    assert record["search"] == "none" and record["background_pixels"] == 0
-    assert (settings.seed_threshold, settings.fg_threshold, settings.split) == (0.6, 0.4, 0.25)
-    assert settings.min_size == 100 and len(record["tried"]) == 1
-    assert record["start_ap"] == record["chosen_ap"] == 1.0  # what the start scores there
-    # the same objects 7 times over: a search, which may move the thresholds
+    assert record["objects"] == 3 < FEW_OBJECTS and record["search"] == "overlap"
+    assert record["searched"] and record["background_pixels"] == 0
+    assert (settings.seed_threshold, settings.split) == (0.6, 0.25)  # never searched
+    assert {(t[0], t[2], t[3]) for t in record["tried"]} == {(0.6, 100, 0.25)}
+    assert settings.fg_threshold >= 0.75 and settings.min_size == 100
+    assert record["overlap"] == [pytest.approx(400 / 676, abs=1e-4), 1.0]  # 26x26 -> 20x20
+    assert record["start_ap"] == record["chosen_ap"] == 1.0
+    # the same, scored by AP alone (a tie keeps the start): the cells stay fat
+    import napari_unet.calibrate as cal
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cal, "_better", lambda rank, best: rank[0] > best[0] + 1e-9)
+        assert calibrate([probs], [outlined], 2, start, np.full(3, 400))[0].fg_threshold == 0.4
+    # the same objects 7 times over: a search of everything
     many, truths = blobs(rows=7)
     _, record = calibrate([many], [Truth(truths)], 2, start, sizes=np.full(21, 400))
-    assert record["searched"] and len(record["tried"]) > 10
-    event = ev.Calibrated(9, 0.6, 0.4, 200, 1.0, 1.0, "3 held-out outlined objects of 15",
-                          searched=False, objects=3)  # fmt: skip
+    assert record["search"] == "all" and len(record["tried"]) > 10
+    event = ev.Calibrated(9, 0.6, 0.8, 100, 1.0, 1.0, "3 held-out outlined objects of 15",
+                          objects=3, search="overlap", overlap=(0.59, 1.0))  # fmt: skip
     line = event.describe()
-    assert "3 held-out objects (3 held-out outlined objects of 15) are too few" in line
+    assert "foreground threshold chosen on how well the held-out objects (3 held-out" in line
+    assert "their mean IoU 0.59 -> 1.00" in line and "3 held-out objects are too few" in line
+    # no held-out object at all: nothing searched, said so
+    settings, record = calibrate([probs], [Truth(np.zeros_like(truth), labeled=truth > 0)], 2,
+                                 start, sizes=np.full(3, 400))  # fmt: skip
+    assert record["search"] == "none" and not record["searched"] and settings.fg_threshold == 0.4
+    event = ev.Calibrated(9, 0.6, 0.4, 200, 0.0, 0.0, "3 held-out outlined objects of 15",
+                          searched=False, objects=0)  # fmt: skip
+    line = event.describe()
+    assert "0 held-out objects (3 held-out outlined objects of 15) are too few" in line
     assert "->" not in line  # nothing was chosen, so no "start -> chosen"
 
 
@@ -343,12 +369,14 @@ def test_a_few_held_out_objects_and_held_out_background_choose_what_removes_debr
     line = event.describe()
     assert "false objects on the held-out background (3 held-out outlined objects" in line
     assert "0.500 -> 1.000" in line and "seed threshold and waist cut kept: 3 held-out" in line
-    # too little background (room for fewer than BACKGROUND_OBJECTS median objects): none
+    # too little background (room for fewer than BACKGROUND_OBJECTS median objects): the
+    # foreground threshold alone, on the cells' outlines
     labels[36:56] = 0
     labels[40:44, :100] = 1  # 400 px: one median object
     small = truth_from_labels(labels, "sparse-instances")
-    _, record = calibrate([probs], [small], 2, start, sizes=np.full(3, 400))
-    assert record["search"] == "none" and record["background_pixels"] == 400
+    settings, record = calibrate([probs], [small], 2, start, sizes=np.full(3, 400))
+    assert record["search"] == "overlap" and record["background_pixels"] == 400
+    assert settings.min_size == 100 and {t[2] for t in record["tried"]} == {100}
 
 
 def test_a_scratch_model_on_balanced_sparse_instances_starts_from_a_high_foreground_threshold():
@@ -379,3 +407,21 @@ def test_training_from_scratch_on_outlined_objects_starts_calibrating_there(nucl
     search = model.history["sessions"][-1]["postprocess_search"]
     assert search["start"][1] == 0.9
     assert model.config.postprocess.fg_threshold in (0.9, *FG_THRESHOLDS)
+
+
+def test_the_model_card_says_what_each_search_chose_on():
+    from napari_unet.bioimageio import _validation_lines
+
+    def card(**search):
+        record = {"metric": "AP@0.5", "chosen": [0.8, 0.9, 100], "objects": 2, "searched": True,
+                  "start_ap": 0.5, "chosen_ap": 1.0, "images": 1, **search}  # fmt: skip
+        session = {"labels_kind": "sparse-instances", "postprocess_search": record}
+        return " ".join(_validation_lines({"sessions": [session]}))
+
+    overlap = card(search="overlap", overlap=[0.61, 0.87])
+    assert "foreground threshold chosen on how well 2 held-out objects are outlined" in overlap
+    assert "mean best IoU [0.61, 0.87]" in overlap and "AP@0.5 0.5 -> 1.0" in overlap
+    background = card(search="background", background_pixels=3200)
+    assert "false objects on 3200 px of held-out background and 2 held-out" in background
+    assert "too few to search them on" in card(search="none", searched=False, chosen_ap=None)
+    assert "Instance settings chosen on 1 image(s), 25 objects" in card(search="all", objects=25)

@@ -284,7 +284,7 @@ def test_sparse_instances_and_postprocessing_flags(tmp_path, capsys):
     measured_on = "1 held-out outlined object of 6 + "
     assert f"validation IoU is measured on {measured_on}" in out
     assert "instances: seed threshold" in out and f"held-out objects ({measured_on}" in out
-    assert "too few to choose them" in out  # one held-out object: the start is kept, said so
+    assert "too few to choose them" in out  # one held-out object: the thresholds kept, said so
     assert json.loads((model / "config.json").read_text())["labels"]["kind"] == "sparse-instances"
     flag_runs = (([], "own"), (["--min-size", "1000000"], "none"), (["--split", "0.5"], "cut"))
     for flags, pred in flag_runs:

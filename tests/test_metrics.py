@@ -91,6 +91,7 @@ def test_shifted_square_iou_one_third() -> None:
     assert (high["tp"], high["fp"], high["fn"]) == (0, 1, 1)
     assert high["ap"] == 0.0
     assert high["mean_matched_iou"] == 0.0
+    assert high["mean_best_iou"] == low["mean_best_iou"] == pytest.approx(1 / 3)  # unmatched too
     assert average_precision(truth, pred, thresholds=(0.3, 0.5)) == {0.3: 1.0, 0.5: 0.0}
 
 
@@ -103,6 +104,15 @@ def test_split_object_one_tp_one_fp() -> None:
     assert res["precision"] == pytest.approx(0.5)
     assert res["recall"] == 1.0
     assert res["mean_matched_iou"] == pytest.approx(0.7)
+    assert res["mean_best_iou"] == pytest.approx(0.7)  # the larger piece, per truth object
+
+
+def test_mean_best_iou_counts_a_missed_object_as_zero() -> None:
+    truth = squares((20, 20), {1: np.s_[0:10, 0:10], 2: np.s_[12:20, 12:20]})
+    pred = squares((20, 20), {5: np.s_[0:10, 0:8]})  # 80 / 100 of object 1, nothing on 2
+    res = match_instances(truth, pred)
+    assert res["mean_best_iou"] == pytest.approx((0.8 + 0.0) / 2)
+    assert match_instances(truth, np.zeros_like(truth))["mean_best_iou"] == 0.0
 
 
 def test_exact_half_split_is_still_one_to_one() -> None:
