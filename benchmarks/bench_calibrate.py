@@ -24,7 +24,8 @@ background``: what held-out background chooses under ``FEW_OBJECTS``; ``--rules 
 the package before 2026-12-07 (``before overlap``: AP@0.5 alone, foreground grid to 0.7,
 nothing searched on a few objects without background), the same with the new grid and
 search but AP alone (``no iou``), and the package (ties broken by the objects' IoU);
-``--rules sizes``: the minimum size searched up to two small labeled objects.
+``--rules sizes``: the minimum size searched up to two small labeled objects; ``--rules
+fp``: on an AP tie, fewer false objects before the IoU (``fp first``).
 
 ``--zoom-each`` scores each choice as the package predicts with it: the object-size zoom
 search reads the foreground at the model's threshold and minimum size, so the test images
@@ -188,6 +189,12 @@ def rule(name: str):
             patches["size_prior"] = bounded_prior
         elif option == "sizes to 2":  # the minimum size searched up to 2 small objects
             patches["MIN_SIZE_FRACTIONS"] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+        elif option == "fp first":  # on an AP tie fewer false objects, then the IoU
+            patches["_better"] = lambda rank, best: (
+                rank[0] > best[0] if abs(rank[0] - best[0]) > 1e-9
+                else rank[1] > best[1] if rank[1] != best[1]
+                else rank[2] > best[2] + 1e-9
+            )  # fmt: skip
         elif option in ("before overlap", "no iou"):  # AP alone; and the grid before too
             patches["_better"] = lambda rank, best: rank[0] > best[0] + 1e-9
             if option == "before overlap":  # what the package did until 2026-12-07
@@ -246,6 +253,7 @@ OVERLAP = (  # --rules overlap: the foreground threshold chosen on how well obje
     "package",
 )
 SIZES = ("package", "package, sizes to 2")  # --rules sizes: the minimum size's grid
+FALSE = ("package", "package, fp first")  # --rules fp: fewer false objects before the IoU
 
 
 def finetuned(init: str, images: list, truths: list, n: int, steps: int) -> list:
@@ -293,13 +301,15 @@ def main() -> None:
     p.add_argument("--finetune", type=int, default=2, help="models fine-tuned from --init")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--data", default=str(DSB))
-    p.add_argument("--rules", choices=["search", "priors", "background", "overlap", "sizes"],
+    p.add_argument("--rules",
+                   choices=["search", "priors", "background", "overlap", "sizes", "fp"],
                    default="search",
                    help="compare searches (the table above), without a search the size "
                    "prior's fraction of a small labeled object (0.5, 0.25, 0.125), what "
                    "held-out background chooses under FEW_OBJECTS, or the foreground "
-                   "threshold chosen on the objects' IoU, or the minimum size's grid "
-                   "up to two small labeled objects")  # fmt: skip
+                   "threshold chosen on the objects' IoU, the minimum size's grid "
+                   "up to two small labeled objects, or fewer false objects before the "
+                   "IoU on a tie")  # fmt: skip
     p.add_argument("--scratch", type=int, default=0,
                    help="models trained from scratch on --train-images other images of the "
                    "group (not drawn from), as well as (or, without --init, instead of) the "
@@ -355,7 +365,7 @@ def main() -> None:
             "held-out background strokes per image"
         )
         rules = {"search": RULES, "priors": ("none", *PRIORS), "background": BACKGROUND,
-                 "overlap": OVERLAP, "sizes": SIZES}  # fmt: skip
+                 "overlap": OVERLAP, "sizes": SIZES, "fp": FALSE}  # fmt: skip
         rules = rules[args.rules]
         results = defaultdict(list)  # (k, rule) -> test APs over models and draws
         background = defaultdict(lambda: np.zeros(2, int))  # rule -> [searched, moved]
