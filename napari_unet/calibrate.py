@@ -150,21 +150,15 @@ def score(
     probs: Sequence[np.ndarray], truths: Sequence[Truth], settings: PostprocessConfig, dims: int
 ) -> float:
     """AP@0.5 over all images together: sum TP / sum (TP + FP + FN)."""
-    return _ap(counts(probs, truths, settings, dims))
-
-
-def counts(
-    probs: Sequence[np.ndarray], truths: Sequence[Truth], settings: PostprocessConfig, dims: int
-) -> tuple[int, int, int]:
-    """True positives, false positives and false negatives at IoU 0.5, all images."""
-    return tally(probs, truths, settings, dims)[:3]
+    return _ap(tally(probs, truths, settings, dims))
 
 
 def tally(
     probs: Sequence[np.ndarray], truths: Sequence[Truth], settings: PostprocessConfig, dims: int
 ) -> tuple[int, int, int, float]:
-    """:func:`counts` and the sum over the truth objects of their best IoU with a predicted
-    object (``metrics.match_instances``' ``mean_best_iou`` times their number)."""
+    """True positives, false positives and false negatives at IoU 0.5, all images, and the
+    sum over the truth objects of their best IoU with a predicted object
+    (``metrics.match_instances``' ``mean_best_iou`` times their number)."""
     tp = fp = fn = 0
     overlap = 0.0
     for p, truth in zip(probs, truths, strict=True):
@@ -268,13 +262,6 @@ def calibrate(
     if prior is not None:
         start = replace(start, min_size=prior[0])
     scored = object_sizes(truths)
-    min_sizes = sorted({int(round(f * prior[1])) for f in MIN_SIZE_FRACTIONS}) if prior else []
-    grids = {
-        "seed_threshold": SEED_THRESHOLDS,
-        "fg_threshold": FG_THRESHOLDS,
-        "min_size": min_sizes or [start.min_size_for(spatial_dims)],
-        "split": SPLIT_DEPTHS,
-    }
     tried: dict[tuple, tuple[int, int, int, float]] = {}  # settings -> TP, FP, FN, IoU sum
 
     def key(settings: PostprocessConfig) -> tuple:
@@ -295,9 +282,7 @@ def calibrate(
     best, best_rank, stopped = start, None, None
     background = background_pixels(truths)
     search = _search_kind(len(scored), background, median)
-    if search in ("background", "overlap"):  # a few objects: what they and the paint can tell
-        only = BACKGROUND_SEARCH if search == "background" else OVERLAP_SEARCH
-        grids = {name: values for name, values in grids.items() if name in only}
+    grids = _grids(search, prior, start.min_size_for(spatial_dims))
     if len(scored):
         best_rank = rank(start)
     if search:
@@ -344,6 +329,25 @@ def _better(rank: tuple[float, int, float], best: tuple[float, int, float]) -> b
     if abs(rank[0] - best[0]) > 1e-9:
         return rank[0] > best[0]
     return rank[2] > best[2] + 1e-9
+
+
+def _grids(
+    search: str | None, prior: tuple[int, float] | None, min_size: int
+) -> dict[str, Sequence[Any]]:
+    """The values searched for each setting: every grid (``search="all"``), only those a
+    few objects can tell (``"background"``, ``"overlap"``); the minimum sizes are
+    fractions of the prior's small object (``min_size`` alone without one)."""
+    min_sizes = sorted({int(round(f * prior[1])) for f in MIN_SIZE_FRACTIONS}) if prior else []
+    grids = {
+        "seed_threshold": SEED_THRESHOLDS,
+        "fg_threshold": FG_THRESHOLDS,
+        "min_size": min_sizes or [min_size],
+        "split": SPLIT_DEPTHS,
+    }
+    only = {"background": BACKGROUND_SEARCH, "overlap": OVERLAP_SEARCH}.get(search or "")
+    if only is None:
+        return grids
+    return {name: values for name, values in grids.items() if name in only}
 
 
 def _search_kind(objects: int, background: int, median: float) -> str | None:
