@@ -58,21 +58,13 @@ from .events import (
 from .guard import RegressionGuard
 from .holdout import calibration_set, split_samples
 from .inference import for_many_images, predict_proba
-from .init import (
-    AUTO,
-    InitModel,
-    auto_init,
-    default_architecture,
-    init_architecture,
-    load_init,
-    resolve_init,
-    start_fit,
-)
+from .init import AUTO
 from .inputs import Continued, Names
 from .model import UNet, border
 from .postprocess import class_labels
 from .recipes import get_recipe
 from .request import TrainRequest
+from .start import Start
 from .store import Model, load_model, save_history, save_model
 from .trainer import Trainer, augment_config
 from .writer import hold
@@ -155,14 +147,8 @@ class TrainingRun:
         self.clock: Callable[[], float] = time.perf_counter
         self.control: TrainControl | None = None
         self.report_every = report_every_for(device)
-        self.init: InitModel | None = None  # the model this training starts from
-        self.start_note = ""  # why an automatic start was not taken
-        self.declined: dict[str, Any] | None = None  # its record in training.json
-        self.teacher: torch.nn.Module | None = None  # the start model, for distillation
-        self.teacher_ref = ""
+        self.start = Start(None, False, {})  # the model this training starts from
         self.held_out = False  # validation on data the loss never saw
-        self.start_better: str | None = None  # the start model, when it validated better
-        self.start_message = ""
         self.budget = WallBudget(cfg.time_budget, cfg.steps)  # where the wall time goes
         self.ranks = Ranks()  # one process, or one of a data-parallel training's
         self.group: Group | None = None
@@ -209,31 +195,22 @@ class TrainingRun:
     def prepare(self, images: Any, labels: Any, request: TrainRequest, model: Model | None) -> None:
         """The setup phases after the device and the process group."""
         self.report_every = request.report_every or report_every_for(self.device)
-        arch, init = request.architecture, request.init
         labels_kind = request.labels_kind or "sparse"
         class_names = request.class_names
-        automatic = init == AUTO
-        if automatic:
-            new = not request.resume and model is None
-            init = self.automatic_init(labels_kind, request) if new else None
-        init = resolve_init(init)
-        if init is not None:
-            self.init = load_init(init)
-            arch = init_architecture(self.init.model.config.model, arch, self.init.ref)
-            self.init.automatic = automatic
-        else:
-            arch = default_architecture(arch)
+        new = not request.resume and model is None
+        start = self.start = Start.choose(request, labels_kind, self.device, new)
         model = self.load_previous(request.resume, model)
         if not self.ranks.main:  # rank 0 alone writes the model folder
             self.out = None
         continued = None
         if model is not None:
             spec = model.config
-            arch = {**arch, "spatial_dims": spec.model.spatial_dims}
+            start.architecture["spatial_dims"] = spec.model.spatial_dims
             labels_kind, class_names = spec.labels.kind, spec.labels.class_names
             continued = Continued(
                 spec.model.in_channels, spec.labels.class_names, spec.labels.value_map
             )
+        dims = start.architecture["spatial_dims"]
         scale = request.config.scale
         if model is not None:
             kept = model.config.normalization.scale
@@ -244,17 +221,16 @@ class TrainingRun:
                 )
             scale = kept
         from_start = None
-        if scale is None and model is None and self.init is not None:
-            from_start = start_scale(as_list(labels), labels_kind, arch["spatial_dims"],
-                                     self.init.model.config)  # fmt: skip
-        z_scale = _z_scale(request, arch["spatial_dims"], model)
+        if scale is None and model is None and start.init is not None:
+            from_start = start_scale(as_list(labels), labels_kind, dims, start.init.model.config)
+        z_scale = _z_scale(request, dims, model)
 
         def prepare_at(scale: float | None) -> Prepared:
             return prepare(
                 images,
                 labels,
                 labels_kind,
-                spatial_dims=arch["spatial_dims"],
+                spatial_dims=dims,
                 class_names=class_names,
                 value_map=continued.value_map if continued is not None else None,
                 norm=model.config.normalization if model is not None else None,
@@ -267,33 +243,20 @@ class TrainingRun:
             )
 
         prepared = prepare_at(from_start or scale)
-        if self.init is not None and not self.init.fits_channels(prepared.in_channels):
-            self.init = None  # an automatic start is for one channel: this data has more
-        self.check_start_fit(prepared)
-        if automatic and self.init is None:  # no start after all: the device's own network
-            arch = default_architecture(request.architecture)
-        if from_start is not None and self.init is None:  # no start after all: its own scale
+        start.check_fit(prepared, request, self.device)
+        if from_start is not None and start.init is None:  # no start after all: its own scale
             prepared, from_start = prepare_at(scale), None
         if from_start is not None:
-            assert self.init is not None
+            assert start.init is not None
             self.scale_note = (
                 f"images resized by {from_start:g}: the labeled objects at the size "
-                f"{self.init.ref} was trained on"
+                f"{start.init.ref} was trained on"
             )
-        self.build(prepared, model, arch, request.tiling)
+        self.build(prepared, model, start.architecture, request.tiling)
         self.make_trainer(prepared, request.precision)
         self.record_session(prepared)
         self.guard = RegressionGuard(self.out, request.replace_worse)
         self.guard.snapshot()
-
-    def automatic_init(self, labels_kind: str, request: TrainRequest) -> str | None:
-        """What ``init="auto"`` starts a new model from: builtin:nuclei where it measured
-        better (:func:`napari_unet.init.auto_init`), else None (scratch)."""
-        arch, device = request.architecture, self.device
-        recipe = get_recipe(request.config.recipe)
-        width = recipe.defaults(device.type, arch.get("spatial_dims") or 2).width
-        follow = device.type == "cpu"  # there the built-in model's width, else the default
-        return auto_init(labels_kind, arch, width, recipe, follow)
 
     def close(self, together: bool = False) -> None:
         """Leave the process group (when this training joined it): ``together`` at the
@@ -304,39 +267,6 @@ class TrainingRun:
                 self.trainer.group = None
             self.group.close(together)
             self.group = None
-
-    def check_start_fit(self, prepared: Prepared) -> None:
-        """Phase "fit": an automatic start is kept only when it finds the labeled objects."""
-        init = self.init
-        if init is None or not init.automatic or not prepared.labels.instances:
-            return
-        labels = prepared.labels.kind
-        fit = start_fit(init.model, prepared.images, prepared.label_images, labels, self.device)
-        if fit.objects == 0:
-            return  # nothing to judge it on
-        init.fit = fit
-        if not fit.fits:
-            self.start_note = fit.describe(init.ref)
-            self.declined = {**init.provenance(), "declined": True}
-            self.init = None
-
-    def make_teacher(self) -> torch.nn.Module | None:
-        """The start model's network when its classes are this model's and distillation
-        is on: this session's ``init``, or the one a resumed model started from (by its
-        record in training.json, when its weights are unchanged)."""
-        if self.cfg.distill <= 0:
-            return None
-        init = self.init
-        if init is None:
-            init = _recorded_init(self.history.get("sessions", []))
-        if init is None:
-            return None
-        parent = init.model.config
-        same_classes = parent.labels.class_names == self.spec.labels.class_names
-        if parent.model != self.spec.model or not same_classes:
-            return None  # another input or classes: its answer is not this model's
-        self.teacher_ref = init.ref
-        return copy.deepcopy(init.model.network).to(self.device)
 
     def load_previous(self, resume: bool, model: Model | None) -> Model | None:
         """Phase "resume": the model folder to continue (``resume``) or the model given."""
@@ -380,8 +310,8 @@ class TrainingRun:
             )
             torch.manual_seed(cfg.seed)
             self.network = UNet.from_config(mcfg)
-            if self.init is not None:
-                self.spec = self.init.start(self.network, self.spec)
+            if self.start.init is not None:
+                self.spec = self.start.init.start(self.network, self.spec)
             self.network.to(self.device)
         self.patch = _round_patch(cfg.patch, self.spec.model)
         world = self.ranks.world
@@ -427,7 +357,8 @@ class TrainingRun:
             val_sampler = sampler(split.val, split.val_targets, cfg.seed + 1)
         n_val_crops = 16 if self.device.type == "cpu" else 64
         val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
-        self.teacher = self.make_teacher()
+        sessions = self.history.get("sessions", [])
+        teacher = self.start.make_teacher(cfg.distill, self.spec, sessions, self.device)
         self.trainer = Trainer(
             self.network,
             self.spec,
@@ -438,7 +369,7 @@ class TrainingRun:
             cfg.batch_size,
             cfg.lr,
             precision=precision,
-            teacher=self.teacher,
+            teacher=teacher,
             group=self.group,
         )
         if self.checkpoint is not None:
@@ -462,13 +393,7 @@ class TrainingRun:
                 "global_batch": self.cfg.batch_size,
             }
         )
-        session = self.history["sessions"][-1]
-        if self.init is not None:
-            session["init"] = self.init.provenance()
-        elif self.declined is not None:
-            session["init_declined"] = self.declined
-        if self.teacher is not None:
-            session["distill"] = {"from": self.teacher_ref, "weight": self.cfg.distill}
+        self.start.record(self.history["sessions"][-1], self.cfg.distill)
 
     def started(self) -> TrainStarted:
         """Start the clocks; the event that opens the training."""
@@ -481,7 +406,8 @@ class TrainingRun:
             sum(int(np.prod(image.shape[1:])) for image in cal.images) if cal and cal.truths else 0
         )
         wall.validation_pixels = self.trainer.val_pixels
-        wall.validations = 1 + (self.teacher is not None) + (self.guard.previous_iou is not None)
+        compared = (self.start.teacher, self.guard.previous_iou)  # scored again at the end
+        wall.validations = 1 + sum(x is not None for x in compared)
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -490,8 +416,8 @@ class TrainingRun:
             n_train=self.n_train,
             n_val=self.n_val,
             validation=self.split.description,
-            init=self.init.describe() if self.init is not None else "",
-            start_note=" ".join(n for n in (self.start_note, self.scale_note) if n),
+            init=self.start.init.describe() if self.start.init is not None else "",
+            start_note=" ".join(n for n in (self.start.note, self.scale_note) if n),
             start_step=self.start_step,
             max_steps=cfg.steps,
             time_budget=budget,
@@ -664,7 +590,9 @@ class TrainingRun:
             yield from self.calibrate()
         self.result_path, self.message = None, ""
         self.guard.rescore(self.score_network, self.spec)
-        self.compare_with_start()
+        measured_on = self.split.description if self.held_out else None
+        session = self.history["sessions"][-1]
+        self.start.compare(self.score_network, self.last_iou, measured_on, session)
         if self.out is not None:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
@@ -672,35 +600,8 @@ class TrainingRun:
             if self.result_path is not None:  # training.json says where the time went
                 self.record_phases()
                 save_history(self.result_path, self.history)
-        notes = (self.message, self.skipped_note, self.start_message if self.start_better else "")
+        notes = (self.message, self.skipped_note, self.start.message if self.start.better else "")
         self.message = " ".join(m for m in notes if m)
-
-    def compare_with_start(self) -> None:
-        """Phase "compare": score the start model (the teacher) on the held-out labels the
-        new model was validated on; record both, and say so when the start did better."""
-        if self.teacher is None:
-            return
-        session = self.history["sessions"][-1]
-        if not self.held_out:
-            session["start_comparison"] = {"start": self.teacher_ref, "compared": False,
-                                           "why": "nothing held out"}  # fmt: skip
-            return
-        start_iou = self.score_network(self.teacher)
-        session["start_comparison"] = {
-            "start": self.teacher_ref,
-            "compared": True,
-            "start_iou": round(start_iou, 5),
-            "new_iou": round(self.last_iou, 5),
-            "measured_on": self.split.description,
-        }
-        if start_iou > self.last_iou:
-            self.start_better = self.teacher_ref
-            self.start_message = (
-                f"the model it started from, {self.teacher_ref}, scores a validation IoU of "
-                f"{start_iou:.3f} on {self.split.description}, the new model {self.last_iou:.3f}: "
-                f"predict with {self.teacher_ref}, or label more and train again"
-            )
-            log.warning(self.start_message)
 
     def calibrate(self) -> Generator[Calibrated, None, None]:
         """Phase "calibrate": the instance post-processing that fits the model's objects,
@@ -772,7 +673,7 @@ class TrainingRun:
             elapsed=self.clock() - self.t0,
             path=str(self.result_path) if self.result_path else None,
             message=self.message,
-            start_model=self.start_better,
+            start_model=self.start.better,
             phases=phases,
         )
 
@@ -799,23 +700,6 @@ class TrainingRun:
 
     def model(self) -> Model:
         return Model(network=self.network, config=self.spec, history=self.history, path=self.out)
-
-
-def _recorded_init(sessions: list[dict[str, Any]]) -> InitModel | None:
-    """The start model of the latest session that had one, when it still loads with the
-    weights it had then (a resumed model keeps the teacher it was started with)."""
-    record = next((s["init"] for s in reversed(sessions) if s.get("init")), None)
-    if record is None:
-        return None
-    try:
-        init = load_init(record["from"])
-    except (ValueError, OSError, KeyError, TypeError) as exc:
-        log.warning("the start model of this model is not available for distillation: %s", exc)
-        return None
-    if init.weights_sha256 != record.get("weights_sha256"):
-        log.warning("the start model %s has changed since: no distillation", record["from"])
-        return None
-    return init
 
 
 def _z_scale(request: TrainRequest, spatial_dims: int, model: Model | None) -> float:
@@ -1008,7 +892,7 @@ def _train_locked(
     """:func:`train_request_iter` with the output folder's writer lock held."""
     request.check(continues_model=continues, writes=ranks_from_env().main)  # may have changed
     run = setup()
-    run.start_note = " ".join(n for n in (notice, run.start_note) if n)
+    run.start.note = " ".join(n for n in (notice, run.start.note) if n)
     try:
         yield run.started()
         while (reason := run.stop_reason()) is None:

@@ -14,6 +14,7 @@ from napari_unet.checkpoint import load_checkpoint
 from napari_unet.config import TrainConfig
 from napari_unet.events import drain
 from napari_unet.metrics import evaluate_pair
+from napari_unet.recipes import get_recipe
 from napari_unet.request import TrainRequest
 from napari_unet.store import load_model
 from napari_unet.training import TrainingRun, train, train_iter, train_request_iter
@@ -151,6 +152,29 @@ def test_resume_continues_with_optimizer_state(nuclei, tmp_path):
     w = "down.0.0.weight"
     assert not torch.equal(second.network.state_dict()[w], before[w])
     assert torch.allclose(second.network.state_dict()[w], before[w], atol=0.1)
+
+
+def test_a_resumed_3d_model_trains_with_the_3d_defaults(tmp_path):
+    """Resuming (automatic start, the default) once took the 2D recipe's patch and batch
+    for a 3D network: crops of 128^3 in eights."""
+    rng = np.random.default_rng(0)
+    vol = rng.random((16, 32, 32)).astype(np.float32)
+    lab = np.zeros(vol.shape, np.uint16)
+    lab[4:10, 8:16, 8:16], lab[4:10, 20:28, 20:28] = 1, 2
+    out = tmp_path / "m"
+    settings = []
+
+    def started(event):
+        if isinstance(event, ev.TrainStarted):
+            settings.append(event.settings)
+
+    kw = dict(steps=1, device="cpu", out=out, callback=started)
+    train([vol], [lab], labels_kind="instances", spatial_dims=3, width=2, depth=2, **kw)
+    resumed = train([vol], [lab], resume=True, **kw)
+    assert resumed.config.model.spatial_dims == 3
+    cpu_3d = get_recipe("fast").defaults("cpu", 3)
+    assert settings[0]["patch"] == settings[1]["patch"] <= cpu_3d.patch
+    assert settings[0]["batch_size"] == settings[1]["batch_size"] == cpu_3d.batch_size
 
 
 def test_sparse_strokes_predict_painted_values(nuclei):
