@@ -257,6 +257,8 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
         ]
         labels = [lab for lab, _, _ in made]
         touched = sum(clicks + n for _, clicks, n in made)
+        if not any(lab.max() > 1 for lab in labels):  # only debris fixed: outline one object
+            touched += outline_largest(truths[0], labels[0])
     else:
         labels = [few_labels(t, args.objects, args.strokes, rng) for t in truths[: args.images]]
         touched = sum(int(lab.max()) - 1 for lab in labels)
@@ -291,6 +293,20 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     rows.append({"run": run, "round": "dense", "touched": objects, "ap50": score(dense, *test)})
     print_row(rows[-1])
     return rows
+
+
+def outline_largest(truth: np.ndarray, labels: np.ndarray) -> int:
+    """Outline (in place) the largest true object not labeled yet, as the next id; the
+    actions (1, or 0 when there is none)."""
+    free = [
+        (int((truth == t).sum()), int(t))
+        for t in np.unique(truth[truth > 0])
+        if not labels[truth == t].any()
+    ]
+    if not free:
+        return 0
+    labels[truth == max(free)[1]] = max(int(labels.max()), 1) + 1
+    return 1
 
 
 def next_labels(r: int, model, images: list, truths: list, labels: list, rng, args) -> int:

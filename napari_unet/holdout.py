@@ -5,10 +5,19 @@ whole objects and blocks of (painted) background, a single densely labeled volum
 slab, sparse strokes spatial blocks (:func:`split_samples`).  What is held out never
 enters the loss: it is what validation and the instance settings' calibration
 (:mod:`napari_unet.calibrate`) are measured on (:func:`calibration_set`).
+
+Images, objects and blocks are held out by a hash of what they are (the image's
+content, the object's label, the block's place) against a fixed share, not by a random
+draw over the current list: when labels are added and training continues from the
+model (the correction loop), what was held out stays held out, and what the model
+trained on is never held out later, which would let the calibration choose on
+objects the network has learned.  Only the step from "too few to hold any out" to
+holding out can hold out something trained on before.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,19 +36,51 @@ if TYPE_CHECKING:
 MIN_IMAGES_FOR_HOLDOUT = 5
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Image-level train/validation split.
+def sample_keys(images: Sequence[np.ndarray]) -> list[str]:
+    """What identifies each sample across trainings: a hash of its shape and of about
+    65,000 of its values (the images as prepared, at the model's scale)."""
+    keys = []
+    for image in images:
+        a = np.ascontiguousarray(image)
+        digest = hashlib.blake2b(repr((a.shape, a.dtype.str)).encode(), digest_size=12)
+        digest.update(np.ascontiguousarray(a.ravel()[:: max(1, a.size // 65_536)]).tobytes())
+        keys.append(digest.hexdigest())
+    return keys
+
+
+def unit(seed: int, *parts: object) -> float:
+    """A number in [0, 1) fixed by ``seed`` and ``parts``, uniform over them: the stable
+    draw that holds an image, an object or a block out."""
+    digest = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _below(draws: Sequence[float], share: float) -> list[int]:
+    """The positions whose draw is under ``share``; with none, the lowest draw's.  Adding
+    draws never moves a position from above ``share`` (and not the lowest) to under it."""
+    held = [j for j, u in enumerate(draws) if u < share]
+    return held or ([int(np.argmin(draws))] if len(draws) else [])
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, keys: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """Image-level train/validation split: an image validates when its draw
+    (:func:`unit` of its key) is under ``val_fraction``; at least one validates, at
+    least one trains.
 
     With fewer than 5 labeled images nothing is held out (every stroke trains;
     validation then scores fixed crops of the training images).
     """
     if n < MIN_IMAGES_FOR_HOLDOUT or val_fraction <= 0:
         return list(range(n)), []
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
-    order = np.random.default_rng(seed).permutation(n)
-    val = sorted(order[:n_val].tolist())
-    train = sorted(order[n_val:].tolist())
-    return train, val
+    keys = [str(i) for i in range(n)] if keys is None else list(keys)
+    draws = [unit(seed, "image", key) for key in keys]
+    val = _below(draws, val_fraction)
+    if len(val) == n:  # keep one to train on: the highest draw
+        val.remove(int(np.argmax(draws)))
+    train = [i for i in range(n) if i not in set(val)]
+    return train, sorted(val)
 
 
 @dataclass
@@ -65,6 +106,7 @@ def split_samples(
     seed: int,
     block: int = 64,
     label_images: Sequence[np.ndarray] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> Split:
     """Hold out validation data that training never sees.
 
@@ -83,9 +125,13 @@ def split_samples(
       whole z slices (:data:`HELD_OUT_SLAB`), for validation and calibration;
     - other ``semantic`` labels, and too few objects, hold out nothing: validation then
       scores the training labels, and says so.
+
+    ``keys`` identify the samples (:func:`sample_keys`; default: their positions): the
+    same key, object and block are held out again in a later training.
     """
+    keys = [str(i) for i in range(len(targets))] if keys is None else list(keys)
     labeled = [i for i, t in enumerate(targets) if (t != IGNORE).any()]
-    train_pos, val_pos = split_indices(len(labeled), val_fraction, seed)
+    train_pos, val_pos = split_indices(len(labeled), val_fraction, seed, [keys[i] for i in labeled])
     whole = {i: targets[i] for i in labeled}
     outlined = kind == "sparse-instances" and label_images is not None
     if val_pos and not outlined:
@@ -110,12 +156,13 @@ def split_samples(
             kind,
             seed,
             block,
+            keys,
         )
         if not held:
             return Split(labeled, labeled, whole, whole, f"the training labels ({description})")
     else:
         held = _held_out_masks(
-            {i: targets[i] for i in labeled}, max(val_fraction, 0.1), seed, block, kind
+            {i: targets[i] for i in labeled}, max(val_fraction, 0.1), seed, block, kind, keys
         )
         if not held:
             return Split(labeled, labeled, whole, whole, same)
@@ -163,9 +210,9 @@ def _held_out_slab(target: np.ndarray, seed: int) -> tuple[np.ndarray, str] | No
 MIN_OBJECTS_FOR_HOLDOUT = 4
 """Fewer labeled objects than this (on fewer than 5 images): none is held out."""
 HELD_OUT_OBJECTS = 0.2
-"""The share of the labeled objects held out (rounded, at least one)."""
+"""The share of the labeled objects held out (by their draws; at least one)."""
 HELD_OUT_BACKGROUND = 0.2
-"""The share of the (painted) background pixels held out, in blocks."""
+"""The share of the blocks of (painted) background held out (by their draws)."""
 
 
 def instance_ids(labels: np.ndarray, kind: str) -> np.ndarray:
@@ -181,10 +228,13 @@ def _held_out_objects(
     kind: str,
     seed: int,
     block: int,
+    keys: Sequence[str],
 ) -> tuple[dict[int, np.ndarray], str]:
     """Masks of held-out whole objects and background blocks per sample, and what they are.
 
-    Without enough objects: no masks, and the description says why.
+    An object is held out when the draw of its sample's key and its label is under
+    :data:`HELD_OUT_OBJECTS` (at least one is).  Without enough objects: no masks, and
+    the description says why.
     """
     objects = [(i, int(v)) for i in sorted(labels) for v in instance_ids(labels[i], kind)]
     noun = "outlined objects" if kind == "sparse-instances" else "objects"
@@ -193,19 +243,19 @@ def _held_out_objects(
             f"{len(objects)} {noun} on {len(labels)} image(s): too few to hold any out, "
             f"{MIN_OBJECTS_FOR_HOLDOUT} needed"
         )
-    rng = np.random.default_rng(seed)
-    k = max(1, int(len(objects) * HELD_OUT_OBJECTS + 0.5))
-    chosen = [objects[j] for j in sorted(rng.choice(len(objects), k, replace=False).tolist())]
+    draws = [unit(seed, "object", keys[i], v) for i, v in objects]
+    chosen = [objects[j] for j in _below(draws, HELD_OUT_OBJECTS)]
     masks: dict[int, np.ndarray] = {}
     for i, v in chosen:
         masks[i] = masks.get(i, np.zeros(labels[i].shape, bool)) | (labels[i] == v)
     painted = _background_value(kind)
     background = {i: (targets[i] == tg.BACKGROUND) & (labels[i] == painted) for i in targets}
-    bg_masks = _background_blocks(background, HELD_OUT_BACKGROUND, rng, block)
+    bg_masks = _background_blocks(background, seed, block, keys)
     for i, m in bg_masks.items():
         masks[i] = masks.get(i, np.zeros(m.shape, bool)) | m
     n_bg = sum(int(m.sum()) for m in bg_masks.values())
     what = "painted background" if kind == "sparse-instances" else "background"
+    k = len(chosen)
     held = noun if k > 1 else noun[:-1]
     description = f"{k} held-out {held} of {len(objects)}" + (
         f" + {n_bg:,} px of {what}" if n_bg else ""
@@ -217,53 +267,58 @@ def _background_value(kind: str) -> int:
     return tg.PAINTED_BACKGROUND if kind == "sparse-instances" else 0
 
 
+def _blocks(shape: tuple[int, ...], block: int):
+    """The block grid's indices and slices over an array of ``shape``."""
+    for idx in np.ndindex(*[-(-n // block) for n in shape]):
+        yield idx, tuple(slice(k * block, (k + 1) * block) for k in idx)
+
+
 def _background_blocks(
-    background: dict[int, np.ndarray], fraction: float, rng: np.random.Generator, block: int
+    background: dict[int, np.ndarray], seed: int, block: int, keys: Sequence[str]
 ) -> dict[int, np.ndarray]:
-    """Blocks of background pixels holding about ``fraction`` of them, never all."""
-    blocks = []
+    """The background pixels of the blocks whose draw is under
+    :data:`HELD_OUT_BACKGROUND`, never all of them (the highest draw then trains)."""
+    blocks = []  # (draw, sample, slices)
     for i, bg in background.items():
-        for idx in np.ndindex(*[-(-n // block) for n in bg.shape]):
-            sl = tuple(slice(k * block, (k + 1) * block) for k in idx)
-            count = int(bg[sl].sum())
-            if count:
-                blocks.append((i, sl, count))
-    total = sum(c for _, _, c in blocks)
+        for idx, sl in _blocks(bg.shape, block):
+            if bg[sl].any():
+                blocks.append((unit(seed, "background", keys[i], idx), i, sl))
     masks: dict[int, np.ndarray] = {}
     if len(blocks) < 2:
         return masks
-    held = 0
-    for j in rng.permutation(len(blocks)).tolist():
-        i, sl, count = blocks[j]
-        if held + count >= total:
-            continue  # keep some background to train on
+    held = [b for b in blocks if b[0] < HELD_OUT_BACKGROUND]
+    if len(held) == len(blocks):
+        held.remove(max(blocks, key=lambda b: b[0]))
+    for _, i, sl in held:
         mask = masks.setdefault(i, np.zeros(background[i].shape, bool))
         mask[sl] |= background[i][sl]
-        held += count
-        if held >= fraction * total:
-            break
     return masks
 
 
 def _held_out_masks(
-    targets: dict[int, np.ndarray], fraction: float, seed: int, block: int, kind: str
+    targets: dict[int, np.ndarray],
+    fraction: float,
+    seed: int,
+    block: int,
+    kind: str,
+    keys: Sequence[str],
 ) -> dict[int, np.ndarray]:
-    """Masks of the held-out pixels per sample (blocks, grown to whole objects)."""
-    blocks = []  # (sample, slices, labeled pixels)
+    """Masks of the held-out pixels per sample: blocks (grown to whole objects) in the
+    order of their draws until they hold ``fraction`` of the labeled pixels, skipping a
+    block that would leave training without a class.  The order is fixed, so more
+    strokes move the cut only a little (blocks just past it can change sides)."""
+    blocks = []  # (draw, sample, slices)
     for i, t in targets.items():
-        for idx in np.ndindex(*[-(-n // block) for n in t.shape]):
-            sl = tuple(slice(k * block, (k + 1) * block) for k in idx)
-            count = int((t[sl] != IGNORE).sum())
-            if count:
-                blocks.append((i, sl, count))
+        for idx, sl in _blocks(t.shape, block):
+            if (t[sl] != IGNORE).any():
+                blocks.append((unit(seed, "block", keys[i], idx), i, sl))
     if len(blocks) < 2:
         return {}
-    total = sum(c for _, _, c in blocks)
+    total = sum(int((t != IGNORE).sum()) for t in targets.values())
     remaining = _class_counts(targets.values())
     masks: dict[int, np.ndarray] = {}
     held = 0
-    for k in np.random.default_rng(seed).permutation(len(blocks)):
-        i, sl, _ = blocks[k]
+    for _, i, sl in sorted(blocks, key=lambda b: b[0]):
         mask = np.zeros(targets[i].shape, bool)
         mask[sl] = True
         if kind == "sparse-instances":

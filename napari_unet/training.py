@@ -56,7 +56,7 @@ from .events import (
     drain,
 )
 from .guard import RegressionGuard
-from .holdout import calibration_set, split_samples
+from .holdout import calibration_set, sample_keys, split_samples
 from .inference import for_many_images, predict_proba
 from .init import AUTO
 from .inputs import Continued, Names
@@ -335,6 +335,7 @@ class TrainingRun:
             cfg.seed,
             block,
             label_images=prepared.label_images,
+            keys=sample_keys(prepared.images),  # the same held out again when continued
         )
         held_out = split.val != split.train or split.val_targets is not split.train_targets
         self.held_out = held_out

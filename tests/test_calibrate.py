@@ -255,9 +255,10 @@ def test_calibration_never_scores_objects_that_were_in_the_loss(monkeypatch, nuc
             assert (train_targets[i][truth.objects == v] == IGNORE).all()  # never in the loss
             scored += 1
         assert (train_targets[i][truth.labeled] == IGNORE).all()  # background neither
-    assert scored == 1
+    assert 1 <= scored < 6
     calibrated = next(e for e in events if isinstance(e, ev.Calibrated))
-    assert calibrated.measured_on.startswith("1 held-out outlined object of 6 + ")
+    noun = "object" if scored == 1 else "objects"
+    assert calibrated.measured_on.startswith(f"{scored} held-out outlined {noun} of 6 + ")
 
 
 def test_calibration_turns_the_seed_cut_on_for_touching_objects_only():

@@ -188,7 +188,7 @@ def test_dense_instances_on_few_images_hold_out_objects_and_background():
     labels = [make_nuclei(seed=s)[1] for s in range(2)]  # 16 nuclei on 2 images
     targets = [instance_targets(lab) for lab in labels]
     split = split_samples(targets, "instances", 0.1, 0, block=32, label_images=labels)
-    assert split.description.startswith("3 held-out objects of 16 + ")
+    n_held = 0
     for i, lab in enumerate(labels):
         val = split.val_targets.get(i)
         if val is None:
@@ -196,7 +196,10 @@ def test_dense_instances_on_few_images_hold_out_objects_and_background():
         held = val != IGNORE
         for v in np.unique(lab[held & (lab > 0)]):
             assert held[lab == v].all()  # a held-out object is held out whole
+            n_held += 1
         assert (split.train_targets[i][held] == IGNORE).all()
+    assert 1 <= n_held < 16
+    assert split.description.startswith(f"{n_held} held-out objects of 16 + ")
 
 
 def test_outlined_objects_on_many_images_still_hold_out_objects_not_images():
@@ -206,7 +209,9 @@ def test_outlined_objects_on_many_images_still_hold_out_objects_not_images():
     labels = [_outlined(2) for _ in range(5)]
     targets = [sparse_instance_targets(lab) for lab in labels]
     split = split_samples(targets, "sparse-instances", 0.1, 0, block=32, label_images=labels)
-    assert split.description.startswith("2 held-out outlined objects of 10 + ")
+    assert split.description.split(" held-out outlined object")[1].startswith(
+        ("s of 10 + ", " of 10 + ")
+    )
     assert split.train == [0, 1, 2, 3, 4]
 
 
@@ -233,3 +238,83 @@ def test_a_single_dense_volume_holds_out_a_slab(kind):
     assert "slab" not in thin.description
     flat = split_samples([target[0]], kind, 0.1, 0, label_images=[labels[0]])  # 2D: no slab
     assert "slab" not in flat.description
+
+
+def _held_objects(split, labels):
+    """(sample, label) of the objects a split holds out."""
+    held = set()
+    if split.val_targets is split.train_targets:  # nothing held out
+        return held
+    for i, val in split.val_targets.items():
+        for v in np.unique(labels[i][(val != IGNORE) & (labels[i] > 1)]):
+            held.add((i, int(v)))
+    return held
+
+
+def test_labels_added_later_never_hold_out_what_trained_before():
+    """The correction loop: objects and images are added and training continues from the
+    model; an object the model trained on must never become a held-out one (the
+    calibration would choose on objects the network has learned), and what was held out
+    stays held out."""
+    from napari_unet.holdout import sample_keys
+    from napari_unet.targets import sparse_instance_targets
+
+    rng = np.random.default_rng(3)
+    images = [rng.random((1, 128, 128), np.float32) for _ in range(8)]
+    keys = sample_keys(images)
+    assert len(set(keys)) == 8 and sample_keys(images[:1]) == keys[:1]  # stable, distinct
+    rounds_held = 0
+    for seed in range(12):
+        labels, trained, was_held, fallback = [], set(), set(), set()
+        for n in range(1, 9):  # one more image of 2-5 outlined objects each round
+            labels.append(_outlined(int(rng.integers(2, 6))))
+            targets = [sparse_instance_targets(lab) for lab in labels]
+            split = split_samples(
+                targets, "sparse-instances", 0.1, seed, block=32, label_images=labels,
+                keys=keys[:n],
+            )  # fmt: skip
+            held = _held_objects(split, labels)
+            everything = {
+                (i, int(v)) for i, lab in enumerate(labels) for v in np.unique(lab[lab > 1])
+            }
+            if held:
+                assert not held & trained, f"seed {seed}, round {n}: trained, now held out"
+                assert was_held - held <= fallback, (
+                    f"seed {seed}, round {n}: a held-out object left"
+                )
+                was_held, rounds_held = held, rounds_held + 1
+                fallback = (
+                    held if len(held) == 1 else set()
+                )  # the lowest draw, none under the share
+                trained |= everything - held  # (before: too few to hold any out, all trained)
+    assert rounds_held > 12 * 5  # from the round with 4 objects on
+
+
+def test_images_added_later_keep_the_held_out_images():
+    from napari_unet.holdout import split_indices, unit
+
+    for seed in range(20):
+        before_train, before_val = split_indices(6, 0.2, seed, [f"k{j}" for j in range(6)])
+        train, val = split_indices(12, 0.2, seed, [f"k{j}" for j in range(12)])
+        assert val and train and set(before_train).isdisjoint(val)
+        stays = [j for j in before_val if unit(seed, "image", f"k{j}") < 0.2]
+        assert set(stays) <= set(val)  # not only the lowest draw: it stays
+
+
+def test_the_held_out_objects_follow_the_image_not_its_place():
+    from napari_unet.holdout import sample_keys
+    from napari_unet.targets import sparse_instance_targets
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 96, 96), np.float32) for _ in range(3)]
+    labels = [_outlined(k, shape=(96, 96)) for k in (3, 4, 5)]
+    targets = [sparse_instance_targets(lab) for lab in labels]
+
+    def held(order):
+        split = split_samples(
+            [targets[j] for j in order], "sparse-instances", 0.1, 0, block=32,
+            label_images=[labels[j] for j in order], keys=sample_keys([images[j] for j in order]),
+        )  # fmt: skip
+        return {(order[i], v) for i, v in _held_objects(split, [labels[j] for j in order])}
+
+    assert held([0, 1, 2]) == held([2, 0, 1]) != set()
