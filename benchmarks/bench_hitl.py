@@ -16,7 +16,10 @@ Train widget's "continue") for ``--steps`` more steps on all the labels so far.
 With ``--proposals`` (the Annotate widget's proposals, issue 23) the user instead accepts
 every proposal of the current model that is right (IoU >= 0.7 with a true object) with one
 click and fixes the ``--fixes`` worst of the rest, in round 0 (the start model's proposals
-on the first images) and every round; "touched" then counts clicks and fixes.
+on the first images) and every round; "touched" then counts clicks and fixes.  With
+``--accept-all`` too, the user takes every proposal with one action ("accept all in
+view") and fixes each wrong one with a fill click (issue 23's count stays the one above;
+this arm is reported beside it).
 
 The images the user labels and the test images are both of one group of images the
 start model never saw (``--test-split``): at most ``--test-images`` of it (the same ones
@@ -86,6 +89,7 @@ def accept_and_correct(
     good: float = 0.7,
     strokes: int = 0,
     rng: np.random.Generator | None = None,
+    accept_all: bool = False,
 ) -> tuple[np.ndarray, int, int]:
     """The ``sparse-instances`` labels a user makes from the model's proposals ``pred``.
 
@@ -97,17 +101,30 @@ def accept_and_correct(
     ``_splits.paint_strokes``) on unlabeled true background, so that the labels hold
     background even when no fix painted any.  Returns the labels, the clicks, and the
     objects outlined or painted plus the strokes.
+
+    ``accept_all``: the widget's "accept all in view" instead, one click for every
+    proposal, then one fill click per wrong proposal (IoU < ``good``): painted background
+    where it lies mostly on true background, erased otherwise; the ``fixes`` worst misses
+    are then outlined on the free pixels.  Clicks: 1 + the wrong proposals.
     """
     from napari_unet.proposals import placement
 
     truth, pred = np.asarray(truth), np.asarray(pred).astype(np.int32)
     _, best_p = _best_ious(truth, pred)
     labels = np.zeros(truth.shape, np.uint16)
-    clicks = 0
-    for p in sorted(k for k, iou in best_p.items() if iou >= good):
+    right = sorted(k for k, iou in best_p.items() if iou >= good)
+    wrong = sorted(int(k) for k in np.unique(pred[pred > 0]) if best_p.get(int(k), 0.0) < good)
+    clicks = len(right)
+    for p in right + (wrong if accept_all else []):
         one = placement(labels, pred, int(p), "sparse-instances")
         labels[one.indices] = one.value
-        clicks += 1
+    if accept_all:
+        clicks = 1 + len(wrong)  # accept all, then a fill click on each wrong one
+        for p in wrong:
+            mine = (pred == p) & (labels > 1)
+            on_background = (truth[pred == p] == 0).mean() >= 0.5
+            labels[mine] = 1 if on_background else 0
+        pred = np.where(np.isin(pred, wrong), 0, pred)  # what remains to fix: the misses
     fixed, n = correct(truth, pred, fixes, good=good)
     free = labels == 0
     top = max(int(labels.max()), 1)
@@ -252,6 +269,7 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
                 args.fixes,
                 strokes=args.strokes,
                 rng=rng,
+                accept_all=args.accept_all,
             )  # fmt: skip
             for i, t in zip(images[: args.images], truths[: args.images], strict=True)
         ]
@@ -334,8 +352,9 @@ def next_labels(r: int, model, images: list, truths: list, labels: list, rng, ar
     pred = nu.predict(model, images[k], instances=True, device="cpu")
     if args.proposals:
         fixed, clicks, actions = accept_and_correct(
-            truths[k], pred, args.fixes, strokes=args.round_strokes, rng=rng
-        )
+            truths[k], pred, args.fixes, strokes=args.round_strokes, rng=rng,
+            accept_all=args.accept_all,
+        )  # fmt: skip
         actions += clicks
     else:
         fixed, actions = correct(truths[k], pred, args.fixes)
@@ -414,6 +433,13 @@ def main() -> None:
         "fixes --fixes errors per image; 'touched' counts clicks + fixes (round 0 too)",
     )
     p.add_argument(
+        "--accept-all",
+        action="store_true",
+        help="with --proposals: the user takes every proposal at once (the Annotate widget's "
+        "'accept all in view', one action) and fixes each wrong one with a fill click "
+        "(painted background or erased), then outlines --fixes misses",
+    )
+    p.add_argument(
         "--regions",
         choices=["next", "random"],
         help="each round the user labels one whole REGION_SIZE window instead of fixing "
@@ -440,6 +466,8 @@ def main() -> None:
     p.add_argument("--keep", help="save every round's model under this folder")
     p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
     args = p.parse_args()
+    if args.accept_all and (not args.proposals or args.regions):
+        p.error("--accept-all needs --proposals, and works on correction rounds (not --regions)")
     with tempfile.TemporaryDirectory(prefix="nu-hitl-") as tmp:
         if args.tiny:
             args.data = str(write_tiny(Path(tmp) / "data"))
@@ -473,6 +501,7 @@ def main() -> None:
             f"distill {args.distill if args.distill is not None else 'default'}, "
             f"balance {args.balance if args.balance is not None else 'default'}"
             + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
+            + (", accepted all at once (a fill click per wrong one)" if args.accept_all else "")
             + (f", {args.round_strokes} stroke(s) a round" if args.round_strokes else "")
             + (f"; one {args.regions} region per round" if args.regions else "")
         )

@@ -41,6 +41,7 @@ def test_every_benchmark_is_covered():
 
 MORE = [
     "bench_hitl.py --proposals --regions next",
+    "bench_hitl.py --proposals --accept-all",
     "bench_hitl.py --init scratch --proposals --round-strokes 1",
     "bench_few_labels.py --label-group --test-split large --test-images 2",
     "bench_ceiling.py --min-sizes 4,2 --fgs 0.7 --zoomed-fgs 0.9 --edge --centre-half",
@@ -213,6 +214,29 @@ def test_the_simulated_user_accepts_right_proposals_with_a_click_and_fixes_the_r
     painted = stroked == 1
     assert painted.any() and not (painted & (truth > 0)).any()  # on true background only
     assert np.array_equal(stroked[~painted], plain[~painted])  # nothing else changed
+
+
+def test_the_simulated_user_accepts_all_then_fixes_each_wrong_proposal_with_a_fill():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_hitl import accept_and_correct
+
+    truth = np.zeros((64, 64), np.uint16)
+    truth[2:12, 2:12] = 1  # proposed right
+    truth[20:30, 2:12] = 2  # proposed a bit small (IoU 0.6): erased, then outlined
+    truth[40:60, 2:22] = 3  # missed: outlined
+    pred = np.zeros_like(truth)
+    pred[2:12, 2:12] = 7
+    pred[20:26, 2:12] = 8
+    pred[48:60, 48:60] = 9  # a false positive on background: filled as background
+    labels, clicks, fixed = accept_and_correct(truth, pred, fixes=10, accept_all=True)
+    assert clicks == 1 + 2 and fixed == 2  # accept all, two fill clicks; two outlines
+    assert (labels[2:12, 2:12] == 2).all()
+    assert (labels[48:60, 48:60] == 1).all()  # the false positive: painted background
+    assert len(np.unique(labels[truth == 2])) == 1 and labels[22, 5] >= 3  # the true outline
+    assert len(np.unique(labels[truth == 3])) == 1 and labels[50, 10] >= 3
+    assert labels[22, 5] != labels[50, 10] and (labels[truth == 0] <= 1).all()
+    _, clicks, fixed = accept_and_correct(truth, pred, fixes=1, accept_all=True)
+    assert clicks == 3 and fixed == 1  # every wrong one still needs its fill click
 
 
 def test_the_simulated_user_labels_a_whole_region_accepting_right_proposals():
