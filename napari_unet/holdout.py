@@ -115,7 +115,7 @@ def split_samples(
     corrections would teach nothing, so they always hold out objects.  With fewer:
 
     - instance labels (``instances``, ``sparse-instances``, with ``label_images``) hold
-      out whole objects (:data:`HELD_OUT_OBJECTS` of them, at least one, when there are
+      out whole objects (about :data:`HELD_OUT_OBJECTS` of them, at least one, when there are
       at least :data:`MIN_OBJECTS_FOR_HOLDOUT`) and blocks of about ``block`` pixels of
       the (painted) background: what calibrates the instance post-processing and counts
       its false positives;
