@@ -41,6 +41,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,9 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     given = {"distill": args.distill, "balance": args.balance}
     cfg = TrainConfig(seed=run, **{k: v for k, v in given.items() if v is not None})
     steps = dict(steps=args.steps, device="cpu", config=cfg)
+    again = steps  # the correction rounds: continued from the last model
+    if args.continue_lr is not None:
+        again = {**steps, "config": replace(cfg, lr=args.continue_lr)}
     start = None if args.init == "scratch" else nu.load_model(args.init)
     if args.proposals and start is not None:  # round 0: the start model's proposals
         made = [
@@ -295,7 +299,7 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
         have = [i for i, lab in enumerate(labels) if lab.any()]
         model = nu.train(
             [images[i] for i in have], [labels[i] for i in have],
-            labels_kind="sparse-instances", model=model, **steps,
+            labels_kind="sparse-instances", model=model, **again,
         )  # fmt: skip
         rows.append({"run": run, "round": r, "touched": touched, "ap50": score(model, *test)})
         print_row(rows[-1])
@@ -459,6 +463,8 @@ def main() -> None:
     p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
     p.add_argument("--balance", type=float, help="painted background's share of the loss "
                    "(TrainConfig.balance; default: the package's)")  # fmt: skip
+    p.add_argument("--continue-lr", type=float, help="learning rate of the correction rounds "
+                   "(continued from the last model; default: the recipe's)")  # fmt: skip
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
     p.add_argument("--plot", help="write the figure to this PNG")
@@ -500,6 +506,7 @@ def main() -> None:
             f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
             f"distill {args.distill if args.distill is not None else 'default'}, "
             f"balance {args.balance if args.balance is not None else 'default'}"
+            + (f"; rounds continue at lr {args.continue_lr}" if args.continue_lr else "")
             + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
             + (", accepted all at once (a fill click per wrong one)" if args.accept_all else "")
             + (f", {args.round_strokes} stroke(s) a round" if args.round_strokes else "")
