@@ -466,6 +466,9 @@ def main() -> None:
     p.add_argument("--continue-lr", type=float, help="learning rate of the correction rounds "
                    "(continued from the last model; default: the recipe's)")  # fmt: skip
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--first-run", type=int, default=0, help="seed of the first run (add runs to earlier ones)"
+    )
     p.add_argument("--data", default=str(DSB), help="folder with images/ and labels/")
     p.add_argument("--plot", help="write the figure to this PNG")
     p.add_argument("--json", help="also write the rows to this JSON file")
@@ -515,7 +518,7 @@ def main() -> None:
         print("| run | round | objects touched | AP@0.5 |")
         print("|---" * 4 + "|")
         rows = []
-        for run in range(args.runs):
+        for run in range(args.first_run, args.first_run + args.runs):
             rows += run_once(src, pool, test, run, args)
         if args.plot:
             plot(rows, Path(args.plot), f"{args.test_split}: {len(test[0])} test images, "

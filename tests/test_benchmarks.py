@@ -41,7 +41,7 @@ def test_every_benchmark_is_covered():
 
 MORE = [
     "bench_hitl.py --proposals --regions next",
-    "bench_hitl.py --proposals --accept-all",
+    "bench_hitl.py --proposals --accept-all --first-run 1",
     "bench_hitl.py --init scratch --proposals --round-strokes 1 --continue-lr 1e-3",
     "bench_few_labels.py --label-group --test-split large --test-images 2",
     "bench_ceiling.py --min-sizes 4,2 --fgs 0.7 --zoomed-fgs 0.9 --edge --centre-half",
