@@ -509,7 +509,7 @@ def main() -> None:
             f"{args.rounds} round(s) of {args.fixes} fixes; {args.steps} steps per round; "
             f"distill {args.distill if args.distill is not None else 'default'}, "
             f"balance {args.balance if args.balance is not None else 'default'}"
-            + (f"; rounds continue at lr {args.continue_lr}" if args.continue_lr else "")
+            + ("" if args.continue_lr is None else f"; rounds continue at lr {args.continue_lr}")
             + ("; with proposals (touched = clicks + fixes)" if args.proposals else "")
             + (", accepted all at once (a fill click per wrong one)" if args.accept_all else "")
             + (f", {args.round_strokes} stroke(s) a round" if args.round_strokes else "")
