@@ -173,8 +173,8 @@ def _add_network_flags(t: argparse.ArgumentParser) -> None:
         type=_distill_weight,
         metavar="WEIGHT",
         help="when starting from a model with the same classes (--init, or the automatic "
-        "start): weight of its answer on the pixels you did not label, so fine-tuning keeps "
-        "what it knew (default 5; 0 turns it off)",
+        "start), or continuing one (--resume): weight of its answer on the pixels you did not "
+        "label, so fine-tuning keeps what it knew (default 5; 0 turns it off)",
     )
     t.add_argument(
         "--balance",

@@ -225,7 +225,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: float = 30.0
-    distill: float = 5.0  # weight of the start model's answer on unlabeled pixels (0: off)
+    distill: float = 5.0  # the start (or continued) model's answer on unlabeled pixels (0: off)
     balance: float = 0.5  # sparse-instances: painted background's share of the loss (0: by pixels)
     scale: float | None = None  # images resized by this to train (None: from the objects' width)
     compile: bool = False  # torch.compile the training step (pays on a GPU for long trainings)

@@ -35,6 +35,8 @@ from .request import TrainRequest
 
 log = logging.getLogger(__name__)
 
+CONTINUED = "the model continued"  # the teacher of a correction round, in training.json
+
 
 class Start:
     """What a training starts from, and what came of it (see the module's docstring)."""
@@ -95,14 +97,26 @@ class Start:
             self.architecture = default_architecture(request.architecture)
 
     def make_teacher(
-        self, distill: float, spec: ModelSpec, sessions: list[dict[str, Any]], device: torch.device
+        self,
+        distill: float,
+        spec: ModelSpec,
+        sessions: list[dict[str, Any]],
+        device: torch.device,
+        previous: torch.nn.Module | None = None,
     ) -> torch.nn.Module | None:
-        """The start model's network when its classes are this model's (``spec``) and
-        distillation is on (``distill`` > 0): this session's start, or the one a resumed
-        model started from (by its record in ``sessions``, when its weights are unchanged)."""
+        """The network whose answer the new model keeps on unlabeled pixels, when
+        distillation is on (``distill`` > 0): the model continued (``previous``, its network
+        before this training: a correction round keeps what the user did not correct), else
+        this session's start when its classes are this model's (``spec``), or the one a
+        resumed model started from (by its record in ``sessions``, when its weights are
+        unchanged)."""
         self.teacher = None
         if distill <= 0:
             return None
+        if previous is not None:
+            self.teacher_ref = CONTINUED
+            self.teacher = copy.deepcopy(previous).to(device)
+            return self.teacher
         init = self.init if self.init is not None else _recorded_init(sessions)
         if init is None:
             return None
@@ -123,6 +137,11 @@ class Start:
         if self.teacher is not None:
             session["distill"] = {"from": self.teacher_ref, "weight": distill}
 
+    @property
+    def compared(self) -> bool:
+        """Whether :meth:`compare` scores the teacher at the end."""
+        return self.teacher is not None and self.teacher_ref != CONTINUED
+
     def compare(
         self,
         score: Callable[[torch.nn.Module], float],
@@ -132,8 +151,9 @@ class Start:
     ) -> None:
         """Phase "compare": score the start model (the teacher) with ``score`` on the
         held-out labels the new model scored ``new_iou`` on (``measured_on``; None: nothing
-        was held out); record both, and say so when the start did better."""
-        if self.teacher is None:
+        was held out); record both, and say so when the start did better.  A model
+        continued is the regression guard's to compare (its folder's previous model)."""
+        if not self.compared:
             return
         if measured_on is None:
             session["start_comparison"] = {"start": self.teacher_ref, "compared": False,

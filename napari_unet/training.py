@@ -149,6 +149,7 @@ class TrainingRun:
         self.report_every = report_every_for(device)
         self.start = Start(None, False, {})  # the model this training starts from
         self.held_out = False  # validation on data the loss never saw
+        self.continues = False  # a finished model trained again (a correction round)
         self.budget = WallBudget(cfg.time_budget, cfg.steps)  # where the wall time goes
         self.ranks = Ranks()  # one process, or one of a data-parallel training's
         self.group: Group | None = None
@@ -200,6 +201,7 @@ class TrainingRun:
         new = not request.resume and model is None
         start = self.start = Start.choose(request, labels_kind, self.device, new)
         model = self.load_previous(request.resume, model)
+        self.continues = model is not None and (not request.resume or _ended(self.history))
         if not self.ranks.main:  # rank 0 alone writes the model folder
             self.out = None
         continued = None
@@ -359,7 +361,8 @@ class TrainingRun:
         n_val_crops = 16 if self.device.type == "cpu" else 64
         val_batches = val_sampler.fixed_batches(n_val_crops, min(cfg.batch_size, 16))
         sessions = self.history.get("sessions", [])
-        teacher = self.start.make_teacher(cfg.distill, self.spec, sessions, self.device)
+        previous = self.network if self.continues else None  # before a step changed it
+        teacher = self.start.make_teacher(cfg.distill, self.spec, sessions, self.device, previous)
         self.trainer = Trainer(
             self.network,
             self.spec,
@@ -407,8 +410,8 @@ class TrainingRun:
             sum(int(np.prod(image.shape[1:])) for image in cal.images) if cal and cal.truths else 0
         )
         wall.validation_pixels = self.trainer.val_pixels
-        compared = (self.start.teacher, self.guard.previous_iou)  # scored again at the end
-        wall.validations = 1 + sum(x is not None for x in compared)
+        compared = (self.start.compared, self.guard.previous_iou is not None)  # at the end
+        wall.validations = 1 + sum(compared)
         budget = cfg.time_budget
         self.val_every = max(5.0, budget / 10) if budget else None
         self.val_every_steps = max(1, (cfg.steps or 0) // 10) if cfg.steps and not budget else None
@@ -701,6 +704,13 @@ class TrainingRun:
 
     def model(self) -> Model:
         return Model(network=self.network, config=self.spec, history=self.history, path=self.out)
+
+
+def _ended(history: dict[str, Any]) -> bool:
+    """Whether the last session of a model's ``history`` ran to its end (its budget spent
+    or stopped in the widget), not interrupted, killed or cut off after a checkpoint."""
+    sessions = history.get("sessions") or [{}]
+    return "phases" in sessions[-1] and "stopped" not in sessions[-1]
 
 
 def _z_scale(request: TrainRequest, spatial_dims: int, model: Model | None) -> float:

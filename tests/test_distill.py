@@ -61,12 +61,53 @@ def test_distillation_keeps_the_start_models_answer_where_nothing_is_labeled(tin
     json.dumps(session_kept)
 
 
-def test_a_continued_model_keeps_its_start_model_as_teacher(tiny_model):
+def test_a_continued_training_keeps_the_answer_of_the_model_it_continues(tiny_model, tmp_path):
+    _, folder = tiny_model
+    pairs = [make_nuclei(seed=40 + s, radius=(3, 5), n=20) for s in range(2)]
+    images = [p[0] for p in pairs]
+    few = [_few_outlined(p[1]) for p in pairs]
+    first = nu.train(images, few, labels_kind="sparse-instances", init=str(folder), steps=20,
+                     patch=48, batch_size=4, device="cpu", config=TrainConfig(lr=1e-2))  # fmt: skip
+    nu.save_model(first, tmp_path / "round-0")
+    test = make_nuclei(seed=99)[0]
+    before = nu.predict_proba(first, test, device="cpu")
+
+    def drift(weight: float) -> tuple[float, dict]:
+        model = nu.train(
+            images, few, labels_kind="sparse-instances", model=nu.load_model(tmp_path / "round-0"),
+            steps=40, patch=48, batch_size=4, device="cpu",
+            config=TrainConfig(distill=weight, lr=1e-2),
+        )  # fmt: skip
+        after = nu.predict_proba(model, test, device="cpu")
+        return float(np.abs(after - before).mean()), model.history["sessions"][-1]
+
+    free, session_free = drift(0.0)
+    kept, session_kept = drift(5.0)
+    assert kept < 0.7 * free  # a correction round keeps what the user did not correct
+    assert "distill" not in session_free
+    assert session_kept["distill"] == {"from": "the model continued", "weight": 5.0}
+    assert "start_comparison" not in session_kept  # the regression guard compares it
+    assert first.history["sessions"][0]["distill"]["from"] == str(folder)  # round 0's start
+
+
+def test_a_resume_after_an_interruption_keeps_the_start_model_after_an_end_the_model(
+    tiny_model, tmp_path
+):
+    from napari_unet.events import TrainStep
+    from napari_unet.training import TrainControl, train_iter
+
     _, folder = tiny_model
     img, lab = make_nuclei(seed=41)
     few = [_few_outlined(lab)]
-    first = nu.train([img], few, labels_kind="sparse-instances", init=str(folder), steps=2,
-                     patch=32, batch_size=2, device="cpu")  # fmt: skip
-    again = nu.train([img], few, labels_kind="sparse-instances", model=first, steps=2,
-                     patch=32, batch_size=2, device="cpu")  # fmt: skip
-    assert again.history["sessions"][-1]["distill"]["from"] == str(folder)
+    small = dict(labels_kind="sparse-instances", patch=32, batch_size=2, device="cpu")
+    out = tmp_path / "m"
+    control = TrainControl()
+    for e in train_iter([img], few, init=str(folder), steps=1000, out=out, control=control,
+                        **small):  # fmt: skip
+        if isinstance(e, TrainStep):
+            control.stop("interrupted")  # Ctrl+C: the session did not run to its end
+    assert "stopped" in nu.load_model(out).history["sessions"][-1]
+    resumed = nu.train([img], few, resume=True, out=out, steps=2, **small)
+    assert resumed.history["sessions"][-1]["distill"]["from"] == str(folder)
+    again = nu.train([img], few, resume=True, out=out, steps=2, **small)  # after an end
+    assert again.history["sessions"][-1]["distill"]["from"] == "the model continued"
