@@ -29,7 +29,9 @@ itself and the object-size zoom (what ``predict`` does).  Also scored:
 the start model as it is, and a model trained from it with **dense** labels of the same
 images (every object) for the same total number of steps.  ``--runs`` draws (seed = run
 index); prints a table per round, mean ± std over the runs, one summary line, and with
-``--plot FILE.png`` a figure: AP@0.5 against objects touched.
+``--plot FILE.png`` a figure: AP@0.5 against objects touched.  ``--merge A.json B.json``
+trains nothing: the same table, summary and figure for runs made apart (``--runs 1
+--first-run N`` side by side, each with ``--json``).
 
     python benchmarks/bench_hitl.py --init /tmp/nuclei-no-dense-large --test-split large \\
         --steps 200 --runs 3 --plot docs/images/hitl.png
@@ -474,7 +476,17 @@ def main() -> None:
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--keep", help="save every round's model under this folder")
     p.add_argument("--tiny", action="store_true", help="synthetic images, a few steps")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: the table, summary and --plot of runs made apart (their --json "
+        "files, e.g. --runs 1 --first-run N side by side)",
+    )
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge, args)
+        return
     if args.accept_all and (not args.proposals or args.regions):
         p.error("--accept-all needs --proposals, and works on correction rounds (not --regions)")
     with tempfile.TemporaryDirectory(prefix="nu-hitl-") as tmp:
@@ -520,10 +532,56 @@ def main() -> None:
         rows = []
         for run in range(args.first_run, args.first_run + args.runs):
             rows += run_once(src, pool, test, run, args)
-        if args.plot:
-            plot(rows, Path(args.plot), f"{args.test_split}: {len(test[0])} test images, "
-                 f"{args.runs} run(s), {args.steps} steps per round")  # fmt: skip
-            print(f"figure: {args.plot}")
+        report(rows, args, len(test[0]))
+
+
+# what may differ between the runs of one table (--merge): where they ran and were written
+PER_RUN = ("runs", "first_run", "data", "plot", "json", "keep", "merge")
+
+
+def merge(paths: list[str], args: argparse.Namespace) -> None:
+    """The table, summary and figure of runs made apart (``--runs 1 --first-run N`` side by
+    side), from their ``--json`` files: the same benchmark, each run once."""
+    rows: list[dict] = []
+    first: dict | None = None
+    for path in paths:
+        try:
+            saved = json.loads(Path(path).read_text())
+            given, mine = saved["args"], saved["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            sys.exit(f"--merge {path}: not a JSON file written by bench_hitl.py --json ({exc})")
+        if first is None:
+            first = {**given, "tested": saved.get("tested", given["test_images"])}
+        differ = sorted(k for k in given if k not in PER_RUN and given[k] != first.get(k))
+        if differ:
+            k = differ[0]
+            sys.exit(
+                f"--merge {path}: {k} is {given[k]!r} there, {first.get(k)!r} in {paths[0]}: "
+                "runs of different benchmarks (only the runs' seeds and files may differ)"
+            )
+        again = {r["run"] for r in mine} & {r["run"] for r in rows}
+        if again:
+            sys.exit(f"--merge {path}: run {min(again)} is in another file too")
+        rows += mine
+    assert first is not None
+    runs = sorted({r["run"] for r in rows})
+    merged = argparse.Namespace(**{**first, "runs": len(runs), "first_run": runs[0]})
+    merged.plot, merged.json, merged.merge = args.plot, args.json, None
+    print(header("cpu"))
+    print(f"# merged from {len(paths)} file(s): runs {', '.join(map(str, runs))}")
+    print("| run | round | objects touched | AP@0.5 |")
+    print("|---" * 4 + "|")
+    for row in sorted(rows, key=lambda r: r["run"]):
+        print_row(row)
+    report(rows, merged, int(first["tested"]))
+
+
+def report(rows: list[dict], args: argparse.Namespace, tested: int) -> None:
+    """The figure, the mean per round, the JSON rows and the summary line."""
+    if args.plot:
+        plot(rows, Path(args.plot), f"{args.test_split}: {tested} test images, "
+             f"{args.runs} run(s), {args.steps} steps per round")  # fmt: skip
+        print(f"figure: {args.plot}")
     print()
     print("| round | objects touched (mean) | AP@0.5 (mean ± std) |")
     print("|---" * 3 + "|")
@@ -535,9 +593,10 @@ def main() -> None:
         means[k] = mean_std([r["ap50"] for r in mine])
         print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        saved = {"args": vars(args), "tested": tested, "rows": rows}
+        Path(args.json).write_text(json.dumps(saved, indent=1))
     print(
-        f"summary: mean AP@0.5 on {len(test[0])} images of {args.test_split}, {args.runs} "
+        f"summary: mean AP@0.5 on {tested} images of {args.test_split}, {args.runs} "
         "run(s): " + "; ".join(f"{k} {m.split()[0]}" for k, m in means.items())
     )
 

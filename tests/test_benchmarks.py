@@ -4,6 +4,7 @@ Timings are not checked here (they are what the benchmarks report); this only ke
 scripts working as the code changes.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -320,3 +321,43 @@ def test_ceiling_edge_rule_keeps_objects_cut_by_the_edge_only():
     assert spared.max() == 2 and spared[0, 30] > 0 and spared[32, 32] > 0
     assert spared[40, 8] == 0  # 9 px inside: below the minimum size, not at the edge
     assert centre_half(np.arange(16).reshape(4, 4)).tolist() == [[5, 6], [9, 10]]
+
+
+def _hitl_json(path: Path, run: int, aps: list[float], **changed) -> str:
+    args = {"init": "scratch", "test_split": "large", "test_images": 24, "rounds": len(aps) - 1,
+            "steps": 800, "no_dense": True, "distill": None, "runs": 1, "first_run": run,
+            "data": f"/somewhere/{run}", "plot": None, "json": str(path), **changed}  # fmt: skip
+    rows = [{"run": run, "round": k, "touched": 6 + 5 * k, "ap50": ap} for k, ap in enumerate(aps)]
+    path.write_text(json.dumps({"args": args, "rows": rows}))
+    return str(path)
+
+
+def test_hitl_merges_runs_made_apart_and_refuses_other_benchmarks(tmp_path):
+    a = _hitl_json(tmp_path / "a.json", 0, [0.6, 0.7])
+    b = _hitl_json(tmp_path / "b.json", 1, [0.5, 0.8])
+
+    def merge(*paths: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(BENCHMARKS / "bench_hitl.py"), "--merge", *paths,
+             "--plot", str(tmp_path / "m.png"), "--json", str(tmp_path / "m.json")],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+
+    result = merge(a, b)
+    assert result.returncode == 0, result.stderr
+    assert "| 1 | 1 | 11 | 0.800 |" in result.stdout  # every run's rows
+    assert "| 1 | 11 | 0.750 ± 0.071 |" in result.stdout  # round 1 over both (sample std)
+    assert result.stdout.splitlines()[-1].startswith("summary: mean AP@0.5 on 24 images")
+    assert "2 run(s): 0 0.550; 1 0.750" in result.stdout.splitlines()[-1]
+    assert (tmp_path / "m.png").stat().st_size > 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert len(merged["rows"]) == 4 and merged["args"]["runs"] == 2
+
+    other = _hitl_json(tmp_path / "c.json", 2, [0.6, 0.7], steps=200)
+    result = merge(a, other)
+    assert result.returncode != 0 and "c.json: steps is 200 there, 800 in" in result.stderr
+    result = merge(a, _hitl_json(tmp_path / "d.json", 0, [0.6, 0.7]))
+    assert result.returncode != 0 and "d.json: run 0 is in another file too" in result.stderr
+    (tmp_path / "e.json").write_text("{}")
+    result = merge(a, str(tmp_path / "e.json"))
+    assert result.returncode != 0 and "e.json: not a JSON file written by" in result.stderr

@@ -90,7 +90,7 @@ def test_a_continued_training_keeps_the_answer_of_the_model_it_continues(tiny_mo
     assert first.history["sessions"][0]["distill"]["from"] == str(folder)  # round 0's start
 
 
-def test_a_resume_after_an_interruption_keeps_the_start_model_after_an_end_the_model(
+def test_a_resume_keeps_the_start_model_after_an_interruption_the_model_after_an_end(
     tiny_model, tmp_path
 ):
     from napari_unet.events import TrainStep
