@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 import tempfile
 from dataclasses import replace
@@ -537,6 +538,19 @@ def main() -> None:
 
 # what may differ between the runs of one table (--merge): where they ran and were written
 PER_RUN = ("runs", "first_run", "data", "plot", "json", "keep", "merge")
+# the libraries a from-scratch training on a few objects is sensitive to (session 26: a
+# fresh venv with other numpy/scipy/scikit-image moved round 0 by up to 0.05)
+LIBRARIES = ("torch", "numpy", "scipy", "scikit-image")
+
+
+def environment() -> dict[str, str]:
+    """Python, the libraries' versions and the threads torch uses: saved with --json."""
+    from importlib.metadata import version
+
+    import torch
+
+    found = {"python": platform.python_version(), "threads": str(torch.get_num_threads())}
+    return {**found, **{name: version(name) for name in LIBRARIES}}
 
 
 def merge(paths: list[str], args: argparse.Namespace) -> None:
@@ -544,6 +558,8 @@ def merge(paths: list[str], args: argparse.Namespace) -> None:
     side), from their ``--json`` files: the same benchmark, each run once."""
     rows: list[dict] = []
     first: dict | None = None
+    first_env: dict | None = None
+    mixed = False
     for path in paths:
         try:
             saved = json.loads(Path(path).read_text())
@@ -562,6 +578,18 @@ def merge(paths: list[str], args: argparse.Namespace) -> None:
         again = {r["run"] for r in mine} & {r["run"] for r in rows}
         if again:
             sys.exit(f"--merge {path}: run {min(again)} is in another file too")
+        env = saved.get("environment", {})
+        if first_env is None:
+            first_env = env
+        keys = sorted(set(env) | set(first_env))
+        changed = [
+            f"{k} {env.get(k)} there, {first_env.get(k)} in {paths[0]}"
+            for k in keys
+            if env.get(k) != first_env.get(k)
+        ]
+        if changed:  # a warning: compare arms only within one environment
+            print(f"# warning: --merge {path}: another environment: {'; '.join(changed)}")
+            mixed = True
         rows += mine
     assert first is not None
     runs = sorted({r["run"] for r in rows})
@@ -573,11 +601,14 @@ def merge(paths: list[str], args: argparse.Namespace) -> None:
     print("|---" * 4 + "|")
     for row in sorted(rows, key=lambda r: r["run"]):
         print_row(row)
-    report(rows, merged, int(first["tested"]))
+    report(rows, merged, int(first["tested"]), {"mixed": "yes"} if mixed else first_env)
 
 
-def report(rows: list[dict], args: argparse.Namespace, tested: int) -> None:
-    """The figure, the mean per round, the JSON rows and the summary line."""
+def report(
+    rows: list[dict], args: argparse.Namespace, tested: int, env: dict | None = None
+) -> None:
+    """The figure, the mean per round, the JSON rows (with ``env``, default: this
+    process's :func:`environment`) and the summary line."""
     if args.plot:
         plot(rows, Path(args.plot), f"{args.test_split}: {tested} test images, "
              f"{args.runs} run(s), {args.steps} steps per round")  # fmt: skip
@@ -593,7 +624,8 @@ def report(rows: list[dict], args: argparse.Namespace, tested: int) -> None:
         means[k] = mean_std([r["ap50"] for r in mine])
         print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")
     if args.json:
-        saved = {"args": vars(args), "tested": tested, "rows": rows}
+        saved = {"args": vars(args), "tested": tested, "environment": env or environment(),
+                 "rows": rows}  # fmt: skip
         Path(args.json).write_text(json.dumps(saved, indent=1))
     print(
         f"summary: mean AP@0.5 on {tested} images of {args.test_split}, {args.runs} "

@@ -42,7 +42,7 @@ def test_every_benchmark_is_covered():
 
 MORE = [
     "bench_hitl.py --proposals --regions next",
-    "bench_hitl.py --proposals --accept-all --first-run 1",
+    "bench_hitl.py --proposals --accept-all --first-run 1 --json run.json",
     "bench_hitl.py --init scratch --proposals --round-strokes 1 --continue-lr 1e-3",
     "bench_few_labels.py --label-group --test-split large --test-images 2",
     "bench_ceiling.py --min-sizes 4,2 --fgs 0.7 --zoomed-fgs 0.9 --edge --centre-half",
@@ -66,6 +66,9 @@ def test_benchmark_runs_tiny(script, tmp_path):
     lines = result.stdout.splitlines()
     assert any(line.lower().startswith("summary") for line in lines), result.stdout
     assert "nan" not in lines[-1].lower()
+    if "--json" in flags:  # the rows, with what they ran on
+        saved = json.loads((tmp_path / flags[flags.index("--json") + 1]).read_text())
+        assert saved["rows"] and saved["environment"]["numpy"] == np.__version__
 
 
 def test_few_labels_compares_start_models_side_by_side(tmp_path):
@@ -323,12 +326,13 @@ def test_ceiling_edge_rule_keeps_objects_cut_by_the_edge_only():
     assert centre_half(np.arange(16).reshape(4, 4)).tolist() == [[5, 6], [9, 10]]
 
 
-def _hitl_json(path: Path, run: int, aps: list[float], **changed) -> str:
+def _hitl_json(path: Path, run: int, aps: list[float], env: dict | None = None, **changed) -> str:
     args = {"init": "scratch", "test_split": "large", "test_images": 24, "rounds": len(aps) - 1,
             "steps": 800, "no_dense": True, "distill": None, "runs": 1, "first_run": run,
             "data": f"/somewhere/{run}", "plot": None, "json": str(path), **changed}  # fmt: skip
     rows = [{"run": run, "round": k, "touched": 6 + 5 * k, "ap50": ap} for k, ap in enumerate(aps)]
-    path.write_text(json.dumps({"args": args, "rows": rows}))
+    env = env or {"torch": "2.13.0", "numpy": "2.4.6"}
+    path.write_text(json.dumps({"args": args, "environment": env, "rows": rows}))
     return str(path)
 
 
@@ -352,6 +356,13 @@ def test_hitl_merges_runs_made_apart_and_refuses_other_benchmarks(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 0
     merged = json.loads((tmp_path / "m.json").read_text())
     assert len(merged["rows"]) == 4 and merged["args"]["runs"] == 2
+    assert merged["environment"] == {"torch": "2.13.0", "numpy": "2.4.6"}  # the runs', kept
+    assert "warning" not in result.stdout
+
+    elsewhere = {"torch": "2.13.0", "numpy": "2.3.0"}  # merged, with a warning naming it
+    result = merge(a, _hitl_json(tmp_path / "f.json", 1, [0.5, 0.8], env=elsewhere))
+    assert result.returncode == 0, result.stderr
+    assert "f.json: another environment: numpy 2.3.0 there, 2.4.6 in" in result.stdout
 
     other = _hitl_json(tmp_path / "c.json", 2, [0.6, 0.7], steps=200)
     result = merge(a, other)
