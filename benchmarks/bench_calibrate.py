@@ -37,7 +37,7 @@ Models: ``--init`` (a start model that never saw ``--split``) and ``--finetune``
 trained from it like bench_hitl's round 0 (3 images x 2 outlined objects + 3 strokes,
 ``--steps`` steps), each with its own post-processing as the search's start.
 
-    python benchmarks/bench_calibrate.py --init /work/standin/nuclei-no-dense-large \\
+    python benchmarks/bench_calibrate.py --init benchmarks/standin-w16 \\
         --split dense --finetune 2 --draws 8
 """
 

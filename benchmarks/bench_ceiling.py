@@ -7,7 +7,7 @@ is chosen on the images it is scored on.  When a model's own settings are far be
 its ceiling, its post-processing is what limits it; when models' ceilings are flat
 (e.g. the rounds of ``bench_hitl.py --keep DIR``), the networks are.
 
-    python benchmarks/bench_ceiling.py --split large /tmp/standin /tmp/hitl/run-0/round-*
+    python benchmarks/bench_ceiling.py --split large benchmarks/standin-w16 /tmp/hitl/run-0/round-*
 
 ``--min-sizes 31,23,12`` adds each model's own settings with those minimum sizes (at the
 model's scale, as its own); ``--edge`` its own settings with a candidate rule, objects that

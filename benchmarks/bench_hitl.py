@@ -33,7 +33,7 @@ index); prints a table per round, mean ± std over the runs, one summary line, a
 trains nothing: the same table, summary and figure for runs made apart (``--runs 1
 --first-run N`` side by side, each with ``--json``).
 
-    python benchmarks/bench_hitl.py --init /tmp/nuclei-no-dense-large --test-split large \\
+    python benchmarks/bench_hitl.py --init benchmarks/standin-w16 --test-split large \\
         --steps 200 --runs 3 --plot docs/images/hitl.png
 """
 
