@@ -578,7 +578,7 @@ def merge(paths: list[str], args: argparse.Namespace) -> None:
         again = {r["run"] for r in mine} & {r["run"] for r in rows}
         if again:
             sys.exit(f"--merge {path}: run {min(again)} is in another file too")
-        env = saved.get("environment", {})
+        env = saved.get("environment", {})  # {}: written before environments were saved
         if first_env is None:
             first_env = env
         keys = sorted(set(env) | set(first_env))
@@ -624,8 +624,8 @@ def report(
         means[k] = mean_std([r["ap50"] for r in mine])
         print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")
     if args.json:
-        saved = {"args": vars(args), "tested": tested, "environment": env or environment(),
-                 "rows": rows}  # fmt: skip
+        env = environment() if env is None else env  # a merge keeps its runs' ({}: unknown)
+        saved = {"args": vars(args), "tested": tested, "environment": env, "rows": rows}
         Path(args.json).write_text(json.dumps(saved, indent=1))
     print(
         f"summary: mean AP@0.5 on {tested} images of {args.test_split}, {args.runs} "
