@@ -291,22 +291,26 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     if start is not None:  # from scratch there is no model to score before round 0
         rows.append({"run": run, "round": "start", "touched": 0, "ap50": score(start, *test)})
         print_row(rows[-1])
-    model = nu.train(
-        images[: args.images], labels, labels_kind="sparse-instances", init=args.init, **steps
+    folder = Path(args.guard) / f"run-{run}" if args.guard else None
+    if folder is not None and folder.exists():  # its guard would judge against that model
+        sys.exit(f"--guard {args.guard}: {folder} exists (an earlier run's?): give a new folder")
+    trained, model = train_round(
+        folder, start, images[: args.images], labels, init=args.init, **steps
     )  # fmt: skip
-    rows.append({"run": run, "round": 0, "touched": touched, "ap50": score(model, *test)})
+    rows.append(round_row(run, 0, touched, trained, model, test))
     print_row(rows[-1])
-    keep(model, args, f"run-{run}/round-0")
+    keep(trained, args, f"run-{run}/round-0")
     for r in range(1, args.rounds + 1):
         touched += next_labels(r, model, images, truths, labels, rng, args)
         have = [i for i, lab in enumerate(labels) if lab.any()]
-        model = nu.train(
-            [images[i] for i in have], [labels[i] for i in have],
-            labels_kind="sparse-instances", model=model, **again,
+        cont = trained if folder is None else nu.load_model(folder)  # what "continue" trains
+        trained, model = train_round(
+            folder, start, [images[i] for i in have], [labels[i] for i in have], model=cont,
+            **again,
         )  # fmt: skip
-        rows.append({"run": run, "round": r, "touched": touched, "ap50": score(model, *test)})
+        rows.append(round_row(run, r, touched, trained, model, test))
         print_row(rows[-1])
-        keep(model, args, f"run-{run}/round-{r}")
+        keep(trained, args, f"run-{run}/round-{r}")
     if args.no_dense:
         return rows
     n = args.images + args.rounds
@@ -318,6 +322,42 @@ def run_once(src: Path, pool: list[str], test: tuple, run: int, args) -> list[di
     rows.append({"run": run, "round": "dense", "touched": objects, "ap50": score(dense, *test)})
     print_row(rows[-1])
     return rows
+
+
+def train_round(folder: Path | None, start, images: list, labels: list, **kwargs) -> tuple:
+    """One round's training on ``sparse-instances`` labels: the model trained, and the one
+    the user then predicts with.  Without ``--guard`` (``folder`` None) they are the same.
+    With it the round trains into ``folder`` as the Train widget does, and the user takes
+    the product's word: the start model when training says it did better ("Use <start
+    model>", ``Finished.start_model``), the folder's previous model when the regression
+    guard kept it (``Finished.path`` is then ``<folder>.rejected``), else the new model.
+    The next round continues the model the folder holds (the widget's next Train)."""
+    import napari_unet as nu
+    from napari_unet.events import Finished
+
+    if folder is None:
+        model = nu.train(images, labels, labels_kind="sparse-instances", **kwargs)
+        return model, model
+    ends: list[Finished] = []
+    model = nu.train(
+        images, labels, labels_kind="sparse-instances", out=folder,
+        callback=lambda e: ends.append(e) if isinstance(e, Finished) else None, **kwargs,
+    )  # fmt: skip
+    end = ends[-1]
+    if end.start_model is not None and start is not None:
+        return model, start
+    if end.path is not None and Path(end.path) != folder:  # the guard kept the previous
+        return model, nu.load_model(folder)
+    return model, model
+
+
+def round_row(run: int, r: int, touched: int, trained, model, test: tuple) -> dict:
+    """A round's row: AP@0.5 of the model the user predicts with and, when the product
+    advised another one (``--guard``), of the model trained (``trained``)."""
+    row = {"run": run, "round": r, "touched": touched, "ap50": score(model, *test)}
+    if model is not trained:
+        row["trained"] = score(trained, *test)
+    return row
 
 
 def outline_largest(truth: np.ndarray, labels: np.ndarray) -> int:
@@ -378,7 +418,9 @@ def keep(model, args, name: str) -> None:
 
 
 def print_row(row: dict) -> None:
-    print(f"| {row['run']} | {row['round']} | {row['touched']} | {row['ap50']:.3f} |", flush=True)
+    advised = f" (trained: {row['trained']:.3f})" if "trained" in row else ""
+    print(f"| {row['run']} | {row['round']} | {row['touched']} | {row['ap50']:.3f}{advised} |",
+          flush=True)  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -462,6 +504,14 @@ def main() -> None:
     )
     p.add_argument(
         "--no-dense", action="store_true", help="skip the dense-label model (the same in every arm)"
+    )
+    p.add_argument(
+        "--guard",
+        metavar="DIR",
+        help="train each run's rounds into DIR/run-R as the Train widget does, and score the "
+        "model the product then says to predict with: the start model when it did better on "
+        "the held-out labels, the previous model when the regression guard kept it (runs "
+        "made apart: the same DIR)",
     )
     p.add_argument("--distill", type=float, help="distillation weight (default: the package's)")
     p.add_argument("--balance", type=float, help="painted background's share of the loss "
@@ -614,15 +664,18 @@ def report(
              f"{args.runs} run(s), {args.steps} steps per round")  # fmt: skip
         print(f"figure: {args.plot}")
     print()
-    print("| round | objects touched (mean) | AP@0.5 (mean ± std) |")
-    print("|---" * 3 + "|")
+    guarded = bool(getattr(args, "guard", None))
+    print("| round | objects touched (mean) | AP@0.5 (mean ± std) |"
+          + (" the models trained |" if guarded else ""))  # fmt: skip
+    print("|---" * (4 if guarded else 3) + "|")
     means = {}
     for k in ["start", *range(args.rounds + 1), *([] if args.no_dense else ["dense"])]:
         mine = [r for r in rows if r["round"] == k]
         if not mine:  # no start row from scratch
             continue
         means[k] = mean_std([r["ap50"] for r in mine])
-        print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |")
+        trained = f" {mean_std([r.get('trained', r['ap50']) for r in mine])} |" if guarded else ""
+        print(f"| {k} | {np.mean([r['touched'] for r in mine]):.0f} | {means[k]} |{trained}")
     if args.json:
         env = environment() if env is None else env  # a merge keeps its runs' ({}: unknown)
         saved = {"args": vars(args), "tested": tested, "environment": env, "rows": rows}

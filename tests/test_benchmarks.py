@@ -42,7 +42,7 @@ def test_every_benchmark_is_covered():
 
 MORE = [
     "bench_hitl.py --proposals --regions next",
-    "bench_hitl.py --proposals --accept-all --first-run 1 --json run.json",
+    "bench_hitl.py --proposals --accept-all --first-run 1 --json run.json --guard models",
     "bench_hitl.py --init scratch --proposals --round-strokes 1 --continue-lr 1e-3",
     "bench_few_labels.py --label-group --test-split large --test-images 2",
     "bench_ceiling.py --min-sizes 4,2 --fgs 0.7 --zoomed-fgs 0.9 --edge --centre-half",
@@ -69,6 +69,8 @@ def test_benchmark_runs_tiny(script, tmp_path):
     if "--json" in flags:  # the rows, with what they ran on
         saved = json.loads((tmp_path / flags[flags.index("--json") + 1]).read_text())
         assert saved["rows"] and saved["environment"]["numpy"] == np.__version__
+    if "--guard" in flags:  # the rounds trained into the run's folder, as the widget does
+        assert (tmp_path / "models" / "run-1" / "training.json").is_file()
 
 
 def test_few_labels_compares_start_models_side_by_side(tmp_path):
@@ -185,6 +187,37 @@ def test_the_simulated_user_fixes_the_k_worst_objects_only():
     labels, touched = correct(truth, pred, fixes=2)
     # the worst two: no overlap at all, the largest first (miss 3, then the false positive)
     assert touched == 2 and np.count_nonzero(labels) == (truth == 3).sum() + 144
+
+
+def test_the_simulated_user_predicts_with_the_model_the_product_advises(tmp_path, monkeypatch):
+    import napari_unet
+    from napari_unet.events import Finished
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_hitl import train_round
+
+    trained, start, previous = object(), object(), object()
+    folder = tmp_path / "run-0"
+    end = {}
+    calls = []
+
+    def fake_train(images, labels, callback=None, **kwargs):
+        calls.append(kwargs)
+        if callback is not None:
+            callback(Finished(step=2, reason="steps", elapsed=1.0, **end))
+        return trained
+
+    monkeypatch.setattr(napari_unet, "train", fake_train)
+    monkeypatch.setattr(napari_unet, "load_model", lambda path: previous)
+    end.update(path=str(folder))  # the new model kept
+    assert train_round(folder, start, [], [], init="x") == (trained, trained)
+    assert calls[-1]["out"] == folder and calls[-1]["init"] == "x"
+    end.update(path=str(folder), start_model="x")  # "Use x": the start did better
+    assert train_round(folder, start, [], []) == (trained, start)
+    end.update(path=f"{folder}.rejected", start_model=None)  # the guard kept the previous
+    assert train_round(folder, start, [], []) == (trained, previous)
+    assert train_round(None, start, [], []) == (trained, trained)  # no --guard
+    assert "out" not in calls[-1]
 
 
 def test_the_simulated_user_accepts_right_proposals_with_a_click_and_fixes_the_rest():
