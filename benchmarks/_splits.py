@@ -142,6 +142,8 @@ def train(
         # the product's own verdict on held-out labels (validation IoU), when it started
         # from a model: compare it with the test score against the start model's
         "held_out_iou": [compared.get("new_iou"), compared.get("start_iou")],
+        # and ranked on the held-out objects, each with its own instance settings
+        "held_out_objects": compared.get("objects"),
     }
 
 

@@ -190,13 +190,13 @@ def rule(name: str):
         elif option == "sizes to 2":  # the minimum size searched up to 2 small objects
             patches["MIN_SIZE_FRACTIONS"] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
         elif option == "fp first":  # on an AP tie fewer false objects, then the IoU
-            patches["_better"] = lambda rank, best: (
+            patches["better"] = lambda rank, best: (
                 rank[0] > best[0] if abs(rank[0] - best[0]) > 1e-9
                 else rank[1] > best[1] if rank[1] != best[1]
                 else rank[2] > best[2] + 1e-9
             )  # fmt: skip
         elif option in ("before overlap", "no iou"):  # AP alone; and the grid before too
-            patches["_better"] = lambda rank, best: rank[0] > best[0] + 1e-9
+            patches["better"] = lambda rank, best: rank[0] > best[0] + 1e-9
             if option == "before overlap":  # what the package did until 2026-12-07
                 patches["FG_THRESHOLDS"] = (0.3, 0.4, 0.5, 0.6, 0.7)
                 patches["OVERLAP_SEARCH"] = ()

@@ -124,6 +124,7 @@ def run_once(src: Path, pool: list[str], test: Path, run: int, work: Path, args)
         name = way if init is None or len(args.init) == 1 else f"{way} {init_name(init)}"
         model = work / f"model-{name.replace(' ', '-')}"
         row = {"run": run, "way": name, "images": [stem for stem, _ in chosen], **labeled[data]}
+        row["init"] = init
         row |= train(
             work / data,
             model,
@@ -166,10 +167,34 @@ def print_row(row: dict) -> None:
 
 
 def held_out(row: dict) -> str:
-    """The product's verdict: validation IoU of the new model / the start model on the
-    held-out labels (what the CLI warns on), or "-" without a start model."""
+    """What the product compared: validation IoU of the new model / the start model on the
+    held-out labels (what the CLI warns on) and their AP@0.5 on the held-out objects, or
+    "-" without a start model."""
     new, start = row["held_out_iou"]
-    return "-" if start is None else f"{new:.3f} / {start:.3f}"
+    if start is None:
+        return "-"
+    objects = row.get("held_out_objects")
+    ap = "" if not objects else f"; AP {objects['new_ap']:.2f} / {objects['start_ap']:.2f}"
+    return f"IoU {new:.3f} / {start:.3f}{ap}"
+
+
+def verdicts(rows: list[dict], starts: dict[str, float]) -> str:
+    """How often each of the product's comparisons with the start model says what the test
+    images say (the start model better or not), over the rows trained from a start model."""
+    counts = {"validation IoU": [0, 0], "held-out objects": [0, 0]}
+    for row in rows:
+        init = row.get("init")
+        if init not in starts or row["held_out_iou"][1] is None:
+            continue
+        truth = starts[init] > row["ap50"]  # the test images: the start model is better
+        new, start = row["held_out_iou"]
+        said = {"validation IoU": start > new}
+        if row.get("held_out_objects"):
+            said["held-out objects"] = row["held_out_objects"]["start_better"]
+        for name, verdict in said.items():
+            counts[name][0] += verdict == truth
+            counts[name][1] += 1
+    return "; ".join(f"{name} {right}/{n}" for name, (right, n) in counts.items() if n)
 
 
 def main() -> None:
@@ -237,6 +262,15 @@ def main() -> None:
             "| AP@0.5 | pooled AP@0.5 | pred/true | held-out IoU new / start |"
         )
         print("|---" * 10 + "|")
+        starts = {}  # each start model's test AP@0.5 with no training
+        for i, init in enumerate(
+            dict.fromkeys(i for _, i in ways_and_inits(args) if i not in (None, "scratch"))
+        ):
+            start = init if init.startswith("builtin:") else str(Path(init).resolve())
+            starts[init] = predict_and_score(start, work / "test", work / f"pred-start-{i}",
+                                             args.device)["ap50"]  # fmt: skip
+            print(f"| - | start model {init_name(init)}, no training | | | | | "
+                  f"{starts[init]:.3f} | | | |", flush=True)  # fmt: skip
         rows = []
         for run in range(args.first_run, args.first_run + args.runs):
             rows += run_once(src, pool, work / "test", run, work / f"run-{run}", args)
@@ -250,8 +284,12 @@ def main() -> None:
         means[way] = mean_std([r["ap50"] for r in mine])
         pooled = mean_std([r["pooled_ap50"] for r in mine])
         print(f"| {way} | {what} | {len(mine)} | {means[way]} | {pooled} |")
+    if starts:
+        print(f"the product's verdict on the start model, right on the test images: "
+              f"{verdicts(rows, starts) or 'nothing compared'}")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        saved = {"args": vars(args), "starts": starts, "rows": rows}
+        Path(args.json).write_text(json.dumps(saved, indent=1))
     print(
         f"summary: mean AP@0.5 on {len(test)} test images (split {args.test_split}), "
         f"{args.images} image(s) x {args.objects} object(s) + {args.strokes} stroke(s), "

@@ -87,6 +87,10 @@ BACKGROUND_OBJECTS = 5  # held-out background for that: at least this many media
 OVERLAP_SEARCH = ("fg_threshold",)  # too few objects, no background: chosen on their outlines
 BALANCED_FG_THRESHOLD = 0.9  # a scratch model's start on balanced sparse-instances labels
 
+Rank = tuple[float, int, float]
+"""How settings (or a model) do on held-out objects: AP@0.5, minus the false objects, the
+sum of the objects' best IoU (:func:`rank_of`; compared by :func:`better`)."""
+
 
 @dataclass(frozen=True)
 class Truth:
@@ -272,12 +276,10 @@ def calibrate(
             settings.split,
         )
 
-    def rank(settings: PostprocessConfig) -> tuple[float, int, float]:
-        """AP@0.5, minus the false objects, and how well the objects are outlined."""
+    def rank(settings: PostprocessConfig) -> Rank:
         if key(settings) not in tried:
             tried[key(settings)] = tally(probs, truths, settings, spatial_dims)
-        found = tried[key(settings)]
-        return _ap(found), -found[1], found[3]
+        return rank_of(tried[key(settings)])
 
     best, best_rank, stopped = start, None, None
     background = background_pixels(truths)
@@ -297,7 +299,7 @@ def calibrate(
                 stopped = "time"
                 break
             candidate = replace(best, **{name: value})
-            if _better(rank(candidate), best_rank):
+            if better(rank(candidate), best_rank):
                 best, best_rank = candidate, rank(candidate)
     if best.min_size is None:  # store the size it was judged with
         best = replace(best, min_size=best.min_size_for(spatial_dims))
@@ -320,7 +322,12 @@ def calibrate(
     return best, record
 
 
-def _better(rank: tuple[float, int, float], best: tuple[float, int, float]) -> bool:
+def rank_of(found: tuple[int, int, int, float]) -> Rank:
+    """The :data:`Rank` of a :func:`tally`."""
+    return _ap(found), -found[1], found[3]
+
+
+def better(rank: Rank, best: Rank) -> bool:
     """A higher AP@0.5, or the same with the objects better outlined (sum of their IoU).
 
     The false objects (``rank[1]``) are not compared on their own: where nothing is
@@ -366,7 +373,7 @@ def _search_kind(objects: int, background: int, median: float) -> str | None:
 def _record(
     start: PostprocessConfig,
     best: PostprocessConfig,
-    best_rank: tuple[float, int, float] | None,
+    best_rank: Rank | None,
     tried: dict[tuple, tuple[int, int, int, float]],
     key: Callable[[PostprocessConfig], tuple],
     spatial_dims: int,

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from .config import ModelSpec
+from .calibrate import Rank, better
+from .config import ModelSpec, PostprocessConfig
 from .data import Prepared
 from .init import (
     AUTO,
@@ -49,6 +50,7 @@ class Start:
         self.declined: dict[str, Any] | None = None  # its record in training.json
         self.teacher: torch.nn.Module | None = None  # the start's network, for distillation
         self.teacher_ref = ""
+        self.teacher_postprocess: PostprocessConfig | None = None  # its instance settings
         self.better: str | None = None  # the start model, when it validated better
         self.message = ""  # what the user is told then
 
@@ -126,6 +128,7 @@ class Start:
             return None  # another input or classes: its answer is not this model's
         self.teacher_ref = init.ref
         self.teacher = copy.deepcopy(init.model.network).to(device)
+        self.teacher_postprocess = init.model.config.postprocess
         return self.teacher
 
     def record(self, session: dict[str, Any], distill: float) -> None:
@@ -148,11 +151,17 @@ class Start:
         new_iou: float,
         measured_on: str | None,
         session: dict[str, Any],
+        rank: Callable[[torch.nn.Module, PostprocessConfig], Rank | None] | None = None,
+        new: tuple[torch.nn.Module, PostprocessConfig] | None = None,
     ) -> None:
         """Phase "compare": score the start model (the teacher) with ``score`` on the
         held-out labels the new model scored ``new_iou`` on (``measured_on``; None: nothing
         was held out); record both, and say so when the start did better.  A model
-        continued is the regression guard's to compare (its folder's previous model)."""
+        continued is the regression guard's to compare (its folder's previous model).
+
+        With ``rank`` (instance models) both are also ranked on the held-out objects,
+        each with its own instance settings (the new model's: ``new``; AP@0.5, then how
+        well they are outlined: :func:`~napari_unet.calibrate.better`), and recorded."""
         if not self.compared:
             return
         if measured_on is None:
@@ -160,13 +169,24 @@ class Start:
                                            "why": "nothing held out"}  # fmt: skip
             return
         start_iou = score(self.teacher)
-        session["start_comparison"] = {
+        record = session["start_comparison"] = {
             "start": self.teacher_ref,
             "compared": True,
             "start_iou": round(start_iou, 5),
             "new_iou": round(new_iou, 5),
             "measured_on": measured_on,
         }
+        ranks = None
+        if rank is not None and new is not None and self.teacher_postprocess is not None:
+            ranks = rank(*new), rank(self.teacher, self.teacher_postprocess)
+        if ranks is not None and None not in ranks:
+            (new_ap, new_fp, new_sum), (start_ap, start_fp, start_sum) = ranks
+            record["objects"] = {
+                "new_ap": round(new_ap, 5), "start_ap": round(start_ap, 5),
+                "new_false": -new_fp, "start_false": -start_fp,
+                "new_iou_sum": round(new_sum, 4), "start_iou_sum": round(start_sum, 4),
+                "start_better": better(ranks[1], ranks[0]),
+            }  # fmt: skip
         if start_iou > new_iou:
             self.better = self.teacher_ref
             self.message = (

@@ -33,12 +33,13 @@ import torch
 from . import targets as tg
 from .augment import crop_margin
 from .budget import WallBudget
-from .calibrate import calibrate, scratch_start
+from .calibrate import Rank, calibrate, object_sizes, rank_of, scratch_start, tally
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
     ModelConfig,
     ModelSpec,
     NormConfig,
+    PostprocessConfig,
     TileConfig,
     TrainConfig,
 )
@@ -158,6 +159,7 @@ class TrainingRun:
         self.message = ""
         self.skipped_note = ""  # what a stop by the user skipped
         self.scale_note = ""  # why the images were resized
+        self.calibration_probs: list[np.ndarray] | None = None  # the new model's, at the end
 
     # ----------------------------------------------------------------- setup phases
 
@@ -409,6 +411,8 @@ class TrainingRun:
         wall.calibration_pixels = (
             sum(int(np.prod(image.shape[1:])) for image in cal.images) if cal and cal.truths else 0
         )
+        if self.start.compared:  # the start model predicts them too (Start.compare)
+            wall.calibration_pixels *= 2
         wall.validation_pixels = self.trainer.val_pixels
         compared = (self.start.compared, self.guard.previous_iou is not None)  # at the end
         wall.validations = 1 + sum(compared)
@@ -596,7 +600,10 @@ class TrainingRun:
         self.guard.rescore(self.score_network, self.spec)
         measured_on = self.split.description if self.held_out else None
         session = self.history["sessions"][-1]
-        self.start.compare(self.score_network, self.last_iou, measured_on, session)
+        new = (self.network, self.spec.postprocess)
+        self.start.compare(
+            self.score_network, self.last_iou, measured_on, session, self.rank_objects, new
+        )
         if self.out is not None:
             self.save()
             yield CheckpointSaved(step=self.global_step, path=str(self.out))
@@ -613,18 +620,8 @@ class TrainingRun:
         if not self.spec.labels.instances or self.calibration is None:
             return
         cal = self.calibration
-        axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
-        model = for_many_images(Model(network=self.network, config=self.spec))
         with self.budget.timed("calibrate"):
-            try:
-                probs = [
-                    predict_proba(
-                        model, image, axes=axes, device=self.device, zoom=1.0, z_scale=1.0
-                    )
-                    for image in cal.images  # already at the model's scale
-                ]
-            finally:
-                self.network.train()
+            probs = self.calibration_probs = self.predict_calibration(self.network)
             settings, record = calibrate(
                 probs,
                 cal.truths,
@@ -653,6 +650,35 @@ class TrainingRun:
             search=record["search"],
             overlap=tuple(record["overlap"]) if record["overlap"] else None,
         )
+
+    def predict_calibration(self, network: torch.nn.Module) -> list[np.ndarray]:
+        """The probabilities of ``network`` (this model's architecture and input) on the
+        calibration images, already at the model's scale."""
+        assert self.calibration is not None
+        axes = "C" + "ZYX"[3 - self.spec.model.spatial_dims :]
+        model = for_many_images(Model(network=network, config=self.spec))
+        training = network.training
+        try:
+            return [
+                predict_proba(model, image, axes=axes, device=self.device, zoom=1.0, z_scale=1.0)
+                for image in self.calibration.images
+            ]
+        finally:
+            network.train(training)
+
+    def rank_objects(self, network: torch.nn.Module, settings: PostprocessConfig) -> Rank | None:
+        """How ``network`` with the instance ``settings`` finds the held-out objects (and
+        keeps off the held-out background) the calibration chose on (:func:`rank_of`);
+        None when there is no held-out object or the calibration did not run."""
+        cal = self.calibration
+        if self.calibration_probs is None or cal is None or not object_sizes(cal.truths).size:
+            return None
+        with self.budget.timed("calibrate"):
+            if network is self.network:  # the new model: its probabilities are computed
+                probs = self.calibration_probs
+            else:
+                probs = self.predict_calibration(network)
+            return rank_of(tally(probs, cal.truths, settings, self.spec.model.spatial_dims))
 
     def flush(self) -> None:
         """Read (and check) losses not reported yet; their TrainStep is not sent."""

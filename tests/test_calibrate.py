@@ -319,7 +319,7 @@ def test_a_few_held_out_objects_choose_only_the_foreground_threshold_on_their_ou
     import napari_unet.calibrate as cal
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cal, "_better", lambda rank, best: rank[0] > best[0] + 1e-9)
+        mp.setattr(cal, "better", lambda rank, best: rank[0] > best[0] + 1e-9)
         assert calibrate([probs], [outlined], 2, start, np.full(3, 400))[0].fg_threshold == 0.4
     # the same objects 7 times over: a search of everything
     many, truths = blobs(rows=7)

@@ -403,6 +403,9 @@ def test_the_start_model_is_reported_when_it_validates_better(tmp_path):
     comparison = record["start_comparison"]
     assert comparison["compared"] and comparison["start_iou"] > comparison["new_iou"]
     assert re.match(r"\d+ held-out objects of 16 \+ ", comparison["measured_on"])
+    objects = comparison["objects"]  # ranked on the held-out objects too, as instances
+    assert objects["start_better"] and objects["start_ap"] > objects["new_ap"]
+    assert objects["start_iou_sum"] > objects["new_iou_sum"]
     assert load_model(out).history["steps"] == 3  # the new model is saved all the same
 
 
@@ -422,4 +425,9 @@ def test_a_start_model_that_did_worse_is_not_mentioned(parent, tmp_path):
     record = json.loads((tmp_path / "m" / "training.json").read_text())["sessions"][-1]
     comparison = record["start_comparison"]
     assert comparison["compared"] and comparison["new_iou"] >= comparison["start_iou"]
+    objects = comparison["objects"]
+    assert all(0 <= objects[k] <= 1 for k in ("new_ap", "start_ap"))
+    assert objects["start_better"] == (objects["start_ap"] > objects["new_ap"]) or (
+        objects["start_ap"] == objects["new_ap"]
+    )
     assert finished.start_model is None and "started from" not in finished.message
