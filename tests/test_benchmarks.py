@@ -83,6 +83,11 @@ def test_few_labels_compares_start_models_side_by_side(tmp_path):
     summary = result.stdout.splitlines()[-1]
     assert "sparse-instances-init builtin:nuclei " in summary, summary
     assert "sparse-instances-init scratch " in summary, summary
+    # the start model scored on the test images, and the product's verdicts checked with it
+    assert "| start model builtin:nuclei, no training |" in result.stdout
+    assert "the product's verdict on the start model, right on the test images: " in (
+        result.stdout
+    )
 
 
 def splits_module():
