@@ -47,18 +47,21 @@ foreground threshold sets is exactly that: a network trained on a few outlined o
 spreads its foreground beyond them by an amount that changes from model to model (a
 fixed 0.9 helped first models and cost later ones up to 0.3 AP@0.5, docs/benchmarks.md).
 So the foreground threshold alone (:data:`OVERLAP_SEARCH`) is searched on them (AP@0.5,
-then their IoU), and the minimum size is the prior.  They also tell the debris: a model
-trained on a few objects finds small false objects on unlabeled ground, and the held-out
-(painted) background counts them.  So with room for :data:`BACKGROUND_OBJECTS` median
-objects on held-out background, the settings in :data:`BACKGROUND_SEARCH` (the minimum
-size and the foreground threshold: what removes debris) are searched instead, on the
-same ranking (the held-out objects keep a setting from dropping real ones).  On crowded
-nuclei, whose few-label models make no debris, the background changed nothing (240
-draws); on brightfield nuclei it gained 0.011 AP@0.5.  Ranking by the objects' IoU (and
-the foreground grid up to 0.9) gained 0.013-0.083 AP@0.5 over AP alone on crowded and on
-small nuclei, models trained from scratch on 6 or 20 outlined objects
-(``bench_calibrate.py --rules background`` and ``--rules overlap``, docs/benchmarks.md).
-"""
+then their IoU), and the minimum size is the prior; not for a model fine-tuned from a start
+model (``inherited``), whose threshold was chosen on the start model's own held-out images:
+on crowded nuclei, 6 outlined objects moved it from 0.7 to 0.3-0.4 and cost 0.04-0.10
+AP@0.5 (``benchmarks/bench_ceiling.py --zoomed-fgs``, docs/benchmarks.md).  They also tell
+the debris: a model trained on a few objects finds small false objects on unlabeled ground,
+and the held-out (painted) background counts them.  So with room for
+:data:`BACKGROUND_OBJECTS` median objects on held-out background, the settings in
+:data:`BACKGROUND_SEARCH` (the minimum size and the foreground threshold: what removes
+debris) are searched instead, on the same ranking (the held-out objects keep a setting from
+dropping real ones).  On crowded nuclei, whose few-label models make no debris, the
+background changed nothing (240 draws); on brightfield nuclei it gained 0.011
+AP@0.5.  Ranking by the objects' IoU (and the foreground grid up to 0.9) gained 0.013-0.083
+AP@0.5 over AP alone on crowded and on small nuclei, models trained from scratch on 6 or 20
+outlined objects (``bench_calibrate.py --rules background`` and ``--rules overlap``,
+docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -227,6 +230,7 @@ def calibrate(
     sizes: np.ndarray | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    inherited: bool = False,
 ) -> tuple[PostprocessConfig, dict[str, Any]]:
     """The post-processing with the best AP@0.5 on ``truths``, and the search's record.
 
@@ -250,6 +254,10 @@ def calibrate(
     deadline
         A value of ``clock`` after which no other setting is tried (the best so far is
         kept; the record says ``"stopped": "time"``); None: the whole search.
+    inherited
+        ``start`` holds a start model's settings, chosen on its own many held-out objects
+        (a model fine-tuned from it): a few held-out objects' outlines do not move its
+        foreground threshold (no :data:`OVERLAP_SEARCH`).
 
     Returns
     -------
@@ -283,7 +291,7 @@ def calibrate(
 
     best, best_rank, stopped = start, None, None
     background = background_pixels(truths)
-    search = _search_kind(len(scored), background, median)
+    search = _search_kind(len(scored), background, median, overlap=not inherited)
     grids = _grids(search, prior, start.min_size_for(spatial_dims))
     if len(scored):
         best_rank = rank(start)
@@ -357,15 +365,16 @@ def _grids(
     return {name: values for name, values in grids.items() if name in only}
 
 
-def _search_kind(objects: int, background: int, median: float) -> str | None:
+def _search_kind(objects: int, background: int, median: float, overlap: bool = True) -> str | None:
     """What is searched with ``objects`` held-out objects and ``background`` pixels of
     held-out background (objects of ``median`` size): ``"all"``, ``"background"``
-    (:data:`BACKGROUND_SEARCH`), ``"overlap"`` (:data:`OVERLAP_SEARCH`) or nothing (None)."""
+    (:data:`BACKGROUND_SEARCH`), ``"overlap"`` (:data:`OVERLAP_SEARCH`, unless not
+    ``overlap``) or nothing (None)."""
     if objects >= max(FEW_OBJECTS, 1):
         return "all"
     if objects and BACKGROUND_SEARCH and background >= BACKGROUND_OBJECTS * median > 0:
         return "background"
-    if objects and OVERLAP_SEARCH:
+    if objects and OVERLAP_SEARCH and overlap:
         return "overlap"
     return None
 

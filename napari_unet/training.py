@@ -630,6 +630,7 @@ class TrainingRun:
                 cal.sizes,
                 deadline=self.budget.search_deadline(),  # in time for the save
                 clock=self.clock,
+                inherited=any(s.get("init") for s in self.history["sessions"]),
             )
         measured_on = cal.measured_on
         self.spec = replace(self.spec, postprocess=settings)

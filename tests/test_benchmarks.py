@@ -85,9 +85,7 @@ def test_few_labels_compares_start_models_side_by_side(tmp_path):
     assert "sparse-instances-init scratch " in summary, summary
     # the start model scored on the test images, and the product's verdicts checked with it
     assert "| start model builtin:nuclei, no training |" in result.stdout
-    assert "the product's verdict on the start model, right on the test images: " in (
-        result.stdout
-    )
+    assert "the product's verdict on the start model, right on the test images: " in (result.stdout)
 
 
 def splits_module():

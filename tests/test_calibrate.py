@@ -315,6 +315,10 @@ def test_a_few_held_out_objects_choose_only_the_foreground_threshold_on_their_ou
     assert settings.fg_threshold >= 0.75 and settings.min_size == 100
     assert record["overlap"] == [pytest.approx(400 / 676, abs=1e-4), 1.0]  # 26x26 -> 20x20
     assert record["start_ap"] == record["chosen_ap"] == 1.0
+    # a model fine-tuned from a start model keeps the start's threshold: nothing searched
+    kept, record = calibrate([probs], [outlined], 2, start, np.full(3, 400), inherited=True)
+    assert record["search"] == "none" and not record["searched"]
+    assert kept.fg_threshold == 0.4 and kept.min_size == 100  # the prior all the same
     # the same, scored by AP alone (a tie keeps the start): the cells stay fat
     import napari_unet.calibrate as cal
 

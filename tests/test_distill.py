@@ -62,7 +62,8 @@ def test_distillation_keeps_the_start_models_answer_where_nothing_is_labeled(tin
 
 
 def test_a_continued_training_keeps_the_answer_of_the_model_it_continues(tiny_model, tmp_path):
-    _, folder = tiny_model
+    start, folder = tiny_model
+    start_fg = start.config.postprocess.fg_threshold
     pairs = [make_nuclei(seed=40 + s, radius=(3, 5), n=20) for s in range(2)]
     images = [p[0] for p in pairs]
     few = [_few_outlined(p[1]) for p in pairs]
@@ -88,6 +89,16 @@ def test_a_continued_training_keeps_the_answer_of_the_model_it_continues(tiny_mo
     assert session_kept["distill"] == {"from": "the model continued", "weight": 5.0}
     assert "start_comparison" not in session_kept  # the regression guard compares it
     assert first.history["sessions"][0]["distill"]["from"] == str(folder)  # round 0's start
+    # a few held-out objects move no threshold of a start model's lineage (round 0 and the
+    # round continued); from scratch they choose the foreground threshold
+    for session in (first.history["sessions"][0], session_kept):
+        assert session["postprocess_search"]["search"] == "none"
+        assert session["postprocess_search"]["chosen"][1] == start_fg
+    scratch = nu.train(
+        images, few, labels_kind="sparse-instances", init=None, steps=20, patch=48,
+        batch_size=4, device="cpu", config=TrainConfig(lr=1e-2),
+    )  # fmt: skip
+    assert scratch.history["sessions"][-1]["postprocess_search"]["search"] == "overlap"
 
 
 def test_a_resume_keeps_the_start_model_after_an_interruption_the_model_after_an_end(
