@@ -396,9 +396,8 @@ def test_the_start_model_is_reported_when_it_validates_better(tmp_path):
     )  # fmt: skip
     finished = next(e for e in events if isinstance(e, Finished))
     assert finished.start_model == "builtin:nuclei"
-    assert "the model it started from, builtin:nuclei, scores a validation IoU of" in (
-        finished.message
-    )
+    said = "the model it started from, builtin:nuclei, finds the held-out objects with an AP@0.5"
+    assert said in finished.message and "predict with builtin:nuclei" in finished.message
     record = json.loads((out / "training.json").read_text())["sessions"][-1]
     comparison = record["start_comparison"]
     assert comparison["compared"] and comparison["start_iou"] > comparison["new_iou"]
@@ -431,3 +430,36 @@ def test_a_start_model_that_did_worse_is_not_mentioned(parent, tmp_path):
         objects["start_ap"] == objects["new_ap"]
     )
     assert finished.start_model is None and "started from" not in finished.message
+
+
+def test_the_start_comparison_goes_by_the_held_out_objects_when_there_are_some():
+    """Instance models: the verdict is the objects' ranking (AP@0.5, then their outlines),
+    whatever the validation IoU says; without a ranking, the validation IoU's."""
+    import torch
+
+    from napari_unet.config import PostprocessConfig
+    from napari_unet.start import Start
+
+    new_net, start_net = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    ranks = {}
+
+    def compare(new_iou: float, start_iou: float, with_ranks: bool) -> tuple[Start, dict]:
+        start = Start(None, False, {})
+        start.teacher, start.teacher_ref = start_net, "builtin:nuclei"
+        start.teacher_postprocess = PostprocessConfig(fg_threshold=0.7)
+        session: dict = {}
+        rank = (lambda net, settings: ranks[net]) if with_ranks else None
+        start.compare(lambda net: start_iou, new_iou, "2 held-out objects", session, rank,
+                      (new_net, PostprocessConfig()))  # fmt: skip
+        return start, session["start_comparison"]
+
+    ranks.update({new_net: (0.5, -1, 0.9), start_net: (1.0, 0, 1.6)})
+    start, record = compare(new_iou=0.6, start_iou=0.4, with_ranks=True)  # IoU: the new one
+    assert start.better == "builtin:nuclei" and record["objects"]["start_better"]
+    assert "AP@0.5 of 1.00 (the new model 0.50) on 2 held-out objects" in start.message
+    ranks.update({new_net: (1.0, 0, 1.7), start_net: (1.0, 0, 1.6)})  # a tie, outlined better
+    start, record = compare(new_iou=0.4, start_iou=0.6, with_ranks=True)  # IoU: the start
+    assert start.better is None and start.message == "" and not record["objects"]["start_better"]
+    start, record = compare(new_iou=0.4, start_iou=0.6, with_ranks=False)  # no objects ranked
+    assert start.better == "builtin:nuclei" and "objects" not in record
+    assert "scores a validation IoU of 0.600 on 2 held-out objects" in start.message
