@@ -49,8 +49,10 @@ fixed 0.9 helped first models and cost later ones up to 0.3 AP@0.5, docs/benchma
 So the foreground threshold alone (:data:`OVERLAP_SEARCH`) is searched on them (AP@0.5,
 then their IoU), and the minimum size is the prior; not for a model fine-tuned from a start
 model (``inherited``), whose threshold was chosen on the start model's own held-out images:
-on crowded nuclei, 6 outlined objects moved it from 0.7 to 0.3-0.4 and cost 0.04-0.10
-AP@0.5 (``benchmarks/bench_ceiling.py --zoomed-fgs``, docs/benchmarks.md).  They also tell
+on crowded nuclei (the selection group), 6 outlined objects moved it from 0.7 to 0.3-0.4 and
+cost 0.04-0.10 AP@0.5 (``benchmarks/bench_ceiling.py --zoomed-fgs``); on large nuclei (the
+report group) the moved threshold was the better one by 0.03-0.06 (docs/benchmarks.md: a
+rule to revisit on a third group).  They also tell
 the debris: a model trained on a few objects finds small false objects on unlabeled ground,
 and the held-out (painted) background counts them.  So with room for
 :data:`BACKGROUND_OBJECTS` median objects on held-out background, the settings in
