@@ -49,21 +49,20 @@ fixed 0.9 helped first models and cost later ones up to 0.3 AP@0.5, docs/benchma
 So the foreground threshold alone (:data:`OVERLAP_SEARCH`) is searched on them (AP@0.5,
 then their IoU), and the minimum size is the prior; not for a model fine-tuned from a start
 model (``inherited``), whose threshold was chosen on the start model's own held-out images:
-on crowded nuclei (the selection group), 6 outlined objects moved it from 0.7 to 0.3-0.4 and
-cost 0.04-0.10 AP@0.5 (``benchmarks/bench_ceiling.py --zoomed-fgs``); on large nuclei (the
-report group) the moved threshold was the better one by 0.03-0.06 (docs/benchmarks.md: a
-rule to revisit on a third group).  They also tell
-the debris: a model trained on a few objects finds small false objects on unlabeled ground,
-and the held-out (painted) background counts them.  So with room for
-:data:`BACKGROUND_OBJECTS` median objects on held-out background, the settings in
-:data:`BACKGROUND_SEARCH` (the minimum size and the foreground threshold: what removes
-debris) are searched instead, on the same ranking (the held-out objects keep a setting from
-dropping real ones).  On crowded nuclei, whose few-label models make no debris, the
-background changed nothing (240 draws); on brightfield nuclei it gained 0.011
-AP@0.5.  Ranking by the objects' IoU (and the foreground grid up to 0.9) gained 0.013-0.083
-AP@0.5 over AP alone on crowded and on small nuclei, models trained from scratch on 6 or 20
-outlined objects (``bench_calibrate.py --rules background`` and ``--rules overlap``,
-docs/benchmarks.md)."""
+on crowded nuclei (the selection group), 6 outlined objects moved it from 0.7 to 0.3-0.4
+and cost 0.04-0.10 AP@0.5 (``benchmarks/bench_ceiling.py --zoomed-fgs``); on large nuclei
+(the report group) the moved threshold was the better one by 0.03-0.06 (docs/benchmarks.md:
+a rule to revisit on a third group).  They also tell the debris: a model trained on a few
+objects finds small false objects on unlabeled ground, and the held-out (painted)
+background counts them.  So with room for :data:`BACKGROUND_OBJECTS` median objects on
+held-out background, the settings in :data:`BACKGROUND_SEARCH` (the minimum size and the
+foreground threshold: what removes debris) are searched instead, on the same ranking (the
+held-out objects keep a setting from dropping real ones).  On crowded nuclei, whose
+few-label models make no debris, the background changed nothing (240 draws); on brightfield
+nuclei it gained 0.011 AP@0.5.  Ranking by the objects' IoU (and the foreground grid up to
+0.9) gained 0.013-0.083 AP@0.5 over AP alone on crowded and on small nuclei, models trained
+from scratch on 6 or 20 outlined objects (``bench_calibrate.py --rules background`` and
+``--rules overlap``, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
