@@ -17,7 +17,9 @@ on the same images with the same budget and seed:
 
 predicts the test images with ``predict --instances`` (the post-processing each model
 chose for itself) and scores the mean AP@0.5 (``napari-unet evaluate``), the pooled
-AP@0.5 and the object count ratio predicted / true.  Test split (``--test-split``):
+AP@0.5 and the object count ratio predicted / true.  A start model is scored too, with no
+training, and the product's verdict on it after each training from it (``Start.compare``: is
+the start model better?) is checked against the test images.  Test split (``--test-split``):
 ``random`` (default): the 36 held-out 256x256 images of ``bench_accuracy.py``'s split,
 pool = the other 298 256x256 images; ``large`` / ``dense``: a whole size group held out
 (108 / 99 images), pool = every other image; with ``--label-group`` the user labels
@@ -259,7 +261,7 @@ def main() -> None:
         )
         print(
             "| run | way | objects | labeled % | steps | post-processing (seed / fg / min) "
-            "| AP@0.5 | pooled AP@0.5 | pred/true | held-out IoU new / start |"
+            "| AP@0.5 | pooled AP@0.5 | pred/true | held-out, new / start |"
         )
         print("|---" * 10 + "|")
         starts = {}  # each start model's test AP@0.5 with no training

@@ -408,3 +408,19 @@ def test_hitl_merges_runs_made_apart_and_refuses_other_benchmarks(tmp_path):
     (tmp_path / "e.json").write_text("{}")
     result = merge(a, str(tmp_path / "e.json"))
     assert result.returncode != 0 and "e.json: not a JSON file written by" in result.stderr
+
+
+def test_few_labels_counts_the_verdicts_the_test_images_agree_with():
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_few_labels import verdicts
+
+    rows = [  # the start model "a" scores 0.7 on the test images
+        {"init": "a", "ap50": 0.6, "held_out_iou": [0.5, 0.4],  # start better: IoU wrong
+         "held_out_objects": {"start_better": True}},  # the objects right
+        {"init": "a", "ap50": 0.8, "held_out_iou": [0.5, 0.4],  # new better: both right
+         "held_out_objects": {"start_better": False}},
+        {"init": "a", "ap50": 0.8, "held_out_iou": [0.3, 0.4], "held_out_objects": None},
+        {"init": None, "ap50": 0.1, "held_out_iou": [None, None]},  # from scratch: not counted
+    ]  # fmt: skip
+    assert verdicts(rows, {"a": 0.7}) == "validation IoU 1/3; held-out objects 2/2"
+    assert verdicts(rows[3:], {"a": 0.7}) == ""
